@@ -1,0 +1,14 @@
+// Package bpf holds the hostrouting datapath's C sources and their bpf2go
+// output: the compiled object and the Go types that mirror its structs.
+// Regenerate with `go generate ./bpf` (needs clang-19 and libbpf-dev).
+package bpf
+
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type endpoint_key -type endpoint_info -type endpoint_stats -type metric_value -type node_info Hostrouting hostrouting.c
+
+import "crypto/sha256"
+
+// ObjectHash identifies the compiled datapath object, so that a loader can
+// tell whether pinned programs came from the same code.
+func ObjectHash() [sha256.Size]byte {
+	return sha256.Sum256(_HostroutingBytes)
+}

@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Maps, shared structs and load-time configuration of the hostrouting datapath. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Key of the endpoint map: one entry per endpoint address. IPv4 uses addr[0]
+ * and leaves the rest zero, so IPv6 fits the same map later. */
+struct endpoint_key {
+	__u32 addr[4];
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* Endpoint flags (endpoint_info.flags). */
+enum endpoint_flag {
+	/* Answer the pod's ARP requests (for any address but its own) with
+	 * the host-side device's MAC, for CNIs with no gateway address on it. */
+	ENDPOINT_F_ARP_RESPONDER = 1 << 0,
+};
+
+/* What the datapath knows of a local endpoint (a pod's interface). */
+struct endpoint_info {
+	__u32 ifindex;     /* host-side device, in the node's netns */
+	__u16 id;          /* endpoint ID, handed to the ingress policy hook */
+	__u16 flags;       /* enum endpoint_flag */
+	__u8 mac[ETH_ALEN];      /* the pod's own MAC */
+	__u8 node_mac[ETH_ALEN]; /* MAC of the host-side device */
+};
+
+/* Per-endpoint counters, per CPU, keyed by the host-side ifindex.
+ * "from" is what the pod sent, "to" what was delivered into it. */
+struct endpoint_stats {
+	__u64 from_packets;
+	__u64 from_bytes;
+	__u64 to_packets;
+	__u64 to_bytes;
+	__u64 drop_packets;
+	__u64 drop_bytes;
+};
+
+/* Node-wide counters by what the datapath did with a packet. */
+enum metric {
+	METRIC_FWD_PEER,       /* delivered to a local endpoint with bpf_redirect_peer */
+	METRIC_FWD_REDIRECT,   /* delivered with bpf_redirect to its host device (fallback) */
+	METRIC_TO_STACK,       /* handed to the kernel's stack */
+	METRIC_ARP_REPLY,      /* ARP request answered by the datapath */
+	METRIC_DROP_SPOOFED,   /* source IP or MAC not the endpoint's own */
+	METRIC_DROP_INVALID,   /* truncated or malformed frame */
+	METRIC_DROP_UNKNOWN_L3,/* ethertype the datapath does not carry */
+	METRIC_DROP_POLICY,    /* refused by the ingress policy hook */
+	METRIC_MAX,
+};
+
+struct metric_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Load-time configuration, set from Go before the verifier sees the
+ * programs: branches on a zero field are dead code and are removed, so a
+ * kernel without a helper never sees a call to it. */
+struct config {
+	__u8 redirect_peer;  /* deliver locally with bpf_redirect_peer, else bpf_redirect */
+	__u8 redirect_neigh; /* reserved for the cross-node path */
+	__u8 fib_lookup;     /* reserved for the cross-node path */
+	__u8 pad;
+};
+
+volatile const struct config CONFIG = {};
+
+/* State the Go side records with the pinned objects so that a second
+ * process can adopt them; the programs never read it. */
+struct node_info {
+	__u64 object_id; /* hash of the loaded object and its config */
+	__u32 features;  /* what the loader enabled, a bit per feature */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, __u32);
+	__type(value, struct endpoint_stats);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_ep_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct metric_value);
+	__uint(max_entries, METRIC_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_metrics SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct node_info);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_info SEC(".maps");
+
+static __always_inline struct endpoint_info *lookup_endpoint4(__be32 addr)
+{
+	struct endpoint_key key = { .addr = { addr }, .family = AF_INET };
+
+	return bpf_map_lookup_elem(&hr_endpoints, &key);
+}

@@ -1,0 +1,323 @@
+// Package datapath is what an embedding CNI or node agent uses: one
+// Datapath per node, created with New, with endpoints (pods) added and
+// removed as they come and go. It composes the loader (programs, pins,
+// attachments), the typed maps and the routing helpers.
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/hostrouting/hostrouting/loader"
+	"github.com/hostrouting/hostrouting/maps"
+	"github.com/hostrouting/hostrouting/routing"
+)
+
+// Config configures a node's datapath.
+type Config struct {
+	// PinPath is the node instance's directory on a bpf filesystem, where
+	// maps, programs and links are pinned. Default loader.DefaultPinPath.
+	PinPath string
+	// Netns is the node's network namespace (a path such as
+	// /var/run/netns/node1); empty for the caller's own.
+	Netns string
+	// MaxEndpoints sizes the endpoint map. Default
+	// loader.DefaultMaxEndpoints.
+	MaxEndpoints uint32
+	// Disable forces fallbacks the kernel would not need.
+	Disable loader.Disable
+	// RequireBPFHostRouting makes New fail with ErrLegacyHostRouting
+	// instead of falling back when BPF host routing is not possible.
+	RequireBPFHostRouting bool
+}
+
+var (
+	// ErrLegacyHostRouting is returned by New when Config asks for BPF
+	// host routing and the kernel or the config rules it out.
+	ErrLegacyHostRouting = errors.New("BPF host routing not possible")
+	// ErrEndpointExists is returned when an address belongs to an
+	// endpoint on another device already.
+	ErrEndpointExists = errors.New("endpoint exists")
+)
+
+// Datapath is the host-routing datapath of one node. Its methods may be
+// called from several goroutines and processes: changes serialise on the
+// lock of the pin directory.
+type Datapath struct {
+	cfg       Config
+	node      *loader.Node
+	endpoints *maps.Endpoints
+	stats     *maps.Stats
+	metrics   *maps.Metrics
+}
+
+// New loads the datapath for the node described by cfg, or adopts the one
+// pinned at cfg.PinPath by an earlier or concurrent process; traffic
+// through an adopted datapath never stops.
+func New(cfg Config) (*Datapath, error) {
+	if cfg.PinPath == "" {
+		cfg.PinPath = loader.DefaultPinPath
+	}
+	if cfg.RequireBPFHostRouting {
+		if mode, why := hostRouting(loader.ProbeFeatures(cfg.Disable)); mode != HostRoutingBPF {
+			return nil, fmt.Errorf("%w: %s", ErrLegacyHostRouting, why)
+		}
+	}
+	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, MaxEndpoints: cfg.MaxEndpoints, Disable: cfg.Disable})
+	if err != nil {
+		return nil, err
+	}
+	d := &Datapath{
+		cfg:       cfg,
+		node:      node,
+		endpoints: maps.NewEndpoints(node.Maps.Endpoints),
+		stats:     maps.NewStats(node.Maps.EndpointStats),
+		metrics:   maps.NewMetrics(node.Maps.Metrics),
+	}
+	if node.Replaced {
+		if err := d.reattach(); err != nil {
+			node.Close()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// reattach renews every endpoint's attachments with the node's programs,
+// after they were replaced by another version or config.
+func (d *Datapath) reattach() error {
+	eps, err := d.endpoints.List()
+	if err != nil {
+		return err
+	}
+	for _, ep := range eps {
+		if err := d.attach(ep.IfIndex); err != nil {
+			return fmt.Errorf("renew endpoint %s: %w", ep.IP, err)
+		}
+	}
+	return nil
+}
+
+// Endpoint describes a pod interface to put on the datapath.
+type Endpoint struct {
+	// IfName is the pod's host-side device in the node's netns.
+	IfName string
+	// IP is the pod's address (IPv4 for now).
+	IP netip.Addr
+	// MAC is the pod's own MAC, the source of every frame it sends.
+	MAC net.HardwareAddr
+	// ID is the endpoint ID handed to the ingress policy hook; 0 picks the
+	// lowest free one.
+	ID uint16
+	// ARPResponder makes the datapath answer the pod's ARP requests with
+	// the host device's MAC, for CNIs without a gateway address on it.
+	ARPResponder bool
+}
+
+// AddEndpoint puts ep on the datapath: its facts into the endpoint map and
+// from-container/to-container onto its host-side device. Adding the same
+// endpoint again is a no-op update. On error nothing of ep is left behind.
+func (d *Datapath) AddEndpoint(ep Endpoint) (maps.Endpoint, error) {
+	var added maps.Endpoint
+	err := d.locked(func() error {
+		var err error
+		added, err = d.addEndpoint(ep)
+		return err
+	})
+	if err != nil {
+		return maps.Endpoint{}, fmt.Errorf("add endpoint %s on %q: %w", ep.IP, ep.IfName, err)
+	}
+	return added, nil
+}
+
+func (d *Datapath) addEndpoint(ep Endpoint) (maps.Endpoint, error) {
+	if !ep.IP.IsValid() {
+		return maps.Endpoint{}, errors.New("no IP address")
+	}
+	if !ep.IP.Is4() {
+		return maps.Endpoint{}, fmt.Errorf("address %s: only IPv4 endpoints are supported yet", ep.IP)
+	}
+	if len(ep.MAC) != 6 {
+		return maps.Endpoint{}, fmt.Errorf("pod MAC %q: want 6 bytes", ep.MAC)
+	}
+	ifindex, nodeMAC, err := d.hostDevice(ep.IfName)
+	if err != nil {
+		return maps.Endpoint{}, err
+	}
+	m := maps.Endpoint{IP: ep.IP, IfIndex: ifindex, ID: ep.ID, MAC: ep.MAC, NodeMAC: nodeMAC}
+	if ep.ARPResponder {
+		m.Flags |= maps.EndpointARPResponder
+	}
+	if len(m.NodeMAC) != 6 {
+		return maps.Endpoint{}, fmt.Errorf("host device %q has no Ethernet address", ep.IfName)
+	}
+
+	all, err := d.endpoints.List()
+	if err != nil {
+		return maps.Endpoint{}, err
+	}
+	existed := false
+	for _, other := range all {
+		switch {
+		case other.IP == ep.IP && other.IfIndex != m.IfIndex:
+			return maps.Endpoint{}, fmt.Errorf("%w: %s is on ifindex %d", ErrEndpointExists, other.IP, other.IfIndex)
+		case other.IP == ep.IP:
+			existed = true
+			if m.ID == 0 {
+				m.ID = other.ID
+			}
+		case m.ID != 0 && other.ID == m.ID:
+			return maps.Endpoint{}, fmt.Errorf("%w: ID %d belongs to %s", ErrEndpointExists, m.ID, other.IP)
+		}
+	}
+	if m.ID == 0 {
+		if m.ID, err = freeID(all); err != nil {
+			return maps.Endpoint{}, err
+		}
+	}
+
+	if !existed {
+		if err := d.stats.Reset(m.IfIndex); err != nil {
+			return maps.Endpoint{}, err
+		}
+	}
+	if err := d.endpoints.Put(m); err != nil {
+		if !existed {
+			d.stats.Delete(m.IfIndex)
+		}
+		return maps.Endpoint{}, err
+	}
+	if err := d.attach(m.IfIndex); err != nil {
+		if !existed {
+			d.detach(m.IfIndex)
+			d.endpoints.Delete(m.IP)
+			d.stats.Delete(m.IfIndex)
+		}
+		return maps.Endpoint{}, err
+	}
+	return m, nil
+}
+
+// freeID returns the lowest endpoint ID no endpoint uses.
+func freeID(eps []maps.Endpoint) (uint16, error) {
+	used := make(map[uint16]bool, len(eps))
+	for _, ep := range eps {
+		used[ep.ID] = true
+	}
+	for id := uint16(1); id != 0; id++ {
+		if !used[id] {
+			return id, nil
+		}
+	}
+	return 0, errors.New("no free endpoint ID")
+}
+
+// RemoveEndpoint takes the endpoint with address ip off the datapath: its
+// map entries, counters and attachments. The host device may be gone
+// already. Removing an unknown address returns an error wrapping
+// maps.ErrNotFound.
+func (d *Datapath) RemoveEndpoint(ip netip.Addr) error {
+	err := d.locked(func() error {
+		ep, err := d.endpoints.Lookup(ip)
+		if err != nil {
+			return err
+		}
+		return errors.Join(d.detach(ep.IfIndex), d.endpoints.Delete(ip), d.stats.Delete(ep.IfIndex))
+	})
+	if err != nil {
+		return fmt.Errorf("remove endpoint %s: %w", ip, err)
+	}
+	return nil
+}
+
+// Endpoints lists the node's endpoints, ordered by address.
+func (d *Datapath) Endpoints() ([]maps.Endpoint, error) {
+	return d.endpoints.List()
+}
+
+// Endpoint returns the endpoint with address ip.
+func (d *Datapath) Endpoint(ip netip.Addr) (maps.Endpoint, error) {
+	return d.endpoints.Lookup(ip)
+}
+
+// EndpointStats returns the counters of the endpoint with address ip.
+func (d *Datapath) EndpointStats(ip netip.Addr) (maps.EndpointStats, error) {
+	ep, err := d.endpoints.Lookup(ip)
+	if err != nil {
+		return maps.EndpointStats{}, err
+	}
+	return d.stats.Get(ep.IfIndex)
+}
+
+// Metrics returns the node-wide counters, indexed by maps.Metric.
+func (d *Datapath) Metrics() ([]maps.Counter, error) {
+	return d.metrics.All()
+}
+
+// Close releases this process's handles. The datapath keeps running from
+// its pins: endpoints keep their routing, and a later New adopts it.
+func (d *Datapath) Close() error {
+	return d.node.Close()
+}
+
+// Remove tears the node's datapath down: every endpoint's attachments,
+// then programs, maps and the pin directory. Pods fall back to the
+// kernel's routing.
+func (d *Datapath) Remove() error {
+	err := d.locked(func() error {
+		eps, err := d.endpoints.List()
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for _, ep := range eps {
+			errs = append(errs, d.detach(ep.IfIndex))
+		}
+		return errors.Join(errs...)
+	})
+	return errors.Join(err, d.node.Remove())
+}
+
+func (d *Datapath) attach(ifindex int) error {
+	for _, p := range []loader.Program{loader.FromContainer, loader.ToContainer} {
+		if err := d.node.Attach(d.cfg.Netns, ifindex, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Datapath) detach(ifindex int) error {
+	return errors.Join(
+		d.node.Detach(d.cfg.Netns, ifindex, loader.FromContainer),
+		d.node.Detach(d.cfg.Netns, ifindex, loader.ToContainer))
+}
+
+// hostDevice finds a device in the node's netns.
+func (d *Datapath) hostDevice(ifname string) (ifindex int, mac net.HardwareAddr, err error) {
+	if ifname == "" {
+		return 0, nil, errors.New("no host device name")
+	}
+	h, err := routing.Handle(d.cfg.Netns)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(ifname)
+	if err != nil {
+		return 0, nil, fmt.Errorf("host device %q: %w", ifname, err)
+	}
+	return l.Attrs().Index, l.Attrs().HardwareAddr, nil
+}
+
+// locked runs fn holding the pin directory's lock.
+func (d *Datapath) locked(fn func() error) error {
+	lock, err := loader.LockPinPath(d.cfg.PinPath)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	return fn()
+}

@@ -1,0 +1,211 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/routing"
+)
+
+// Program names a datapath program by where it sits.
+type Program int
+
+const (
+	// FromContainer runs on tc ingress of a pod's host-side device: what
+	// the pod sends.
+	FromContainer Program = iota
+	// ToContainer runs on tc egress of a pod's host-side device: what the
+	// kernel's stack delivers into the pod.
+	ToContainer
+)
+
+var programs = []Program{FromContainer, ToContainer}
+
+// String returns the program's name as in Cilium: "from-container".
+func (p Program) String() string {
+	return strings.ReplaceAll(p.objectName(), "_", "-")
+}
+
+func (p Program) objectName() string {
+	switch p {
+	case FromContainer:
+		return bpf.HostroutingProgFromContainer
+	case ToContainer:
+		return bpf.HostroutingProgToContainer
+	}
+	return fmt.Sprintf("program(%d)", int(p))
+}
+
+func (p Program) ingress() bool {
+	return p == FromContainer
+}
+
+// Attach attaches program p to the device with index ifindex in the
+// network namespace at nsPath ("" for the caller's). It is idempotent:
+// attaching again keeps one attachment, renewed with the node's current
+// program.
+func (n *Node) Attach(nsPath string, ifindex int, p Program) error {
+	prog := n.progs[p]
+	if prog == nil {
+		return fmt.Errorf("attach %s to ifindex %d: unknown program", p, ifindex)
+	}
+	err := routing.Do(nsPath, func() error {
+		// A node reloaded in the other attach mode leaves the old kind of
+		// attachment behind: take it off so one program runs per hook.
+		if n.Features.TCX.Enabled {
+			if n.Replaced {
+				if err := detachClsact(ifindex, p); err != nil {
+					return err
+				}
+			}
+			return n.attachTCX(ifindex, p, prog)
+		}
+		if err := unpinLink(n.linkPin(ifindex, p)); err != nil {
+			return err
+		}
+		return attachClsact(ifindex, p, prog)
+	})
+	if err != nil {
+		return fmt.Errorf("attach %s to ifindex %d: %w", p, ifindex, err)
+	}
+	return nil
+}
+
+// Detach removes program p from the device with index ifindex in the
+// network namespace at nsPath. Detaching what is not attached, or from a
+// device that is gone, is not an error.
+func (n *Node) Detach(nsPath string, ifindex int, p Program) error {
+	err := routing.Do(nsPath, func() error {
+		if n.Features.TCX.Enabled {
+			return unpinLink(n.linkPin(ifindex, p))
+		}
+		return detachClsact(ifindex, p)
+	})
+	if err != nil {
+		return fmt.Errorf("detach %s from ifindex %d: %w", p, ifindex, err)
+	}
+	return nil
+}
+
+// linkPin names the pin of a tcx link; called inside the device's netns,
+// whose inode keeps devices of different namespaces apart.
+func (n *Node) linkPin(ifindex int, p Program) string {
+	var st unix.Stat_t
+	unix.Stat("/proc/thread-self/ns/net", &st)
+	return filepath.Join(n.PinPath, "links", fmt.Sprintf("%d_%d_%s", st.Ino, ifindex, p.objectName()))
+}
+
+func (n *Node) attachTCX(ifindex int, p Program, prog *ebpf.Program) error {
+	pin := n.linkPin(ifindex, p)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		defer l.Close()
+		if info, err := l.Info(); err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
+			return l.Update(prog)
+		}
+		// The device went away or is another one by now.
+		if err := l.Unpin(); err != nil {
+			return fmt.Errorf("unpin stale link: %w", err)
+		}
+	}
+	attach := ebpf.AttachTCXEgress
+	if p.ingress() {
+		attach = ebpf.AttachTCXIngress
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: attach})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
+		return fmt.Errorf("create link pin directory: %w", err)
+	}
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("pin tcx link: %w", err)
+	}
+	return nil
+}
+
+func unpinLink(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned link: %w", err)
+	}
+	defer l.Close()
+	return l.Unpin()
+}
+
+func (n *Node) detachAllLinks() error {
+	dir := filepath.Join(n.PinPath, "links")
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list pinned links: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		errs = append(errs, unpinLink(filepath.Join(dir, e.Name())))
+	}
+	return errors.Join(errs...)
+}
+
+// clsact mode: one cls_bpf filter per hook, at a fixed priority and handle.
+const (
+	clsactPriority = 1
+	clsactHandle   = 1
+)
+
+func clsactFilter(ifindex int, p Program) netlink.FilterAttrs {
+	parent := uint32(netlink.HANDLE_MIN_EGRESS)
+	if p.ingress() {
+		parent = netlink.HANDLE_MIN_INGRESS
+	}
+	return netlink.FilterAttrs{
+		LinkIndex: ifindex,
+		Parent:    parent,
+		Handle:    netlink.MakeHandle(0, clsactHandle),
+		Protocol:  unix.ETH_P_ALL,
+		Priority:  clsactPriority,
+	}
+}
+
+func attachClsact(ifindex int, p Program, prog *ebpf.Program) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add clsact qdisc: %w", err)
+	}
+	filter := &netlink.BpfFilter{
+		FilterAttrs:  clsactFilter(ifindex, p),
+		Fd:           prog.FD(),
+		Name:         "hostrouting_" + p.objectName(),
+		DirectAction: true,
+	}
+	if err := netlink.FilterReplace(filter); err != nil {
+		return fmt.Errorf("add cls_bpf filter: %w", err)
+	}
+	return nil
+}
+
+func detachClsact(ifindex int, p Program) error {
+	err := netlink.FilterDel(&netlink.BpfFilter{FilterAttrs: clsactFilter(ifindex, p)})
+	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete cls_bpf filter: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,164 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultBPFFS is where the bpf filesystem is mounted when it is missing
+// and the pin path lies below it.
+const DefaultBPFFS = "/sys/fs/bpf"
+
+// ErrNotBPFFS is returned when a pin path is not on a bpf filesystem.
+var ErrNotBPFFS = errors.New("not on a bpf filesystem")
+
+// preparePinDir checks that dir lies on a bpf filesystem, making bpffs
+// reachable first if dir is below DefaultBPFFS and nothing is mounted there,
+// and creates dir. It returns the path this process reaches dir by, and
+// whether dir did not exist before.
+func preparePinDir(dir string) (path string, created bool, err error) {
+	if !filepath.IsAbs(dir) {
+		return "", false, fmt.Errorf("pin path %q: must be absolute", dir)
+	}
+	dir = filepath.Clean(dir)
+	if dir, err = reach(dir); err != nil {
+		return "", false, err
+	}
+	existing := dir
+	for {
+		if _, err := os.Stat(existing); err == nil {
+			break
+		}
+		existing = filepath.Dir(existing)
+	}
+	if ok, err := onBPFFS(existing); err != nil {
+		return "", false, fmt.Errorf("pin path %q: %w", dir, err)
+	} else if !ok {
+		return "", false, fmt.Errorf("pin path %q: %s is %w", dir, existing, ErrNotBPFFS)
+	}
+	if existing == dir {
+		return dir, false, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", false, fmt.Errorf("create pin path: %w", err)
+	}
+	return dir, true, nil
+}
+
+// reach returns the path by which this process reaches pinPath. Below
+// DefaultBPFFS, where nothing is mounted in this process's view, that is:
+//   - under `ip netns exec` and the like, which run commands in a private
+//     mount namespace with a fresh /sys, the machine's bpffs as an ancestor
+//     process sees it, through /proc/PID/root (a new mount would be a new,
+//     empty instance whose pins die with the command);
+//   - on a machine without bpffs, a new mount at DefaultBPFFS.
+func reach(pinPath string) (string, error) {
+	if !strings.HasPrefix(pinPath+"/", DefaultBPFFS+"/") {
+		return pinPath, nil
+	}
+	if ok, err := onBPFFS(DefaultBPFFS); err == nil && ok {
+		return pinPath, nil
+	}
+	root, private := ancestorRoot()
+	if root != "" {
+		return root + pinPath, nil
+	}
+	if private {
+		return "", fmt.Errorf("pin path %q: no bpffs at %s for this private mount namespace to share (mount it on the machine first): %w", pinPath, DefaultBPFFS, ErrNotBPFFS)
+	}
+	if err := os.MkdirAll(DefaultBPFFS, 0o755); err != nil {
+		return "", fmt.Errorf("create %s: %w", DefaultBPFFS, err)
+	}
+	if err := unix.Mount("bpf", DefaultBPFFS, "bpf", 0, "mode=0700"); err != nil {
+		return "", fmt.Errorf("mount bpffs at %s: %w", DefaultBPFFS, err)
+	}
+	return pinPath, nil
+}
+
+// ancestorRoot returns "/proc/PID/root" of the nearest ancestor process in
+// another mount namespace that has bpffs at DefaultBPFFS; private tells
+// whether this process's mount namespace differs from an ancestor's.
+func ancestorRoot() (root string, private bool) {
+	self, _ := os.Readlink("/proc/self/ns/mnt")
+	for pid := os.Getppid(); pid > 0; pid = parentOf(pid) {
+		proc := fmt.Sprintf("/proc/%d", pid)
+		if ns, err := os.Readlink(proc + "/ns/mnt"); err != nil || ns == self {
+			continue
+		}
+		private = true
+		if ok, err := onBPFFS(proc + "/root" + DefaultBPFFS); err == nil && ok {
+			return proc + "/root", true
+		}
+	}
+	return "", private
+}
+
+// parentOf returns the parent of process pid, or 0.
+func parentOf(pid int) int {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(stat), ')')
+	fields := strings.Fields(string(stat[i+1:]))
+	if i < 0 || len(fields) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return ppid
+}
+
+func onBPFFS(path string) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	return st.Type == unix.BPF_FS_MAGIC, nil
+}
+
+// Lock is an exclusive lock on a pin directory, held across processes.
+type Lock struct {
+	f *os.File
+}
+
+// LockPinPath takes the exclusive lock of the node instance at pinPath,
+// creating the directory (on a bpf filesystem) if needed, and blocks until
+// it is free. Processes that change the same node — a CNI plugin's
+// concurrent ADDs and DELs, an agent restarting — serialise on it.
+func LockPinPath(pinPath string) (*Lock, error) {
+	path, _, err := preparePinDir(pinPath)
+	if err != nil {
+		return nil, err
+	}
+	return lockDir(path)
+}
+
+func lockDir(dir string) (*Lock, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open pin path for locking: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock pin path %s: %w", dir, err)
+	}
+	return &Lock{f: f}, nil
+}
+
+// Unlock releases the lock.
+func (l *Lock) Unlock() error {
+	return l.f.Close()
+}

@@ -1,0 +1,103 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+)
+
+// Disable forces fallbacks a kernel would not need: for kernels with a
+// known bug in a helper, and for tests of the fallback paths.
+type Disable struct {
+	RedirectPeer  bool // deliver to local pods with bpf_redirect to the host device
+	RedirectNeigh bool // resolve next hops with bpf_fib_lookup and bpf_redirect only
+	FIBLookup     bool // leave forwarding off the node to the kernel's stack
+	TCX           bool // attach with clsact qdiscs and cls_bpf filters
+}
+
+// Feature says whether the datapath uses one kernel feature, and why.
+type Feature struct {
+	Enabled bool
+	Reason  string
+}
+
+// Features are the kernel features the datapath was loaded with.
+type Features struct {
+	RedirectPeer  Feature // bpf_redirect_peer
+	RedirectNeigh Feature // bpf_redirect_neigh
+	FIBLookup     Feature // bpf_fib_lookup
+	TCX           Feature // tcx links (else clsact + cls_bpf)
+}
+
+const (
+	featRedirectPeer = 1 << iota
+	featRedirectNeigh
+	featFIBLookup
+	featTCX
+)
+
+// bits encodes the enabled features for the pinned node_info.
+func (f Features) bits() uint32 {
+	var b uint32
+	for _, x := range []struct {
+		f   Feature
+		bit uint32
+	}{{f.RedirectPeer, featRedirectPeer}, {f.RedirectNeigh, featRedirectNeigh}, {f.FIBLookup, featFIBLookup}, {f.TCX, featTCX}} {
+		if x.f.Enabled {
+			b |= x.bit
+		}
+	}
+	return b
+}
+
+// ProbeFeatures asks the running kernel which features it has and applies
+// the forced fallbacks of d. Probes are cached for the process.
+func ProbeFeatures(d Disable) Features {
+	return Features{
+		RedirectPeer:  decide(d.RedirectPeer, probeHelper(asm.FnRedirectPeer)),
+		RedirectNeigh: decide(d.RedirectNeigh, probeHelper(asm.FnRedirectNeigh)),
+		FIBLookup:     decide(d.FIBLookup, probeHelper(asm.FnFibLookup)),
+		TCX:           decide(d.TCX, probeTCX()),
+	}
+}
+
+// featuresFromBits rebuilds what a loader decided from the pinned bits,
+// with reasons taken from a fresh probe where a feature is off.
+func featuresFromBits(b uint32) Features {
+	probed := ProbeFeatures(Disable{})
+	adopt := func(bit uint32, p Feature) Feature {
+		if b&bit != 0 {
+			return Feature{Enabled: true, Reason: "kernel supports it"}
+		}
+		if p.Enabled {
+			return Feature{Reason: "disabled by config"}
+		}
+		return p
+	}
+	return Features{
+		RedirectPeer:  adopt(featRedirectPeer, probed.RedirectPeer),
+		RedirectNeigh: adopt(featRedirectNeigh, probed.RedirectNeigh),
+		FIBLookup:     adopt(featFIBLookup, probed.FIBLookup),
+		TCX:           adopt(featTCX, probed.TCX),
+	}
+}
+
+func decide(disabled bool, probeErr error) Feature {
+	switch {
+	case disabled:
+		return Feature{Reason: "disabled by config"}
+	case errors.Is(probeErr, ebpf.ErrNotSupported):
+		return Feature{Reason: "kernel lacks it"}
+	case probeErr != nil:
+		return Feature{Reason: fmt.Sprintf("probe failed: %v", probeErr)}
+	default:
+		return Feature{Enabled: true, Reason: "kernel supports it"}
+	}
+}
+
+func probeHelper(fn asm.BuiltinFunc) error {
+	return features.HaveProgramHelper(ebpf.SchedCLS, fn)
+}
