@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -266,6 +269,9 @@ func (d *Datapath) Close() error {
 // then programs, maps and the pin directory. Pods fall back to the
 // kernel's routing.
 func (d *Datapath) Remove() error {
+	if _, err := os.Stat(d.node.PinPath); errors.Is(err, os.ErrNotExist) {
+		return d.node.Close() // removed by another process already
+	}
 	err := d.locked(func() error {
 		eps, err := d.endpoints.List()
 		if err != nil {
@@ -314,10 +320,30 @@ func (d *Datapath) hostDevice(ifname string) (ifindex int, mac net.HardwareAddr,
 
 // locked runs fn holding the pin directory's lock.
 func (d *Datapath) locked(fn func() error) error {
-	lock, err := loader.LockPinPath(d.cfg.PinPath)
+	lock, err := loader.LockPinPath(d.node.PinPath)
 	if err != nil {
 		return err
 	}
 	defer lock.Unlock()
 	return fn()
+}
+
+// AttachIngressPolicy puts an embedder's policy into the slot every packet
+// into an endpoint passes (the to-container step), on the BPF path and the
+// stack's alike. spec is an extension program (type ebpf.Extension) of the
+// signature
+//
+//	SEC("freplace/hr_ingress_policy")
+//	int policy(struct __sk_buff *ctx, __u32 endpoint_id)
+//
+// that returns 0 to let the packet in and 1 to drop it (counted as
+// maps.MetricDropPolicy and in the endpoint's drop counters). The policy
+// stays in force after Close; see loader.Node.AttachIngressPolicy.
+func (d *Datapath) AttachIngressPolicy(spec *ebpf.ProgramSpec) error {
+	return d.locked(func() error { return d.node.AttachIngressPolicy(spec) })
+}
+
+// DetachIngressPolicy restores the allow-all ingress policy.
+func (d *Datapath) DetachIngressPolicy() error {
+	return d.locked(d.node.DetachIngressPolicy)
 }

@@ -1,0 +1,33 @@
+# The two commands a fresh machine needs (as root):
+#   make demo   runs examples/samenode: two pods, BPF host routing, counters
+#   make test   installs what the tests drive and runs every test
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+GOBIN := $(shell go env GOPATH)/bin
+TESTLOG ?= test.log
+CNITOOL_VERSION := v1.3.1
+
+.PHONY: demo test test-deps generate
+
+demo:
+	go run ./examples/samenode
+
+# Debian packages the tests use (ptp and host-local for the CNI tests,
+# iptables for the FORWARD counters, bpftool for xlated dumps), and cnitool.
+test-deps:
+	@missing=""; \
+	for cmd in ip iptables bpftool tcpdump; do command -v $$cmd >/dev/null || missing=1; done; \
+	[ -x /usr/lib/cni/ptp ] && [ -x /usr/lib/cni/host-local ] || missing=1; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			iproute2 iptables bpftool tcpdump containernetworking-plugins >/dev/null; \
+	fi
+	@[ -x $(GOBIN)/cnitool ] || go install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
+
+test: test-deps
+	PATH="$(GOBIN):$$PATH" go test -count=1 -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(--- (FAIL|SKIP)|ok|FAIL|panic)|_test.go:[0-9]+:'
+
+# Regenerates the bpf2go output (needs clang-19 and libbpf-dev).
+generate:
+	go generate ./...

@@ -1,0 +1,269 @@
+package datapathtest
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/hostrouting/hostrouting/routing"
+)
+
+// RequireRoot skips the test unless it runs as root, since the fixtures
+// create network namespaces. With HOSTROUTING_REQUIRE_PRIVILEGED=1 in the
+// environment it fails the test instead, so that CI cannot pass by skipping.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	const reason = "needs root: creates network namespaces"
+	if os.Getenv("HOSTROUTING_REQUIRE_PRIVILEGED") == "1" {
+		t.Fatal(reason + " (HOSTROUTING_REQUIRE_PRIVILEGED=1)")
+	}
+	t.Skip(reason)
+}
+
+// Node is a node's network namespace: pods hang off it by veth pairs, it
+// forwards between them and has no other devices.
+type Node struct {
+	Name      string // as given to NewNode
+	NetnsName string // name under /var/run/netns, for `ip netns exec`
+	Netns     string // path of the namespace
+}
+
+// NewNode creates a node namespace with lo up, IPv4 forwarding on and
+// rp_filter off (routing.EnableForwarding). t.Cleanup deletes it.
+func NewNode(t testing.TB, name string) *Node {
+	t.Helper()
+	RequireRoot(t)
+	nsName, path := newNetns(t, name)
+	if err := routing.EnableForwarding(path); err != nil {
+		t.Fatalf("node %s: %v", name, err)
+	}
+	return &Node{Name: name, NetnsName: nsName, Netns: path}
+}
+
+// newNetns creates a uniquely named namespace with lo up, deleted by
+// t.Cleanup.
+func newNetns(t testing.TB, name string) (nsName, path string) {
+	t.Helper()
+	nsName = "hr-" + randomHex(4) + "-" + name
+	path, err := routing.CreateNetns(nsName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := routing.DeleteNetns(nsName); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	h, err := routing.Handle(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.LinkSetUp(lo)
+	}
+	if err != nil {
+		t.Fatalf("set lo up in netns %s: %v", nsName, err)
+	}
+	if err := disableIPv6(path); err != nil {
+		t.Fatalf("netns %s: %v", nsName, err)
+	}
+	return nsName, path
+}
+
+// disableIPv6 keeps IPv6 off the fixtures' devices: they are IPv4 only, and
+// IPv6 autoconfiguration (DAD, MLD reports, router solicitations) would
+// otherwise cross the host devices and blur their packet counters.
+func disableIPv6(nsPath string) error {
+	return routing.Do(nsPath, func() error {
+		for _, conf := range []string{"all", "default"} {
+			key := "/proc/sys/net/ipv6/conf/" + conf + "/disable_ipv6"
+			if err := os.WriteFile(key, []byte("1"), 0o644); err != nil {
+				return fmt.Errorf("disable IPv6: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Do runs fn inside the node's namespace (see routing.Do).
+func (n *Node) Do(fn func() error) error {
+	return routing.Do(n.Netns, fn)
+}
+
+// LinkStats returns the counters of the device ifname in the node.
+func (n *Node) LinkStats(ifname string) (*netlink.LinkStatistics, error) {
+	h, err := routing.Handle(n.Netns)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: link stats of %q: %w", n.Name, ifname, err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: link stats of %q: %w", n.Name, ifname, err)
+	}
+	return link.Attrs().Statistics, nil
+}
+
+// Exec runs a command inside the node's namespace (`ip netns exec`) and
+// returns its combined output. It fails the test if the command fails or
+// runs longer than 30 seconds.
+func (n *Node) Exec(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := n.exec(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func (n *Node) exec(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.NetnsName}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("node %s: %s: %w\n%s", n.Name, strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// CountForward inserts a rule that only counts at the head of the node's
+// filter FORWARD chain and returns a reader of its packet counter. Traffic
+// the kernel forwards between pods moves it; traffic a BPF program
+// redirects past the stack does not. The reader fails the test on error, so
+// call it from the test's goroutine. t.Cleanup removes the rule.
+func (n *Node) CountForward(t testing.TB) func() uint64 {
+	t.Helper()
+	comment := "hostrouting-test-" + randomHex(4)
+	rule := []string{"FORWARD", "-m", "comment", "--comment", comment}
+	n.Exec(t, append([]string{"iptables", "-w", "-I"}, rule...)...)
+	t.Cleanup(func() {
+		if _, err := n.exec(append([]string{"iptables", "-w", "-D"}, rule...)...); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return func() uint64 {
+		t.Helper()
+		out := n.Exec(t, "iptables", "-w", "-x", "-v", "-n", "-L", "FORWARD")
+		for _, line := range strings.Split(out, "\n") {
+			if !strings.Contains(line, "/* "+comment+" */") {
+				continue
+			}
+			fields := strings.Fields(line)
+			packets, err := strconv.ParseUint(fields[0], 10, 64)
+			if err != nil {
+				t.Fatalf("node %s: parse FORWARD counter in %q: %v", n.Name, line, err)
+			}
+			return packets
+		}
+		t.Fatalf("node %s: counting rule %s not in FORWARD chain:\n%s", n.Name, comment, out)
+		return 0
+	}
+}
+
+// Pod is a pod's network namespace, attached to its node by a veth pair.
+type Pod struct {
+	Name        string // as given to AddPod
+	NetnsName   string // name under /var/run/netns
+	Netns       string // path of the namespace
+	IP          netip.Addr
+	MAC         net.HardwareAddr // of the pod's eth0
+	HostIf      string           // node-side veth device
+	HostIfIndex int
+	HostMAC     net.HardwareAddr
+	Node        *Node
+}
+
+// AddPod creates a pod namespace and wires it to the node with
+// routing.SetupVeth: eth0 with addr/32, default route via
+// routing.DefaultGateway, and a node-side device named "lxc" plus a hash of
+// the pod's namespace name. t.Cleanup removes the veth and the namespace.
+func (n *Node) AddPod(t testing.TB, name string, addr netip.Addr) *Pod {
+	t.Helper()
+	nsName, path := newNetns(t, n.Name+"-"+name)
+	sum := sha256.Sum256([]byte(nsName))
+	hostIf := "lxc" + hex.EncodeToString(sum[:6])
+	v, err := routing.SetupVeth(routing.VethConfig{
+		HostNetns:  n.Netns,
+		HostIfName: hostIf,
+		PodNetns:   path,
+		Addr:       netip.PrefixFrom(addr, addr.BitLen()),
+	})
+	if err != nil {
+		t.Fatalf("pod %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		if err := routing.DeleteVeth(n.Netns, hostIf); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	for _, end := range []struct{ netns, ifname string }{{n.Netns, hostIf}, {path, v.PodIfName}} {
+		if err := waitOperUp(end.netns, end.ifname); err != nil {
+			t.Fatalf("pod %s: %v", name, err)
+		}
+	}
+	return &Pod{
+		Name:        name,
+		NetnsName:   nsName,
+		Netns:       path,
+		IP:          addr,
+		MAC:         v.PodMAC,
+		HostIf:      v.HostIfName,
+		HostIfIndex: v.HostIfIndex,
+		HostMAC:     v.HostMAC,
+		Node:        n,
+	}
+}
+
+// waitOperUp waits until the kernel's link watcher has finished bringing the
+// device up. Until then it has no qdisc and drops what is sent, typically the
+// first ARP request, which would cost a test an ARP retry: a second. The
+// link watcher runs at most once a second, so this wait can be that long.
+func waitOperUp(nsPath, ifname string) error {
+	h, err := routing.Handle(nsPath)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		link, err := h.LinkByName(ifname)
+		if err != nil {
+			return fmt.Errorf("wait for %q to come up: %w", ifname, err)
+		}
+		if link.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%q still %s after 5s", ifname, link.Attrs().OperState)
+		}
+	}
+}
+
+// Do runs fn inside the pod's namespace (see routing.Do). Sockets fn opens
+// belong to the pod and can be used from any goroutine afterwards.
+func (p *Pod) Do(fn func() error) error {
+	return routing.Do(p.Netns, fn)
+}

@@ -1,0 +1,50 @@
+// Package hostrouting is an SDK that gives any container network — a CNI
+// plugin, a node agent, a test rig — "eBPF host routing": packets between
+// pods are moved by tc BPF programs with bpf_redirect_peer instead of
+// walking the node's routing, netfilter and the destination veth's
+// backlog. Cilium calls this mode "Host Routing: BPF".
+//
+// # The packet's way
+//
+// A pod's eth0 is one end of a veth pair; the other end (lxc…) sits in the
+// node's network namespace. Every endpoint shares one loaded object per
+// node and finds its facts in maps keyed by address and ifindex:
+//
+//	pod A eth0 ──veth── lxcA [tc ingress: from-container]
+//	                       │ source IP/MAC not A's own        → drop (anti-spoofing)
+//	                       │ ARP for the gateway (if asked)   → answered with lxcA's MAC
+//	                       │ destination a pod of this node   → MACs rewritten, TTL-1,
+//	                       │   to-container step (policy, counters),
+//	                       │   bpf_redirect_peer(lxcB)        → pod B eth0
+//	                       │ anything else                    → the kernel's stack
+//	                     lxcB [tc egress: to-container]       what the stack delivers
+//
+// With bpf_redirect_peer the packet enters pod B's namespace directly: lxcB
+// never transmits it and netfilter's FORWARD chain never sees it. On
+// kernels without the helper, or when Config.Disable asks, the programs
+// fall back to bpf_redirect to lxcB (the packet crosses the veth, still
+// past the stack), and Status reports "Host Routing: Legacy" with the
+// reason. Fallbacks are decided once at load from feature probes and
+// handed to the programs as load-time constants, so the verifier removes
+// the calls a kernel lacks. Programs attach with tcx links, or clsact
+// qdiscs and cls_bpf filters on kernels without tcx.
+//
+// # Packages
+//
+//   - datapath: what users embed. New(Config) loads or adopts the node's
+//     datapath; AddEndpoint/RemoveEndpoint put pods on it; Status, Close
+//     (leave it running, pinned) and Remove (tear it down).
+//   - datapath/datapathtest: network-namespace fixtures (nodes, pods,
+//     traffic, counters) for tests, ours and an embedding CNI's.
+//   - loader: feature probes, loading once per node, pinning under one bpffs
+//     directory per node instance, adoption by a restarted process,
+//     attach/detach in any network namespace.
+//   - maps: typed access to the endpoint, counter and metric maps.
+//   - routing: netlink/netns helpers a CNI needs: veth pairs with ptp-like
+//     /32 addressing, node-side routes, sysctls — inside given namespaces.
+//   - bpf: the C datapath and its bpf2go output (committed; regenerate with
+//     `go generate ./bpf` and clang-19).
+//
+// The examples folder holds runnable programs: samenode (the demo),
+// cni-hostrouting (a chained CNI plugin) and hrctl (the node admin CLI).
+package hostrouting

@@ -1,0 +1,11 @@
+// Package routing holds the netlink and network namespace steps a container
+// network needs around the eBPF datapath: named network namespaces, the pod
+// veth pair with ptp-like addressing, per-endpoint routes in the node and the
+// sysctls host routing relies on.
+//
+// Every function works in the network namespace given by path (such as
+// /var/run/netns/NAME) through a netlink handle, or enters it with [Do] where
+// a thread must. An empty path means the caller's own namespace.
+//
+// Only IPv4 is supported so far; IPv6 input is refused with a clear error.
+package routing
