@@ -27,7 +27,7 @@ func preparePinDir(dir string) (path string, created bool, err error) {
 		return "", false, fmt.Errorf("pin path %q: must be absolute", dir)
 	}
 	dir = filepath.Clean(dir)
-	if dir, err = reach(dir); err != nil {
+	if dir, err = reach(dir, true); err != nil {
 		return "", false, err
 	}
 	existing := dir
@@ -57,8 +57,9 @@ func preparePinDir(dir string) (path string, created bool, err error) {
 //     mount namespace with a fresh /sys, the machine's bpffs as an ancestor
 //     process sees it, through /proc/PID/root (a new mount would be a new,
 //     empty instance whose pins die with the command);
-//   - on a machine without bpffs, a new mount at DefaultBPFFS.
-func reach(pinPath string) (string, error) {
+//   - on a machine without bpffs, a new mount at DefaultBPFFS if mayMount,
+//     else pinPath as it is.
+func reach(pinPath string, mayMount bool) (string, error) {
 	if !strings.HasPrefix(pinPath+"/", DefaultBPFFS+"/") {
 		return pinPath, nil
 	}
@@ -68,6 +69,9 @@ func reach(pinPath string) (string, error) {
 	root, private := ancestorRoot()
 	if root != "" {
 		return root + pinPath, nil
+	}
+	if !mayMount {
+		return pinPath, nil
 	}
 	if private {
 		return "", fmt.Errorf("pin path %q: no bpffs at %s for this private mount namespace to share (mount it on the machine first): %w", pinPath, DefaultBPFFS, ErrNotBPFFS)

@@ -116,10 +116,13 @@ func Load(opts Options) (n *Node, err error) {
 	return n, nil
 }
 
-// Open adopts the node instance pinned at pinPath without loading
-// anything: for tools that inspect a running node.
+// ErrNoNode is returned by Open for a directory that holds no node.
+var ErrNoNode = errors.New("no hostrouting node")
+
+// Open adopts the node instance pinned at pinPath without loading or
+// mounting anything: for tools that inspect a running node.
 func Open(pinPath string) (*Node, error) {
-	pinPath, err := reach(filepath.Clean(pinPath))
+	pinPath, err := reach(filepath.Clean(pinPath), false)
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +131,11 @@ func Open(pinPath string) (*Node, error) {
 	} else if !ok {
 		return nil, fmt.Errorf("open node at %s: %w", pinPath, ErrNotBPFFS)
 	}
-	return open(pinPath)
+	n, err := open(pinPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("open node at %s: %w: %w", pinPath, ErrNoNode, err)
+	}
+	return n, err
 }
 
 func open(pinPath string) (*Node, error) {

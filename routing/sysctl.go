@@ -1,7 +1,9 @@
 package routing
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 )
 
@@ -29,6 +31,22 @@ func EnableForwarding(nsPath string) error {
 			// /proc/sys/net resolves to the netns of the thread opening it.
 			if err := os.WriteFile("/proc/sys/"+s.key, []byte(s.value), 0o644); err != nil {
 				return fmt.Errorf("enable forwarding in netns %q: set %s=%s: %w", nsPath, s.key, s.value, err)
+			}
+		}
+		return nil
+	})
+}
+
+// DisableIPv6 turns IPv6 off in the network namespace at nsPath, for
+// devices there now and made later: for IPv4-only setups, where IPv6
+// autoconfiguration (DAD, MLD reports, router solicitations) would only add
+// traffic. A kernel without IPv6 is left as it is.
+func DisableIPv6(nsPath string) error {
+	return Do(nsPath, func() error {
+		for _, conf := range []string{"all", "default"} {
+			key := "/proc/sys/net/ipv6/conf/" + conf + "/disable_ipv6"
+			if err := os.WriteFile(key, []byte("1"), 0o644); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("disable IPv6 in netns %q: %w", nsPath, err)
 			}
 		}
 		return nil

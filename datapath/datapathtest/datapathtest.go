@@ -81,25 +81,12 @@ func newNetns(t testing.TB, name string) (nsName, path string) {
 	if err != nil {
 		t.Fatalf("set lo up in netns %s: %v", nsName, err)
 	}
-	if err := disableIPv6(path); err != nil {
-		t.Fatalf("netns %s: %v", nsName, err)
+	// The fixtures are IPv4 only: keep IPv6 autoconfiguration from
+	// blurring the host devices' packet counters.
+	if err := routing.DisableIPv6(path); err != nil {
+		t.Fatal(err)
 	}
 	return nsName, path
-}
-
-// disableIPv6 keeps IPv6 off the fixtures' devices: they are IPv4 only, and
-// IPv6 autoconfiguration (DAD, MLD reports, router solicitations) would
-// otherwise cross the host devices and blur their packet counters.
-func disableIPv6(nsPath string) error {
-	return routing.Do(nsPath, func() error {
-		for _, conf := range []string{"all", "default"} {
-			key := "/proc/sys/net/ipv6/conf/" + conf + "/disable_ipv6"
-			if err := os.WriteFile(key, []byte("1"), 0o644); err != nil {
-				return fmt.Errorf("disable IPv6: %w", err)
-			}
-		}
-		return nil
-	})
 }
 
 func randomHex(n int) string {
