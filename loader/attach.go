@@ -202,10 +202,26 @@ func attachClsact(ifindex int, p Program, prog *ebpf.Program) error {
 	return nil
 }
 
+// detachClsact deletes the datapath's filter for p, and only ours: a
+// filter of someone else's at the same place is left alone.
 func detachClsact(ifindex int, p Program) error {
-	err := netlink.FilterDel(&netlink.BpfFilter{FilterAttrs: clsactFilter(ifindex, p)})
-	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("delete cls_bpf filter: %w", err)
+	attrs := clsactFilter(ifindex, p)
+	link, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return nil // the device is gone, and its filters with it
+	}
+	filters, err := netlink.FilterList(link, attrs.Parent)
+	if err != nil {
+		return fmt.Errorf("list cls_bpf filters: %w", err)
+	}
+	for _, f := range filters {
+		bf, ok := f.(*netlink.BpfFilter)
+		if !ok || bf.Handle != attrs.Handle || bf.Priority != attrs.Priority || bf.Name != "hostrouting_"+p.objectName() {
+			continue
+		}
+		if err := netlink.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("delete cls_bpf filter: %w", err)
+		}
 	}
 	return nil
 }

@@ -39,8 +39,10 @@ func preparePinDir(dir string) (path string, created bool, err error) {
 	}
 	if ok, err := onBPFFS(existing); err != nil {
 		return "", false, fmt.Errorf("pin path %q: %w", dir, err)
+	} else if !ok && existing == dir {
+		return "", false, fmt.Errorf("pin path %q: %w", dir, ErrNotBPFFS)
 	} else if !ok {
-		return "", false, fmt.Errorf("pin path %q: %s is %w", dir, existing, ErrNotBPFFS)
+		return "", false, fmt.Errorf("pin path %q: its parent %s is %w", dir, existing, ErrNotBPFFS)
 	}
 	if existing == dir {
 		return dir, false, nil

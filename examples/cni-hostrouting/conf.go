@@ -1,0 +1,154 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/loader"
+	"github.com/hostrouting/hostrouting/routing"
+)
+
+// NetConf is the plugin's entry in a conflist.
+type NetConf struct {
+	types.NetConf
+
+	// PinPath is the node's datapath directory on bpffs. Default
+	// loader.DefaultPinPath.
+	PinPath string `json:"pinPath,omitempty"`
+	// ARPResponder makes the datapath answer the pod's ARP requests, for
+	// plugins that put no gateway address on the host-side veth.
+	ARPResponder bool `json:"arpResponder,omitempty"`
+	// RequireBPFHostRouting makes ADD fail instead of falling back to
+	// legacy host routing.
+	RequireBPFHostRouting bool `json:"requireBPFHostRouting,omitempty"`
+	// Disable forces fallbacks, for kernels with buggy helpers and tests.
+	Disable Disable `json:"disable,omitempty"`
+
+	// To come with routing off the node: device, nativeRoutingCIDR.
+}
+
+// Disable names the kernel features the datapath must not use (see
+// loader.Disable).
+type Disable struct {
+	RedirectPeer  bool `json:"redirectPeer,omitempty"`
+	RedirectNeigh bool `json:"redirectNeigh,omitempty"`
+	FIBLookup     bool `json:"fibLookup,omitempty"`
+	TCX           bool `json:"tcx,omitempty"`
+}
+
+// parseConf decodes the netconf on stdin and its prevResult, if any.
+func parseConf(stdin []byte) (*NetConf, error) {
+	conf := &NetConf{}
+	if err := json.Unmarshal(stdin, conf); err != nil {
+		return nil, cniError(types.ErrDecodingFailure, "parse netconf: %v", err)
+	}
+	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
+		return nil, cniError(types.ErrDecodingFailure, "parse prevResult: %v", err)
+	}
+	if conf.PinPath == "" {
+		conf.PinPath = loader.DefaultPinPath
+	}
+	return conf, nil
+}
+
+func (c *NetConf) datapathConfig() datapath.Config {
+	return datapath.Config{
+		PinPath:               c.PinPath,
+		RequireBPFHostRouting: c.RequireBPFHostRouting,
+		Disable: loader.Disable{
+			RedirectPeer:  c.Disable.RedirectPeer,
+			RedirectNeigh: c.Disable.RedirectNeigh,
+			FIBLookup:     c.Disable.FIBLookup,
+			TCX:           c.Disable.TCX,
+		},
+	}
+}
+
+// pod is what the datapath needs to know of a pod's interface.
+type pod struct {
+	HostIf string           // host-side veth in the node's netns
+	IP     netip.Addr       // IPv4 address of the container interface
+	MAC    net.HardwareAddr // MAC of the container interface; nil if unknown
+}
+
+// podOf finds the pod's interfaces and address in a previous plugin's
+// result: the host-side veth (no sandbox), the container interface
+// (CNI_IFNAME in CNI_NETNS), its MAC if given, and its IPv4 address.
+func podOf(prev types.Result, args *skel.CmdArgs) (pod, error) {
+	res, err := types100.GetResult(prev)
+	if err != nil {
+		return pod{}, cniError(types.ErrDecodingFailure, "convert prevResult: %v", err)
+	}
+	host, ctr := -1, -1
+	for i, iface := range res.Interfaces {
+		switch {
+		case iface.Sandbox == "" && host >= 0:
+			return pod{}, cniError(types.ErrInvalidNetworkConfig, "prevResult has more than one host-side interface (%s, %s): want a veth pair such as ptp makes", res.Interfaces[host].Name, iface.Name)
+		case iface.Sandbox == "":
+			host = i
+		case iface.Sandbox == args.Netns && iface.Name == args.IfName:
+			ctr = i
+		}
+	}
+	if host < 0 {
+		return pod{}, cniError(types.ErrInvalidNetworkConfig, "prevResult has no host-side interface")
+	}
+	if ctr < 0 {
+		return pod{}, cniError(types.ErrInvalidNetworkConfig, "prevResult has no container interface %s in netns %s", args.IfName, args.Netns)
+	}
+	p := pod{HostIf: res.Interfaces[host].Name}
+	for _, ipc := range res.IPs {
+		if ipc.Interface == nil || *ipc.Interface != ctr {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok {
+			p.IP = ip
+			break
+		}
+	}
+	if !p.IP.IsValid() {
+		return pod{}, cniError(types.ErrInvalidNetworkConfig, "prevResult has no IPv4 address on container interface %s", res.Interfaces[ctr].Name)
+	}
+	p.MAC, _ = net.ParseMAC(res.Interfaces[ctr].Mac)
+	return p, nil
+}
+
+// podWithMAC is podOf for ADD and CHECK, which need the pod's MAC: if
+// prevResult lacks it, it is read inside the pod.
+func podWithMAC(prev types.Result, args *skel.CmdArgs) (pod, error) {
+	p, err := podOf(prev, args)
+	if err != nil || p.MAC != nil {
+		return p, err
+	}
+	if p.MAC, err = linkMAC(args.Netns, args.IfName); err != nil {
+		return pod{}, cniError(types.ErrInternal, "pod MAC not in prevResult and not readable: %v", err)
+	}
+	return p, nil
+}
+
+// linkMAC reads the MAC of device ifname in the netns at nsPath.
+func linkMAC(nsPath, ifname string) (net.HardwareAddr, error) {
+	h, err := routing.Handle(nsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("device %s in netns %s: %w", ifname, nsPath, err)
+	}
+	return l.Attrs().HardwareAddr, nil
+}
+
+// cniError makes a CNI error whose message names the plugin.
+func cniError(code uint, format string, args ...any) *types.Error {
+	return types.NewError(code, "hostrouting: "+fmt.Sprintf(format, args...), "")
+}
