@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 )
 
 // Verdicts of tc programs (linux/pkt_cls.h).
@@ -156,21 +156,6 @@ var (
 	configRedirect = bpf.HostroutingConfig{RedirectPeer: 0}
 )
 
-// requirePrivileged skips tb when the process cannot load BPF programs
-// (not root), and fails it instead when HOSTROUTING_REQUIRE_PRIVILEGED=1,
-// as CI sets it, so that a lost privilege cannot turn the suite green.
-func requirePrivileged(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	const reason = "needs root (CAP_BPF and CAP_NET_ADMIN) to load tc programs and run BPF_PROG_TEST_RUN"
-	if os.Getenv("HOSTROUTING_REQUIRE_PRIVILEGED") == "1" {
-		tb.Fatal(reason + " and HOSTROUTING_REQUIRE_PRIVILEGED=1")
-	}
-	tb.Skip(reason)
-}
-
 // datapath is one loaded copy of the hostrouting object with its own maps,
 // so that every test starts from zero counters. Nothing is pinned.
 type datapath struct {
@@ -182,7 +167,7 @@ type datapath struct {
 // pinning disabled on every map, and closes it when tb ends.
 func loadDatapath(tb testing.TB, cfg bpf.HostroutingConfig) *datapath {
 	tb.Helper()
-	requirePrivileged(tb)
+	datapathtest.RequireRoot(tb)
 
 	spec, err := bpf.LoadHostrouting()
 	if err != nil {

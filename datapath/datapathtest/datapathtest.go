@@ -48,16 +48,17 @@ type Node struct {
 func NewNode(t testing.TB, name string) *Node {
 	t.Helper()
 	RequireRoot(t)
-	nsName, path := newNetns(t, name)
+	nsName, path := NewNetns(t, name)
 	if err := routing.EnableForwarding(path); err != nil {
 		t.Fatalf("node %s: %v", name, err)
 	}
 	return &Node{Name: name, NetnsName: nsName, Netns: path}
 }
 
-// newNetns creates a uniquely named namespace with lo up, deleted by
-// t.Cleanup.
-func newNetns(t testing.TB, name string) (nsName, path string) {
+// NewNetns creates a bare, uniquely named namespace with lo up and IPv6
+// off, deleted by t.Cleanup: for a pod whose veth a CNI plugin under test
+// makes.
+func NewNetns(t testing.TB, name string) (nsName, path string) {
 	t.Helper()
 	nsName = "hr-" + randomHex(4) + "-" + name
 	path, err := routing.CreateNetns(nsName)
@@ -190,7 +191,7 @@ type Pod struct {
 // the pod's namespace name. t.Cleanup removes the veth and the namespace.
 func (n *Node) AddPod(t testing.TB, name string, addr netip.Addr) *Pod {
 	t.Helper()
-	nsName, path := newNetns(t, n.Name+"-"+name)
+	nsName, path := NewNetns(t, n.Name+"-"+name)
 	sum := sha256.Sum256([]byte(nsName))
 	hostIf := "lxc" + hex.EncodeToString(sum[:6])
 	v, err := routing.SetupVeth(routing.VethConfig{

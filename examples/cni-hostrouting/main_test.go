@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -415,33 +413,7 @@ func (n *testNode) plugin(command, netns string, conf map[string]any) ([]byte, e
 // deletes. The pod's fields other than its names are set by add.
 func (n *testNode) newPod(t *testing.T, name string) *datapathtest.Pod {
 	t.Helper()
-	b := make([]byte, 4)
-	rand.Read(b)
-	nsName := "hr-" + hex.EncodeToString(b) + "-" + name
-	path, err := routing.CreateNetns(nsName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := routing.DeleteNetns(nsName); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-	err = routing.Do(path, func() error {
-		for _, conf := range []string{"all", "default"} {
-			if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+conf+"/disable_ipv6", []byte("1"), 0o644); err != nil {
-				return err
-			}
-		}
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(lo)
-	})
-	if err != nil {
-		t.Fatalf("pod %s: %v", name, err)
-	}
+	nsName, path := datapathtest.NewNetns(t, name)
 	return &datapathtest.Pod{Name: name, NetnsName: nsName, Netns: path, Node: n.Node}
 }
 
