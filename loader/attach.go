@@ -225,3 +225,52 @@ func detachClsact(ifindex int, p Program) error {
 	}
 	return nil
 }
+
+// Attached tells whether the node's program p is attached to the device
+// with index ifindex in the network namespace at nsPath, at its hook (tc
+// ingress for from-container, egress for to-container) and in the node's
+// attach mode.
+func (n *Node) Attached(nsPath string, ifindex int, p Program) (bool, error) {
+	info, err := n.progs[p].Info()
+	if err != nil {
+		return false, fmt.Errorf("program %s: %w", p, err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return false, fmt.Errorf("program %s: the kernel does not tell program IDs", p)
+	}
+	found := false
+	err = routing.Do(nsPath, func() error {
+		if n.Features.TCX.Enabled {
+			attach := ebpf.AttachTCXEgress
+			if p.ingress() {
+				attach = ebpf.AttachTCXIngress
+			}
+			res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: attach})
+			if err != nil {
+				return err
+			}
+			for _, ap := range res.Programs {
+				found = found || ap.ID == id
+			}
+			return nil
+		}
+		dev, err := netlink.LinkByIndex(ifindex)
+		if err != nil {
+			return err
+		}
+		filters, err := netlink.FilterList(dev, clsactFilter(ifindex, p).Parent)
+		if err != nil {
+			return err
+		}
+		for _, f := range filters {
+			bf, ok := f.(*netlink.BpfFilter)
+			found = found || (ok && bf.Id == int(id))
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("query %s on ifindex %d: %w", p, ifindex, err)
+	}
+	return found, nil
+}

@@ -76,6 +76,7 @@ func TestAttachIsIdempotent(t *testing.T) {
 				}
 			}
 		}
+		assertAttached(t, n, node.Netns, pod.HostIfIndex, true)
 		ingress := node.Exec(t, "tc", "filter", "show", "dev", pod.HostIf, "ingress")
 		links, _ := filepath.Glob(filepath.Join(n.PinPath, "links", "*"))
 		if mode.TCX {
@@ -93,10 +94,21 @@ func TestAttachIsIdempotent(t *testing.T) {
 				t.Fatalf("second detach: %v", err)
 			}
 		}
+		assertAttached(t, n, node.Netns, pod.HostIfIndex, false)
 		ingress = node.Exec(t, "tc", "filter", "show", "dev", pod.HostIf, "ingress")
 		links, _ = filepath.Glob(filepath.Join(n.PinPath, "links", "*"))
 		if len(links) != 0 || strings.Contains(ingress, "from_container") {
 			t.Errorf("after detach: links %v, filters %q", links, ingress)
+		}
+	}
+}
+
+func assertAttached(t *testing.T, n *loader.Node, nsPath string, ifindex int, want bool) {
+	t.Helper()
+	for _, p := range []loader.Program{loader.FromContainer, loader.ToContainer} {
+		got, err := n.Attached(nsPath, ifindex, p)
+		if err != nil || got != want {
+			t.Errorf("Attached(%s) = %v, %v: want %v", p, got, err, want)
 		}
 	}
 }

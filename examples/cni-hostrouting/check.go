@@ -2,10 +2,7 @@ package main
 
 import (
 	"bytes"
-	"fmt"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
@@ -51,53 +48,13 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return cniError(types.ErrInternal, "endpoint %s has flags %#x, want arpResponder %v", p.IP, ep.Flags, conf.ARPResponder)
 	}
 	for _, prog := range []loader.Program{loader.FromContainer, loader.ToContainer} {
-		if err := checkAttached(node, host, prog); err != nil {
-			return cniError(types.ErrInternal, "%s on %s: %v", prog, p.HostIf, err)
+		attached, err := node.Attached("", host.Attrs().Index, prog)
+		if err != nil {
+			return cniError(types.ErrInternal, "%v", err)
+		}
+		if !attached {
+			return cniError(types.ErrInternal, "%s is not attached to %s", prog, p.HostIf)
 		}
 	}
 	return nil
-}
-
-// checkAttached tells whether the node's program prog is attached to dev,
-// on tc ingress for from-container and tc egress for to-container.
-func checkAttached(node *loader.Node, dev netlink.Link, prog loader.Program) error {
-	info, err := node.Program(prog).Info()
-	if err != nil {
-		return err
-	}
-	id, ok := info.ID()
-	if !ok {
-		return fmt.Errorf("kernel does not tell program IDs")
-	}
-	ingress := prog == loader.FromContainer
-	if node.Features.TCX.Enabled {
-		attach := ebpf.AttachTCXEgress
-		if ingress {
-			attach = ebpf.AttachTCXIngress
-		}
-		res, err := link.QueryPrograms(link.QueryOptions{Target: dev.Attrs().Index, Attach: attach})
-		if err != nil {
-			return err
-		}
-		for _, ap := range res.Programs {
-			if ap.ID == id {
-				return nil
-			}
-		}
-		return fmt.Errorf("not attached (tcx %s)", attach)
-	}
-	parent := uint32(netlink.HANDLE_MIN_EGRESS)
-	if ingress {
-		parent = netlink.HANDLE_MIN_INGRESS
-	}
-	filters, err := netlink.FilterList(dev, parent)
-	if err != nil {
-		return err
-	}
-	for _, f := range filters {
-		if bf, ok := f.(*netlink.BpfFilter); ok && bf.Id == int(id) {
-			return nil
-		}
-	}
-	return fmt.Errorf("not attached (no cls_bpf filter with program %d)", id)
 }

@@ -90,7 +90,7 @@ func testTwoPods(t *testing.T, hr map[string]any) {
 	if err := node.Detach(n.Netns, a.HostIfIndex, loader.ToContainer); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.check(a); err == nil || !strings.Contains(err.Error(), "hostrouting: to-container on "+a.HostIf) {
+	if err := n.check(a); err == nil || !strings.Contains(err.Error(), "hostrouting: to-container is not attached to "+a.HostIf) {
 		t.Errorf("CHECK %s without to-container: %v, want an error naming it", a.Name, err)
 	}
 	if err := node.Attach(n.Netns, a.HostIfIndex, loader.ToContainer); err != nil {
