@@ -14,7 +14,8 @@ demo:
 	go run ./examples/samenode
 
 # Debian packages the tests use (ptp and host-local for the CNI tests,
-# iptables for the FORWARD counters, bpftool for xlated dumps), and cnitool.
+# iptables for the FORWARD counters, bpftool for xlated dumps), cnitool,
+# and the bpf filesystem.
 test-deps:
 	@missing=""; \
 	for cmd in ip iptables bpftool tcpdump; do command -v $$cmd >/dev/null || missing=1; done; \
@@ -24,6 +25,9 @@ test-deps:
 			iproute2 iptables bpftool tcpdump containernetworking-plugins >/dev/null; \
 	fi
 	@[ -x $(GOBIN)/cnitool ] || go install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
+	@# Mount bpffs once up front: test packages run in parallel, and two
+	@# loaders mounting it at once would stack two instances.
+	@[ "$$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" = bpf_fs ] || mount -t bpf bpf /sys/fs/bpf
 
 test: test-deps
 	PATH="$(GOBIN):$$PATH" go test -count=1 -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(--- (FAIL|SKIP)|ok|FAIL|panic)|_test.go:[0-9]+:'
