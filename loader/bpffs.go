@@ -81,6 +81,16 @@ func reach(pinPath string, mayMount bool) (string, error) {
 	if err := os.MkdirAll(DefaultBPFFS, 0o755); err != nil {
 		return "", fmt.Errorf("create %s: %w", DefaultBPFFS, err)
 	}
+	// Processes starting at once (a runtime's parallel CNI ADDs) would
+	// stack one instance each: mount under a lock, if still missing.
+	lock, err := lockDir(DefaultBPFFS)
+	if err != nil {
+		return "", err
+	}
+	defer lock.Unlock()
+	if ok, err := onBPFFS(DefaultBPFFS); err == nil && ok {
+		return pinPath, nil
+	}
 	if err := unix.Mount("bpf", DefaultBPFFS, "bpf", 0, "mode=0700"); err != nil {
 		return "", fmt.Errorf("mount bpffs at %s: %w", DefaultBPFFS, err)
 	}
