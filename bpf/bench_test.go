@@ -7,6 +7,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/maps"
 )
 
 // A BPF_PROG_TEST_RUN with a repeat count runs the program again and again
@@ -56,7 +57,7 @@ func benchmarkProg(b *testing.B, prog *ebpf.Program, frame []byte, perRun int, w
 // checkOnly fails b unless m is the only metric that moved, by at least
 // b.N packets (a test run interrupted by a signal is run again, so more is
 // possible).
-func checkOnly(b *testing.B, d *datapath, m metric) {
+func checkOnly(b *testing.B, d *datapath, m maps.Metric) {
 	b.Helper()
 	for got, c := range d.metrics() {
 		if got != m {
@@ -69,7 +70,7 @@ func checkOnly(b *testing.B, d *datapath, m metric) {
 
 // benchmarkDelivery measures from_container delivering A's packets to B
 // under cfg.
-func benchmarkDelivery(b *testing.B, cfg bpf.HostroutingConfig, counted metric) {
+func benchmarkDelivery(b *testing.B, cfg bpf.HostroutingConfig, counted maps.Metric) {
 	d := loadDatapath(b, cfg)
 	d.addPods(podA, benchPodB)
 	pkt := ipv4From(podA, benchPodB.ip)
@@ -81,13 +82,13 @@ func benchmarkDelivery(b *testing.B, cfg bpf.HostroutingConfig, counted metric) 
 // BenchmarkFromContainerLocalDelivery measures pod-to-pod delivery with
 // bpf_redirect_peer.
 func BenchmarkFromContainerLocalDelivery(b *testing.B) {
-	benchmarkDelivery(b, configPeer, metricFwdPeer)
+	benchmarkDelivery(b, configPeer, maps.MetricForwardPeer)
 }
 
 // BenchmarkFromContainerLocalDeliveryRedirect measures pod-to-pod delivery
 // with the bpf_redirect fallback.
 func BenchmarkFromContainerLocalDeliveryRedirect(b *testing.B) {
-	benchmarkDelivery(b, configRedirect, metricFwdRedirect)
+	benchmarkDelivery(b, configRedirect, maps.MetricForwardRedirect)
 }
 
 // BenchmarkFromContainerToStack measures a pod's packet to another node,
@@ -97,7 +98,7 @@ func BenchmarkFromContainerToStack(b *testing.B) {
 	d.addPods(podA, podB)
 	// Nothing is rewritten on the way to the stack: no limit per run.
 	benchmarkProg(b, d.objs.FromContainer, ipv4From(podA, remoteIP).frame(), b.N, tcActOK)
-	checkOnly(b, d, metricToStack)
+	checkOnly(b, d, maps.MetricToStack)
 }
 
 // BenchmarkToContainer measures the to-container step on a device's egress.

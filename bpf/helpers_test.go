@@ -12,6 +12,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/bpf"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/maps"
 )
 
 // Verdicts of tc programs (linux/pkt_cls.h).
@@ -58,36 +59,6 @@ const afInet = 2
 // ifindexes only live in maps and redirect targets, which test runs record
 // but never resolve, so they can be any number.
 const loIfindex = 1
-
-// metric mirrors enum metric in lib/common.h: the index of each node-wide
-// counter in hr_metrics. The enum is not in the object's BTF, so this list is
-// kept in step by hand; TestMetricsLayout catches a changed length.
-type metric uint32
-
-const (
-	metricFwdPeer metric = iota
-	metricFwdRedirect
-	metricToStack
-	metricARPReply
-	metricDropSpoofed
-	metricDropInvalid
-	metricDropUnknownL3
-	metricDropPolicy
-	metricMax
-)
-
-var metricNames = [...]string{
-	"FWD_PEER", "FWD_REDIRECT", "TO_STACK", "ARP_REPLY",
-	"DROP_SPOOFED", "DROP_INVALID", "DROP_UNKNOWN_L3", "DROP_POLICY",
-}
-
-// String returns the metric's name without the METRIC_ prefix.
-func (m metric) String() string {
-	if int(m) < len(metricNames) {
-		return metricNames[m]
-	}
-	return fmt.Sprintf("metric(%d)", uint32(m))
-}
 
 // mac is an Ethernet address as it sits in a frame.
 type mac [6]byte
@@ -219,9 +190,8 @@ func (d *datapath) addPods(pods ...pod) {
 		if err := d.objs.HrEndpoints.Put(endpointKey(p.ip), info); err != nil {
 			d.tb.Fatalf("add endpoint %s: %v", p.ip, err)
 		}
-		zero := make([]bpf.HostroutingEndpointStats, ebpf.MustPossibleCPU())
-		if err := d.objs.HrEpStats.Put(p.ifindex, zero); err != nil {
-			d.tb.Fatalf("add stats of ifindex %d: %v", p.ifindex, err)
+		if err := maps.NewStats(d.objs.HrEpStats).Reset(int(p.ifindex)); err != nil {
+			d.tb.Fatal(err)
 		}
 	}
 }
@@ -275,47 +245,28 @@ func (d *datapath) tryRun(prog *ebpf.Program, ctx skbContext, frame []byte) (uin
 	return verdict, opts.DataOut, nil
 }
 
-// counter is a packet and byte count.
-type counter struct {
-	Packets, Bytes uint64
-}
-
 // metrics returns the non-zero node-wide counters, summed over all CPUs.
-func (d *datapath) metrics() map[metric]counter {
+func (d *datapath) metrics() map[maps.Metric]maps.Counter {
 	d.tb.Helper()
-	got := make(map[metric]counter)
-	for m := range metricMax {
-		var perCPU []bpf.HostroutingMetricValue
-		if err := d.objs.HrMetrics.Lookup(uint32(m), &perCPU); err != nil {
-			d.tb.Fatalf("lookup metric %s: %v", m, err)
-		}
-		var c counter
-		for _, v := range perCPU {
-			c.Packets += v.Packets
-			c.Bytes += v.Bytes
-		}
-		if c != (counter{}) {
-			got[m] = c
+	all, err := maps.NewMetrics(d.objs.HrMetrics).All()
+	if err != nil {
+		d.tb.Fatal(err)
+	}
+	got := make(map[maps.Metric]maps.Counter)
+	for m, c := range all {
+		if c != (maps.Counter{}) {
+			got[maps.Metric(m)] = c
 		}
 	}
 	return got
 }
 
-// endpointStats returns the hr_ep_stats entry of ifindex summed over all CPUs.
-func (d *datapath) endpointStats(ifindex uint32) bpf.HostroutingEndpointStats {
+// endpointStats returns the counters of the endpoint behind ifindex.
+func (d *datapath) endpointStats(ifindex uint32) maps.EndpointStats {
 	d.tb.Helper()
-	var perCPU []bpf.HostroutingEndpointStats
-	if err := d.objs.HrEpStats.Lookup(ifindex, &perCPU); err != nil {
-		d.tb.Fatalf("lookup stats of ifindex %d: %v", ifindex, err)
-	}
-	var s bpf.HostroutingEndpointStats
-	for _, v := range perCPU {
-		s.FromPackets += v.FromPackets
-		s.FromBytes += v.FromBytes
-		s.ToPackets += v.ToPackets
-		s.ToBytes += v.ToBytes
-		s.DropPackets += v.DropPackets
-		s.DropBytes += v.DropBytes
+	s, err := maps.NewStats(d.objs.HrEpStats).Get(int(ifindex))
+	if err != nil {
+		d.tb.Fatal(err)
 	}
 	return s
 }
@@ -324,7 +275,7 @@ func (d *datapath) endpointStats(ifindex uint32) bpf.HostroutingEndpointStats {
 // metrics and per-device from/to/drop packets. Byte counts are implied: one
 // frame of the tested length per packet.
 type counts struct {
-	metrics map[metric]uint64
+	metrics map[maps.Metric]uint64
 	from    map[uint32]uint64 // by ifindex
 	to      map[uint32]uint64
 	drop    map[uint32]uint64
@@ -337,21 +288,21 @@ func (d *datapath) checkCounts(want counts, frameLen int, ifindexes ...uint32) {
 	d.tb.Helper()
 	n := uint64(frameLen)
 
-	wantMetrics := make(map[metric]counter)
+	wantMetrics := make(map[maps.Metric]maps.Counter)
 	for m, p := range want.metrics {
 		if p != 0 {
-			wantMetrics[m] = counter{p, p * n}
+			wantMetrics[m] = maps.Counter{Packets: p, Bytes: p * n}
 		}
 	}
 	gotMetrics := d.metrics()
-	for m := range metricMax {
+	for m := range maps.MetricCount {
 		if gotMetrics[m] != wantMetrics[m] {
 			d.tb.Errorf("metric %s = %+v, want %+v", m, gotMetrics[m], wantMetrics[m])
 		}
 	}
 
 	for _, ifindex := range ifindexes {
-		w := bpf.HostroutingEndpointStats{
+		w := maps.EndpointStats{
 			FromPackets: want.from[ifindex], FromBytes: want.from[ifindex] * n,
 			ToPackets: want.to[ifindex], ToBytes: want.to[ifindex] * n,
 			DropPackets: want.drop[ifindex], DropBytes: want.drop[ifindex] * n,

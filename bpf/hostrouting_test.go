@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/maps"
 )
 
 // forEachConfig runs test once per local-delivery configuration: with
@@ -55,11 +56,11 @@ func checkDelivered(t *testing.T, cfg bpf.HostroutingConfig, pkt ipv4Packet) {
 	want := counts{from: map[uint32]uint64{podA.ifindex: 1}}
 	if cfg.RedirectPeer != 0 {
 		// The to-container step runs inline before bpf_redirect_peer.
-		want.metrics = map[metric]uint64{metricFwdPeer: 1}
+		want.metrics = map[maps.Metric]uint64{maps.MetricForwardPeer: 1}
 		want.to = map[uint32]uint64{podB.ifindex: 1}
 	} else {
 		// B's "to" is counted by to_container on its device's egress.
-		want.metrics = map[metric]uint64{metricFwdRedirect: 1}
+		want.metrics = map[maps.Metric]uint64{maps.MetricForwardRedirect: 1}
 	}
 	d.checkCounts(want, len(frame), podA.ifindex, podB.ifindex, podC.ifindex)
 }
@@ -214,7 +215,7 @@ func checkToStack(t *testing.T, cfg bpf.HostroutingConfig, frame []byte, counted
 		t.Errorf("verdict %d, want TC_ACT_OK (%d)", verdict, tcActOK)
 	}
 	checkFrame(t, "frame to the stack", out, frame)
-	want := counts{metrics: map[metric]uint64{metricToStack: 1}}
+	want := counts{metrics: map[maps.Metric]uint64{maps.MetricToStack: 1}}
 	if countedFrom {
 		want.from = map[uint32]uint64{podA.ifindex: 1}
 	}
@@ -254,7 +255,7 @@ func TestFromContainerNotLocal(t *testing.T) {
 
 // checkDropped sends frame through from_container and checks that it is
 // dropped for reason, counted against pod A's device and nobody else's.
-func checkDropped(t *testing.T, frame []byte, reason metric) {
+func checkDropped(t *testing.T, frame []byte, reason maps.Metric) {
 	t.Helper()
 	d := loadDatapath(t, configPeer)
 	d.addPods(podA, podB, podC)
@@ -265,7 +266,7 @@ func checkDropped(t *testing.T, frame []byte, reason metric) {
 	}
 	checkFrame(t, "dropped frame", out, frame)
 	d.checkCounts(counts{
-		metrics: map[metric]uint64{reason: 1},
+		metrics: map[maps.Metric]uint64{reason: 1},
 		drop:    map[uint32]uint64{podA.ifindex: 1},
 	}, len(frame), podA.ifindex, podB.ifindex, podC.ifindex)
 }
@@ -302,7 +303,7 @@ func TestFromContainerSpoofing(t *testing.T) {
 		{"spoofed source to a remote destination", toStack},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			checkDropped(t, c.pkt.frame(), metricDropSpoofed)
+			checkDropped(t, c.pkt.frame(), maps.MetricDropSpoofed)
 		})
 	}
 }
@@ -338,7 +339,7 @@ func TestFromContainerMalformed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkDropped(t, c.frame, metricDropInvalid)
+			checkDropped(t, c.frame, maps.MetricDropInvalid)
 		})
 	}
 
@@ -367,7 +368,7 @@ func TestFromContainerMalformed(t *testing.T) {
 		{"arp ethernet header only", arp[:14]},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			checkDropped(t, c.frame, metricDropInvalid)
+			checkDropped(t, c.frame, maps.MetricDropInvalid)
 		})
 	}
 }
@@ -403,7 +404,7 @@ func TestFromContainerOtherEthertypes(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			frame := ethFrame(podA.nodeMAC, podA.mac, c.ethertype, make([]byte, 46))
-			checkDropped(t, frame, metricDropUnknownL3)
+			checkDropped(t, frame, maps.MetricDropUnknownL3)
 		})
 	}
 
@@ -495,22 +496,22 @@ func TestFromContainerARP(t *testing.T) {
 			case answered:
 				wantVerdict = tcActRedirect
 				wantFrame = reply(c.request).frame()
-				want.metrics = map[metric]uint64{metricARPReply: 1}
+				want.metrics = map[maps.Metric]uint64{maps.MetricARPReply: 1}
 				want.from = map[uint32]uint64{podA.ifindex: 1}
 			case stack:
 				wantVerdict = tcActOK
-				want.metrics = map[metric]uint64{metricToStack: 1}
+				want.metrics = map[maps.Metric]uint64{maps.MetricToStack: 1}
 				want.from = map[uint32]uint64{podA.ifindex: 1}
 			case probe:
 				wantVerdict = tcActOK
-				want.metrics = map[metric]uint64{metricToStack: 1}
+				want.metrics = map[maps.Metric]uint64{maps.MetricToStack: 1}
 			case spoofed, invalid:
 				wantVerdict = tcActShot
-				reason := metricDropSpoofed
+				reason := maps.MetricDropSpoofed
 				if c.want == invalid {
-					reason = metricDropInvalid
+					reason = maps.MetricDropInvalid
 				}
-				want.metrics = map[metric]uint64{reason: 1}
+				want.metrics = map[maps.Metric]uint64{reason: 1}
 				want.drop = map[uint32]uint64{podA.ifindex: 1}
 			}
 			if verdict != wantVerdict {
@@ -598,14 +599,15 @@ func TestToContainer(t *testing.T) {
 	}
 }
 
-// TestMetricsLayout guards the hand-kept copy of enum metric.
+// TestMetricsLayout guards maps.Metric, the Go copy of enum metric in
+// lib/common.h (the enum is not in the object's BTF).
 func TestMetricsLayout(t *testing.T) {
 	spec, err := bpf.LoadHostrouting()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := spec.Maps[bpf.HostroutingMapHrMetrics].MaxEntries; n != uint32(metricMax) {
-		t.Fatalf("hr_metrics has %d entries, the tests know %d metrics: update metric in helpers_test.go", n, metricMax)
+	if n := spec.Maps[bpf.HostroutingMapHrMetrics].MaxEntries; n != uint32(maps.MetricCount) {
+		t.Fatalf("hr_metrics has %d entries, maps knows %d metrics: update maps.Metric", n, maps.MetricCount)
 	}
 }
 

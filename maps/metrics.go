@@ -22,17 +22,18 @@ const (
 	MetricDropInvalid                   // truncated or malformed frame
 	MetricDropUnknownL3                 // ethertype the datapath does not carry
 	MetricDropPolicy                    // refused by the ingress policy hook
-	metricCount
+	// MetricCount is the number of metrics (hr_metrics' size).
+	MetricCount
 )
 
-var metricNames = [metricCount]string{
+var metricNames = [MetricCount]string{
 	"forward-peer", "forward-redirect", "to-stack", "arp-reply",
 	"drop-spoofed", "drop-invalid", "drop-unknown-l3", "drop-policy",
 }
 
 // String names m as hrctl prints it: "drop-spoofed".
 func (m Metric) String() string {
-	if m < metricCount {
+	if m < MetricCount {
 		return metricNames[m]
 	}
 	return fmt.Sprintf("metric(%d)", uint32(m))
@@ -69,8 +70,8 @@ func (ms *Metrics) Get(m Metric) (Counter, error) {
 
 // All returns every metric's counter, indexed by Metric.
 func (ms *Metrics) All() ([]Counter, error) {
-	all := make([]Counter, metricCount)
-	for m := range Metric(metricCount) {
+	all := make([]Counter, MetricCount)
+	for m := range Metric(MetricCount) {
 		c, err := ms.Get(m)
 		if err != nil {
 			return nil, err
