@@ -8,6 +8,8 @@
  *   to_container    tc egress of a pod's host-side device (what the stack
  *                   delivers into the pod); the same step runs inline before
  *                   bpf_redirect_peer on the BPF path
+ *   from_netdev     tc ingress of the node's device (what other nodes send)
+ *   to_netdev       tc egress of the node's device (what leaves the node)
  */
 
 #include "lib/common.h"
@@ -15,6 +17,7 @@
 #include "lib/parse.h"
 #include "lib/arp.h"
 #include "lib/local.h"
+#include "lib/fib.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -35,6 +38,8 @@ static __always_inline int from_container_ipv4(struct __sk_buff *ctx)
 	dst = lookup_endpoint4(ip->daddr);
 	if (dst)
 		return local_delivery(ctx, eth, ip, dst);
+	if (CONFIG.fib_lookup && in_native_cidr(ip->daddr))
+		return fib_redirect(ctx, eth, ip);
 	return to_stack(ctx);
 }
 
@@ -75,5 +80,30 @@ int to_container(struct __sk_buff *ctx)
 			return to_container_step(ctx, ep) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	}
 	count_to(ctx->ifindex, ctx->len);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int from_netdev(struct __sk_buff *ctx)
+{
+	struct endpoint_info *ep;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+
+	/* Only what was sent to this node: leave the rest, and whatever is
+	 * not well-formed IPv4, to the kernel as if nothing were attached. */
+	if (ctx->pkt_type != PACKET_HOST || ctx->protocol != bpf_htons(ETH_P_IP) ||
+	    !parse_ipv4(ctx, &eth, &ip))
+		return to_stack(ctx);
+	ep = lookup_endpoint4(ip->daddr);
+	if (ep)
+		return local_delivery(ctx, eth, ip, ep);
+	return to_stack(ctx);
+}
+
+SEC("tc")
+int to_netdev(struct __sk_buff *ctx)
+{
+	count_metric(METRIC_TO_NETDEV, ctx->len);
 	return TC_ACT_OK;
 }

@@ -19,6 +19,8 @@ type HostroutingConfig struct {
 	RedirectNeigh uint8
 	FibLookup     uint8
 	Pad           uint8
+	NativeCidr    uint32
+	NativeMask    uint32
 }
 
 type HostroutingEndpointInfo struct {
@@ -53,11 +55,19 @@ type HostroutingMetricValue struct {
 	Bytes   uint64
 }
 
+type HostroutingNodeEntry struct {
+	_    structs.HostLayout
+	Name [64]int8
+}
+
 type HostroutingNodeInfo struct {
-	_        structs.HostLayout
-	ObjectId uint64
-	Features uint32
-	Pad      uint32
+	_            structs.HostLayout
+	ObjectId     uint64
+	Features     uint32
+	NativeCidr   uint32
+	NativePrefix uint32
+	Devices      [8]uint32
+	_            [4]byte
 }
 
 // Names of all BPF objects in the ELF.
@@ -68,8 +78,11 @@ const (
 	HostroutingMapHrEpStats      = "hr_ep_stats"
 	HostroutingMapHrInfo         = "hr_info"
 	HostroutingMapHrMetrics      = "hr_metrics"
+	HostroutingMapHrNodes        = "hr_nodes"
 	HostroutingProgFromContainer = "from_container"
+	HostroutingProgFromNetdev    = "from_netdev"
 	HostroutingProgToContainer   = "to_container"
+	HostroutingProgToNetdev      = "to_netdev"
 	HostroutingVarCONFIG         = "CONFIG"
 )
 
@@ -116,7 +129,9 @@ type HostroutingSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type HostroutingProgramSpecs struct {
 	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
+	FromNetdev    *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
+	ToNetdev      *ebpf.ProgramSpec `ebpf:"to_netdev"`
 }
 
 // HostroutingMapSpecs contains maps before they are loaded into the kernel.
@@ -127,6 +142,7 @@ type HostroutingMapSpecs struct {
 	HrEpStats   *ebpf.MapSpec `ebpf:"hr_ep_stats"`
 	HrInfo      *ebpf.MapSpec `ebpf:"hr_info"`
 	HrMetrics   *ebpf.MapSpec `ebpf:"hr_metrics"`
+	HrNodes     *ebpf.MapSpec `ebpf:"hr_nodes"`
 }
 
 // HostroutingVariableSpecs contains global variables before they are loaded into the kernel.
@@ -160,6 +176,7 @@ type HostroutingMaps struct {
 	HrEpStats   *ebpf.Map `ebpf:"hr_ep_stats"`
 	HrInfo      *ebpf.Map `ebpf:"hr_info"`
 	HrMetrics   *ebpf.Map `ebpf:"hr_metrics"`
+	HrNodes     *ebpf.Map `ebpf:"hr_nodes"`
 }
 
 func (m *HostroutingMaps) Close() error {
@@ -168,6 +185,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrEpStats,
 		m.HrInfo,
 		m.HrMetrics,
+		m.HrNodes,
 	)
 }
 
@@ -183,13 +201,17 @@ type HostroutingVariables struct {
 // It can be passed to LoadHostroutingObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HostroutingPrograms struct {
 	FromContainer *ebpf.Program `ebpf:"from_container"`
+	FromNetdev    *ebpf.Program `ebpf:"from_netdev"`
 	ToContainer   *ebpf.Program `ebpf:"to_container"`
+	ToNetdev      *ebpf.Program `ebpf:"to_netdev"`
 }
 
 func (p *HostroutingPrograms) Close() error {
 	return _HostroutingClose(
 		p.FromContainer,
+		p.FromNetdev,
 		p.ToContainer,
+		p.ToNetdev,
 	)
 }
 

@@ -34,6 +34,15 @@ type Config struct {
 	// RequireBPFHostRouting makes New fail with ErrLegacyHostRouting
 	// instead of falling back when BPF host routing is not possible.
 	RequireBPFHostRouting bool
+	// Devices are the node's devices toward other nodes (eth0):
+	// from-netdev and to-netdev attach to them. Empty leaves the devices
+	// a node was started with as they are.
+	Devices []string
+	// NativeRoutingCIDR holds the pods of all nodes (e.g. 10.0.0.0/8):
+	// packets from pods to it that are not for this node leave by
+	// bpf_fib_lookup and bpf_redirect(_neigh), past the stack; packets
+	// elsewhere take the stack. Invalid (zero) for none.
+	NativeRoutingCIDR netip.Prefix
 }
 
 var (
@@ -54,6 +63,7 @@ type Datapath struct {
 	endpoints *maps.Endpoints
 	stats     *maps.Stats
 	metrics   *maps.Metrics
+	nodes     *maps.Nodes
 }
 
 // New loads the datapath for the node described by cfg, or adopts the one
@@ -68,28 +78,65 @@ func New(cfg Config) (*Datapath, error) {
 			return nil, fmt.Errorf("%w: %s", ErrLegacyHostRouting, why)
 		}
 	}
-	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, MaxEndpoints: cfg.MaxEndpoints, Disable: cfg.Disable})
+	devices, err := deviceIndexes(cfg.Netns, cfg.Devices)
 	if err != nil {
 		return nil, err
 	}
-	d := &Datapath{
+	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, MaxEndpoints: cfg.MaxEndpoints,
+		Disable: cfg.Disable, NativeRoutingCIDR: cfg.NativeRoutingCIDR})
+	if err != nil {
+		return nil, err
+	}
+	d := newDatapath(cfg, node)
+	err = d.locked(func() error {
+		if node.Replaced {
+			if err := d.reattach(); err != nil {
+				return err
+			}
+		}
+		if len(devices) == 0 {
+			return nil
+		}
+		if err := d.attachDevices(devices); err != nil {
+			return err
+		}
+		return node.SetDevices(devices)
+	})
+	if err != nil {
+		node.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Open adopts the datapath pinned at pinPath for the node whose network
+// namespace is at netns ("" for the caller's), without loading or
+// attaching anything: for tools and for CNI DEL and CHECK, which must not
+// start a node that is not there (that error wraps loader.ErrNoNode).
+func Open(pinPath, netns string) (*Datapath, error) {
+	if pinPath == "" {
+		pinPath = loader.DefaultPinPath
+	}
+	node, err := loader.Open(pinPath)
+	if err != nil {
+		return nil, err
+	}
+	return newDatapath(Config{PinPath: pinPath, Netns: netns, NativeRoutingCIDR: node.NativeRoutingCIDR}, node), nil
+}
+
+func newDatapath(cfg Config, node *loader.Node) *Datapath {
+	return &Datapath{
 		cfg:       cfg,
 		node:      node,
 		endpoints: maps.NewEndpoints(node.Maps.Endpoints),
 		stats:     maps.NewStats(node.Maps.EndpointStats),
 		metrics:   maps.NewMetrics(node.Maps.Metrics),
+		nodes:     maps.NewNodes(node.Maps.Nodes),
 	}
-	if node.Replaced {
-		if err := d.reattach(); err != nil {
-			node.Close()
-			return nil, err
-		}
-	}
-	return d, nil
 }
 
-// reattach renews every endpoint's attachments with the node's programs,
-// after they were replaced by another version or config.
+// reattach renews every endpoint's and device's attachments with the
+// node's programs, after they were replaced by another version or config.
 func (d *Datapath) reattach() error {
 	eps, err := d.endpoints.List()
 	if err != nil {
@@ -98,6 +145,34 @@ func (d *Datapath) reattach() error {
 	for _, ep := range eps {
 		if err := d.attach(ep.IfIndex); err != nil {
 			return fmt.Errorf("renew endpoint %s: %w", ep.IP, err)
+		}
+	}
+	devices, err := d.node.Devices()
+	if err != nil {
+		return err
+	}
+	return d.attachDevices(devices)
+}
+
+// deviceIndexes resolves the node's device names in its netns.
+func deviceIndexes(netns string, names []string) ([]int, error) {
+	var idx []int
+	for _, name := range names {
+		ifindex, _, err := hostDevice(netns, name)
+		if err != nil {
+			return nil, fmt.Errorf("node device: %w", err)
+		}
+		idx = append(idx, ifindex)
+	}
+	return idx, nil
+}
+
+func (d *Datapath) attachDevices(ifindexes []int) error {
+	for _, ifindex := range ifindexes {
+		for _, p := range []loader.Program{loader.FromNetdev, loader.ToNetdev} {
+			if err := d.node.Attach(d.cfg.Netns, ifindex, p); err != nil {
+				return fmt.Errorf("node device: %w", err)
+			}
 		}
 	}
 	return nil
@@ -145,7 +220,7 @@ func (d *Datapath) addEndpoint(ep Endpoint) (maps.Endpoint, error) {
 	if len(ep.MAC) != 6 {
 		return maps.Endpoint{}, fmt.Errorf("pod MAC %q: want 6 bytes", ep.MAC)
 	}
-	ifindex, nodeMAC, err := d.hostDevice(ep.IfName)
+	ifindex, nodeMAC, err := hostDevice(d.cfg.Netns, ep.IfName)
 	if err != nil {
 		return maps.Endpoint{}, err
 	}
@@ -265,9 +340,9 @@ func (d *Datapath) Close() error {
 	return d.node.Close()
 }
 
-// Remove tears the node's datapath down: every endpoint's attachments,
-// then programs, maps and the pin directory. Pods fall back to the
-// kernel's routing.
+// Remove tears the node's datapath down: every endpoint's and device's
+// attachments, the routes to other nodes, then programs, maps and the pin
+// directory. Pods fall back to the kernel's routing.
 func (d *Datapath) Remove() error {
 	if _, err := os.Stat(d.node.PinPath); errors.Is(err, os.ErrNotExist) {
 		return d.node.Close() // removed by another process already
@@ -280,6 +355,18 @@ func (d *Datapath) Remove() error {
 		var errs []error
 		for _, ep := range eps {
 			errs = append(errs, d.detach(ep.IfIndex))
+		}
+		nodes, err := d.listNodes()
+		errs = append(errs, err)
+		for _, n := range nodes {
+			errs = append(errs, d.deleteNode(n))
+		}
+		devices, err := d.node.Devices()
+		errs = append(errs, err)
+		for _, ifindex := range devices {
+			for _, p := range []loader.Program{loader.FromNetdev, loader.ToNetdev} {
+				errs = append(errs, d.node.Detach(d.cfg.Netns, ifindex, p))
+			}
 		}
 		return errors.Join(errs...)
 	})
@@ -302,11 +389,11 @@ func (d *Datapath) detach(ifindex int) error {
 }
 
 // hostDevice finds a device in the node's netns.
-func (d *Datapath) hostDevice(ifname string) (ifindex int, mac net.HardwareAddr, err error) {
+func hostDevice(netns, ifname string) (ifindex int, mac net.HardwareAddr, err error) {
 	if ifname == "" {
 		return 0, nil, errors.New("no host device name")
 	}
-	h, err := routing.Handle(d.cfg.Netns)
+	h, err := routing.Handle(netns)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -2,10 +2,14 @@ package datapath
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
+	"github.com/hostrouting/hostrouting/routing"
 )
 
 // Host routing modes, as `cilium status` names them.
@@ -16,13 +20,21 @@ const (
 
 // Status is what `cilium status` would say of the node's datapath.
 type Status struct {
-	HostRouting  string          // HostRoutingBPF or HostRoutingLegacy
-	LegacyReason string          // why not BPF, when Legacy
-	AttachMode   string          // "tcx" or "tc (clsact + cls_bpf)"
-	Features     loader.Features // what the programs were loaded with
-	Endpoints    int             // endpoints on the node
-	PinPath      string          // the node instance's pin directory
-	Metrics      []maps.Counter  // node-wide counters, indexed by maps.Metric
+	HostRouting       string          // HostRoutingBPF or HostRoutingLegacy
+	LegacyReason      string          // why not BPF, when Legacy
+	AttachMode        string          // "tcx" or "tc (clsact + cls_bpf)"
+	Features          loader.Features // what the programs were loaded with
+	Devices           []Device        // the node's devices toward other nodes
+	NativeRoutingCIDR netip.Prefix    // invalid when none
+	Endpoints         int             // endpoints on the node
+	PinPath           string          // the node instance's pin directory
+	Metrics           []maps.Counter  // node-wide counters, indexed by maps.Metric
+}
+
+// Device is one of the node's devices toward other nodes.
+type Device struct {
+	Name string
+	IP   netip.Addr // its first IPv4 address
 }
 
 // Status reports the datapath's mode, features and size.
@@ -35,30 +47,63 @@ func (d *Datapath) Status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	return StatusOf(d.node, len(eps), metrics), nil
-}
-
-// StatusOf builds the status of a loaded or adopted node, for tools that
-// open a node without a Datapath (hrctl).
-func StatusOf(node *loader.Node, endpoints int, metrics []maps.Counter) Status {
-	s := Status{
-		Features:   node.Features,
-		Endpoints:  endpoints,
-		PinPath:    node.PinPath,
-		Metrics:    metrics,
-		AttachMode: "tc (clsact + cls_bpf)",
+	devices, err := d.devices()
+	if err != nil {
+		return Status{}, err
 	}
-	if node.Features.TCX.Enabled {
+	s := Status{
+		Features:          d.node.Features,
+		Devices:           devices,
+		NativeRoutingCIDR: d.node.NativeRoutingCIDR,
+		Endpoints:         len(eps),
+		PinPath:           d.node.PinPath,
+		Metrics:           metrics,
+		AttachMode:        "tc (clsact + cls_bpf)",
+	}
+	if s.Features.TCX.Enabled {
 		s.AttachMode = "tcx"
 	}
-	s.HostRouting, s.LegacyReason = hostRouting(node.Features)
-	return s
+	s.HostRouting, s.LegacyReason = hostRouting(s.Features)
+	return s, nil
 }
 
-// hostRouting decides the mode from the features the programs use.
+// devices names the node's recorded devices in its netns.
+func (d *Datapath) devices() ([]Device, error) {
+	ifindexes, err := d.node.Devices()
+	if err != nil || len(ifindexes) == 0 {
+		return nil, err
+	}
+	h, err := routing.Handle(d.cfg.Netns)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	var devs []Device
+	for _, ifindex := range ifindexes {
+		link, err := h.LinkByIndex(ifindex)
+		if err != nil {
+			devs = append(devs, Device{Name: fmt.Sprintf("ifindex %d (gone)", ifindex)})
+			continue
+		}
+		dev := Device{Name: link.Attrs().Name}
+		if addrs, err := h.AddrList(link, netlink.FAMILY_V4); err == nil && len(addrs) > 0 {
+			dev.IP, _ = netip.AddrFromSlice(addrs[0].IP.To4())
+		}
+		devs = append(devs, dev)
+	}
+	return devs, nil
+}
+
+// hostRouting decides the mode from the features the programs use: BPF
+// host routing needs all three helpers, as in Cilium.
 func hostRouting(f loader.Features) (mode, reason string) {
-	if !f.RedirectPeer.Enabled {
-		return HostRoutingLegacy, "bpf_redirect_peer: " + f.RedirectPeer.Reason
+	for _, x := range []struct {
+		name string
+		f    loader.Feature
+	}{{"bpf_redirect_peer", f.RedirectPeer}, {"bpf_redirect_neigh", f.RedirectNeigh}, {"bpf_fib_lookup", f.FIBLookup}} {
+		if !x.f.Enabled {
+			return HostRoutingLegacy, x.name + ": " + x.f.Reason
+		}
 	}
 	return HostRoutingBPF, ""
 }
@@ -72,6 +117,16 @@ func (s Status) String() string {
 	}
 	fmt.Fprintf(&b, "Host Routing:     %s\n", mode)
 	fmt.Fprintf(&b, "Attach Mode:      %s\n", s.AttachMode)
+	if len(s.Devices) > 0 {
+		devs := make([]string, len(s.Devices))
+		for i, d := range s.Devices {
+			devs[i] = fmt.Sprintf("%s %s (Direct Routing)", d.Name, d.IP)
+		}
+		fmt.Fprintf(&b, "Devices:          [%s]\n", strings.Join(devs, ", "))
+	}
+	if s.NativeRoutingCIDR.IsValid() {
+		fmt.Fprintf(&b, "Native Routing:   %s\n", s.NativeRoutingCIDR)
+	}
 	fmt.Fprintf(&b, "Kernel Features:  %s\n", featureList(s.Features))
 	fmt.Fprintf(&b, "Endpoints:        %d\n", s.Endpoints)
 	fmt.Fprintf(&b, "Pin Path:         %s\n", s.PinPath)

@@ -26,9 +26,14 @@ const (
 	// ToContainer runs on tc egress of a pod's host-side device: what the
 	// kernel's stack delivers into the pod.
 	ToContainer
+	// FromNetdev runs on tc ingress of the node's device: what other nodes
+	// send.
+	FromNetdev
+	// ToNetdev runs on tc egress of the node's device: what leaves the node.
+	ToNetdev
 )
 
-var programs = []Program{FromContainer, ToContainer}
+var programs = []Program{FromContainer, ToContainer, FromNetdev, ToNetdev}
 
 // String returns the program's name as in Cilium: "from-container".
 func (p Program) String() string {
@@ -41,12 +46,16 @@ func (p Program) objectName() string {
 		return bpf.HostroutingProgFromContainer
 	case ToContainer:
 		return bpf.HostroutingProgToContainer
+	case FromNetdev:
+		return bpf.HostroutingProgFromNetdev
+	case ToNetdev:
+		return bpf.HostroutingProgToNetdev
 	}
 	return fmt.Sprintf("program(%d)", int(p))
 }
 
 func (p Program) ingress() bool {
-	return p == FromContainer
+	return p == FromContainer || p == FromNetdev
 }
 
 // Attach attaches program p to the device with index ifindex in the

@@ -6,8 +6,8 @@
 //
 // Layout of a pin directory:
 //
-//	hr_endpoints hr_ep_stats hr_metrics hr_info   maps
-//	progs/from_container progs/to_container       programs
+//	hr_endpoints hr_ep_stats hr_metrics hr_nodes hr_info   maps
+//	progs/from_container progs/to_container ...            programs
 //	links/<netns inode>_<ifindex>_<program>        tcx links
 package loader
 
@@ -16,6 +16,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -42,6 +44,10 @@ type Options struct {
 	MaxEndpoints uint32
 	// Disable forces fallbacks.
 	Disable Disable
+	// NativeRoutingCIDR holds the pods of all nodes: packets to it that are
+	// not for this node are forwarded by the datapath (bpf_fib_lookup),
+	// others left to the stack. Invalid (zero) for none.
+	NativeRoutingCIDR netip.Prefix
 }
 
 // Maps are the datapath's maps of one node.
@@ -49,6 +55,7 @@ type Maps struct {
 	Endpoints     *ebpf.Map // endpoint address → endpoint info
 	EndpointStats *ebpf.Map // host-side ifindex → per-CPU endpoint counters
 	Metrics       *ebpf.Map // metric → per-CPU node-wide counters
+	Nodes         *ebpf.Map // node IP → node name
 }
 
 // Node is the loaded datapath of one node instance. Close releases this
@@ -60,6 +67,9 @@ type Node struct {
 	PinPath string
 	// Features are the kernel features the programs were loaded with.
 	Features Features
+	// NativeRoutingCIDR is the native routing CIDR the programs were
+	// loaded with; invalid for none.
+	NativeRoutingCIDR netip.Prefix
 	// Adopted tells that the programs were found pinned and reused.
 	Adopted bool
 	// Replaced tells that programs pinned by an earlier load, of other
@@ -72,7 +82,7 @@ type Node struct {
 	info  *ebpf.Map
 }
 
-var mapNames = []string{bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrInfo}
+var mapNames = []string{bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes, bpf.HostroutingMapHrInfo}
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
 // the programs and maps pinned there when they come from the same code and
@@ -96,8 +106,13 @@ func Load(opts Options) (n *Node, err error) {
 	}
 	defer lock.Unlock()
 
+	cidr := opts.NativeRoutingCIDR
+	if cidr.IsValid() && (!cidr.Addr().Is4() || cidr.Masked() != cidr) {
+		return nil, fmt.Errorf("native routing CIDR %s: want an IPv4 network address such as %s", cidr, cidr.Masked())
+	}
 	features := ProbeFeatures(opts.Disable)
-	id := objectID(features, opts.MaxEndpoints)
+	config := configOf(features, cidr)
+	id := objectID(config, features, opts.MaxEndpoints)
 	if n, err := open(opts.PinPath); err == nil {
 		if n.objectID() == id {
 			return n, nil
@@ -105,7 +120,7 @@ func Load(opts Options) (n *Node, err error) {
 		n.Close()
 	}
 	hadPrograms := pinExists(filepath.Join(opts.PinPath, "progs"))
-	n, err = load(opts, features, id)
+	n, err = load(opts, features, config, id)
 	if err != nil {
 		if created {
 			os.RemoveAll(opts.PinPath)
@@ -164,10 +179,15 @@ func open(pinPath string) (*Node, error) {
 		return nil, fmt.Errorf("read node info: %w", err)
 	}
 	n.Features = featuresFromBits(info.Features)
+	if info.NativePrefix != 0 {
+		var a [4]byte
+		binary.NativeEndian.PutUint32(a[:], info.NativeCidr)
+		n.NativeRoutingCIDR = netip.PrefixFrom(netip.AddrFrom4(a), int(info.NativePrefix))
+	}
 	return n, nil
 }
 
-func load(opts Options, features Features, id uint64) (*Node, error) {
+func load(opts Options, features Features, config bpf.HostroutingConfig, id uint64) (*Node, error) {
 	spec, err := bpf.LoadHostrouting()
 	if err != nil {
 		return nil, err
@@ -175,7 +195,7 @@ func load(opts Options, features Features, id uint64) (*Node, error) {
 	for _, name := range []string{bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEpStats} {
 		spec.Maps[name].MaxEntries = opts.MaxEndpoints
 	}
-	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(configOf(features)); err != nil {
+	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(config); err != nil {
 		return nil, fmt.Errorf("set datapath config: %w", err)
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
@@ -189,7 +209,7 @@ func load(opts Options, features Features, id uint64) (*Node, error) {
 	}
 	defer coll.Close()
 
-	n := &Node{PinPath: opts.PinPath, Features: features, progs: map[Program]*ebpf.Program{}}
+	n := &Node{PinPath: opts.PinPath, Features: features, NativeRoutingCIDR: opts.NativeRoutingCIDR, progs: map[Program]*ebpf.Program{}}
 	n.setMaps(coll.Maps)
 	for name := range coll.Maps {
 		coll.DetachMap(name)
@@ -206,7 +226,10 @@ func load(opts Options, features Features, id uint64) (*Node, error) {
 			return nil, fmt.Errorf("pin program %s: %w", p, err)
 		}
 	}
-	info := bpf.HostroutingNodeInfo{ObjectId: id, Features: features.bits()}
+	info := bpf.HostroutingNodeInfo{ObjectId: id, Features: features.bits(), NativeCidr: config.NativeCidr}
+	if opts.NativeRoutingCIDR.IsValid() {
+		info.NativePrefix = uint32(opts.NativeRoutingCIDR.Bits())
+	}
 	if err := n.info.Put(uint32(0), &info); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("write node info: %w", err)
@@ -214,21 +237,29 @@ func load(opts Options, features Features, id uint64) (*Node, error) {
 	return n, nil
 }
 
-func configOf(f Features) bpf.HostroutingConfig {
+func configOf(f Features, native netip.Prefix) bpf.HostroutingConfig {
 	b := func(f Feature) uint8 {
 		if f.Enabled {
 			return 1
 		}
 		return 0
 	}
-	return bpf.HostroutingConfig{RedirectPeer: b(f.RedirectPeer), RedirectNeigh: b(f.RedirectNeigh), FibLookup: b(f.FIBLookup)}
+	c := bpf.HostroutingConfig{RedirectPeer: b(f.RedirectPeer), RedirectNeigh: b(f.RedirectNeigh), FibLookup: b(f.FIBLookup)}
+	if native.IsValid() {
+		addr := native.Addr().As4()
+		mask := net.CIDRMask(native.Bits(), 32)
+		c.NativeCidr = binary.NativeEndian.Uint32(addr[:])
+		c.NativeMask = binary.NativeEndian.Uint32(mask)
+	}
+	return c
 }
 
 // objectID names the code and config programs were loaded with.
-func objectID(f Features, maxEndpoints uint32) uint64 {
+func objectID(c bpf.HostroutingConfig, f Features, maxEndpoints uint32) uint64 {
 	h := sha256.New()
 	obj := bpf.ObjectHash()
 	h.Write(obj[:])
+	binary.Write(h, binary.LittleEndian, c)
 	binary.Write(h, binary.LittleEndian, f.bits())
 	binary.Write(h, binary.LittleEndian, maxEndpoints)
 	return binary.LittleEndian.Uint64(h.Sum(nil))
@@ -247,6 +278,7 @@ func (n *Node) setMaps(m map[string]*ebpf.Map) {
 		Endpoints:     m[bpf.HostroutingMapHrEndpoints],
 		EndpointStats: m[bpf.HostroutingMapHrEpStats],
 		Metrics:       m[bpf.HostroutingMapHrMetrics],
+		Nodes:         m[bpf.HostroutingMapHrNodes],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
@@ -274,7 +306,7 @@ func (n *Node) Close() error {
 	for _, p := range n.progs {
 		errs = append(errs, p.Close())
 	}
-	for _, m := range []*ebpf.Map{n.Maps.Endpoints, n.Maps.EndpointStats, n.Maps.Metrics, n.info} {
+	for _, m := range []*ebpf.Map{n.Maps.Endpoints, n.Maps.EndpointStats, n.Maps.Metrics, n.Maps.Nodes, n.info} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -307,6 +339,42 @@ func pinReplacing(prog *ebpf.Program, path string) error {
 		return err
 	}
 	return nil
+}
+
+// SetDevices records the ifindexes of the node's devices (those with
+// from-netdev and to-netdev), for adopters and status.
+func (n *Node) SetDevices(ifindexes []int) error {
+	var info bpf.HostroutingNodeInfo
+	if err := n.info.Lookup(uint32(0), &info); err != nil {
+		return fmt.Errorf("read node info: %w", err)
+	}
+	if len(ifindexes) > len(info.Devices) {
+		return fmt.Errorf("%d devices: at most %d", len(ifindexes), len(info.Devices))
+	}
+	info.Devices = [len(info.Devices)]uint32{}
+	for i, ifindex := range ifindexes {
+		info.Devices[i] = uint32(ifindex)
+	}
+	if err := n.info.Put(uint32(0), &info); err != nil {
+		return fmt.Errorf("write node info: %w", err)
+	}
+	return nil
+}
+
+// Devices returns the ifindexes recorded by SetDevices.
+func (n *Node) Devices() ([]int, error) {
+	var info bpf.HostroutingNodeInfo
+	if err := n.info.Lookup(uint32(0), &info); err != nil {
+		return nil, fmt.Errorf("read node info: %w", err)
+	}
+	var devs []int
+	for _, d := range info.Devices {
+		if d == 0 {
+			break
+		}
+		devs = append(devs, int(d))
+	}
+	return devs, nil
 }
 
 func pinExists(path string) bool {

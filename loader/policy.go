@@ -15,6 +15,10 @@ import (
 // traffic until an embedder replaces it (see AttachIngressPolicy).
 const PolicyHook = "hr_ingress_policy"
 
+// policyPrograms are the programs that deliver into endpoints, each with
+// its own copy of the hook.
+var policyPrograms = []Program{FromContainer, ToContainer, FromNetdev}
+
 // AttachIngressPolicy replaces the ingress policy hook in every program of
 // the node with the extension program spec (type ebpf.Extension):
 //
@@ -36,7 +40,7 @@ func (n *Node) AttachIngressPolicy(spec *ebpf.ProgramSpec) error {
 	if err := os.MkdirAll(filepath.Join(n.PinPath, "policy"), 0o700); err != nil {
 		return fmt.Errorf("attach ingress policy: %w", err)
 	}
-	for _, p := range programs {
+	for _, p := range policyPrograms {
 		if err := n.attachPolicy(spec, p); err != nil {
 			n.DetachIngressPolicy()
 			return fmt.Errorf("attach ingress policy to %s: %w", p, err)
@@ -65,7 +69,7 @@ func (n *Node) attachPolicy(spec *ebpf.ProgramSpec, p Program) error {
 // DetachIngressPolicy restores the allow-all ingress policy hook.
 func (n *Node) DetachIngressPolicy() error {
 	var errs []error
-	for _, p := range programs {
+	for _, p := range policyPrograms {
 		errs = append(errs, unpinLink(n.policyPin(p)))
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -22,6 +22,9 @@ const (
 	MetricDropInvalid                   // truncated or malformed frame
 	MetricDropUnknownL3                 // ethertype the datapath does not carry
 	MetricDropPolicy                    // refused by the ingress policy hook
+	MetricForwardFIB                    // sent to another node: bpf_fib_lookup + bpf_redirect
+	MetricForwardNeigh                  // sent to another node with bpf_redirect_neigh
+	MetricToNetdev                      // left the node through one of its devices
 	// MetricCount is the number of metrics (hr_metrics' size).
 	MetricCount
 )
@@ -29,6 +32,7 @@ const (
 var metricNames = [MetricCount]string{
 	"forward-peer", "forward-redirect", "to-stack", "arp-reply",
 	"drop-spoofed", "drop-invalid", "drop-unknown-l3", "drop-policy",
+	"forward-fib", "forward-neigh", "to-netdev",
 }
 
 // String names m as hrctl prints it: "drop-spoofed".

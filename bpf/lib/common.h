@@ -10,6 +10,7 @@
 
 #define AF_INET 2
 #define AF_INET6 10
+#define PACKET_HOST 0 /* linux/if_packet.h */
 
 /* Key of the endpoint map: one entry per endpoint address. IPv4 uses addr[0]
  * and leaves the rest zero, so IPv6 fits the same map later. */
@@ -56,6 +57,9 @@ enum metric {
 	METRIC_DROP_INVALID,   /* truncated or malformed frame */
 	METRIC_DROP_UNKNOWN_L3,/* ethertype the datapath does not carry */
 	METRIC_DROP_POLICY,    /* refused by the ingress policy hook */
+	METRIC_FWD_FIB,        /* sent out another node's way: bpf_fib_lookup + bpf_redirect */
+	METRIC_FWD_NEIGH,      /* sent out with bpf_redirect_neigh (next hop not resolved yet) */
+	METRIC_TO_NETDEV,      /* left the node through one of its devices */
 	METRIC_MAX,
 };
 
@@ -69,9 +73,11 @@ struct metric_value {
  * kernel without a helper never sees a call to it. */
 struct config {
 	__u8 redirect_peer;  /* deliver locally with bpf_redirect_peer, else bpf_redirect */
-	__u8 redirect_neigh; /* reserved for the cross-node path */
-	__u8 fib_lookup;     /* reserved for the cross-node path */
+	__u8 redirect_neigh; /* resolve next hops with bpf_redirect_neigh, else the stack */
+	__u8 fib_lookup;     /* forward to other nodes with bpf_fib_lookup, else the stack */
 	__u8 pad;
+	__be32 native_cidr;  /* pods of all nodes: forwarded by the datapath */
+	__be32 native_mask;  /* 0: no native routing CIDR, the stack forwards */
 };
 
 volatile const struct config CONFIG = {};
@@ -79,9 +85,11 @@ volatile const struct config CONFIG = {};
 /* State the Go side records with the pinned objects so that a second
  * process can adopt them; the programs never read it. */
 struct node_info {
-	__u64 object_id; /* hash of the loaded object and its config */
-	__u32 features;  /* what the loader enabled, a bit per feature */
-	__u32 pad;
+	__u64 object_id;     /* hash of the loaded object and its config */
+	__u32 features;      /* what the loader enabled, a bit per feature */
+	__be32 native_cidr;  /* as in struct config */
+	__u32 native_prefix; /* prefix length of native_cidr */
+	__u32 devices[8];    /* ifindexes of the node's devices, 0 after the last */
 };
 
 struct {
@@ -116,6 +124,21 @@ struct {
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_info SEC(".maps");
+
+/* Other nodes, by node IP (keyed like endpoints), for the Go side's node
+ * registry: their pod CIDRs live in the kernel's routes. */
+struct node_entry {
+	char name[64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct endpoint_key);
+	__type(value, struct node_entry);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_nodes SEC(".maps");
 
 static __always_inline struct endpoint_info *lookup_endpoint4(__be32 addr)
 {

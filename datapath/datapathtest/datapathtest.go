@@ -35,12 +35,20 @@ func RequireRoot(t testing.TB) {
 	t.Skip(reason)
 }
 
-// Node is a node's network namespace: pods hang off it by veth pairs, it
-// forwards between them and has no other devices.
+// Node is a node's network namespace: pods hang off it by veth pairs and it
+// forwards between them. A node made by NewNode has no other devices; one
+// of a Cluster also has Device on the wire, addressed IP, and owns PodCIDR.
 type Node struct {
 	Name      string // as given to NewNode
 	NetnsName string // name under /var/run/netns, for `ip netns exec`
 	Netns     string // path of the namespace
+
+	Device  string       // the node's NIC on the wire, "eth0"; "" outside a Cluster
+	IP      netip.Addr   // Device's address, 172.18.0.(2+i) for Cluster node i
+	PodCIDR netip.Prefix // 10.0.i.0/24 for Cluster node i: address its pods from it
+
+	wire     string // path of the Cluster's wire namespace
+	wirePort string // the bridge port there that is Device's peer
 }
 
 // NewNode creates a node namespace with lo up, IPv4 forwarding on and

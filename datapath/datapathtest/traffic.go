@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hostrouting/hostrouting/routing"
 )
 
-// PingOptions tune Pod.PingWith. The zero value sends 3 echo requests of 56
-// bytes, 10ms apart, and waits at most 2s in all.
+// PingOptions tune Pod.PingWith and Node.PingWith. The zero value sends 3
+// echo requests of 56 bytes, 10ms apart, and waits at most 2s in all.
 type PingOptions struct {
 	Count    int           // echo requests to send
 	Interval time.Duration // between requests
@@ -38,29 +40,57 @@ func (p *Pod) Ping(dst netip.Addr, count int, timeout time.Duration) (received i
 // within 2s.
 func (p *Pod) MustPing(t testing.TB, dst netip.Addr) {
 	t.Helper()
-	const count = 3
-	received, err := p.Ping(dst, count, 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if received != count {
-		t.Fatalf("ping %s from pod %s: %d of %d replies", dst, p.Name, received, count)
-	}
+	mustPing(t, "pod "+p.Name, dst, p.Ping)
 }
 
 // PingWith is Ping with options. It uses a raw ICMP socket opened in the
 // pod and counts the echo replies from dst that carry its own identifier,
 // a sequence number it sent, an intact payload and a valid checksum.
 func (p *Pod) PingWith(dst netip.Addr, opts PingOptions) (received int, err error) {
+	return ping(p.Netns, "pod "+p.Name, dst, opts)
+}
+
+// Ping is Pod.Ping from the node's own namespace: for node-to-node checks
+// over a Cluster's wire.
+func (n *Node) Ping(dst netip.Addr, count int, timeout time.Duration) (received int, err error) {
+	return n.PingWith(dst, PingOptions{Count: count, Timeout: timeout})
+}
+
+// MustPing is Pod.MustPing from the node's own namespace.
+func (n *Node) MustPing(t testing.TB, dst netip.Addr) {
+	t.Helper()
+	mustPing(t, "node "+n.Name, dst, n.Ping)
+}
+
+// PingWith is Pod.PingWith from the node's own namespace.
+func (n *Node) PingWith(dst netip.Addr, opts PingOptions) (received int, err error) {
+	return ping(n.Netns, "node "+n.Name, dst, opts)
+}
+
+func mustPing(t testing.TB, who string, dst netip.Addr, ping func(netip.Addr, int, time.Duration) (int, error)) {
+	t.Helper()
+	const count = 3
+	received, err := ping(dst, count, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if received != count {
+		t.Fatalf("ping %s from %s: %d of %d replies", dst, who, received, count)
+	}
+}
+
+// ping runs the echo exchange from the namespace at nsPath; who names the
+// sender in errors.
+func ping(nsPath, who string, dst netip.Addr, opts PingOptions) (received int, err error) {
 	opts = opts.withDefaults()
 	fail := func(step string, err error) (int, error) {
-		return received, fmt.Errorf("ping %s from pod %s: %s: %w", dst, p.Name, step, err)
+		return received, fmt.Errorf("ping %s from %s: %s: %w", dst, who, step, err)
 	}
 	if !dst.Is4() {
 		return fail("check destination", errors.New("only IPv4 is supported yet"))
 	}
 	var conn *net.IPConn
-	err = p.Do(func() (err error) {
+	err = routing.Do(nsPath, func() (err error) {
 		conn, err = net.ListenIP("ip4:icmp", nil)
 		return err
 	})
