@@ -16,15 +16,28 @@
 //	                       │ destination a pod of this node   → MACs rewritten, TTL-1,
 //	                       │   to-container step (policy, counters),
 //	                       │   bpf_redirect_peer(lxcB)        → pod B eth0
+//	                       │ destination in the native routing CIDR → bpf_fib_lookup
+//	                       │   (ip rules honoured): next hop resolved → bpf_redirect(eth0)
+//	                       │   with its MACs; unresolved → bpf_redirect_neigh(eth0);
+//	                       │   TTL, MTU, unreachable, local → the stack (it answers ICMP)
 //	                       │ anything else                    → the kernel's stack
 //	                     lxcB [tc egress: to-container]       what the stack delivers
+//	                     eth0 [tc ingress: from-netdev]       a pod of this node →
+//	                       │   bpf_redirect_peer(lxc…); the rest → the stack
+//	                     eth0 [tc egress: to-netdev]          counts what leaves
+//
+// Other nodes' pod CIDRs are direct routes `podCIDR via nodeIP dev eth0`
+// (Datapath.UpsertNode, Cilium's autoDirectNodeRoutes), with managed
+// neighbour entries keeping next hops resolved.
 //
 // With bpf_redirect_peer the packet enters pod B's namespace directly: lxcB
 // never transmits it and netfilter's FORWARD chain never sees it. On
 // kernels without the helper, or when Config.Disable asks, the programs
 // fall back to bpf_redirect to lxcB (the packet crosses the veth, still
-// past the stack), and Status reports "Host Routing: Legacy" with the
-// reason. Fallbacks are decided once at load from feature probes and
+// past the stack); without bpf_redirect_neigh an unresolved next hop is
+// left to the stack. Status reports "Host Routing: BPF" only with all of
+// bpf_redirect_peer, bpf_redirect_neigh and bpf_fib_lookup, else "Legacy"
+// and the reason. Fallbacks are decided once at load from feature probes and
 // handed to the programs as load-time constants, so the verifier removes
 // the calls a kernel lacks. Programs attach with tcx links, or clsact
 // qdiscs and cls_bpf filters on kernels without tcx.
@@ -32,8 +45,9 @@
 // # Packages
 //
 //   - datapath: what users embed. New(Config) loads or adopts the node's
-//     datapath; AddEndpoint/RemoveEndpoint put pods on it; Status, Close
-//     (leave it running, pinned) and Remove (tear it down).
+//     datapath (Open adopts without loading); AddEndpoint/RemoveEndpoint
+//     put pods on it, UpsertNode/DeleteNode route to other nodes; Status,
+//     Close (leave it running, pinned) and Remove (tear it down).
 //   - datapath/datapathtest: network-namespace fixtures (nodes, pods,
 //     traffic, counters) for tests, ours and an embedding CNI's.
 //   - loader: feature probes, loading once per node, pinning under one bpffs
@@ -46,5 +60,6 @@
 //     `go generate ./bpf` and clang-19).
 //
 // The examples folder holds runnable programs: samenode (the demo),
-// cni-hostrouting (a chained CNI plugin) and hrctl (the node admin CLI).
+// crossnode (three kind-like nodes), cni-hostrouting (a chained CNI
+// plugin) and hrctl (the node admin CLI).
 package hostrouting
