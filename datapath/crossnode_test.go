@@ -229,6 +229,7 @@ func TestNodes(t *testing.T) {
 		{"overlapping pod CIDR", datapath.Node{Name: n2.Name, IP: n2.IP, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}}, "overlaps"},
 		{"IP of another node", datapath.Node{Name: "other", IP: n1.IP, PodCIDRs: []netip.Prefix{n2.PodCIDR}}, "belongs to node worker"},
 		{"no name", datapath.Node{IP: n2.IP, PodCIDRs: []netip.Prefix{n2.PodCIDR}}, "no node name"},
+		{"own IP", datapath.Node{Name: n2.Name, IP: n0.IP, PodCIDRs: []netip.Prefix{n2.PodCIDR}}, "this node's own address"},
 		{"IPv6", datapath.Node{Name: n2.Name, IP: netip.MustParseAddr("fd00::3"), PodCIDRs: []netip.Prefix{n2.PodCIDR}}, "IPv4"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -41,7 +41,8 @@ type Config struct {
 	// NativeRoutingCIDR holds the pods of all nodes (e.g. 10.0.0.0/8):
 	// packets from pods to it that are not for this node leave by
 	// bpf_fib_lookup and bpf_redirect(_neigh), past the stack; packets
-	// elsewhere take the stack. Invalid (zero) for none.
+	// elsewhere take the stack. Invalid (zero) keeps the one a running
+	// node has, or none.
 	NativeRoutingCIDR netip.Prefix
 }
 
@@ -82,6 +83,12 @@ func New(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !cfg.NativeRoutingCIDR.IsValid() {
+		if running, err := loader.Open(cfg.PinPath); err == nil {
+			cfg.NativeRoutingCIDR = running.NativeRoutingCIDR
+			running.Close()
+		}
+	}
 	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, MaxEndpoints: cfg.MaxEndpoints,
 		Disable: cfg.Disable, NativeRoutingCIDR: cfg.NativeRoutingCIDR})
 	if err != nil {
@@ -112,7 +119,8 @@ func New(cfg Config) (*Datapath, error) {
 // Open adopts the datapath pinned at pinPath for the node whose network
 // namespace is at netns ("" for the caller's), without loading or
 // attaching anything: for tools and for CNI DEL and CHECK, which must not
-// start a node that is not there (that error wraps loader.ErrNoNode).
+// start a node that is not there. A missing pin path gives an error
+// wrapping os.ErrNotExist, one without a node loader.ErrNoNode.
 func Open(pinPath, netns string) (*Datapath, error) {
 	if pinPath == "" {
 		pinPath = loader.DefaultPinPath
@@ -313,6 +321,17 @@ func (d *Datapath) RemoveEndpoint(ip netip.Addr) error {
 // Endpoints lists the node's endpoints, ordered by address.
 func (d *Datapath) Endpoints() ([]maps.Endpoint, error) {
 	return d.endpoints.List()
+}
+
+// Attached tells whether program p is attached to the device with index
+// ifindex in the node's netns: for checks such as CNI CHECK.
+func (d *Datapath) Attached(ifindex int, p loader.Program) (bool, error) {
+	return d.node.Attached(d.cfg.Netns, ifindex, p)
+}
+
+// Devices returns the ifindexes of the node's devices toward other nodes.
+func (d *Datapath) Devices() ([]int, error) {
+	return d.node.Devices()
 }
 
 // Endpoint returns the endpoint with address ip.

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -166,6 +168,9 @@ func (d *Datapath) deviceToward(ip netip.Addr) (string, error) {
 	routes, err := h.RouteGet(ip.AsSlice())
 	if err != nil || len(routes) == 0 {
 		return "", fmt.Errorf("no route to node IP %s: %v", ip, err)
+	}
+	if routes[0].Type == unix.RTN_LOCAL {
+		return "", fmt.Errorf("node IP %s is this node's own address", ip)
 	}
 	link, err := h.LinkByIndex(routes[0].LinkIndex)
 	if err != nil {

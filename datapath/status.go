@@ -56,7 +56,7 @@ func (d *Datapath) Status() (Status, error) {
 		Devices:           devices,
 		NativeRoutingCIDR: d.node.NativeRoutingCIDR,
 		Endpoints:         len(eps),
-		PinPath:           d.node.PinPath,
+		PinPath:           d.cfg.PinPath,
 		Metrics:           metrics,
 		AttachMode:        "tc (clsact + cls_bpf)",
 	}

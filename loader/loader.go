@@ -131,7 +131,8 @@ func Load(opts Options) (n *Node, err error) {
 	return n, nil
 }
 
-// ErrNoNode is returned by Open for a directory that holds no node.
+// ErrNoNode is returned by Open for a pin directory that holds no node;
+// a pin path that does not exist gives an error wrapping os.ErrNotExist.
 var ErrNoNode = errors.New("no hostrouting node")
 
 // Open adopts the node instance pinned at pinPath without loading or

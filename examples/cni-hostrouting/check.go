@@ -2,18 +2,25 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"net/netip"
+	"os"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
+	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
 // cmdCheck verifies that the pod is on the datapath: its endpoint holds
 // the address, host device and MAC of prevResult, and both programs are
-// attached to the host device.
+// attached to the host device. With device configured, from-netdev and
+// to-netdev must be on it; with nativeRoutingCIDR, the datapath must have
+// been loaded with it.
 func cmdCheck(args *skel.CmdArgs) error {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
@@ -22,16 +29,26 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if conf.PrevResult == nil {
 		return cniError(types.ErrInvalidNetworkConfig, "no prevResult: CHECK needs the result of ADD")
 	}
+	native, err := conf.nativeRoutingCIDR()
+	if err != nil {
+		return err
+	}
+	if err := conf.checkDevice(); err != nil {
+		return err
+	}
 	p, err := podWithMAC(conf.PrevResult, args)
 	if err != nil {
 		return err
 	}
-	node, err := loader.Open(conf.PinPath)
-	if err != nil {
+	dp, err := datapath.Open(conf.PinPath, "")
+	if errors.Is(err, loader.ErrNoNode) || errors.Is(err, os.ErrNotExist) || errors.Is(err, loader.ErrNotBPFFS) {
 		return cniError(types.ErrInternal, "no datapath at pinPath %s: %v", conf.PinPath, err)
 	}
-	defer node.Close()
-	ep, err := maps.NewEndpoints(node.Maps.Endpoints).Lookup(p.IP)
+	if err != nil {
+		return cniError(types.ErrInternal, "open datapath at pinPath %s: %v", conf.PinPath, err)
+	}
+	defer dp.Close()
+	ep, err := dp.Endpoint(p.IP)
 	if err != nil {
 		return cniError(types.ErrInternal, "%v", err)
 	}
@@ -47,14 +64,54 @@ func cmdCheck(args *skel.CmdArgs) error {
 	case (ep.Flags&maps.EndpointARPResponder != 0) != conf.ARPResponder:
 		return cniError(types.ErrInternal, "endpoint %s has flags %#x, want arpResponder %v", p.IP, ep.Flags, conf.ARPResponder)
 	}
-	for _, prog := range []loader.Program{loader.FromContainer, loader.ToContainer} {
-		attached, err := node.Attached("", host.Attrs().Index, prog)
+	if err := attached(dp, host.Attrs().Index, p.HostIf, loader.FromContainer, loader.ToContainer); err != nil {
+		return err
+	}
+
+	if native.IsValid() {
+		st, err := dp.Status()
 		if err != nil {
-			return cniError(types.ErrInternal, "%v", err)
+			return cniError(types.ErrInternal, "datapath status: %v", err)
 		}
-		if !attached {
-			return cniError(types.ErrInternal, "%s is not attached to %s", prog, p.HostIf)
+		if st.NativeRoutingCIDR != native {
+			return cniError(types.ErrInternal, "datapath has native routing CIDR %s, want nativeRoutingCIDR %s", cidrOrNone(st.NativeRoutingCIDR), native)
+		}
+	}
+	if conf.Device == "" {
+		return nil
+	}
+	dev, err := netlink.LinkByName(conf.Device)
+	if err != nil {
+		return cniError(types.ErrInternal, "device %s: %v", conf.Device, err)
+	}
+	devices, err := dp.Devices()
+	if err != nil {
+		return cniError(types.ErrInternal, "datapath's devices: %v", err)
+	}
+	if !slices.Contains(devices, dev.Attrs().Index) {
+		return cniError(types.ErrInternal, "device %s (ifindex %d) is not one of the datapath's devices %v", conf.Device, dev.Attrs().Index, devices)
+	}
+	return attached(dp, dev.Attrs().Index, conf.Device, loader.FromNetdev, loader.ToNetdev)
+}
+
+// attached checks that progs are attached to the device ifname (ifindex)
+// in the caller's netns.
+func attached(dp *datapath.Datapath, ifindex int, ifname string, progs ...loader.Program) error {
+	for _, prog := range progs {
+		ok, err := dp.Attached(ifindex, prog)
+		if err != nil {
+			return cniError(types.ErrInternal, "%s on %s: %v", prog, ifname, err)
+		}
+		if !ok {
+			return cniError(types.ErrInternal, "%s is not attached to %s", prog, ifname)
 		}
 	}
 	return nil
+}
+
+func cidrOrNone(cidr netip.Prefix) string {
+	if !cidr.IsValid() {
+		return "none"
+	}
+	return cidr.String()
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -31,8 +32,14 @@ type NetConf struct {
 	RequireBPFHostRouting bool `json:"requireBPFHostRouting,omitempty"`
 	// Disable forces fallbacks, for kernels with buggy helpers and tests.
 	Disable Disable `json:"disable,omitempty"`
-
-	// To come with routing off the node: device, nativeRoutingCIDR.
+	// Device is the node's device toward other nodes ("eth0"): the first
+	// ADD attaches from-netdev and to-netdev to it. Empty for a node
+	// without routing to other nodes, or whose devices an agent manages.
+	Device string `json:"device,omitempty"`
+	// NativeRoutingCIDR holds the pods of all nodes ("10.0.0.0/8"): pod
+	// traffic to it that is not for this node leaves by the datapath's
+	// FIB lookup, past the node's stack.
+	NativeRoutingCIDR string `json:"nativeRoutingCIDR,omitempty"`
 }
 
 // Disable names the kernel features the datapath must not use (see
@@ -59,8 +66,14 @@ func parseConf(stdin []byte) (*NetConf, error) {
 	return conf, nil
 }
 
-func (c *NetConf) datapathConfig() datapath.Config {
-	return datapath.Config{
+// datapathConfig is the node's datapath.Config for ADD, or a CNI error
+// naming the key that is wrong.
+func (c *NetConf) datapathConfig() (datapath.Config, error) {
+	native, err := c.nativeRoutingCIDR()
+	if err != nil {
+		return datapath.Config{}, err
+	}
+	cfg := datapath.Config{
 		PinPath:               c.PinPath,
 		RequireBPFHostRouting: c.RequireBPFHostRouting,
 		Disable: loader.Disable{
@@ -69,7 +82,48 @@ func (c *NetConf) datapathConfig() datapath.Config {
 			FIBLookup:     c.Disable.FIBLookup,
 			TCX:           c.Disable.TCX,
 		},
+		NativeRoutingCIDR: native,
 	}
+	if err := c.checkDevice(); err != nil {
+		return datapath.Config{}, err
+	}
+	if c.Device != "" {
+		cfg.Devices = []string{c.Device}
+	}
+	return cfg, nil
+}
+
+// nativeRoutingCIDR parses the key nativeRoutingCIDR: an IPv4 network
+// address, or "" for none (the invalid Prefix).
+func (c *NetConf) nativeRoutingCIDR() (netip.Prefix, error) {
+	if c.NativeRoutingCIDR == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(c.NativeRoutingCIDR)
+	switch {
+	case err != nil:
+		return netip.Prefix{}, cniError(types.ErrInvalidNetworkConfig, "nativeRoutingCIDR %q is not a CIDR such as 10.0.0.0/8", c.NativeRoutingCIDR)
+	case !p.Addr().Is4():
+		return netip.Prefix{}, cniError(types.ErrInvalidNetworkConfig, "nativeRoutingCIDR %s: only IPv4 is supported", p)
+	case p.Masked() != p:
+		return netip.Prefix{}, cniError(types.ErrInvalidNetworkConfig, "nativeRoutingCIDR %s has host bits set (did you mean %s?)", p, p.Masked())
+	case p.Bits() == 0:
+		return netip.Prefix{}, cniError(types.ErrInvalidNetworkConfig, "nativeRoutingCIDR %s would take every destination past the node's stack", p)
+	}
+	return p, nil
+}
+
+// checkDevice checks that the key device could name a Linux device; that
+// the node has it is for ADD and CHECK to find.
+func (c *NetConf) checkDevice() error {
+	if c.Device == "" {
+		return nil
+	}
+	if len(c.Device) > 15 || c.Device == "." || c.Device == ".." ||
+		strings.ContainsAny(c.Device, "/: \t\n") {
+		return cniError(types.ErrInvalidNetworkConfig, "device %q is not a device name such as eth0", c.Device)
+	}
+	return nil
 }
 
 // pod is what the datapath needs to know of a pod's interface.

@@ -5,8 +5,13 @@
 // bpf_redirect_peer instead of the kernel's routing.
 //
 // It runs in the node's network namespace, loads the datapath on the
-// first ADD and leaves it pinned (at pinPath) for later calls. See
-// README.md for a conflist.
+// first ADD and leaves it pinned (at pinPath) for later calls. With the
+// keys device and nativeRoutingCIDR, that first ADD also puts from-netdev
+// and to-netdev on the node's device, so that pods reach other nodes' pods
+// by plain routed packets past both nodes' stacks; the routes to other
+// nodes are the node agent's (datapath.UpsertNode, `hrctl node add`).
+// DEL and CHECK only adopt a datapath that is there. See README.md for
+// conflists.
 package main
 
 import (
@@ -41,17 +46,25 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if conf.PrevResult == nil {
 		return cniError(types.ErrInvalidNetworkConfig, "no prevResult: hostrouting is a chained plugin and must follow one that makes the pod's veth pair, such as ptp")
 	}
+	cfg, err := conf.datapathConfig()
+	if err != nil {
+		return err
+	}
 	p, err := podWithMAC(conf.PrevResult, args)
 	if err != nil {
 		return err
 	}
-	dp, err := datapath.New(conf.datapathConfig())
-	if err != nil {
-		code := types.ErrInternal
-		if errors.Is(err, loader.ErrNotBPFFS) {
-			code = types.ErrInvalidNetworkConfig
-		}
-		return cniError(code, "start datapath: %v", err)
+	// The first ADD loads the datapath and attaches from-netdev and
+	// to-netdev to the device; later ones adopt it, and attaching again
+	// keeps the one attachment (or restores it, if it went missing).
+	dp, err := datapath.New(cfg)
+	switch {
+	case conf.Device != "" && errors.As(err, &netlink.LinkNotFoundError{}):
+		return cniError(types.ErrInvalidNetworkConfig, "device %q: no such device in the node's network namespace (%v)", conf.Device, err)
+	case errors.Is(err, loader.ErrNotBPFFS):
+		return cniError(types.ErrInvalidNetworkConfig, "start datapath: %v", err)
+	case err != nil:
+		return cniError(types.ErrInternal, "start datapath: %v", err)
 	}
 	defer dp.Close()
 	_, err = dp.AddEndpoint(datapath.Endpoint{IfName: p.HostIf, IP: p.IP, MAC: p.MAC, ARPResponder: conf.ARPResponder})
@@ -73,20 +86,12 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	// Never load a datapath on DEL: only adopt one that is there.
-	node, err := loader.Open(conf.PinPath)
-	if errors.Is(err, os.ErrNotExist) || errors.Is(err, loader.ErrNotBPFFS) {
+	dp, err := datapath.Open(conf.PinPath, "")
+	if errors.Is(err, loader.ErrNoNode) || errors.Is(err, os.ErrNotExist) || errors.Is(err, loader.ErrNotBPFFS) {
 		return nil
 	}
 	if err != nil {
 		return cniError(types.ErrInternal, "open datapath at pinPath %s: %v", conf.PinPath, err)
-	}
-	node.Close()
-
-	cfg := conf.datapathConfig()
-	cfg.RequireBPFHostRouting = false // tearing down needs no BPF host routing
-	dp, err := datapath.New(cfg)
-	if err != nil {
-		return cniError(types.ErrInternal, "start datapath: %v", err)
 	}
 	defer dp.Close()
 	for _, ip := range ips {

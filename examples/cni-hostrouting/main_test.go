@@ -180,6 +180,12 @@ func TestDelAfterFailedAdd(t *testing.T) {
 			"requireBPFHostRouting": true,
 			"disable":               map[string]any{"redirectPeer": true},
 		}, "BPF host routing not possible"},
+		{"bad nativeRoutingCIDR", map[string]any{"nativeRoutingCIDR": "10.0.0.0/33"},
+			`nativeRoutingCIDR "10.0.0.0/33" is not a CIDR`},
+		{"nativeRoutingCIDR with host bits", map[string]any{"nativeRoutingCIDR": "10.1.2.3/8"},
+			"nativeRoutingCIDR 10.1.2.3/8 has host bits set (did you mean 10.0.0.0/8?)"},
+		{"missing device", map[string]any{"device": "hr-nodev", "nativeRoutingCIDR": "10.0.0.0/8"},
+			`device "hr-nodev": no such device in the node's network namespace`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.conf["pinPath"] == "TEMPDIR" {
@@ -321,6 +327,7 @@ func TestVersion(t *testing.T) {
 type testNode struct {
 	*datapathtest.Node
 	pinPath string
+	subnet  netip.Prefix   // host-local's subnet
 	hrConf  map[string]any // the hostrouting entry of the conflist
 	plugins string         // holds the built hostrouting binary
 	netconf string         // NETCONFPATH
@@ -330,18 +337,20 @@ type testNode struct {
 }
 
 // newTestNode makes a node with a conflist whose hostrouting entry has
-// the keys of hr, and a fresh pin path unless hr names one.
+// the keys of hr, and a fresh pin path unless hr names one. Its pods take
+// addresses from 10.0.0.0/24.
 func newTestNode(t *testing.T, hr map[string]any) *testNode {
 	t.Helper()
-	datapathtest.RequireRoot(t)
-	n := &testNode{tool: findCNITool(t), hrConf: map[string]any{"type": "hostrouting"}}
-	for _, p := range []string{"ptp", "host-local"} {
-		if _, err := os.Stat(filepath.Join(debianCNI, p)); err != nil {
-			requirePrivileged(t, fmt.Sprintf("needs the CNI plugin %s in %s (apt-get install containernetworking-plugins)", p, debianCNI))
-		}
-	}
-	n.plugins = buildPlugin(t)
-	n.Node = datapathtest.NewNode(t, "node")
+	requireCNI(t)
+	return newTestNodeOn(t, datapathtest.NewNode(t, "node"), netip.MustParsePrefix("10.0.0.0/24"), hr)
+}
+
+// newTestNodeOn is newTestNode on an existing node, such as one of a
+// datapathtest.Cluster, whose pods take addresses from subnet.
+func newTestNodeOn(t *testing.T, node *datapathtest.Node, subnet netip.Prefix, hr map[string]any) *testNode {
+	t.Helper()
+	n := &testNode{Node: node, subnet: subnet, tool: requireCNI(t), plugins: buildPlugin(t),
+		hrConf: map[string]any{"type": "hostrouting"}}
 	for k, v := range hr {
 		n.hrConf[k] = v
 	}
@@ -361,6 +370,20 @@ func newTestNode(t *testing.T, hr map[string]any) *testNode {
 	return n
 }
 
+// requireCNI skips the test unless it runs as root with cnitool, ptp and
+// host-local at hand, and returns cnitool's path.
+func requireCNI(t *testing.T) string {
+	t.Helper()
+	datapathtest.RequireRoot(t)
+	tool := findCNITool(t)
+	for _, p := range []string{"ptp", "host-local"} {
+		if _, err := os.Stat(filepath.Join(debianCNI, p)); err != nil {
+			requirePrivileged(t, fmt.Sprintf("needs the CNI plugin %s in %s (apt-get install containernetworking-plugins)", p, debianCNI))
+		}
+	}
+	return tool
+}
+
 // writeConflist writes the conflist "hrtest" with the given cniVersion.
 func (n *testNode) writeConflist(t *testing.T, cniVersion string) {
 	t.Helper()
@@ -369,7 +392,9 @@ func (n *testNode) writeConflist(t *testing.T, cniVersion string) {
 		"name":       "hrtest",
 		"plugins": []any{
 			map[string]any{"type": "ptp", "ipMasq": false, "ipam": map[string]any{
-				"type": "host-local", "subnet": "10.0.0.0/24", "dataDir": n.ipam,
+				"type": "host-local", "subnet": n.subnet.String(), "dataDir": n.ipam,
+				// ptp routes only the subnet into the pod without it.
+				"routes": []any{map[string]any{"dst": "0.0.0.0/0"}},
 			}},
 			n.hrConf,
 		},
