@@ -1,0 +1,467 @@
+// Command crossnode shows eBPF host routing between pods on different nodes
+// with native routing: plain routed packets, no tunnel.
+//
+// It builds a small kind-like cluster: a "wire" namespace holding the bridge
+// br0 (the docker bridge, 172.18.0.1/16) and three node namespaces whose
+// eth0 hangs on it as 172.18.0.2, .3 and .4, owning the pod CIDRs
+// 10.0.0.0/24, 10.0.1.0/24 and 10.0.2.0/24. Every node runs a datapath on
+// eth0 with the native routing CIDR 10.0.0.0/8 and routes the other nodes'
+// pod CIDRs directly to them (UpsertNode, Cilium's autoDirectNodeRoutes).
+// Pod A (10.0.0.10) lives on node1, pod B (10.0.1.10) on node2.
+//
+// The demo pings A→B and B→A with real ICMP echoes and echoes a few KB over
+// TCP from A to B, then prints what the devices of both nodes saw. A packet
+// leaving a pod enters its lxc device, where from-container looks up the
+// route with bpf_fib_lookup and sends it out of eth0 with bpf_redirect_neigh;
+// on the other node from-netdev on eth0 puts it into the destination pod
+// with bpf_redirect_peer. So each lxc carries only what its own pod sends,
+// never what arrives for it, and neither node's netfilter FORWARD chain
+// counts a packet. The demo checks these claims and fails if they do not
+// hold. Then it removes everything it made.
+//
+// Run it as root:
+//
+//	go run ./examples/crossnode             # bpf_redirect_neigh + bpf_redirect_peer
+//	go run ./examples/crossnode --fallback  # bpf_redirect only: the destination's lxc transmits
+//	go run ./examples/crossnode --keep      # leave it up to inspect
+//
+// The machine's root network namespace is never changed: everything lives
+// in namespaces named hr-crossnode-<random>-*, and each node's BPF objects
+// are pinned under /sys/fs/bpf/hostrouting-crossnode-<random>-<node>.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/loader"
+	"github.com/hostrouting/hostrouting/routing"
+)
+
+// options configure one run of the demo.
+type options struct {
+	Fallback bool   // bpf_fib_lookup + bpf_redirect only (Disable.RedirectPeer and .RedirectNeigh)
+	Keep     bool   // leave everything up after a successful run
+	Count    int    // echo requests each way; default 5
+	ID       string // names the namespaces and pin directories; default random
+}
+
+func main() {
+	var opts options
+	flag.BoolVar(&opts.Fallback, "fallback", false, "disable bpf_redirect_peer and bpf_redirect_neigh: forward with bpf_fib_lookup + bpf_redirect and deliver through the pods' host devices")
+	flag.BoolVar(&opts.Keep, "keep", false, "leave the cluster up and print how to inspect and remove it")
+	flag.IntVar(&opts.Count, "count", 5, "echo requests each way")
+	flag.Parse()
+	if flag.NArg() > 0 || opts.Count < 1 || opts.Count > 1000 {
+		flag.Usage()
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, opts, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "crossnode:", err)
+		os.Exit(1)
+	}
+}
+
+// The cluster's addressing, as in a kind cluster on the docker bridge
+// running Cilium with ipv4NativeRoutingCIDR=10.0.0.0/8.
+var (
+	wireGateway   = netip.MustParsePrefix("172.18.0.1/16") // br0
+	nativeRouting = netip.MustParsePrefix("10.0.0.0/8")
+)
+
+// node is one node of the demo's cluster.
+type node struct {
+	name     string     // "node1"
+	ip       netip.Addr // eth0's address
+	podCIDR  netip.Prefix
+	netns    string // name under /var/run/netns
+	path     string // path of the namespace
+	wirePort string // eth0's peer on br0
+	pinPath  string
+	dp       *datapath.Datapath
+}
+
+// pod is one pod of the demo.
+type pod struct {
+	name   string // "A"
+	ip     netip.Addr
+	node   *node
+	hostIf string // the node-side device
+	netns  string // name under /var/run/netns
+	path   string // path of the namespace
+	veth   *routing.Veth
+}
+
+// run builds the cluster and pods, pings and echoes across, prints and
+// checks the counters, and removes everything unless opts.Keep — always when
+// it fails or ctx ends.
+func run(ctx context.Context, opts options, out io.Writer) (err error) {
+	if opts.Count <= 0 {
+		opts.Count = 5
+	}
+	if opts.ID == "" {
+		b := make([]byte, 4)
+		rand.Read(b)
+		opts.ID = hex.EncodeToString(b)
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		return fmt.Errorf("the demo counts the nodes' netfilter FORWARD chains with iptables: %w", err)
+	}
+	prefix := "hr-crossnode-" + opts.ID
+
+	// Teardown runs what was set up in reverse, also on failure.
+	var undo []func() error
+	kept := false
+	defer func() {
+		if kept {
+			return
+		}
+		var errs []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			errs = append(errs, undo[i]())
+		}
+		if terr := errors.Join(errs...); terr != nil {
+			err = errors.Join(err, fmt.Errorf("teardown: %w", terr))
+		} else if len(undo) > 0 {
+			fmt.Fprintf(out, "\nRemoved everything: the datapaths and %s-*, the veths, the namespaces %s-*.\n",
+				filepath.Join(loader.DefaultBPFFS, "hostrouting-crossnode-"+opts.ID), prefix)
+		}
+	}()
+	newNetns := func(name string) (string, error) {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		path, err := routing.CreateNetns(name)
+		if err != nil {
+			return "", err
+		}
+		undo = append(undo, func() error { return routing.DeleteNetns(name) })
+		if err := setLoUp(path); err != nil {
+			return "", err
+		}
+		return path, routing.DisableIPv6(path)
+	}
+
+	// The wire: br0 as the docker bridge, with the nodes' gateway on it.
+	wireName := prefix + "-wire"
+	wire, err := newNetns(wireName)
+	if err != nil {
+		return err
+	}
+	if err := ipCmd(ctx, wireName, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"); err != nil {
+		return err
+	}
+	if err := addrUp(wire, "br0", wireGateway); err != nil {
+		return err
+	}
+
+	var nodes []*node
+	for i := range 3 {
+		n := &node{
+			name:    fmt.Sprintf("node%d", i+1),
+			ip:      netip.AddrFrom4([4]byte{172, 18, 0, byte(2 + i)}),
+			podCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i), 0}), 24),
+			pinPath: filepath.Join(loader.DefaultBPFFS, fmt.Sprintf("hostrouting-crossnode-%s-node%d", opts.ID, i+1)),
+		}
+		n.netns = prefix + "-" + n.name
+		n.wirePort = "veth-" + n.name
+		if n.path, err = newNetns(n.netns); err != nil {
+			return err
+		}
+		if err := routing.EnableForwarding(n.path); err != nil {
+			return err
+		}
+		if err := plugIntoWire(n, wire); err != nil {
+			return err
+		}
+		undo = append(undo, func() error { return routing.DeleteVeth(n.path, "eth0") })
+		nodes = append(nodes, n)
+	}
+
+	pods := []*pod{
+		{name: "A", ip: netip.MustParseAddr("10.0.0.10"), node: nodes[0], hostIf: "lxcA", netns: prefix + "-a"},
+		{name: "B", ip: netip.MustParseAddr("10.0.1.10"), node: nodes[1], hostIf: "lxcB", netns: prefix + "-b"},
+	}
+	for _, p := range pods {
+		if p.path, err = newNetns(p.netns); err != nil {
+			return err
+		}
+		p.veth, err = routing.SetupVeth(routing.VethConfig{
+			HostNetns: p.node.path, HostIfName: p.hostIf, PodNetns: p.path, Addr: netip.PrefixFrom(p.ip, 32),
+		})
+		if err != nil {
+			return err
+		}
+		undo = append(undo, func() error { return routing.DeleteVeth(p.node.path, p.hostIf) })
+	}
+	// Until the kernel's link watcher has brought a device up it drops
+	// what is sent, and the first ARP request would cost a second.
+	for _, n := range nodes {
+		if err := waitOperUp(n.path, "eth0"); err != nil {
+			return fmt.Errorf("%s: %w", n.name, err)
+		}
+		if err := waitOperUp(wire, n.wirePort); err != nil {
+			return fmt.Errorf("wire: %w", err)
+		}
+	}
+	for _, p := range pods {
+		if err := waitOperUp(p.node.path, p.hostIf); err != nil {
+			return fmt.Errorf("%s: %w", p.node.name, err)
+		}
+		if err := waitOperUp(p.path, p.veth.PodIfName); err != nil {
+			return fmt.Errorf("pod %s: %w", p.name, err)
+		}
+	}
+
+	// Host routing on every node, each routing the others' pod CIDRs.
+	for _, n := range nodes {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		undo = append(undo, func() error { return os.RemoveAll(n.pinPath) }) // should New fail halfway
+		n.dp, err = datapath.New(datapath.Config{
+			PinPath:           n.pinPath,
+			Netns:             n.path,
+			Devices:           []string{"eth0"},
+			NativeRoutingCIDR: nativeRouting,
+			Disable:           loader.Disable{RedirectPeer: opts.Fallback, RedirectNeigh: opts.Fallback},
+		})
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.name, err)
+		}
+		undo = append(undo, n.dp.Remove)
+	}
+	for _, n := range nodes {
+		for _, other := range nodes {
+			if other == n {
+				continue
+			}
+			err := n.dp.UpsertNode(datapath.Node{Name: other.name, IP: other.ip, PodCIDRs: []netip.Prefix{other.podCIDR}})
+			if err != nil {
+				return fmt.Errorf("%s: %w", n.name, err)
+			}
+		}
+	}
+	for _, p := range pods {
+		if _, err := p.node.dp.AddEndpoint(datapath.Endpoint{IfName: p.hostIf, IP: p.ip, MAC: p.veth.PodMAC}); err != nil {
+			return fmt.Errorf("%s: %w", p.node.name, err)
+		}
+	}
+
+	fmt.Fprintf(out, "Cross-node host routing with %s\n", modeName(opts))
+	fmt.Fprintf(out, "Wire netns %s: br0 %s (the docker bridge the kind nodes hang on)\n", wireName, wireGateway)
+	for _, n := range nodes {
+		fmt.Fprintf(out, "  %s  eth0 %s  pod CIDR %s  netns %s  pins %s\n", n.name, n.ip, n.podCIDR, n.netns, n.pinPath)
+		for _, p := range pods {
+			if p.node == n {
+				fmt.Fprintf(out, "         pod %s %s  netns %s  eth0 %s <-> %s (ifindex %d, %s)\n",
+					p.name, p.ip, p.netns, p.veth.PodMAC, p.hostIf, p.veth.HostIfIndex, p.veth.HostMAC)
+			}
+		}
+	}
+	fmt.Fprintf(out, "Every node routes the others' pod CIDRs directly (UpsertNode): `podCIDR via nodeIP dev eth0 proto 200`.\n")
+
+	m, err := measure(ctx, out, pods, opts)
+	if err != nil {
+		return err
+	}
+	if err := report(out, nodes, pods, m, opts); err != nil {
+		return err
+	}
+	if err := checkClaims(m, opts); err != nil {
+		return err
+	}
+	if opts.Keep {
+		kept = true
+		printKept(out, prefix, nodes, pods)
+		var errs []error
+		for _, n := range nodes {
+			errs = append(errs, n.dp.Close())
+		}
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+func modeName(opts options) string {
+	if opts.Fallback {
+		return "bpf_fib_lookup + bpf_redirect only (--fallback): no bpf_redirect_neigh, no bpf_redirect_peer"
+	}
+	return "bpf_fib_lookup + bpf_redirect(_neigh) out of the node, bpf_redirect_peer into the pod"
+}
+
+// plugIntoWire gives node n its eth0: a veth whose peer is a port of br0 in
+// the wire namespace, addressed n.ip/16 with a default route via br0.
+func plugIntoWire(n *node, wire string) error {
+	wireNs, err := netns.GetFromPath(wire)
+	if err != nil {
+		return fmt.Errorf("open wire netns: %w", err)
+	}
+	defer wireNs.Close()
+	h, err := routing.Handle(n.path)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = "eth0"
+	eth0 := &netlink.Veth{LinkAttrs: attrs, PeerName: n.wirePort, PeerNamespace: netlink.NsFd(wireNs)}
+	if err := h.LinkAdd(eth0); err != nil {
+		return fmt.Errorf("%s: create eth0: %w", n.name, err)
+	}
+
+	w, err := routing.Handle(wire)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	br, err := w.LinkByName("br0")
+	if err != nil {
+		return fmt.Errorf("wire: %w", err)
+	}
+	port, err := w.LinkByName(n.wirePort)
+	if err == nil {
+		err = w.LinkSetMaster(port, br)
+	}
+	if err == nil {
+		err = w.LinkSetUp(port)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: plug %s into br0: %w", n.name, n.wirePort, err)
+	}
+
+	if err := addrUp(n.path, "eth0", netip.PrefixFrom(n.ip, wireGateway.Bits())); err != nil {
+		return fmt.Errorf("%s: %w", n.name, err)
+	}
+	def := &netlink.Route{LinkIndex: eth0.Index, Gw: wireGateway.Addr().AsSlice()}
+	if err := h.RouteAdd(def); err != nil {
+		return fmt.Errorf("%s: add default route via %s: %w", n.name, wireGateway.Addr(), err)
+	}
+	return nil
+}
+
+// addrUp puts addr on the device ifname in the namespace at nsPath and sets
+// it up.
+func addrUp(nsPath, ifname string, addr netip.Prefix) error {
+	h, err := routing.Handle(nsPath)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	link, err := h.LinkByName(ifname)
+	if err == nil {
+		err = h.AddrAdd(link, &netlink.Addr{IPNet: &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 32)}})
+	}
+	if err == nil {
+		err = h.LinkSetUp(link)
+	}
+	if err != nil {
+		return fmt.Errorf("set up %s with %s: %w", ifname, addr, err)
+	}
+	return nil
+}
+
+// setLoUp sets lo up in the namespace at nsPath.
+func setLoUp(nsPath string) error {
+	h, err := routing.Handle(nsPath)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.LinkSetUp(lo)
+	}
+	if err != nil {
+		return fmt.Errorf("set lo up: %w", err)
+	}
+	return nil
+}
+
+// waitOperUp waits until the kernel's link watcher has finished bringing
+// the device ifname up, at most 5 seconds.
+func waitOperUp(nsPath, ifname string) error {
+	h, err := routing.Handle(nsPath)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		link, err := h.LinkByName(ifname)
+		if err != nil {
+			return fmt.Errorf("wait for %q to come up: %w", ifname, err)
+		}
+		if link.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%q still %s after 5s", ifname, link.Attrs().OperState)
+		}
+	}
+}
+
+// ipCmd runs `ip -n nsName args...`, for what the netlink package cannot
+// say (the bridge's STP state and forward delay).
+func ipCmd(ctx context.Context, nsName string, args ...string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	args = append([]string{"-n", nsName}, args...)
+	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// printKept tells how to look at what --keep left running and how to
+// remove it.
+func printKept(out io.Writer, prefix string, nodes []*node, pods []*pod) {
+	n1, n2 := nodes[0], nodes[1]
+	var del []string
+	for _, p := range pods {
+		del = append(del, "ip netns del "+p.netns)
+	}
+	for _, n := range nodes {
+		del = append(del, "ip netns del "+n.netns)
+	}
+	del = append(del, "ip netns del "+prefix+"-wire")
+	fmt.Fprintf(out, `
+Left running (--keep). Inspect it with:
+  ip netns exec %[1]s tcpdump -ni lxcB tcp    # and meanwhile, a TCP SYN from pod A to B:
+  ip netns exec %[3]s bash -c 'echo >/dev/tcp/10.0.1.10/80'   # lxcB shows B's RST, never A's SYN
+  ip netns exec %[1]s tcpdump -ni eth0 tcp    # eth0 carries both
+  ip netns exec %[2]s ip route show proto 200   # direct routes to the other nodes' pod CIDRs
+  ip netns exec %[2]s ip neigh show dev eth0    # managed neighbour entries of the next hops
+  ip netns exec %[2]s iptables -w -x -v -n -L FORWARD
+  ls -R %[4]s   # maps, programs, one tcx link per device and program
+  bpftool link show pinned %[4]s/links/<name>
+  ip netns exec %[2]s go run ./examples/hrctl --pin-path %[4]s status
+  ip netns exec %[2]s go run ./examples/hrctl --pin-path %[4]s node list
+  ip netns exec %[1]s go run ./examples/hrctl --pin-path %[5]s endpoint list
+  ip netns exec %[1]s go run ./examples/hrctl --pin-path %[5]s endpoint stats
+Remove it with:
+  rm -r %[6]s-node* && %[7]s
+`, n2.netns, n1.netns, pods[0].netns, n1.pinPath, n2.pinPath,
+		strings.TrimSuffix(n1.pinPath, "-node1"), strings.Join(del, " && "))
+}
