@@ -54,10 +54,12 @@ const afInet = 2
 // loIfindex is the device every test frame arrives on. BPF_PROG_TEST_RUN
 // resolves __sk_buff.ifindex to a device of the caller's network namespace:
 // 0 and 1 select the loopback device, any other index must name an existing
-// device (else ENODEV). The tests touch no namespace, so the endpoint whose
+// device (else ENODEV). Most tests touch no namespace, so the endpoint whose
 // traffic a program sees always sits on loopback (index 1). Other endpoints'
 // ifindexes only live in maps and redirect targets, which test runs record
-// but never resolve, so they can be any number.
+// but never resolve, so they can be any number. The tests of bpf_fib_lookup,
+// which reads the caller's namespace, run in one of their own with real
+// devices (see newFIBNode in fib_test.go).
 const loIfindex = 1
 
 // mac is an Ethernet address as it sits in a frame.
@@ -341,6 +343,7 @@ func ethFrame(dst, src mac, ethertype uint16, payload []byte) []byte {
 type ipv4Packet struct {
 	dstMAC, srcMAC mac
 	src, dst       netip.Addr
+	tos            uint8 // DSCP and ECN
 	ttl            uint8
 	proto          uint8
 	id             uint16
@@ -385,6 +388,7 @@ func (p ipv4Packet) frame() []byte {
 	hlen := 20 + len(p.options)
 	ip := make([]byte, hlen, hlen+len(p.payload)+p.padding)
 	ip[0] = 4<<4 | byte(hlen/4)
+	ip[1] = p.tos
 	binary.BigEndian.PutUint16(ip[2:], uint16(hlen+len(p.payload)))
 	binary.BigEndian.PutUint16(ip[4:], p.id)
 	binary.BigEndian.PutUint16(ip[6:], p.fragment)

@@ -48,6 +48,10 @@ int from_container(struct __sk_buff *ctx)
 {
 	struct ethhdr *eth;
 
+	/* A tag the kernel took off: the stack knows the pod's VLANs (none,
+	 * on a host-side device) and drops what it should. */
+	if (ctx->vlan_present)
+		return to_stack(ctx);
 	if (!pull(ctx, ETH_HLEN))
 		return drop(ctx, ctx->ifindex, METRIC_DROP_INVALID);
 	eth = (void *)(long)ctx->data;
@@ -90,9 +94,9 @@ int from_netdev(struct __sk_buff *ctx)
 	struct ethhdr *eth;
 	struct iphdr *ip;
 
-	/* Only what was sent to this node: leave the rest, and whatever is
-	 * not well-formed IPv4, to the kernel as if nothing were attached. */
-	if (ctx->pkt_type != PACKET_HOST || ctx->protocol != bpf_htons(ETH_P_IP) ||
+	/* Only untagged IPv4 sent to this node: leave the rest, and whatever
+	 * is not well-formed, to the kernel as if nothing were attached. */
+	if (ctx->pkt_type != PACKET_HOST || ctx->vlan_present || ctx->protocol != bpf_htons(ETH_P_IP) ||
 	    !parse_ipv4(ctx, &eth, &ip))
 		return to_stack(ctx);
 	ep = lookup_endpoint4(ip->daddr);

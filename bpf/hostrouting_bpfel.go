@@ -18,7 +18,7 @@ type HostroutingConfig struct {
 	RedirectPeer  uint8
 	RedirectNeigh uint8
 	FibLookup     uint8
-	Pad           uint8
+	CheckMtu      uint8
 	NativeCidr    uint32
 	NativeMask    uint32
 }

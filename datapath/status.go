@@ -138,7 +138,7 @@ func featureList(f loader.Features) string {
 	for _, x := range []struct {
 		name string
 		f    loader.Feature
-	}{{"bpf_redirect_peer", f.RedirectPeer}, {"bpf_redirect_neigh", f.RedirectNeigh}, {"bpf_fib_lookup", f.FIBLookup}, {"tcx", f.TCX}} {
+	}{{"bpf_redirect_peer", f.RedirectPeer}, {"bpf_redirect_neigh", f.RedirectNeigh}, {"bpf_fib_lookup", f.FIBLookup}, {"bpf_check_mtu", f.CheckMTU}, {"tcx", f.TCX}} {
 		state := "Enabled"
 		if !x.f.Enabled {
 			state = "Disabled (" + x.f.Reason + ")"

@@ -30,6 +30,7 @@ type Features struct {
 	RedirectNeigh Feature // bpf_redirect_neigh
 	FIBLookup     Feature // bpf_fib_lookup
 	TCX           Feature // tcx links (else clsact + cls_bpf)
+	CheckMTU      Feature // bpf_check_mtu (else unresolved next hops go by the stack)
 }
 
 const (
@@ -37,6 +38,7 @@ const (
 	featRedirectNeigh
 	featFIBLookup
 	featTCX
+	featCheckMTU
 )
 
 // bits encodes the enabled features for the pinned node_info.
@@ -45,7 +47,7 @@ func (f Features) bits() uint32 {
 	for _, x := range []struct {
 		f   Feature
 		bit uint32
-	}{{f.RedirectPeer, featRedirectPeer}, {f.RedirectNeigh, featRedirectNeigh}, {f.FIBLookup, featFIBLookup}, {f.TCX, featTCX}} {
+	}{{f.RedirectPeer, featRedirectPeer}, {f.RedirectNeigh, featRedirectNeigh}, {f.FIBLookup, featFIBLookup}, {f.TCX, featTCX}, {f.CheckMTU, featCheckMTU}} {
 		if x.f.Enabled {
 			b |= x.bit
 		}
@@ -61,6 +63,7 @@ func ProbeFeatures(d Disable) Features {
 		RedirectNeigh: decide(d.RedirectNeigh, probeHelper(asm.FnRedirectNeigh)),
 		FIBLookup:     decide(d.FIBLookup, probeHelper(asm.FnFibLookup)),
 		TCX:           decide(d.TCX, probeTCX()),
+		CheckMTU:      decide(false, probeHelper(asm.FnCheckMtu)),
 	}
 }
 
@@ -82,6 +85,7 @@ func featuresFromBits(b uint32) Features {
 		RedirectNeigh: adopt(featRedirectNeigh, probed.RedirectNeigh),
 		FIBLookup:     adopt(featFIBLookup, probed.FIBLookup),
 		TCX:           adopt(featTCX, probed.TCX),
+		CheckMTU:      adopt(featCheckMTU, probed.CheckMTU),
 	}
 }
 

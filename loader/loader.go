@@ -245,7 +245,7 @@ func configOf(f Features, native netip.Prefix) bpf.HostroutingConfig {
 		}
 		return 0
 	}
-	c := bpf.HostroutingConfig{RedirectPeer: b(f.RedirectPeer), RedirectNeigh: b(f.RedirectNeigh), FibLookup: b(f.FIBLookup)}
+	c := bpf.HostroutingConfig{RedirectPeer: b(f.RedirectPeer), RedirectNeigh: b(f.RedirectNeigh), FibLookup: b(f.FIBLookup), CheckMtu: b(f.CheckMTU)}
 	if native.IsValid() {
 		addr := native.Addr().As4()
 		mask := net.CIDRMask(native.Bits(), 32)

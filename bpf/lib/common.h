@@ -75,7 +75,7 @@ struct config {
 	__u8 redirect_peer;  /* deliver locally with bpf_redirect_peer, else bpf_redirect */
 	__u8 redirect_neigh; /* resolve next hops with bpf_redirect_neigh, else the stack */
 	__u8 fib_lookup;     /* forward to other nodes with bpf_fib_lookup, else the stack */
-	__u8 pad;
+	__u8 check_mtu;      /* the kernel has bpf_check_mtu */
 	__be32 native_cidr;  /* pods of all nodes: forwarded by the datapath */
 	__be32 native_mask;  /* 0: no native routing CIDR, the stack forwards */
 };

@@ -6,6 +6,36 @@
 #include "metrics.h"
 #include "parse.h"
 
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IP_OFFSET 0x1FFF
+
+/* fits_mtu tells whether the packet, GSO segments included, fits the MTU
+ * of the device with index ifindex. Without bpf_check_mtu it trusts the
+ * FIB lookup's own check when there was one, else says no. */
+static __always_inline int fits_mtu(struct __sk_buff *ctx, __u32 ifindex, int checked)
+{
+	__u32 mtu = 0;
+
+	if (!CONFIG.check_mtu)
+		return checked;
+	return bpf_check_mtu(ctx, ifindex, &mtu, 0, BPF_MTU_CHK_SEGS) == BPF_MTU_CHK_RET_SUCCESS;
+}
+
+/* set_ports gives the lookup the L4 ports, for ip rules that match them
+ * (sport, dport); fragments after the first carry none. */
+static __always_inline void set_ports(struct __sk_buff *ctx, struct iphdr *ip, struct bpf_fib_lookup *params)
+{
+	__be16 ports[2];
+
+	if ((ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) || (ip->frag_off & bpf_htons(IP_OFFSET)))
+		return;
+	if (bpf_skb_load_bytes(ctx, ETH_HLEN + ip->ihl * 4, ports, sizeof(ports)) == 0) {
+		params->sport = ports[0];
+		params->dport = ports[1];
+	}
+}
+
 static __always_inline int in_native_cidr(__be32 addr)
 {
 	return CONFIG.native_mask && (addr & CONFIG.native_mask) == CONFIG.native_cidr;
@@ -17,7 +47,9 @@ static __always_inline int in_native_cidr(__be32 addr)
  * bpf_redirect; an unresolved one goes with bpf_redirect_neigh, which
  * resolves it. Whatever the kernel must answer itself — ICMP for TTL,
  * fragmentation needed (checked per skb, GSO aware), unreachable,
- * blackhole, prohibit, local destinations — goes to the stack. */
+ * blackhole, prohibit, local destinations — goes to the stack. Policy
+ * rules see the packet's addresses, TOS, protocol and ports, not its
+ * mark (BPF_FIB_LOOKUP_MARK needs Linux 6.10). */
 static __always_inline int fib_redirect(struct __sk_buff *ctx, struct ethhdr *eth, struct iphdr *ip)
 {
 	struct bpf_fib_lookup params = {
@@ -32,8 +64,12 @@ static __always_inline int fib_redirect(struct __sk_buff *ctx, struct ethhdr *et
 
 	if (ip->ttl <= 1)
 		return to_stack(ctx);
+	set_ports(ctx, ip, &params);
 	/* tot_len 0: the helper checks the skb against the egress MTU. */
 	ret = bpf_fib_lookup(ctx, &params, sizeof(params), 0);
+	if ((ret == BPF_FIB_LKUP_RET_SUCCESS || ret == BPF_FIB_LKUP_RET_NO_NEIGH) &&
+	    !fits_mtu(ctx, params.ifindex, ret == BPF_FIB_LKUP_RET_SUCCESS))
+		return to_stack(ctx); /* the stack sends fragmentation needed */
 	if (ret == BPF_FIB_LKUP_RET_SUCCESS) {
 		ipv4_decrease_ttl(ip);
 		/* The stack copy may not be read unaligned: byte-wise here. */
