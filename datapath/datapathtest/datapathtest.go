@@ -10,13 +10,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/hostrouting/hostrouting/internal/netcheck"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -153,30 +153,22 @@ func (n *Node) exec(args ...string) (string, error) {
 // call it from the test's goroutine. t.Cleanup removes the rule.
 func (n *Node) CountForward(t testing.TB) func() uint64 {
 	t.Helper()
-	comment := "hostrouting-test-" + randomHex(4)
-	rule := []string{"FORWARD", "-m", "comment", "--comment", comment}
-	n.Exec(t, append([]string{"iptables", "-w", "-I"}, rule...)...)
+	c, err := netcheck.CountForward(context.Background(), n.Netns, "hostrouting-test-"+randomHex(4))
+	if err != nil {
+		t.Fatalf("node %s: %v", n.Name, err)
+	}
 	t.Cleanup(func() {
-		if _, err := n.exec(append([]string{"iptables", "-w", "-D"}, rule...)...); err != nil {
-			t.Errorf("cleanup: %v", err)
+		if err := c.Close(); err != nil {
+			t.Errorf("cleanup: node %s: %v", n.Name, err)
 		}
 	})
 	return func() uint64 {
 		t.Helper()
-		out := n.Exec(t, "iptables", "-w", "-x", "-v", "-n", "-L", "FORWARD")
-		for _, line := range strings.Split(out, "\n") {
-			if !strings.Contains(line, "/* "+comment+" */") {
-				continue
-			}
-			fields := strings.Fields(line)
-			packets, err := strconv.ParseUint(fields[0], 10, 64)
-			if err != nil {
-				t.Fatalf("node %s: parse FORWARD counter in %q: %v", n.Name, line, err)
-			}
-			return packets
+		packets, err := c.Packets(context.Background())
+		if err != nil {
+			t.Fatalf("node %s: %v", n.Name, err)
 		}
-		t.Fatalf("node %s: counting rule %s not in FORWARD chain:\n%s", n.Name, comment, out)
-		return 0
+		return packets
 	}
 }
 
@@ -234,28 +226,10 @@ func (n *Node) AddPod(t testing.TB, name string, addr netip.Addr) *Pod {
 	}
 }
 
-// waitOperUp waits until the kernel's link watcher has finished bringing the
-// device up. Until then it has no qdisc and drops what is sent, typically the
-// first ARP request, which would cost a test an ARP retry: a second. The
-// link watcher runs at most once a second, so this wait can be that long.
+// waitOperUp waits up to 5s for the device to be operationally up, so that
+// the first packets sent are not lost (see netcheck.WaitOperUp).
 func waitOperUp(nsPath, ifname string) error {
-	h, err := routing.Handle(nsPath)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		link, err := h.LinkByName(ifname)
-		if err != nil {
-			return fmt.Errorf("wait for %q to come up: %w", ifname, err)
-		}
-		if link.Attrs().OperState == netlink.OperUp {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%q still %s after 5s", ifname, link.Attrs().OperState)
-		}
-	}
+	return netcheck.WaitOperUp(context.Background(), nsPath, ifname, 5*time.Second)
 }
 
 // Do runs fn inside the pod's namespace (see routing.Do). Sockets fn opens

@@ -52,6 +52,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/internal/netcheck"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -219,18 +220,18 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	// Until the kernel's link watcher has brought a device up it drops
 	// what is sent, and the first ARP request would cost a second.
 	for _, n := range nodes {
-		if err := waitOperUp(n.path, "eth0"); err != nil {
+		if err := netcheck.WaitOperUp(ctx, n.path, "eth0", 5*time.Second); err != nil {
 			return fmt.Errorf("%s: %w", n.name, err)
 		}
-		if err := waitOperUp(wire, n.wirePort); err != nil {
+		if err := netcheck.WaitOperUp(ctx, wire, n.wirePort, 5*time.Second); err != nil {
 			return fmt.Errorf("wire: %w", err)
 		}
 	}
 	for _, p := range pods {
-		if err := waitOperUp(p.node.path, p.hostIf); err != nil {
+		if err := netcheck.WaitOperUp(ctx, p.node.path, p.hostIf, 5*time.Second); err != nil {
 			return fmt.Errorf("%s: %w", p.node.name, err)
 		}
-		if err := waitOperUp(p.path, p.veth.PodIfName); err != nil {
+		if err := netcheck.WaitOperUp(ctx, p.path, p.veth.PodIfName, 5*time.Second); err != nil {
 			return fmt.Errorf("pod %s: %w", p.name, err)
 		}
 	}
@@ -398,28 +399,6 @@ func setLoUp(nsPath string) error {
 		return fmt.Errorf("set lo up: %w", err)
 	}
 	return nil
-}
-
-// waitOperUp waits until the kernel's link watcher has finished bringing
-// the device ifname up, at most 5 seconds.
-func waitOperUp(nsPath, ifname string) error {
-	h, err := routing.Handle(nsPath)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		link, err := h.LinkByName(ifname)
-		if err != nil {
-			return fmt.Errorf("wait for %q to come up: %w", ifname, err)
-		}
-		if link.Attrs().OperState == netlink.OperUp {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%q still %s after 5s", ifname, link.Attrs().OperState)
-		}
-	}
 }
 
 // ipCmd runs `ip -n nsName args...`, for what the netlink package cannot

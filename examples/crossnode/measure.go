@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os/exec"
-	"strconv"
+	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/hostrouting/hostrouting/internal/netcheck"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -80,9 +80,11 @@ const forwardRule = "hostrouting-demo"
 // measure counts the FORWARD chains of the pods' nodes, warms up, runs the
 // phases and returns what moved.
 func measure(ctx context.Context, out io.Writer, pods []*pod, opts options) (*measurement, error) {
-	for _, p := range pods {
-		if err := iptables(ctx, p.node.netns, "-I", "FORWARD", "1", "-m", "comment", "--comment", forwardRule); err != nil {
-			return nil, err
+	var fwd [2]*netcheck.ForwardCounter // left in place: --keep shows them
+	for i, p := range pods {
+		var err error
+		if fwd[i], err = netcheck.CountForward(ctx, p.node.path, forwardRule); err != nil {
+			return nil, fmt.Errorf("%s: %w", p.node.name, err)
 		}
 	}
 	// One echo each way first, so that both pods know their gateway's MAC
@@ -98,8 +100,8 @@ func measure(ctx context.Context, out io.Writer, pods []*pod, opts options) (*me
 	var metricsBefore [2][]maps.Counter
 	for i, p := range pods {
 		var err error
-		if fwdBefore[i], err = forwardPackets(ctx, p.node.netns); err != nil {
-			return nil, err
+		if fwdBefore[i], err = fwd[i].Packets(ctx); err != nil {
+			return nil, fmt.Errorf("%s: %w", p.node.name, err)
 		}
 		if metricsBefore[i], err = p.node.dp.Metrics(); err != nil {
 			return nil, err
@@ -113,7 +115,7 @@ func measure(ctx context.Context, out io.Writer, pods []*pod, opts options) (*me
 		}
 		src, dst := pods[ph.src], pods[ph.dst]
 		if ph.tcp {
-			if err := tcpEcho(ctx, src.path, dst.path, dst.ip, tcpEchoSize); err != nil {
+			if err := tcpEcho(ctx, src, dst); err != nil {
 				return nil, fmt.Errorf("TCP %s → %s: %w", src.name, dst.name, err)
 			}
 		} else if err := pingAll(ctx, src, dst, opts.Count); err != nil {
@@ -135,9 +137,9 @@ func measure(ctx context.Context, out io.Writer, pods []*pod, opts options) (*me
 		}
 	}
 	for i, p := range pods {
-		total, err := forwardPackets(ctx, p.node.netns)
+		total, err := fwd[i].Packets(ctx)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: %w", p.node.name, err)
 		}
 		m.forward[i] = forwardCount{during: total - fwdBefore[i], total: total}
 		after, err := p.node.dp.Metrics()
@@ -282,17 +284,25 @@ func checkClaims(m *measurement, opts options) error {
 	return errors.Join(errs...)
 }
 
-// pingAll pings dst from src count times and fails unless every echo is
-// answered.
+// pingAll pings dst from src count times, allowing a second per echo, and
+// fails unless every one is answered.
 func pingAll(ctx context.Context, src, dst *pod, count int) error {
-	got, err := ping(ctx, src.path, dst.ip, count)
-	if err != nil {
-		return fmt.Errorf("ping %s → %s: %w", src.name, dst.name, err)
-	}
-	if got != count {
-		return fmt.Errorf("ping %s → %s: %d of %d echo requests answered", src.name, dst.name, got, count)
+	opts := netcheck.PingOptions{Count: count, Timeout: time.Duration(count+1) * time.Second}
+	if err := netcheck.PingAll(ctx, src.path, dst.ip, opts); err != nil {
+		return fmt.Errorf("%s → %s: %w", src.name, dst.name, err)
 	}
 	return nil
+}
+
+// tcpEcho echoes tcpEchoSize bytes from src to a TCP echo server on dst's
+// address, within five seconds.
+func tcpEcho(ctx context.Context, src, dst *pod) error {
+	srv, err := netcheck.ServeTCPEcho(dst.path, netip.AddrPortFrom(dst.ip, 0))
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	return netcheck.TCPEcho(ctx, src.path, srv.Addr(), netcheck.Payload(tcpEchoSize), 5*time.Second)
 }
 
 // devCounts reads the packet counters of the watched devices, indexed by
@@ -319,40 +329,4 @@ func devCounts(pods []*pod) ([numDevs]counts, error) {
 		h.Close()
 	}
 	return c, nil
-}
-
-// iptables runs iptables with args in the named namespace.
-func iptables(ctx context.Context, nsName string, args ...string) error {
-	_, err := iptablesOutput(ctx, nsName, args...)
-	return err
-}
-
-func iptablesOutput(ctx context.Context, nsName string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	args = append([]string{"netns", "exec", nsName, "iptables", "-w"}, args...)
-	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("ip %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
-}
-
-// forwardPackets reads the packet counter of the demo's rule in the FORWARD
-// chain of the named namespace.
-func forwardPackets(ctx context.Context, nsName string) (uint64, error) {
-	out, err := iptablesOutput(ctx, nsName, "-x", "-v", "-n", "-L", "FORWARD")
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(out, "\n") {
-		if strings.Contains(line, "/* "+forwardRule+" */") {
-			n, err := strconv.ParseUint(strings.Fields(line)[0], 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("%s: parse FORWARD counter in %q: %w", nsName, line, err)
-			}
-			return n, nil
-		}
-	}
-	return 0, fmt.Errorf("%s: counting rule %s not in the FORWARD chain:\n%s", nsName, forwardRule, out)
 }

@@ -33,8 +33,10 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/internal/netcheck"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
@@ -301,15 +303,12 @@ func checkClaim(pods []*pod, deltas [][2]counts, opts options) error {
 	return nil
 }
 
-// pingAll pings dst from src count times and fails unless every echo is
-// answered.
+// pingAll pings dst from src count times, allowing a second per echo, and
+// fails unless every one is answered.
 func pingAll(ctx context.Context, src, dst *pod, count int) error {
-	got, err := ping(ctx, src.path, dst.ip, count)
-	if err != nil {
-		return fmt.Errorf("ping %s → %s: %w", src.name, dst.name, err)
-	}
-	if got != count {
-		return fmt.Errorf("ping %s → %s: %d of %d echo requests answered", src.name, dst.name, got, count)
+	opts := netcheck.PingOptions{Count: count, Timeout: time.Duration(count+1) * time.Second}
+	if err := netcheck.PingAll(ctx, src.path, dst.ip, opts); err != nil {
+		return fmt.Errorf("%s → %s: %w", src.name, dst.name, err)
 	}
 	return nil
 }
