@@ -12,7 +12,7 @@
 
 /* fits_mtu tells whether the packet, GSO segments included, fits the MTU
  * of the device with index ifindex. Without bpf_check_mtu it trusts the
- * FIB lookup's own check when there was one, else says no. */
+ * FIB lookup's own check when there was one (checked), else says no. */
 static __always_inline int fits_mtu(struct __sk_buff *ctx, __u32 ifindex, int checked)
 {
 	__u32 mtu = 0;
@@ -28,7 +28,8 @@ static __always_inline void set_ports(struct __sk_buff *ctx, struct iphdr *ip, s
 {
 	__be16 ports[2];
 
-	if ((ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) || (ip->frag_off & bpf_htons(IP_OFFSET)))
+	if ((ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) || (ip->frag_off & bpf_htons(IP_OFFSET)) ||
+	    ip->ihl * 4 + sizeof(ports) > bpf_ntohs(ip->tot_len))
 		return;
 	if (bpf_skb_load_bytes(ctx, ETH_HLEN + ip->ihl * 4, ports, sizeof(ports)) == 0) {
 		params->sport = ports[0];
@@ -65,10 +66,16 @@ static __always_inline int fib_redirect(struct __sk_buff *ctx, struct ethhdr *et
 	if (ip->ttl <= 1)
 		return to_stack(ctx);
 	set_ports(ctx, ip, &params);
-	/* tot_len 0: the helper checks the skb against the egress MTU. */
+	/* A packet's own length lets the lookup check it against the route's
+	 * MTU, as the kernel's forwarding does. A GSO packet's length is that
+	 * of all its segments: with tot_len 0 the helper checks the skb
+	 * against the device MTU instead (segments and all), and
+	 * bpf_check_mtu does for unresolved next hops. */
+	if (!ctx->gso_size)
+		params.tot_len = bpf_ntohs(ip->tot_len);
 	ret = bpf_fib_lookup(ctx, &params, sizeof(params), 0);
 	if ((ret == BPF_FIB_LKUP_RET_SUCCESS || ret == BPF_FIB_LKUP_RET_NO_NEIGH) &&
-	    !fits_mtu(ctx, params.ifindex, ret == BPF_FIB_LKUP_RET_SUCCESS))
+	    !fits_mtu(ctx, params.ifindex, !ctx->gso_size || ret == BPF_FIB_LKUP_RET_SUCCESS))
 		return to_stack(ctx); /* the stack sends fragmentation needed */
 	if (ret == BPF_FIB_LKUP_RET_SUCCESS) {
 		ipv4_decrease_ttl(ip);
