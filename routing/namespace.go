@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,8 +18,7 @@ const NetnsDir = "/var/run/netns"
 
 // CreateNetns creates a new network namespace mounted at NetnsDir/name, like
 // `ip netns add name`, and returns its path. It fails if the name is taken.
-// The calling thread is never moved: the namespace is made on a throwaway
-// thread that exits afterwards.
+// The calling goroutine's thread returns to its own namespace afterwards.
 func CreateNetns(name string) (path string, err error) {
 	if err := checkNetnsName(name); err != nil {
 		return "", err
@@ -33,26 +33,35 @@ func CreateNetns(name string) (path string, err error) {
 	}
 	f.Close()
 
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread ends with this goroutine, so no other
-		// goroutine ever runs in the new namespace.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare: %w", err)
-			return
-		}
-		if err := unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind mount: %w", err)
-			return
-		}
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+	if err := makeNetnsAt(path); err != nil {
 		os.Remove(path)
 		return "", fmt.Errorf("create netns %q: %w", name, err)
 	}
 	return path, nil
+}
+
+// makeNetnsAt unshares a new network namespace on this thread, binds it at
+// path and moves the thread back. A thread that cannot go back is never
+// unlocked, so the Go runtime retires it rather than reuse it elsewhere.
+func makeNetnsAt(path string) error {
+	runtime.LockOSThread()
+	origin, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get current netns: %w", err)
+	}
+	defer origin.Close()
+	err = unix.Unshare(unix.CLONE_NEWNET)
+	if err != nil {
+		err = fmt.Errorf("unshare: %w", err)
+	} else if err = unix.Mount("/proc/thread-self/ns/net", path, "none", unix.MS_BIND, ""); err != nil {
+		err = fmt.Errorf("bind mount: %w", err)
+	}
+	if serr := netns.Set(origin); serr != nil {
+		return errors.Join(err, fmt.Errorf("return to the thread's netns: %w", serr))
+	}
+	runtime.UnlockOSThread()
+	return err
 }
 
 // DeleteNetns removes the named network namespace made by CreateNetns (or
