@@ -14,15 +14,16 @@ demo:
 	go run ./examples/samenode
 
 # Debian packages the tests use (ptp and host-local for the CNI tests,
-# iptables for the FORWARD counters, bpftool for xlated dumps), cnitool,
+# iptables for the FORWARD counters, bpftool for xlated dumps, iperf3 for
+# the benchmark's smoke test), cnitool,
 # and the bpf filesystem.
 test-deps:
 	@missing=""; \
-	for cmd in ip iptables bpftool tcpdump; do command -v $$cmd >/dev/null || missing=1; done; \
+	for cmd in ip iptables iptables-restore bpftool tcpdump iperf3; do command -v $$cmd >/dev/null || missing=1; done; \
 	[ -x /usr/lib/cni/ptp ] && [ -x /usr/lib/cni/host-local ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			iproute2 iptables bpftool tcpdump containernetworking-plugins >/dev/null; \
+			iproute2 iptables bpftool tcpdump iperf3 containernetworking-plugins >/dev/null; \
 	fi
 	@[ -x $(GOBIN)/cnitool ] || go install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
 	@# Mount bpffs once up front: test packages run in parallel, and two
