@@ -3,28 +3,16 @@ package datapathtest
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
-	"os/exec"
-	"strings"
 	"testing"
-	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
+	"github.com/hostrouting/hostrouting/internal/topology"
 	"github.com/hostrouting/hostrouting/routing"
-)
-
-// The wire's addressing, as on the docker network kind's nodes hang on.
-var (
-	wireSubnet  = netip.MustParsePrefix("172.18.0.0/16")
-	wireGateway = netip.MustParseAddr("172.18.0.1")
 )
 
 // MaxClusterNodes is how many nodes a Cluster can have: node IPs run from
 // 172.18.0.2 to 172.18.0.254.
-const MaxClusterNodes = 253
+const MaxClusterNodes = topology.MaxNodes
 
 // Cluster is a kind-like set of nodes on one layer-2 segment, the "wire":
 // a namespace holding the bridge br0 (STP off, forward delay 0) with
@@ -70,104 +58,37 @@ func NewClusterWith(t testing.TB, opts ClusterOptions) *Cluster {
 	if opts.Nodes < 1 || opts.Nodes > MaxClusterNodes {
 		t.Fatalf("new cluster: %d nodes, want 1 to %d", opts.Nodes, MaxClusterNodes)
 	}
-	if opts.MTU == 0 {
-		opts.MTU = 1500
-	}
-	c := &Cluster{Gateway: wireGateway}
-	c.WireName, c.Wire = NewNetns(t, "wire")
-	wire := openHandle(t, c.Wire)
-	defer wire.Close()
-	if err := runIP(c.WireName, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"); err != nil {
+	ctx := context.Background()
+	w, err := topology.NewWire(ctx, topology.Options{Prefix: "hr-" + randomHex(4), MTU: opts.MTU})
+	if err != nil {
 		t.Fatalf("new cluster: %v", err)
 	}
-	br, err := wire.LinkByName("br0")
-	if err == nil {
-		err = wire.AddrAdd(br, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(c.Gateway, wireSubnet.Bits()))})
-	}
-	if err == nil {
-		err = wire.LinkSetUp(br)
-	}
-	if err != nil {
-		t.Fatalf("new cluster: set up br0: %v", err)
-	}
-
-	for i := range opts.Nodes {
-		c.Nodes = append(c.Nodes, c.addNode(t, i, wire, br, opts.MTU))
-	}
-	for _, n := range c.Nodes {
-		for _, end := range []struct{ netns, ifname string }{{n.Netns, n.Device}, {c.Wire, n.wirePort}} {
-			if err := waitOperUp(end.netns, end.ifname); err != nil {
-				t.Fatalf("new cluster: node %s: %v", n.Name, err)
-			}
+	t.Cleanup(func() {
+		if err := w.Close(); err != nil {
+			t.Errorf("cleanup: %v", err)
 		}
+	})
+	c := &Cluster{WireName: w.NetnsName, Wire: w.Netns, Gateway: topology.Gateway.Addr()}
+	for i := range opts.Nodes {
+		n, err := w.AddNode(ctx, topology.NodeOptions{Name: kindNodeName(i), Port: fmt.Sprintf("veth%d", i), IP: c.NodeIP(i)})
+		if err != nil {
+			t.Fatalf("new cluster: %v", err)
+		}
+		c.Nodes = append(c.Nodes, &Node{
+			Name: n.Name, NetnsName: n.NetnsName, Netns: n.Netns,
+			Device: n.Device, IP: n.IP, PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i), 0}), 24),
+			wire: w.Netns, wirePort: n.Port,
+		})
 	}
-	if err := waitOperUp(c.Wire, "br0"); err != nil {
+	if err := w.WaitUp(ctx); err != nil {
 		t.Fatalf("new cluster: %v", err)
 	}
 	return c
 }
 
-// addNode makes node i and plugs its eth0 into br, which wire reaches.
-func (c *Cluster) addNode(t testing.TB, i int, wire *netlink.Handle, br netlink.Link, mtu int) *Node {
-	t.Helper()
-	n := NewNode(t, kindNodeName(i))
-	n.Device = "eth0"
-	n.IP = c.NodeIP(i)
-	n.PodCIDR = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i), 0}), 24)
-	n.wire = c.Wire
-	n.wirePort = fmt.Sprintf("veth%d", i)
-	fail := func(step string, err error) {
-		t.Helper()
-		t.Fatalf("new cluster: node %s: %s: %v", n.Name, step, err)
-	}
-
-	wireNs, err := netns.GetFromPath(c.Wire)
-	if err != nil {
-		fail("open wire netns", err)
-	}
-	defer wireNs.Close()
-	h := openHandle(t, n.Netns)
-	defer h.Close()
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = n.Device
-	attrs.MTU = mtu
-	eth0 := &netlink.Veth{LinkAttrs: attrs, PeerName: n.wirePort, PeerNamespace: netlink.NsFd(wireNs)}
-	if err := h.LinkAdd(eth0); err != nil {
-		fail("create veth", err)
-	}
-	t.Cleanup(func() {
-		if err := routing.DeleteVeth(n.Netns, n.Device); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-
-	port, err := wire.LinkByName(n.wirePort)
-	if err == nil {
-		err = wire.LinkSetMaster(port, br)
-	}
-	if err == nil {
-		err = wire.LinkSetUp(port)
-	}
-	if err != nil {
-		fail("plug "+n.wirePort+" into br0", err)
-	}
-
-	if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(n.IP, wireSubnet.Bits()))}); err != nil {
-		fail("add address", err)
-	}
-	if err := h.LinkSetUp(eth0); err != nil {
-		fail("set eth0 up", err)
-	}
-	def := &netlink.Route{LinkIndex: eth0.Index, Gw: c.Gateway.AsSlice()}
-	if err := h.RouteAdd(def); err != nil {
-		fail("add default route", err)
-	}
-	return n
-}
-
 // NodeIP returns node i's address on the wire, 172.18.0.(2+i).
 func (c *Cluster) NodeIP(i int) netip.Addr {
-	return netip.AddrFrom4([4]byte{172, 18, 0, byte(2 + i)})
+	return topology.NodeIP(i)
 }
 
 // kindNodeName names node i as kind does: control-plane, worker, worker2...
@@ -200,7 +121,10 @@ func (n *Node) SetDeviceMTU(t testing.TB, mtu int) {
 		t.Fatalf("set device MTU: node %s is not in a Cluster", n.Name)
 	}
 	for _, end := range []struct{ netns, ifname string }{{n.Netns, n.Device}, {n.wire, n.wirePort}} {
-		h := openHandle(t, end.netns)
+		h, err := routing.Handle(end.netns)
+		if err != nil {
+			t.Fatal(err)
+		}
 		link, err := h.LinkByName(end.ifname)
 		if err == nil {
 			err = h.LinkSetMTU(link, mtu)
@@ -210,31 +134,4 @@ func (n *Node) SetDeviceMTU(t testing.TB, mtu int) {
 			t.Fatalf("node %s: set MTU %d on %s: %v", n.Name, mtu, end.ifname, err)
 		}
 	}
-}
-
-// openHandle returns a netlink handle in the namespace at path or fails the
-// test.
-func openHandle(t testing.TB, path string) *netlink.Handle {
-	t.Helper()
-	h, err := routing.Handle(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
-// runIP runs `ip -n nsName args...`, for what the netlink package cannot
-// say (the bridge's STP state and forward delay).
-func runIP(nsName string, args ...string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	args = append([]string{"-n", nsName}, args...)
-	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return nil
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/hostrouting/hostrouting/internal/netcheck"
+	"github.com/hostrouting/hostrouting/internal/topology"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -69,7 +70,7 @@ func NewNode(t testing.TB, name string) *Node {
 func NewNetns(t testing.TB, name string) (nsName, path string) {
 	t.Helper()
 	nsName = "hr-" + randomHex(4) + "-" + name
-	path, err := routing.CreateNetns(nsName)
+	path, err := topology.NewNetns(context.Background(), nsName, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,23 +79,6 @@ func NewNetns(t testing.TB, name string) (nsName, path string) {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
-	h, err := routing.Handle(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err == nil {
-		err = h.LinkSetUp(lo)
-	}
-	if err != nil {
-		t.Fatalf("set lo up in netns %s: %v", nsName, err)
-	}
-	// The fixtures are IPv4 only: keep IPv6 autoconfiguration from
-	// blurring the host devices' packet counters.
-	if err := routing.DisableIPv6(path); err != nil {
-		t.Fatal(err)
-	}
 	return nsName, path
 }
 

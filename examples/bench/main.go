@@ -50,7 +50,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -60,8 +59,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
-
-	"github.com/hostrouting/hostrouting/routing"
 )
 
 // options configure one run.
@@ -278,7 +275,7 @@ func run(ctx context.Context, opts options, out io.Writer) (res *results, err er
 		}
 	}
 	defer func() {
-		if left := leftovers(opts.ID); len(left) > 0 {
+		if left := names.Leftovers(opts.ID); len(left) > 0 {
 			err = errors.Join(err, fmt.Errorf("left behind: %s", strings.Join(left, " ")))
 		}
 	}()
@@ -456,20 +453,6 @@ func runScenario(ctx context.Context, opts options, cfg loadConfig, sc *scenario
 		}
 	}
 	return nil
-}
-
-// leftovers lists the namespaces and pin directories of run id that
-// remain.
-func leftovers(id string) []string {
-	var left []string
-	for _, pattern := range []string{
-		filepath.Join(routing.NetnsDir, netnsPrefix+id+"-*"),
-		pinPrefix + id + "-*",
-	} {
-		m, _ := filepath.Glob(pattern)
-		left = append(left, m...)
-	}
-	return left
 }
 
 func describeMachine() machine {

@@ -3,12 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"image/png"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -41,8 +39,8 @@ func TestSmoke(t *testing.T) {
 	opts := defaultOptions()
 	opts.Rounds, opts.Duration, opts.Warmup = 1, 300*time.Millisecond, 50*time.Millisecond
 	opts.PNG, opts.JSON = filepath.Join(dir, "bench.png"), filepath.Join(dir, "bench.json")
-	opts.ID = testID(t)
-	root := rootState(t)
+	r := names.Start(t)
+	opts.ID = r.ID
 	var out bytes.Buffer
 	start := time.Now()
 	res, err := run(context.Background(), opts, &out)
@@ -50,10 +48,7 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGone(t, opts.ID)
-	if after := rootState(t); after != root {
-		t.Errorf("root netns changed:\nbefore %s\nafter  %s", root, after)
-	}
+	r.Check(t)
 
 	for _, sc := range scenarios {
 		for _, m := range sc.Modes {
@@ -113,15 +108,11 @@ func TestCancel(t *testing.T) {
 	opts := defaultOptions()
 	opts.Scenarios, opts.Tests = []string{scenarioCrossNode}, []string{testRR}
 	opts.Rounds, opts.Duration, opts.PNG = 3, time.Second, ""
-	opts.ID = testID(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	w := &cancelOn{cancel: cancel, text: []byte("round 1/3")}
-	_, err := run(ctx, opts, w)
-	if !errors.Is(err, context.Canceled) {
-		t.Errorf("run: %v, want context.Canceled\n%s", err, &w.Buffer)
-	}
-	checkGone(t, opts.ID)
+	names.CheckInterrupt(t, "round 1/3", func(ctx context.Context, id string, out io.Writer) error {
+		opts.ID = id
+		_, err := run(ctx, opts, out)
+		return err
+	})
 }
 
 // TestRefuseRootNetns checks that the load refuses to run in the
@@ -376,74 +367,4 @@ func requireTool(t *testing.T, name string) {
 		}
 		t.Skipf("%s is needed: %v", name, err)
 	}
-}
-
-// cancelOn is a writer that calls cancel once text is written to it.
-type cancelOn struct {
-	bytes.Buffer
-	cancel func()
-	text   []byte
-}
-
-func (w *cancelOn) Write(p []byte) (int, error) {
-	if bytes.Contains(p, w.text) {
-		w.cancel()
-	}
-	return w.Buffer.Write(p)
-}
-
-// testID returns a run ID and removes whatever the run leaves behind in
-// t.Cleanup, as a safety net.
-func testID(t *testing.T) string {
-	b := make([]byte, 4)
-	rand.Read(b)
-	id := "t" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		pins, _ := filepath.Glob(pinPrefix + id + "-*")
-		for _, p := range pins {
-			os.RemoveAll(p)
-		}
-		nss, _ := filepath.Glob(filepath.Join(routing.NetnsDir, netnsPrefix+id+"-*"))
-		for _, ns := range nss {
-			routing.DeleteNetns(filepath.Base(ns))
-		}
-	})
-	return id
-}
-
-// checkGone fails the test if a namespace or pin directory of run id
-// remains.
-func checkGone(t *testing.T, id string) {
-	t.Helper()
-	for _, p := range leftovers(id) {
-		t.Errorf("%s remains after the run", p)
-	}
-}
-
-// rootState sums up what the benchmark must not change in the root netns:
-// its devices, the forwarding and rp_filter sysctls and the iptables rules
-// (not counters, which move with the machine). The test's goroutines run
-// in the root netns; the main thread need not (see routing.CreateNetns).
-func rootState(t *testing.T) string {
-	t.Helper()
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	for _, i := range ifs {
-		b.WriteString(i.Name + " ")
-	}
-	for _, key := range []string{"ipv4/ip_forward", "ipv4/conf/all/rp_filter", "ipv4/conf/default/rp_filter", "ipv6/conf/all/disable_ipv6"} {
-		v, _ := os.ReadFile("/proc/sys/net/" + key)
-		b.WriteString(key + "=" + strings.TrimSpace(string(v)) + " ")
-	}
-	for _, table := range []string{"filter", "nat"} {
-		rules, err := exec.Command("iptables", "-w", "-t", table, "-S").CombinedOutput()
-		if err != nil {
-			t.Fatalf("iptables -t %s -S: %v\n%s", table, err, rules)
-		}
-		b.WriteString(strings.ReplaceAll(string(rules), "\n", "; "))
-	}
-	return b.String()
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/internal/topology"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -160,7 +161,7 @@ func buildCrossNode(l *lab, mode string, services int) (*setup, error) {
 		return nil, fmt.Errorf("cross-node has no mode %q", mode)
 	}
 	if l.wire == nil {
-		w, err := l.newWire("cross-wire")
+		w, err := l.newWire()
 		if err != nil {
 			return nil, err
 		}
@@ -169,19 +170,16 @@ func buildCrossNode(l *lab, mode string, services int) (*setup, error) {
 	tag := "cross-" + mode
 	var nodes [2]peer
 	for i := range nodes {
-		n, err := l.node(fmt.Sprintf("%s-node%d", tag, i+1))
+		n, err := l.wire.AddNode(l.ctx, topology.NodeOptions{
+			Name: fmt.Sprintf("%s-node%d", mode, i+1), Port: fmt.Sprintf("veth-%s%d", mode, i+1), IP: addrs.nodes[i],
+		})
 		if err != nil {
 			return nil, err
 		}
-		port := fmt.Sprintf("veth-%s%d", mode, i+1)
-		if err := l.plug(l.wire, n, port, addrs.nodes[i]); err != nil {
-			return nil, err
-		}
-		if err := l.waitUp([2]string{n.Path, "eth0"}, [2]string{l.wire.Path, port}); err != nil {
-			return nil, err
-		}
-		n.IP = addrs.nodes[i]
-		nodes[i] = n
+		nodes[i] = peer{NetnsName: n.NetnsName, Path: n.Netns, IP: n.IP}
+	}
+	if err := l.wire.WaitUp(l.ctx); err != nil {
+		return nil, err
 	}
 	s := &setup{Scenario: scenarioCrossNode, Mode: mode}
 	if mode == modeLimit {

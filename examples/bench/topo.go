@@ -18,25 +18,27 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/internal/leakcheck"
 	"github.com/hostrouting/hostrouting/internal/netcheck"
+	"github.com/hostrouting/hostrouting/internal/topology"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
 // Names of everything a run makes: namespaces hr-bench-<id>-* and pin
-// directories /sys/fs/bpf/hostrouting-bench-<id>-*.
+// directories /sys/fs/bpf/hostrouting-bench-<id>-*; names finds them.
 const netnsPrefix = "hr-bench-"
 
-var pinPrefix = filepath.Join(loader.DefaultBPFFS, "hostrouting-bench-")
+var (
+	pinPrefix = filepath.Join(loader.DefaultBPFFS, "hostrouting-bench-")
+	names     = leakcheck.Names{Netns: netnsPrefix, Pins: pinPrefix}
+)
 
 // The addressing: pods in 10.0.0.0/8, nodes on a wire 172.18.0.0/16 as in
-// a kind cluster on the docker bridge. They exist only in the run's
-// namespaces.
-var (
-	wireGateway   = netip.MustParsePrefix("172.18.0.1/16")
-	nativeRouting = netip.MustParsePrefix("10.0.0.0/8")
-)
+// a kind cluster on the docker bridge (topology.Gateway). They exist only
+// in the run's namespaces.
+var nativeRouting = netip.MustParsePrefix("10.0.0.0/8")
 
 // lab makes namespaces and pin directories named for one run and removes
 // them again in reverse order. It refuses to work in a namespace that is
@@ -46,7 +48,7 @@ type lab struct {
 	id        string         // the run's ID
 	forbidden []unix.Stat_t  // netns files never to work in
 	undo      []func() error // run in reverse by close
-	wire      *wire          // the cross-node scenario's, made by its first mode
+	wire      *topology.Wire // the cross-node scenario's, made by its first mode
 }
 
 func newLab(ctx context.Context, id string) (*lab, error) {
@@ -104,22 +106,13 @@ func (l *lab) close() error {
 // netns makes the namespace hr-bench-<id>-name with lo up and IPv6 off and
 // checks that it is a namespace of its own.
 func (l *lab) netns(name string) (peer, error) {
-	if err := l.ctx.Err(); err != nil {
-		return peer{}, err
-	}
 	nsName := netnsPrefix + l.id + "-" + name
-	path, err := routing.CreateNetns(nsName)
+	path, err := topology.NewNetns(l.ctx, nsName, l.guard)
 	if err != nil {
 		return peer{}, err
 	}
 	l.undo = append(l.undo, func() error { return routing.DeleteNetns(nsName) })
-	if err := l.guard(path); err != nil {
-		return peer{}, err
-	}
-	if err := linkUp(path, "lo"); err != nil {
-		return peer{}, err
-	}
-	return peer{NetnsName: nsName, Path: path}, routing.DisableIPv6(path)
+	return peer{NetnsName: nsName, Path: path}, nil
 }
 
 // guard fails unless path is one of the run's namespaces and not the root
@@ -215,23 +208,6 @@ func conntrackCount(n peer) (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-// linkUp sets the device ifname up in the namespace at nsPath.
-func linkUp(nsPath, ifname string) error {
-	h, err := routing.Handle(nsPath)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	link, err := h.LinkByName(ifname)
-	if err == nil {
-		err = h.LinkSetUp(link)
-	}
-	if err != nil {
-		return fmt.Errorf("set %s up: %w", ifname, err)
-	}
-	return nil
-}
-
 // addrUp puts addr on the device ifname in the namespace at nsPath and sets
 // it up.
 func addrUp(nsPath, ifname string, addr netip.Prefix) error {
@@ -283,86 +259,16 @@ func (l *lab) vethBetween(a, b peer, aAddr, bAddr netip.Prefix) error {
 	return addrUp(b.Path, "eth0", bAddr)
 }
 
-// wire is the layer-2 segment nodes hang on: br0 in a namespace of its own,
-// like the docker bridge of a kind cluster.
-type wire struct{ peer }
-
-func (l *lab) newWire(name string) (*wire, error) {
-	w, err := l.netns(name)
+// newWire makes the cross-node scenario's wire, hr-bench-<id>-cross-wire,
+// whose nodes are namespaces hr-bench-<id>-cross-<name>; close removes it
+// with its nodes.
+func (l *lab) newWire() (*topology.Wire, error) {
+	w, err := topology.NewWire(l.ctx, topology.Options{Prefix: netnsPrefix + l.id + "-cross", Check: l.guard})
 	if err != nil {
 		return nil, err
 	}
-	// The netlink package cannot set the forward delay: ip can. STP off
-	// and no delay, so the bridge forwards at once, as the docker bridge.
-	if err := l.guard(w.Path); err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(l.ctx, 30*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "ip", "-n", w.NetnsName, "link", "add", "br0", "type", "bridge",
-		"stp_state", "0", "forward_delay", "0").CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("wire: add br0: %w\n%s", err, out)
-	}
-	if err := addrUp(w.Path, "br0", wireGateway); err != nil {
-		return nil, fmt.Errorf("wire: %w", err)
-	}
-	return &wire{w}, nil
-}
-
-// plug gives the node n its eth0: a veth whose peer port is on br0,
-// addressed ip/16 with a default route via br0.
-func (l *lab) plug(w *wire, n peer, port string, ip netip.Addr) error {
-	for _, p := range []peer{w.peer, n} {
-		if err := l.guard(p.Path); err != nil {
-			return err
-		}
-	}
-	wireNs, err := netns.GetFromPath(w.Path)
-	if err != nil {
-		return fmt.Errorf("open wire netns: %w", err)
-	}
-	defer wireNs.Close()
-	h, err := routing.Handle(n.Path)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name, attrs.MTU = "eth0", 1500
-	eth0 := &netlink.Veth{LinkAttrs: attrs, PeerName: port, PeerNamespace: netlink.NsFd(wireNs)}
-	if err := h.LinkAdd(eth0); err != nil {
-		return fmt.Errorf("%s: create eth0: %w", n.NetnsName, err)
-	}
-	wh, err := routing.Handle(w.Path)
-	if err != nil {
-		return err
-	}
-	defer wh.Close()
-	br, err := wh.LinkByName("br0")
-	if err != nil {
-		return fmt.Errorf("wire: %w", err)
-	}
-	p, err := wh.LinkByName(port)
-	if err == nil {
-		err = wh.LinkSetMaster(p, br)
-	}
-	if err == nil {
-		err = wh.LinkSetUp(p)
-	}
-	if err != nil {
-		return fmt.Errorf("plug %s into br0: %w", port, err)
-	}
-	if err := addrUp(n.Path, "eth0", netip.PrefixFrom(ip, wireGateway.Bits())); err != nil {
-		return fmt.Errorf("%s: %w", n.NetnsName, err)
-	}
-	link, err := h.LinkByName("eth0")
-	if err != nil {
-		return err
-	}
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: wireGateway.Addr().AsSlice()}); err != nil {
-		return fmt.Errorf("%s: default route via %s: %w", n.NetnsName, wireGateway.Addr(), err)
-	}
-	return nil
+	l.undo = append(l.undo, w.Close)
+	return w, nil
 }
 
 // pod makes the pod namespace name with the address ip, wired to node by a

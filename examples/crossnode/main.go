@@ -38,7 +38,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -48,11 +47,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/internal/netcheck"
+	"github.com/hostrouting/hostrouting/internal/topology"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -85,23 +82,20 @@ func main() {
 	}
 }
 
-// The cluster's addressing, as in a kind cluster on the docker bridge
-// running Cilium with ipv4NativeRoutingCIDR=10.0.0.0/8.
-var (
-	wireGateway   = netip.MustParsePrefix("172.18.0.1/16") // br0
-	nativeRouting = netip.MustParsePrefix("10.0.0.0/8")
-)
+// The pods' addressing, as in a kind cluster running Cilium with
+// ipv4NativeRoutingCIDR=10.0.0.0/8; the nodes are on the wire's
+// 172.18.0.0/16 (topology.Gateway).
+var nativeRouting = netip.MustParsePrefix("10.0.0.0/8")
 
 // node is one node of the demo's cluster.
 type node struct {
-	name     string     // "node1"
-	ip       netip.Addr // eth0's address
-	podCIDR  netip.Prefix
-	netns    string // name under /var/run/netns
-	path     string // path of the namespace
-	wirePort string // eth0's peer on br0
-	pinPath  string
-	dp       *datapath.Datapath
+	name    string     // "node1"
+	ip      netip.Addr // eth0's address
+	podCIDR netip.Prefix
+	netns   string // name under /var/run/netns
+	path    string // path of the namespace
+	pinPath string
+	dp      *datapath.Datapath
 }
 
 // pod is one pod of the demo.
@@ -150,54 +144,27 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 				filepath.Join(loader.DefaultBPFFS, "hostrouting-crossnode-"+opts.ID), prefix)
 		}
 	}()
-	newNetns := func(name string) (string, error) {
-		if err := ctx.Err(); err != nil {
-			return "", err
-		}
-		path, err := routing.CreateNetns(name)
-		if err != nil {
-			return "", err
-		}
-		undo = append(undo, func() error { return routing.DeleteNetns(name) })
-		if err := setLoUp(path); err != nil {
-			return "", err
-		}
-		return path, routing.DisableIPv6(path)
-	}
 
-	// The wire: br0 as the docker bridge, with the nodes' gateway on it.
-	wireName := prefix + "-wire"
-	wire, err := newNetns(wireName)
+	// The wire: br0 as the docker bridge, with the nodes' gateway on it
+	// and their eth0 hanging on it.
+	wire, err := topology.NewWire(ctx, topology.Options{Prefix: prefix})
 	if err != nil {
 		return err
 	}
-	if err := ipCmd(ctx, wireName, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"); err != nil {
-		return err
-	}
-	if err := addrUp(wire, "br0", wireGateway); err != nil {
-		return err
-	}
-
+	undo = append(undo, wire.Close)
 	var nodes []*node
 	for i := range 3 {
 		n := &node{
 			name:    fmt.Sprintf("node%d", i+1),
-			ip:      netip.AddrFrom4([4]byte{172, 18, 0, byte(2 + i)}),
+			ip:      topology.NodeIP(i),
 			podCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i), 0}), 24),
 			pinPath: filepath.Join(loader.DefaultBPFFS, fmt.Sprintf("hostrouting-crossnode-%s-node%d", opts.ID, i+1)),
 		}
-		n.netns = prefix + "-" + n.name
-		n.wirePort = "veth-" + n.name
-		if n.path, err = newNetns(n.netns); err != nil {
+		tn, err := wire.AddNode(ctx, topology.NodeOptions{Name: n.name, Port: "veth-" + n.name, IP: n.ip})
+		if err != nil {
 			return err
 		}
-		if err := routing.EnableForwarding(n.path); err != nil {
-			return err
-		}
-		if err := plugIntoWire(n, wire); err != nil {
-			return err
-		}
-		undo = append(undo, func() error { return routing.DeleteVeth(n.path, "eth0") })
+		n.netns, n.path = tn.NetnsName, tn.Netns
 		nodes = append(nodes, n)
 	}
 
@@ -206,9 +173,10 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 		{name: "B", ip: netip.MustParseAddr("10.0.1.10"), node: nodes[1], hostIf: "lxcB", netns: prefix + "-b"},
 	}
 	for _, p := range pods {
-		if p.path, err = newNetns(p.netns); err != nil {
+		if p.path, err = topology.NewNetns(ctx, p.netns, nil); err != nil {
 			return err
 		}
+		undo = append(undo, func() error { return routing.DeleteNetns(p.netns) })
 		p.veth, err = routing.SetupVeth(routing.VethConfig{
 			HostNetns: p.node.path, HostIfName: p.hostIf, PodNetns: p.path, Addr: netip.PrefixFrom(p.ip, 32),
 		})
@@ -219,13 +187,8 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	}
 	// Until the kernel's link watcher has brought a device up it drops
 	// what is sent, and the first ARP request would cost a second.
-	for _, n := range nodes {
-		if err := netcheck.WaitOperUp(ctx, n.path, "eth0", 5*time.Second); err != nil {
-			return fmt.Errorf("%s: %w", n.name, err)
-		}
-		if err := netcheck.WaitOperUp(ctx, wire, n.wirePort, 5*time.Second); err != nil {
-			return fmt.Errorf("wire: %w", err)
-		}
+	if err := wire.WaitUp(ctx); err != nil {
+		return err
 	}
 	for _, p := range pods {
 		if err := netcheck.WaitOperUp(ctx, p.node.path, p.hostIf, 5*time.Second); err != nil {
@@ -272,7 +235,7 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	}
 
 	fmt.Fprintf(out, "Cross-node host routing with %s\n", modeName(opts))
-	fmt.Fprintf(out, "Wire netns %s: br0 %s (the docker bridge the kind nodes hang on)\n", wireName, wireGateway)
+	fmt.Fprintf(out, "Wire netns %s: br0 %s (the docker bridge the kind nodes hang on)\n", wire.NetnsName, topology.Gateway)
 	for _, n := range nodes {
 		fmt.Fprintf(out, "  %s  eth0 %s  pod CIDR %s  netns %s  pins %s\n", n.name, n.ip, n.podCIDR, n.netns, n.pinPath)
 		for _, p := range pods {
@@ -311,106 +274,6 @@ func modeName(opts options) string {
 		return "bpf_fib_lookup + bpf_redirect only (--fallback): no bpf_redirect_neigh, no bpf_redirect_peer"
 	}
 	return "bpf_fib_lookup + bpf_redirect(_neigh) out of the node, bpf_redirect_peer into the pod"
-}
-
-// plugIntoWire gives node n its eth0: a veth whose peer is a port of br0 in
-// the wire namespace, addressed n.ip/16 with a default route via br0.
-func plugIntoWire(n *node, wire string) error {
-	wireNs, err := netns.GetFromPath(wire)
-	if err != nil {
-		return fmt.Errorf("open wire netns: %w", err)
-	}
-	defer wireNs.Close()
-	h, err := routing.Handle(n.path)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = "eth0"
-	eth0 := &netlink.Veth{LinkAttrs: attrs, PeerName: n.wirePort, PeerNamespace: netlink.NsFd(wireNs)}
-	if err := h.LinkAdd(eth0); err != nil {
-		return fmt.Errorf("%s: create eth0: %w", n.name, err)
-	}
-
-	w, err := routing.Handle(wire)
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-	br, err := w.LinkByName("br0")
-	if err != nil {
-		return fmt.Errorf("wire: %w", err)
-	}
-	port, err := w.LinkByName(n.wirePort)
-	if err == nil {
-		err = w.LinkSetMaster(port, br)
-	}
-	if err == nil {
-		err = w.LinkSetUp(port)
-	}
-	if err != nil {
-		return fmt.Errorf("%s: plug %s into br0: %w", n.name, n.wirePort, err)
-	}
-
-	if err := addrUp(n.path, "eth0", netip.PrefixFrom(n.ip, wireGateway.Bits())); err != nil {
-		return fmt.Errorf("%s: %w", n.name, err)
-	}
-	def := &netlink.Route{LinkIndex: eth0.Index, Gw: wireGateway.Addr().AsSlice()}
-	if err := h.RouteAdd(def); err != nil {
-		return fmt.Errorf("%s: add default route via %s: %w", n.name, wireGateway.Addr(), err)
-	}
-	return nil
-}
-
-// addrUp puts addr on the device ifname in the namespace at nsPath and sets
-// it up.
-func addrUp(nsPath, ifname string, addr netip.Prefix) error {
-	h, err := routing.Handle(nsPath)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	link, err := h.LinkByName(ifname)
-	if err == nil {
-		err = h.AddrAdd(link, &netlink.Addr{IPNet: &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 32)}})
-	}
-	if err == nil {
-		err = h.LinkSetUp(link)
-	}
-	if err != nil {
-		return fmt.Errorf("set up %s with %s: %w", ifname, addr, err)
-	}
-	return nil
-}
-
-// setLoUp sets lo up in the namespace at nsPath.
-func setLoUp(nsPath string) error {
-	h, err := routing.Handle(nsPath)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	lo, err := h.LinkByName("lo")
-	if err == nil {
-		err = h.LinkSetUp(lo)
-	}
-	if err != nil {
-		return fmt.Errorf("set lo up: %w", err)
-	}
-	return nil
-}
-
-// ipCmd runs `ip -n nsName args...`, for what the netlink package cannot
-// say (the bridge's STP state and forward delay).
-func ipCmd(ctx context.Context, nsName string, args ...string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	args = append([]string{"-n", nsName}, args...)
-	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return nil
 }
 
 // printKept tells how to look at what --keep left running and how to

@@ -3,10 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
-	"net"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/leakcheck"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
@@ -27,18 +25,15 @@ func TestCrossnode(t *testing.T) {
 	for _, fallback := range []bool{false, true} {
 		name := map[bool]string{false: "RedirectPeer", true: "Fallback"}[fallback]
 		t.Run(name, func(t *testing.T) {
-			opts := options{Fallback: fallback, Count: 4, ID: testID(t)}
-			root := rootState(t)
+			r := names.Start(t)
+			opts := options{Fallback: fallback, Count: 4, ID: r.ID}
 			var out bytes.Buffer
 			err := run(context.Background(), opts, &out)
 			t.Logf("output:\n%s", &out)
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkGone(t, opts.ID)
-			if after := rootState(t); after != root {
-				t.Errorf("root netns changed:\nbefore %s\nafter  %s", root, after)
-			}
+			r.Check(t)
 
 			// The first table is node1's: lxcA RX TX, eth0 RX TX; the
 			// second node2's: eth0 RX TX, lxcB RX TX.
@@ -152,22 +147,17 @@ func TestCrossnodeCheckClaims(t *testing.T) {
 // pings, and checks that it still removes everything.
 func TestCrossnodeCancel(t *testing.T) {
 	datapathtest.RequireRoot(t)
-	opts := options{ID: testID(t)}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	w := cancelOn{cancel: cancel, text: []byte("Pinging")}
-	err := run(ctx, opts, &w)
-	if !errors.Is(err, context.Canceled) {
-		t.Errorf("run: %v, want context.Canceled", err)
-	}
-	checkGone(t, opts.ID)
+	names.CheckInterrupt(t, "Pinging", func(ctx context.Context, id string, out io.Writer) error {
+		return run(ctx, options{ID: id}, out)
+	})
 }
 
 // TestCrossnodeKeep leaves the cluster up, checks that it is there and
 // that the printed removal command removes all of it.
 func TestCrossnodeKeep(t *testing.T) {
 	datapathtest.RequireRoot(t)
-	opts := options{Keep: true, Count: 1, ID: testID(t)}
+	r := names.Start(t)
+	opts := options{Keep: true, Count: 1, ID: r.ID}
 	var out bytes.Buffer
 	err := run(context.Background(), opts, &out)
 	t.Logf("output:\n%s", &out)
@@ -190,44 +180,17 @@ func TestCrossnodeKeep(t *testing.T) {
 	if o, err := exec.Command("sh", "-c", remove).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", remove, err, o)
 	}
-	checkGone(t, opts.ID)
+	r.Check(t)
 }
 
-// cancelOn is a writer that calls cancel once text is written to it.
-type cancelOn struct {
-	bytes.Buffer
-	cancel func()
-	text   []byte
-}
+// names are how the demo names its namespaces and pin directories.
+var names = leakcheck.Names{Netns: "hr-crossnode-", Pins: filepath.Join(loader.DefaultBPFFS, "hostrouting-crossnode-")}
 
-func (w *cancelOn) Write(p []byte) (int, error) {
-	if bytes.Contains(p, w.text) {
-		w.cancel()
-	}
-	return w.Buffer.Write(p)
-}
-
-// testID returns a run ID and removes whatever the run leaves behind in
-// t.Cleanup, as a safety net.
-func testID(t *testing.T) string {
-	b := make([]byte, 4)
-	rand.Read(b)
-	id := "t" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		for _, p := range pinPathsOf(id) {
-			os.RemoveAll(p)
-		}
-		for _, ns := range netnsNames(id) {
-			routing.DeleteNetns(ns)
-		}
-	})
-	return id
-}
-
+// pinPathsOf and netnsNames list what run id makes: what --keep leaves.
 func pinPathsOf(id string) []string {
 	var paths []string
 	for _, n := range []string{"node1", "node2", "node3"} {
-		paths = append(paths, filepath.Join(loader.DefaultBPFFS, "hostrouting-crossnode-"+id+"-"+n))
+		paths = append(paths, names.Pins+id+"-"+n)
 	}
 	return paths
 }
@@ -235,24 +198,6 @@ func pinPathsOf(id string) []string {
 func netnsNames(id string) []string {
 	p := "hr-crossnode-" + id
 	return []string{p + "-wire", p + "-node1", p + "-node2", p + "-node3", p + "-a", p + "-b"}
-}
-
-// checkGone fails the test if a namespace or pin directory of run id
-// remains, named as the demo names them or otherwise.
-func checkGone(t *testing.T, id string) {
-	t.Helper()
-	for _, pattern := range []string{
-		filepath.Join(routing.NetnsDir, "hr-crossnode-"+id+"*"),
-		filepath.Join(loader.DefaultBPFFS, "hostrouting-crossnode-"+id+"*"),
-	} {
-		left, err := filepath.Glob(pattern)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range left {
-			t.Errorf("%s remains after the demo", p)
-		}
-	}
 }
 
 // tableRows returns the counters of phase's row in the two device tables,
@@ -279,28 +224,4 @@ func tableRows(t *testing.T, out *bytes.Buffer, phase string) [][4]uint64 {
 		t.Fatalf("%d counter rows for %s, want 2 (node1's and node2's)", len(rows), phase)
 	}
 	return rows
-}
-
-// rootState sums up what the demo must not change in the root netns.
-func rootState(t *testing.T) string {
-	t.Helper()
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	for _, i := range ifs {
-		b.WriteString(i.Name + " ")
-	}
-	for _, key := range []string{"ipv4/ip_forward", "ipv4/conf/all/rp_filter", "ipv4/conf/default/rp_filter", "ipv6/conf/all/disable_ipv6", "ipv6/conf/default/disable_ipv6"} {
-		v, _ := os.ReadFile("/proc/sys/net/" + key)
-		b.WriteString(key + "=" + strings.TrimSpace(string(v)) + " ")
-	}
-	// The root FORWARD chain, rules only: counters move with the machine.
-	rules, err := exec.Command("iptables", "-w", "-S", "FORWARD").CombinedOutput()
-	if err != nil {
-		t.Fatalf("iptables -S FORWARD: %v\n%s", err, rules)
-	}
-	b.WriteString(strings.ReplaceAll(string(rules), "\n", "; "))
-	return b.String()
 }
