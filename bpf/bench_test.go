@@ -171,7 +171,7 @@ func BenchmarkFromNetdevToStack(b *testing.B) {
 func BenchmarkToNetdev(b *testing.B) {
 	d := loadDatapath(b, configPeer)
 	benchmarkProg(b, d.objs.ToNetdev, ipv4From(podA, remoteIP).frame(), b.N, tcActOK)
-	checkOnly(b, d, maps.MetricToNetdev)
+	checkOnly(b, d, maps.MetricPass)
 }
 
 // benchmarkFIB measures from_container forwarding a pod's packet to dst in

@@ -38,6 +38,7 @@ var (
 	podEMAC     = mac{0x02, 0x00, 0x0a, 0x00, 0x01, 0x28}
 	podDMAC     = mac{0x02, 0x00, 0x0a, 0x00, 0x01, 0x32}
 	podLMAC     = mac{0x02, 0x00, 0x0a, 0x00, 0x01, 0x3c}
+	lxcaNodeMAC = mac{0x02, 0xfe, 0x00, 0x00, 0x00, 0x0a}
 	lxcdNodeMAC = mac{0x02, 0xfe, 0x00, 0x00, 0x00, 0x32}
 )
 
@@ -76,7 +77,8 @@ type fibNode struct {
 //
 //	eth0  veth (peer eth0-wire), 172.18.0.2/24, MAC eth0MAC
 //	eth1  veth (peer eth1-wire), 172.18.1.2/24, MAC eth1MAC, MTU 1280
-//	lxca  veth (peer lxca-pod), host side of pods A and E: 10.0.1.1/32
+//	lxca  veth (peer lxca-pod), MAC lxcaNodeMAC, host side of pods A and
+//	      E: 10.0.1.1/32
 //	      (the pods' gateway) on it, routes 10.0.1.10/32 and 10.0.1.40/32
 //	lxcd  veth (peer lxcd-pod), host side of pod D, IPv4 forwarding off
 //
@@ -92,7 +94,7 @@ func newFIBNode(tb testing.TB) *fibNode {
 	ip("link", "add", "eth0", "address", eth0MAC.String(), "type", "veth", "peer", "name", "eth0-wire")
 	ip("link", "add", "eth1", "address", eth1MAC.String(), "mtu", fmt.Sprint(fibEth1MTU),
 		"type", "veth", "peer", "name", "eth1-wire", "mtu", fmt.Sprint(fibEth1MTU))
-	ip("link", "add", "lxca", "address", podA.nodeMAC.String(), "type", "veth", "peer", "name", "lxca-pod")
+	ip("link", "add", "lxca", "address", lxcaNodeMAC.String(), "type", "veth", "peer", "name", "lxca-pod")
 	ip("link", "add", "lxcd", "address", lxcdNodeMAC.String(), "type", "veth", "peer", "name", "lxcd-pod")
 	for _, dev := range []string{"eth0", "eth0-wire", "eth1", "eth1-wire", "lxca", "lxca-pod", "lxcd", "lxcd-pod"} {
 		ip("link", "set", dev, "up")
@@ -148,11 +150,15 @@ func newFIBNode(tb testing.TB) *fibNode {
 }
 
 // Pods of the FIB node: A and E on lxca, D on lxcd (forwarding off), L on
-// loopback.
-func (f *fibNode) podA() pod { return podA.withIfindex(f.ifindex["lxca"]) }
+// loopback. Each sends to its device's MAC: PACKET_HOST there.
+func (f *fibNode) podA() pod {
+	a := podA.withIfindex(f.ifindex["lxca"])
+	a.nodeMAC = lxcaNodeMAC
+	return a
+}
 
 func (f *fibNode) podE() pod {
-	return pod{ip: netip.MustParseAddr("10.0.1.40"), mac: podEMAC, ifindex: f.ifindex["lxca"], nodeMAC: podA.nodeMAC, id: 40}
+	return pod{ip: netip.MustParseAddr("10.0.1.40"), mac: podEMAC, ifindex: f.ifindex["lxca"], nodeMAC: lxcaNodeMAC, id: 40}
 }
 
 func (f *fibNode) podD() pod {
@@ -207,24 +213,51 @@ func forEachNeighConfig(t *testing.T, test func(t *testing.T, cfg bpf.Hostroutin
 	}
 }
 
-// What from_container does with a pod's packet for another node.
+// What bpf_fib_lookup answers for a pod's packet for another node, and so
+// what from_container does with it.
 type fibOutcome int
 
 const (
-	fibForwarded  fibOutcome = iota // bpf_fib_lookup + bpf_redirect: MACs of the lookup, TTL-1, FWD_FIB
-	fibNoNeighbor                   // next hop unresolved: bpf_redirect_neigh (TTL-1, FWD_NEIGH) or, without it, the stack
-	fibToStack                      // untouched to the stack: TO_STACK
+	// The next hop is resolved (SUCCESS): with redirect_neigh the packet
+	// goes to bpf_redirect_neigh (TTL-1, MACs left to the helper,
+	// FWD_NEIGH); without, it gets the lookup's MACs and bpf_redirect
+	// (TTL-1, FWD_FIB).
+	fibResolved fibOutcome = iota
+	// The next hop is unresolved (NO_NEIGH): bpf_redirect_neigh (TTL-1,
+	// FWD_NEIGH) or, without redirect_neigh, the stack.
+	fibUnresolved
+	// Untouched to the stack: TO_STACK.
+	fibToStack
 )
 
 // fibCase is one packet through from_container in the FIB node.
 type fibCase struct {
-	name    string
-	from    pod
-	pkt     ipv4Packet
-	want    fibOutcome
-	dstMAC  mac // fibForwarded: the next hop's MAC
-	srcMAC  mac // fibForwarded: the egress device's MAC
-	ifindex uint32
+	name   string
+	from   pod
+	pkt    ipv4Packet
+	want   fibOutcome
+	dstMAC mac // fibResolved: the next hop's MAC
+	srcMAC mac // fibResolved: the egress device's MAC
+}
+
+// How from_container finishes a fibCase under a configuration.
+const (
+	fibViaRedirect = iota // lookup's MACs + bpf_redirect
+	fibViaNeigh           // bpf_redirect_neigh
+	fibViaStack           // the stack
+)
+
+// way returns how from_container finishes c under cfg.
+func (c fibCase) way(cfg bpf.HostroutingConfig) int {
+	switch {
+	case c.want == fibToStack:
+		return fibViaStack
+	case cfg.RedirectNeigh != 0:
+		return fibViaNeigh
+	case c.want == fibResolved:
+		return fibViaRedirect
+	}
+	return fibViaStack
 }
 
 // check runs c under cfg in f, with pods registered, and checks verdict,
@@ -238,12 +271,8 @@ func (c fibCase) check(t *testing.T, f *fibNode, cfg bpf.HostroutingConfig, pods
 	verdict, out := d.runIn(f.node, d.objs.FromContainer, c.from.ifindex, frame)
 
 	want := counts{from: map[uint32]uint64{c.from.ifindex: 1}}
-	outcome := c.want
-	if outcome == fibNoNeighbor && cfg.RedirectNeigh == 0 {
-		outcome = fibToStack
-	}
-	switch outcome {
-	case fibForwarded:
+	switch c.way(cfg) {
+	case fibViaRedirect:
 		if verdict != tcActRedirect {
 			t.Errorf("verdict %d, want TC_ACT_REDIRECT (%d)", verdict, tcActRedirect)
 		}
@@ -262,9 +291,9 @@ func (c fibCase) check(t *testing.T, f *fibNode, cfg bpf.HostroutingConfig, pods
 			t.Errorf("TTL %d, want %d", got, c.pkt.ttl-1)
 		}
 		want.metrics = map[maps.Metric]uint64{maps.MetricForwardFIB: 1}
-	case fibNoNeighbor:
-		// bpf_redirect_neigh fills in the MACs when it resolves the
-		// next hop: the program only takes one from the TTL.
+	case fibViaNeigh:
+		// bpf_redirect_neigh fills in the MACs from the neighbour
+		// table: the program only takes one from the TTL.
 		if verdict != tcActRedirect {
 			t.Errorf("verdict %d, want TC_ACT_REDIRECT (%d)", verdict, tcActRedirect)
 		}
@@ -273,7 +302,7 @@ func (c fibCase) check(t *testing.T, f *fibNode, cfg bpf.HostroutingConfig, pods
 		checkFrame(t, "frame for bpf_redirect_neigh", out, fwd.frame())
 		checkIPv4Checksum(t, out)
 		want.metrics = map[maps.Metric]uint64{maps.MetricForwardNeigh: 1}
-	case fibToStack:
+	case fibViaStack:
 		if verdict != tcActOK {
 			t.Errorf("verdict %d, want TC_ACT_OK (%d)", verdict, tcActOK)
 		}
@@ -289,7 +318,9 @@ func (c fibCase) check(t *testing.T, f *fibNode, cfg bpf.HostroutingConfig, pods
 
 // TestFromContainerFIB sends pods' packets to other nodes' pods through
 // from_container with bpf_fib_lookup on, in a namespace whose routes give
-// every answer of the lookup, with bpf_redirect_neigh and without.
+// every answer of the lookup, with bpf_redirect_neigh and without. With
+// bpf_redirect_neigh every next hop, resolved or not, goes to the helper;
+// the MACs the lookup found show the way only without it.
 func TestFromContainerFIB(t *testing.T) {
 	f := newFIBNode(t)
 	a, e, dp, l := f.podA(), f.podE(), f.podD(), f.podL()
@@ -306,10 +337,10 @@ func TestFromContainerFIB(t *testing.T) {
 		return func(p *ipv4Packet) { p.payload = make([]byte, n-20) }
 	}
 	fwd := func(name string, from pod, pkt ipv4Packet, dstMAC, srcMAC mac) fibCase {
-		return fibCase{name: name, from: from, pkt: pkt, want: fibForwarded, dstMAC: dstMAC, srcMAC: srcMAC}
+		return fibCase{name: name, from: from, pkt: pkt, want: fibResolved, dstMAC: dstMAC, srcMAC: srcMAC}
 	}
 	neigh := func(name string, pkt ipv4Packet) fibCase {
-		return fibCase{name: name, from: a, pkt: pkt, want: fibNoNeighbor}
+		return fibCase{name: name, from: a, pkt: pkt, want: fibUnresolved}
 	}
 	stack := func(name string, from pod, pkt ipv4Packet) fibCase {
 		return fibCase{name: name, from: from, pkt: pkt, want: fibToStack}
@@ -335,7 +366,6 @@ func TestFromContainerFIB(t *testing.T) {
 		fwd("policy rule by source", e, to(e, dstGateway, nil), gw1MAC, eth1MAC),
 		fwd("policy rule by tos", a, to(a, dstGateway, func(p *ipv4Packet) { p.tos = 0x10 }), gw1MAC, eth1MAC),
 		fwd("tcp 1400 bytes", a, tcp, gw0MAC, eth0MAC),
-		fwd("ip options (ihl 15)", a, to(a, dstGateway, func(p *ipv4Packet) { p.options = recordRoute }), gw0MAC, eth0MAC),
 		fwd("first fragment", a, to(a, dstGateway, func(p *ipv4Packet) { p.fragment = ipFlagMF }), gw0MAC, eth0MAC),
 		fwd("later fragment", a, to(a, dstGateway, func(p *ipv4Packet) { p.fragment = 185 }), gw0MAC, eth0MAC),
 		fwd("ttl 2", a, to(a, dstGateway, func(p *ipv4Packet) { p.ttl = 2 }), gw0MAC, eth0MAC),
@@ -361,6 +391,12 @@ func TestFromContainerFIB(t *testing.T) {
 		stack("tcp 1400 bytes to eth1", a, to(a, dstEth1, func(p *ipv4Packet) { p.proto = 6; p.payload = tcp.payload })),
 		stack("ttl 1", a, to(a, dstGateway, func(p *ipv4Packet) { p.ttl = 1 })),
 		stack("ttl 0", a, to(a, dstGateway, func(p *ipv4Packet) { p.ttl = 0 })),
+		// IP options are the stack's to handle, on every path.
+		stack("ip options (ihl 15)", a, to(a, dstGateway, func(p *ipv4Packet) { p.options = recordRoute })),
+		stack("ip options, next hop unresolved", a, to(a, dstNoNeighbour, func(p *ipv4Packet) { p.options = recordRoute })),
+		// Frames not for lxca's MAC are the stack's, routable or not.
+		stack("to another host's MAC", a, to(a, dstGateway, func(p *ipv4Packet) { p.dstMAC = otherHostMAC })),
+		stack("to the broadcast MAC", a, to(a, dstGateway, func(p *ipv4Packet) { p.dstMAC = broadcastMAC })),
 		// A route to 192.0.2.0/24 exists: a lookup would forward.
 		stack("outside the native CIDR", a, to(a, dstOutside, nil)),
 		stack("next hop itself (outside the native CIDR)", a, to(a, netip.MustParseAddr("172.18.0.3"), nil)),
@@ -405,7 +441,7 @@ func TestFromContainerFIBConfig(t *testing.T) {
 	f := newFIBNode(t)
 	a := f.podA()
 	resolved := ipv4From(a, dstGateway)
-	forwarded := fibCase{pkt: resolved, want: fibForwarded, dstMAC: gw0MAC, srcMAC: eth0MAC}
+	forwarded := fibCase{pkt: resolved, want: fibResolved, dstMAC: gw0MAC, srcMAC: eth0MAC}
 	toStack := fibCase{pkt: resolved, want: fibToStack}
 
 	for _, c := range []struct {

@@ -46,10 +46,10 @@ const (
 )
 
 // Endpoint flags (enum endpoint_flag in lib/common.h).
-const endpointFlagARPResponder = 1 << 0
-
-// afInet is the family of IPv4 endpoint keys (AF_INET).
-const afInet = 2
+const (
+	endpointFlagARPResponder = 1 << 0
+	endpointFlagPolicy       = 1 << 1
+)
 
 // loIfindex is the device every test frame arrives on. BPF_PROG_TEST_RUN
 // resolves __sk_buff.ifindex to a device of the caller's network namespace:
@@ -72,9 +72,10 @@ func (m mac) String() string {
 
 var broadcastMAC = mac{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
-// pod is a local endpoint as the tests register it in hr_endpoints.
+// pod is a local endpoint as the tests register it in the endpoint maps.
 type pod struct {
 	ip      netip.Addr
+	ip6     netip.Addr // registered in hr_endpoints6 when valid
 	mac     mac    // the pod's own MAC
 	ifindex uint32 // its host-side device
 	nodeMAC mac    // MAC of the host-side device
@@ -94,14 +95,22 @@ func (p pod) withFlags(flags uint16) pod {
 	return p
 }
 
+// withIPv6 returns p with an IPv6 address, registered in hr_endpoints6.
+func (p pod) withIPv6(ip6 netip.Addr) pod {
+	p.ip6 = ip6
+	return p
+}
+
 // The endpoints of the tests. podA sends (its device is loopback, see
 // loIfindex), podB receives, podC sits on a third device.
 var (
+	// Pod A's device is loopback, whose MAC is 00:00:00:00:00:00: a
+	// frame A sends to its gateway is PACKET_HOST there (see netdev_test.go).
 	podA = pod{
 		ip:      netip.MustParseAddr("10.0.1.10"),
 		mac:     mac{0x02, 0x00, 0x0a, 0x00, 0x01, 0x0a},
 		ifindex: loIfindex,
-		nodeMAC: mac{0x02, 0xfe, 0x00, 0x00, 0x00, 0x0a},
+		nodeMAC: mac{},
 		id:      10,
 	}
 	podB = pod{
@@ -134,14 +143,16 @@ var (
 type datapath struct {
 	tb   testing.TB
 	objs bpf.HostroutingObjects
+	ids  map[uint32]uint16 // endpoint IDs by ifindex, as addPods registered them
+	// ran holds the directions of the entry programs run so far:
+	// checkCounts wants every counter in one of them.
+	ran map[maps.Direction]bool
 }
 
-// loadDatapath loads the collection with cfg as the CONFIG constant and
-// pinning disabled on every map, and closes it when tb ends.
-func loadDatapath(tb testing.TB, cfg bpf.HostroutingConfig) *datapath {
+// hostroutingSpec returns the collection spec with cfg as the CONFIG
+// constant and pinning disabled on every map.
+func hostroutingSpec(tb testing.TB, cfg bpf.HostroutingConfig) *ebpf.CollectionSpec {
 	tb.Helper()
-	datapathtest.RequireRoot(tb)
-
 	spec, err := bpf.LoadHostrouting()
 	if err != nil {
 		tb.Fatal(err)
@@ -152,56 +163,112 @@ func loadDatapath(tb testing.TB, cfg bpf.HostroutingConfig) *datapath {
 	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(cfg); err != nil {
 		tb.Fatalf("set CONFIG: %v", err)
 	}
+	return spec
+}
 
-	d := &datapath{tb: tb}
+// loadError formats an error of a load, with the verifier's whole log.
+func loadError(err error) string {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Sprintf("%+v", ve)
+	}
+	return err.Error()
+}
+
+// loadDatapath loads the collection with cfg as the CONFIG constant and
+// pinning disabled on every map, and closes it when tb ends.
+func loadDatapath(tb testing.TB, cfg bpf.HostroutingConfig) *datapath {
+	tb.Helper()
+	datapathtest.RequireRoot(tb)
+
+	spec := hostroutingSpec(tb, cfg)
+	d := &datapath{tb: tb, ids: map[uint32]uint16{}, ran: map[maps.Direction]bool{}}
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			tb.Fatalf("load hostrouting: %+v", ve)
-		}
-		tb.Fatalf("load hostrouting: %v", err)
+		tb.Fatalf("load hostrouting: %s", loadError(err))
 	}
 	tb.Cleanup(func() { d.objs.Close() })
+	// What the loader does after a load: the policy verdict stages.
+	for slot, prog := range []*ebpf.Program{d.objs.TailPolicyAllow, d.objs.TailPolicyDeny} {
+		if err := d.objs.HrPolicyRet.Put(uint32(slot), prog); err != nil {
+			tb.Fatalf("install policy verdict stage: %v", err)
+		}
+	}
 	return d
 }
 
-// endpointKey is the hr_endpoints key of an IPv4 address: the address's four
+// direction returns the direction an entry program counts in.
+func (d *datapath) direction(prog *ebpf.Program) (maps.Direction, bool) {
+	switch prog {
+	case d.objs.FromContainer:
+		return maps.FromContainer, true
+	case d.objs.ToContainer:
+		return maps.ToContainer, true
+	case d.objs.FromNetdev:
+		return maps.FromNetdev, true
+	case d.objs.ToNetdev:
+		return maps.ToNetdev, true
+	}
+	return 0, false
+}
+
+// ipv4Key is the hr_endpoints key of an IPv4 address: the address's four
 // bytes in network order, read as a host-order uint32, as the C side loads
 // them from the packet.
-func endpointKey(ip netip.Addr) bpf.HostroutingEndpointKey {
+func ipv4Key(ip netip.Addr) uint32 {
 	a := ip.As4()
-	return bpf.HostroutingEndpointKey{
-		Addr:   [4]uint32{binary.NativeEndian.Uint32(a[:])},
-		Family: afInet,
+	return binary.NativeEndian.Uint32(a[:])
+}
+
+// info is p as the endpoint maps hold it.
+func (p pod) info() bpf.HostroutingEndpointInfo {
+	return bpf.HostroutingEndpointInfo{
+		Ifindex: p.ifindex,
+		Id:      p.id,
+		Flags:   p.flags,
+		Mac:     p.mac,
+		NodeMac: p.nodeMAC,
+		Ipv4:    ipv4Key(p.ip),
+		Ipv6:    ipv6Key(p.ip6),
 	}
 }
 
-// addPods registers each pod in hr_endpoints and gives its device a zeroed
-// hr_ep_stats entry on every CPU (the programs only update entries that
-// exist).
+// ipv6Key is the hr_endpoints6 key of an IPv6 address (all zeros for none).
+func ipv6Key(ip netip.Addr) [16]byte {
+	if !ip.IsValid() {
+		return [16]byte{}
+	}
+	return ip.As16()
+}
+
+// addPods registers each pod in the endpoint maps (by IPv4 address and by
+// device) with zeroed counters.
 func (d *datapath) addPods(pods ...pod) {
 	d.tb.Helper()
 	for _, p := range pods {
-		info := bpf.HostroutingEndpointInfo{
-			Ifindex: p.ifindex,
-			Id:      p.id,
-			Flags:   p.flags,
-			Mac:     p.mac,
-			NodeMac: p.nodeMAC,
-		}
-		if err := d.objs.HrEndpoints.Put(endpointKey(p.ip), info); err != nil {
+		if err := d.objs.HrEndpoints.Put(ipv4Key(p.ip), p.info()); err != nil {
 			d.tb.Fatalf("add endpoint %s: %v", p.ip, err)
 		}
-		if err := maps.NewStats(d.objs.HrEpStats).Reset(int(p.ifindex)); err != nil {
+		if err := d.objs.HrDevices.Put(p.ifindex, p.info()); err != nil {
+			d.tb.Fatalf("add device of endpoint %s: %v", p.ip, err)
+		}
+		if p.ip6.IsValid() {
+			if err := d.objs.HrEndpoints6.Put(ipv6Key(p.ip6), p.info()); err != nil {
+				d.tb.Fatalf("add endpoint %s: %v", p.ip6, err)
+			}
+		}
+		if err := maps.NewStats(d.objs.HrEpStats).Reset(p.id); err != nil {
 			d.tb.Fatal(err)
 		}
+		d.ids[p.ifindex] = p.id
 	}
 }
 
-// skbContext is the leading part of struct __sk_buff (linux/bpf.h) that
-// BPF_PROG_TEST_RUN accepts as context input; the kernel zero-fills the rest.
-// Of these fields it honours mark, priority, ingress_ifindex, ifindex, cb and
-// (Linux 6.19+) data_end, and rejects a non-zero value anywhere else.
+// skbContext is struct __sk_buff (linux/bpf.h), which BPF_PROG_TEST_RUN
+// accepts as context input. Of its fields the kernel honours mark,
+// priority, ingress_ifindex, ifindex, cb, tstamp, wire_len, gso_segs,
+// gso_size, hwtstamp and (Linux 6.19+) data_end, and rejects a non-zero
+// value anywhere else. The layout has no implicit padding: it marshals to
+// the kernel's 192 bytes as it sits in memory (TestSkbContextLayout).
 type skbContext struct {
 	Len            uint32
 	PktType        uint32
@@ -220,7 +287,28 @@ type skbContext struct {
 	TCClassid      uint32
 	Data           uint32
 	DataEnd        uint32 // size of the linear area (non-linear skb), 0 for all linear
+	NapiID         uint32
+	Family         uint32
+	RemoteIP4      uint32
+	LocalIP4       uint32
+	RemoteIP6      [4]uint32
+	LocalIP6       [4]uint32
+	RemotePort     uint32
+	LocalPort      uint32
+	DataMeta       uint32
+	FlowKeys       uint64
+	Tstamp         uint64
+	WireLen        uint32
+	GSOSegs        uint32 // segments of a GSO packet
+	Sk             uint64
+	GSOSize        uint32 // segment size of a GSO packet: non-zero makes the skb GSO
+	TstampType     uint8
+	Pad            [3]uint8
+	Hwtstamp       uint64
 }
+
+// skbContextSize is sizeof(struct __sk_buff).
+const skbContextSize = 192
 
 // run runs prog once on frame as if it arrived on ifindex and returns the
 // verdict and the frame as the program left it.
@@ -240,6 +328,9 @@ func (d *datapath) tryRun(prog *ebpf.Program, ctx skbContext, frame []byte) (uin
 		DataOut: make([]byte, len(frame)+256),
 		Context: ctx,
 	}
+	if dir, ok := d.direction(prog); ok {
+		d.ran[dir] = true
+	}
 	verdict, err := prog.Run(&opts)
 	if err != nil {
 		return 0, nil, err
@@ -247,26 +338,50 @@ func (d *datapath) tryRun(prog *ebpf.Program, ctx skbContext, frame []byte) (uin
 	return verdict, opts.DataOut, nil
 }
 
-// metrics returns the non-zero node-wide counters, summed over all CPUs.
-func (d *datapath) metrics() map[maps.Metric]maps.Counter {
+// table returns every node-wide counter, summed over all CPUs.
+func (d *datapath) table() *maps.MetricTable {
 	d.tb.Helper()
 	all, err := maps.NewMetrics(d.objs.HrMetrics).All()
 	if err != nil {
 		d.tb.Fatal(err)
 	}
+	return all
+}
+
+// metrics returns the non-zero node-wide counters, summed over all CPUs
+// and directions (a test runs one program at a time; TestCountersAddUp
+// checks the directions).
+func (d *datapath) metrics() map[maps.Metric]maps.Counter {
+	d.tb.Helper()
 	got := make(map[maps.Metric]maps.Counter)
-	for m, c := range all {
-		if c != (maps.Counter{}) {
-			got[maps.Metric(m)] = c
+	d.table().Each(func(_ maps.Direction, m maps.Metric, c maps.Counter) {
+		got[m] = got[m].Add(c)
+	})
+	return got
+}
+
+// checkTable compares every node-wide counter, by direction and metric,
+// with want.
+func (d *datapath) checkTable(want *maps.MetricTable) {
+	d.tb.Helper()
+	got := d.table()
+	for dir := range maps.DirectionCount {
+		for m := range maps.MetricCount {
+			if got[dir][m] != want[dir][m] {
+				d.tb.Errorf("%s %s = %+v, want %+v", dir, m, got[dir][m], want[dir][m])
+			}
 		}
 	}
-	return got
 }
 
 // endpointStats returns the counters of the endpoint behind ifindex.
 func (d *datapath) endpointStats(ifindex uint32) maps.EndpointStats {
 	d.tb.Helper()
-	s, err := maps.NewStats(d.objs.HrEpStats).Get(int(ifindex))
+	id, ok := d.ids[ifindex]
+	if !ok {
+		d.tb.Fatalf("no endpoint registered on ifindex %d", ifindex)
+	}
+	s, err := maps.NewStats(d.objs.HrEpStats).Get(id)
 	if err != nil {
 		d.tb.Fatal(err)
 	}
@@ -296,7 +411,14 @@ func (d *datapath) checkCounts(want counts, frameLen int, ifindexes ...uint32) {
 			wantMetrics[m] = maps.Counter{Packets: p, Bytes: p * n}
 		}
 	}
-	gotMetrics := d.metrics()
+	table := d.table()
+	gotMetrics := make(map[maps.Metric]maps.Counter)
+	table.Each(func(dir maps.Direction, m maps.Metric, c maps.Counter) {
+		gotMetrics[m] = gotMetrics[m].Add(c)
+		if len(d.ran) > 0 && !d.ran[dir] {
+			d.tb.Errorf("metric %s counted %+v in direction %s, where no program ran", m, c, dir)
+		}
+	})
 	for m := range maps.MetricCount {
 		if gotMetrics[m] != wantMetrics[m] {
 			d.tb.Errorf("metric %s = %+v, want %+v", m, gotMetrics[m], wantMetrics[m])
@@ -489,4 +611,39 @@ func (a arpPacket) frame() []byte {
 	b = append(b, tip[:]...)
 	b = append(b, make([]byte, a.padding)...)
 	return ethFrame(a.ethDst, a.ethSrc, ethPARP, b)
+}
+
+// ipv6Packet describes an Ethernet frame carrying one IPv6 packet.
+type ipv6Packet struct {
+	dstMAC, srcMAC mac
+	src, dst       netip.Addr
+	next           uint8 // next header
+	hopLimit       uint8
+	payload        []byte
+}
+
+// ipv6From returns an ICMPv6 echo request from p, sent from src to dst as p
+// sends it: to the MAC of its host-side device.
+func ipv6From(p pod, src, dst netip.Addr) ipv6Packet {
+	return ipv6Packet{
+		dstMAC:   p.nodeMAC,
+		srcMAC:   p.mac,
+		src:      src,
+		dst:      dst,
+		next:     58, // ICMPv6
+		hopLimit: 64,
+		payload:  []byte{128, 0, 0, 0, 0x12, 0x34, 0, 1},
+	}
+}
+
+// frame returns the packet on the wire.
+func (p ipv6Packet) frame() []byte {
+	ip := make([]byte, 40, 40+len(p.payload))
+	ip[0] = 6 << 4
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(p.payload)))
+	ip[6], ip[7] = p.next, p.hopLimit
+	src, dst := p.src.As16(), p.dst.As16()
+	copy(ip[8:], src[:])
+	copy(ip[24:], dst[:])
+	return ethFrame(p.dstMAC, p.srcMAC, ethPIPv6, append(ip, p.payload...))
 }

@@ -4,110 +4,170 @@
 /* The hostrouting datapath: one object per node, every endpoint shares its
  * programs and finds its facts in the maps of lib/common.h.
  *
+ * Entry programs, attached to devices:
  *   from_container  tc ingress of a pod's host-side device (what the pod sends)
  *   to_container    tc egress of a pod's host-side device (what the stack
- *                   delivers into the pod); the same step runs inline before
- *                   bpf_redirect_peer on the BPF path
+ *                   delivers into the pod)
  *   from_netdev     tc ingress of the node's device (what other nodes send)
  *   to_netdev       tc egress of the node's device (what leaves the node)
+ *
+ * Stages, reached by tail calls (lib/calls.h): the per-family steps of
+ * from_container; policy_allow and policy_deny, where an embedder's
+ * ingress policy hands its verdict back (include/hostrouting/policy.h).
  */
 
 #include "lib/common.h"
 #include "lib/metrics.h"
 #include "lib/parse.h"
-#include "lib/arp.h"
+#include "lib/calls.h"
 #include "lib/local.h"
+#include "lib/arp.h"
+#include "lib/ipv6.h"
 #include "lib/fib.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-static __always_inline int from_container_ipv4(struct __sk_buff *ctx)
+static __always_inline int ipv4_from_container(struct __sk_buff *ctx)
 {
+	const enum direction dir = DIR_FROM_CONTAINER;
 	struct endpoint_info *src, *dst;
 	struct ethhdr *eth;
 	struct iphdr *ip;
+	__u32 len;
 
-	if (!parse_ipv4(ctx, &eth, &ip))
-		return drop(ctx, ctx->ifindex, METRIC_DROP_INVALID);
-
+	len = parse_ipv4(ctx, &eth, &ip);
+	if (!len)
+		return drop(ctx, dir, METRIC_DROP_INVALID);
 	src = lookup_endpoint4(ip->saddr);
 	if (!src || src->ifindex != ctx->ifindex || !mac_equal(src->mac, eth->h_source))
-		return drop(ctx, ctx->ifindex, METRIC_DROP_SPOOFED);
-	count_from(ctx->ifindex, ctx->len);
+		return drop(ctx, dir, METRIC_DROP_SPOOFED);
+	count_from(src->id, ctx->len);
 
+	/* What a router does not forward, or forwards with care, is the
+	 * stack's: frames not sent to this device's MAC (the kernel drops
+	 * or floods them), and IP options (source routes and the like). */
+	if (ctx->pkt_type != PACKET_HOST || ip->ihl != 5)
+		return to_stack(ctx, dir);
 	dst = lookup_endpoint4(ip->daddr);
 	if (dst)
-		return local_delivery(ctx, eth, ip, dst);
+		return local_delivery(ctx, dir, eth, ip, dst, src->id);
 	if (CONFIG.fib_lookup && in_native_cidr(ip->daddr))
-		return fib_redirect(ctx, eth, ip);
-	return to_stack(ctx);
+		return fib_redirect(ctx, dir, eth, ip, len);
+	return to_stack(ctx, dir);
+}
+
+SEC("tc")
+int tail_ipv4_from_container(struct __sk_buff *ctx)
+{
+	return ipv4_from_container(ctx);
+}
+
+SEC("tc")
+int tail_ipv6_from_container(struct __sk_buff *ctx)
+{
+	return ipv6_from_container(ctx);
+}
+
+SEC("tc")
+int tail_arp_from_container(struct __sk_buff *ctx)
+{
+	return arp_from_container(ctx);
 }
 
 SEC("tc")
 int from_container(struct __sk_buff *ctx)
 {
+	const enum direction dir = DIR_FROM_CONTAINER;
 	struct ethhdr *eth;
 
-	/* A tag the kernel took off: the stack knows the pod's VLANs (none,
-	 * on a host-side device) and drops what it should. */
+	/* Pods have no VLANs: a tag, taken off by the kernel or not, is
+	 * dropped before anything else looks at the frame. */
 	if (ctx->vlan_present)
-		return to_stack(ctx);
+		return drop(ctx, dir, METRIC_DROP_VLAN);
 	if (!pull(ctx, ETH_HLEN))
-		return drop(ctx, ctx->ifindex, METRIC_DROP_INVALID);
+		return drop(ctx, dir, METRIC_DROP_INVALID);
 	eth = (void *)(long)ctx->data;
 	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
-		return drop(ctx, ctx->ifindex, METRIC_DROP_INVALID);
+		return drop(ctx, dir, METRIC_DROP_INVALID);
 
 	switch (eth->h_proto) {
 	case bpf_htons(ETH_P_IP):
-		return from_container_ipv4(ctx);
+		return tail_call(ctx, dir, CALL_IPV4_FROM_CONTAINER);
 	case bpf_htons(ETH_P_ARP):
-		return from_container_arp(ctx);
+		return tail_call(ctx, dir, CALL_ARP_FROM_CONTAINER);
 	case bpf_htons(ETH_P_IPV6):
-		/* Not carried by the datapath yet: the kernel routes it. */
-		return to_stack(ctx);
+		return tail_call(ctx, dir, CALL_IPV6_FROM_CONTAINER);
+	case bpf_htons(ETH_P_8021Q):
+	case bpf_htons(ETH_P_8021AD):
+		return drop(ctx, dir, METRIC_DROP_VLAN);
 	default:
-		return drop(ctx, ctx->ifindex, METRIC_DROP_UNKNOWN_L3);
+		return drop(ctx, dir, METRIC_DROP_UNKNOWN_L3);
 	}
 }
 
 SEC("tc")
 int to_container(struct __sk_buff *ctx)
 {
-	struct endpoint_info *ep;
-	struct ethhdr *eth;
-	struct iphdr *ip;
+	const enum direction dir = DIR_TO_CONTAINER;
+	struct endpoint_info *ep, *src;
+	__u32 src_id = 0;
 
-	if (parse_ipv4(ctx, &eth, &ip)) {
-		ep = lookup_endpoint4(ip->daddr);
-		if (ep && ep->ifindex == ctx->ifindex)
-			return to_container_step(ctx, ep) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	ep = lookup_device(ctx->ifindex);
+	if (!ep) { /* not an endpoint's device (any more) */
+		count_metric(dir, METRIC_PASS, ctx->len);
+		return TC_ACT_OK;
 	}
-	count_to(ctx->ifindex, ctx->len);
-	return TC_ACT_OK;
+	/* IP goes through the endpoint's policy, ARP does not. */
+	if ((ep->flags & ENDPOINT_F_POLICY) &&
+	    (ctx->protocol == bpf_htons(ETH_P_IP) || ctx->protocol == bpf_htons(ETH_P_IPV6))) {
+		struct ethhdr *eth;
+		struct iphdr *ip;
+
+		if (ctx->protocol == bpf_htons(ETH_P_IP) && parse_ipv4(ctx, &eth, &ip)) {
+			src = lookup_endpoint4(ip->saddr);
+			if (src)
+				src_id = src->id;
+		}
+		return to_endpoint(ctx, dir, DELIVER_STACK, ep, src_id);
+	}
+	return deliver(ctx, dir, DELIVER_STACK, ep->id, ep->ifindex);
+}
+
+SEC("tc")
+int tail_policy_allow(struct __sk_buff *ctx)
+{
+	return policy_verdict(ctx, 1);
+}
+
+SEC("tc")
+int tail_policy_deny(struct __sk_buff *ctx)
+{
+	return policy_verdict(ctx, 0);
 }
 
 SEC("tc")
 int from_netdev(struct __sk_buff *ctx)
 {
+	const enum direction dir = DIR_FROM_NETDEV;
 	struct endpoint_info *ep;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 
-	/* Only untagged IPv4 sent to this node: leave the rest, and whatever
-	 * is not well-formed, to the kernel as if nothing were attached. */
+	/* Only untagged, option-less IPv4 sent to this node: leave the rest,
+	 * and whatever is not well-formed, to the kernel as if nothing were
+	 * attached. */
 	if (ctx->pkt_type != PACKET_HOST || ctx->vlan_present || ctx->protocol != bpf_htons(ETH_P_IP) ||
-	    !parse_ipv4(ctx, &eth, &ip))
-		return to_stack(ctx);
+	    !parse_ipv4(ctx, &eth, &ip) || ip->ihl != 5)
+		return to_stack(ctx, dir);
 	ep = lookup_endpoint4(ip->daddr);
 	if (ep)
-		return local_delivery(ctx, eth, ip, ep);
-	return to_stack(ctx);
+		return local_delivery(ctx, dir, eth, ip, ep, 0);
+	return to_stack(ctx, dir);
 }
 
 SEC("tc")
 int to_netdev(struct __sk_buff *ctx)
 {
-	count_metric(METRIC_TO_NETDEV, ctx->len);
+	count_metric(DIR_TO_NETDEV, METRIC_PASS, ctx->len);
 	return TC_ACT_OK;
 }

@@ -30,13 +30,8 @@ type HostroutingEndpointInfo struct {
 	Flags   uint16
 	Mac     [6]uint8
 	NodeMac [6]uint8
-}
-
-type HostroutingEndpointKey struct {
-	_      structs.HostLayout
-	Addr   [4]uint32
-	Family uint8
-	Pad    [3]uint8
+	Ipv4    uint32
+	Ipv6    [16]uint8
 }
 
 type HostroutingEndpointStats struct {
@@ -47,6 +42,14 @@ type HostroutingEndpointStats struct {
 	ToBytes     uint64
 	DropPackets uint64
 	DropBytes   uint64
+}
+
+type HostroutingIn6Addr struct {
+	_    structs.HostLayout
+	In6U struct {
+		_       structs.HostLayout
+		U6Addr8 [16]uint8
+	}
 }
 
 type HostroutingMetricValue struct {
@@ -74,16 +77,26 @@ type HostroutingNodeInfo struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	HostroutingMapHrEndpoints    = "hr_endpoints"
-	HostroutingMapHrEpStats      = "hr_ep_stats"
-	HostroutingMapHrInfo         = "hr_info"
-	HostroutingMapHrMetrics      = "hr_metrics"
-	HostroutingMapHrNodes        = "hr_nodes"
-	HostroutingProgFromContainer = "from_container"
-	HostroutingProgFromNetdev    = "from_netdev"
-	HostroutingProgToContainer   = "to_container"
-	HostroutingProgToNetdev      = "to_netdev"
-	HostroutingVarCONFIG         = "CONFIG"
+	HostroutingMapHrCalls                = "hr_calls"
+	HostroutingMapHrDevices              = "hr_devices"
+	HostroutingMapHrEndpoints            = "hr_endpoints"
+	HostroutingMapHrEndpoints6           = "hr_endpoints6"
+	HostroutingMapHrEpStats              = "hr_ep_stats"
+	HostroutingMapHrInfo                 = "hr_info"
+	HostroutingMapHrMetrics              = "hr_metrics"
+	HostroutingMapHrNodes                = "hr_nodes"
+	HostroutingMapHrPolicy               = "hr_policy"
+	HostroutingMapHrPolicyRet            = "hr_policy_ret"
+	HostroutingProgFromContainer         = "from_container"
+	HostroutingProgFromNetdev            = "from_netdev"
+	HostroutingProgTailArpFromContainer  = "tail_arp_from_container"
+	HostroutingProgTailIpv4FromContainer = "tail_ipv4_from_container"
+	HostroutingProgTailIpv6FromContainer = "tail_ipv6_from_container"
+	HostroutingProgTailPolicyAllow       = "tail_policy_allow"
+	HostroutingProgTailPolicyDeny        = "tail_policy_deny"
+	HostroutingProgToContainer           = "to_container"
+	HostroutingProgToNetdev              = "to_netdev"
+	HostroutingVarCONFIG                 = "CONFIG"
 )
 
 // LoadHostrouting returns the embedded CollectionSpec for Hostrouting.
@@ -128,21 +141,31 @@ type HostroutingSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HostroutingProgramSpecs struct {
-	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
-	FromNetdev    *ebpf.ProgramSpec `ebpf:"from_netdev"`
-	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
-	ToNetdev      *ebpf.ProgramSpec `ebpf:"to_netdev"`
+	FromContainer         *ebpf.ProgramSpec `ebpf:"from_container"`
+	FromNetdev            *ebpf.ProgramSpec `ebpf:"from_netdev"`
+	TailArpFromContainer  *ebpf.ProgramSpec `ebpf:"tail_arp_from_container"`
+	TailIpv4FromContainer *ebpf.ProgramSpec `ebpf:"tail_ipv4_from_container"`
+	TailIpv6FromContainer *ebpf.ProgramSpec `ebpf:"tail_ipv6_from_container"`
+	TailPolicyAllow       *ebpf.ProgramSpec `ebpf:"tail_policy_allow"`
+	TailPolicyDeny        *ebpf.ProgramSpec `ebpf:"tail_policy_deny"`
+	ToContainer           *ebpf.ProgramSpec `ebpf:"to_container"`
+	ToNetdev              *ebpf.ProgramSpec `ebpf:"to_netdev"`
 }
 
 // HostroutingMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HostroutingMapSpecs struct {
-	HrEndpoints *ebpf.MapSpec `ebpf:"hr_endpoints"`
-	HrEpStats   *ebpf.MapSpec `ebpf:"hr_ep_stats"`
-	HrInfo      *ebpf.MapSpec `ebpf:"hr_info"`
-	HrMetrics   *ebpf.MapSpec `ebpf:"hr_metrics"`
-	HrNodes     *ebpf.MapSpec `ebpf:"hr_nodes"`
+	HrCalls      *ebpf.MapSpec `ebpf:"hr_calls"`
+	HrDevices    *ebpf.MapSpec `ebpf:"hr_devices"`
+	HrEndpoints  *ebpf.MapSpec `ebpf:"hr_endpoints"`
+	HrEndpoints6 *ebpf.MapSpec `ebpf:"hr_endpoints6"`
+	HrEpStats    *ebpf.MapSpec `ebpf:"hr_ep_stats"`
+	HrInfo       *ebpf.MapSpec `ebpf:"hr_info"`
+	HrMetrics    *ebpf.MapSpec `ebpf:"hr_metrics"`
+	HrNodes      *ebpf.MapSpec `ebpf:"hr_nodes"`
+	HrPolicy     *ebpf.MapSpec `ebpf:"hr_policy"`
+	HrPolicyRet  *ebpf.MapSpec `ebpf:"hr_policy_ret"`
 }
 
 // HostroutingVariableSpecs contains global variables before they are loaded into the kernel.
@@ -172,20 +195,30 @@ func (o *HostroutingObjects) Close() error {
 //
 // It can be passed to LoadHostroutingObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HostroutingMaps struct {
-	HrEndpoints *ebpf.Map `ebpf:"hr_endpoints"`
-	HrEpStats   *ebpf.Map `ebpf:"hr_ep_stats"`
-	HrInfo      *ebpf.Map `ebpf:"hr_info"`
-	HrMetrics   *ebpf.Map `ebpf:"hr_metrics"`
-	HrNodes     *ebpf.Map `ebpf:"hr_nodes"`
+	HrCalls      *ebpf.Map `ebpf:"hr_calls"`
+	HrDevices    *ebpf.Map `ebpf:"hr_devices"`
+	HrEndpoints  *ebpf.Map `ebpf:"hr_endpoints"`
+	HrEndpoints6 *ebpf.Map `ebpf:"hr_endpoints6"`
+	HrEpStats    *ebpf.Map `ebpf:"hr_ep_stats"`
+	HrInfo       *ebpf.Map `ebpf:"hr_info"`
+	HrMetrics    *ebpf.Map `ebpf:"hr_metrics"`
+	HrNodes      *ebpf.Map `ebpf:"hr_nodes"`
+	HrPolicy     *ebpf.Map `ebpf:"hr_policy"`
+	HrPolicyRet  *ebpf.Map `ebpf:"hr_policy_ret"`
 }
 
 func (m *HostroutingMaps) Close() error {
 	return _HostroutingClose(
+		m.HrCalls,
+		m.HrDevices,
 		m.HrEndpoints,
+		m.HrEndpoints6,
 		m.HrEpStats,
 		m.HrInfo,
 		m.HrMetrics,
 		m.HrNodes,
+		m.HrPolicy,
+		m.HrPolicyRet,
 	)
 }
 
@@ -200,16 +233,26 @@ type HostroutingVariables struct {
 //
 // It can be passed to LoadHostroutingObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HostroutingPrograms struct {
-	FromContainer *ebpf.Program `ebpf:"from_container"`
-	FromNetdev    *ebpf.Program `ebpf:"from_netdev"`
-	ToContainer   *ebpf.Program `ebpf:"to_container"`
-	ToNetdev      *ebpf.Program `ebpf:"to_netdev"`
+	FromContainer         *ebpf.Program `ebpf:"from_container"`
+	FromNetdev            *ebpf.Program `ebpf:"from_netdev"`
+	TailArpFromContainer  *ebpf.Program `ebpf:"tail_arp_from_container"`
+	TailIpv4FromContainer *ebpf.Program `ebpf:"tail_ipv4_from_container"`
+	TailIpv6FromContainer *ebpf.Program `ebpf:"tail_ipv6_from_container"`
+	TailPolicyAllow       *ebpf.Program `ebpf:"tail_policy_allow"`
+	TailPolicyDeny        *ebpf.Program `ebpf:"tail_policy_deny"`
+	ToContainer           *ebpf.Program `ebpf:"to_container"`
+	ToNetdev              *ebpf.Program `ebpf:"to_netdev"`
 }
 
 func (p *HostroutingPrograms) Close() error {
 	return _HostroutingClose(
 		p.FromContainer,
 		p.FromNetdev,
+		p.TailArpFromContainer,
+		p.TailIpv4FromContainer,
+		p.TailIpv6FromContainer,
+		p.TailPolicyAllow,
+		p.TailPolicyDeny,
 		p.ToContainer,
 		p.ToNetdev,
 	)

@@ -7,10 +7,13 @@ import (
 	"net/netip"
 	"syscall"
 	"testing"
+	"unsafe"
 
-	"github.com/cilium/ebpf/btf"
+	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/examples/policy"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -145,36 +148,84 @@ func idForChecksum(t *testing.T, pkt ipv4Packet, check uint16) uint16 {
 	return 0
 }
 
-// TestFromContainerIPv4Options forwards packets whose header carries options
-// and checks that the options arrive unchanged.
+// TestFromContainerIPv4Options leaves packets whose header carries options
+// to the stack, untouched: source routes (LSRR, SSRR), record route and
+// the like are the kernel's to honour or refuse (accept_source_route), not
+// a router's fast path to forward blindly.
 func TestFromContainerIPv4Options(t *testing.T) {
-	// Router alert (RFC 2113), 4 bytes: ihl 6.
-	routerAlert := []byte{0x94, 0x04, 0x00, 0x00}
+	// Loose source and record route (RFC 791, type 0x83) through
+	// 192.0.2.1, then pod B: 8 bytes with an EOL and NOP, ihl 7.
+	lsrr := []byte{0x83, 0x07, 0x04, 192, 0, 2, 1, 0x00}
+	// Strict source route (0x89) with room for one hop, padded: ihl 7.
+	ssrr := []byte{0x89, 0x07, 0x04, 10, 0, 1, 20, 0x00}
 	// Record route with room for 9 addresses and NOP padding: 40 bytes, ihl 15.
 	recordRoute := make([]byte, 40)
 	recordRoute[0], recordRoute[1], recordRoute[2] = 0x07, 39, 4
 	copy(recordRoute[3:], []byte{10, 0, 1, 10})
 	recordRoute[39] = 0x01
+	// Router alert (RFC 2113), 4 bytes: ihl 6.
+	routerAlert := []byte{0x94, 0x04, 0x00, 0x00}
 	// Two NOPs and an end of options list: ihl 6.
 	nops := []byte{0x01, 0x01, 0x00, 0x00}
 
 	for _, c := range []struct {
 		name    string
 		options []byte
+		dst     netip.Addr
 	}{
-		{"ihl 6 router alert", routerAlert},
-		{"ihl 6 nop eol", nops},
-		{"ihl 15 record route", recordRoute},
+		{"ihl 7 lsrr to pod B", lsrr, podB.ip},
+		{"ihl 7 ssrr to pod B", ssrr, podB.ip},
+		{"ihl 15 record route to pod B", recordRoute, podB.ip},
+		{"ihl 6 router alert to pod B", routerAlert, podB.ip},
+		{"ihl 6 nop eol to pod B", nops, podB.ip},
+		{"ihl 7 lsrr to a remote pod", lsrr, remoteIP},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			pkt := ipv4From(podA, podB.ip)
+			pkt := ipv4From(podA, c.dst)
 			pkt.options = c.options
 			if ihl := pkt.frame()[14] & 0x0f; ihl != byte(5+len(c.options)/4) {
 				t.Fatalf("test frame has ihl %d", ihl)
 			}
-			// checkDelivered compares the whole frame, options included.
+			// checkToStack compares the whole frame, options included.
 			forEachConfig(t, func(t *testing.T, cfg bpf.HostroutingConfig) {
-				checkDelivered(t, cfg, pkt)
+				checkToStack(t, cfg, pkt.frame(), true)
+			})
+		})
+	}
+}
+
+// TestFromContainerForeignMAC leaves frames a pod sends to a MAC other
+// than its device's to the stack, untouched though counted as sent by the
+// pod: on the pod's device (loopback, MAC 00:00:00:00:00:00) a foreign
+// unicast MAC is PACKET_OTHERHOST, broadcast and multicast MACs are
+// neither. The kernel would not route them either. Source checks come
+// first: a forged source is dropped whatever the MAC.
+func TestFromContainerForeignMAC(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		dst  mac
+	}{
+		{"another host's unicast MAC", otherHostMAC},
+		{"pod B's MAC", podB.mac},
+		{"pod B's node MAC", podB.nodeMAC},
+		{"broadcast", broadcastMAC},
+		{"ipv4 multicast MAC", ipv4MulticastMAC},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, dst := range []netip.Addr{podB.ip, remoteIP} {
+				t.Run(dst.String(), func(t *testing.T) {
+					pkt := ipv4From(podA, dst)
+					pkt.dstMAC = c.dst
+					forEachConfig(t, func(t *testing.T, cfg bpf.HostroutingConfig) {
+						checkToStack(t, cfg, pkt.frame(), true)
+					})
+				})
+			}
+			t.Run("forged source", func(t *testing.T) {
+				pkt := ipv4From(podA, podB.ip)
+				pkt.dstMAC = c.dst
+				pkt.src = podC.ip
+				checkDropped(t, pkt.frame(), maps.MetricDropSpoofed)
 			})
 		})
 	}
@@ -391,33 +442,183 @@ func TestFromContainerRuntFrame(t *testing.T) {
 	d.checkCounts(counts{}, 0, podA.ifindex)
 }
 
-// TestFromContainerOtherEthertypes drops what the datapath does not carry
-// and leaves IPv6 to the stack.
+// TestFromContainerOtherEthertypes drops what the datapath does not carry.
 func TestFromContainerOtherEthertypes(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		ethertype uint16
 	}{
 		{"lldp", ethPLLDP},
-		{"vlan tag in the frame", ethPVLAN},
 		{"802.3 length field", 0x0040},
+		{"mpls", 0x8847},
+		{"pppoe", 0x8864},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			frame := ethFrame(podA.nodeMAC, podA.mac, c.ethertype, make([]byte, 46))
 			checkDropped(t, frame, maps.MetricDropUnknownL3)
 		})
 	}
+}
 
-	t.Run("ipv6", func(t *testing.T) {
-		// An ICMPv6 echo header behind a minimal IPv6 header: to the stack
-		// uninspected (the datapath does not carry IPv6 yet).
-		ip6 := make([]byte, 40+8)
-		ip6[0] = 0x60
-		binary.BigEndian.PutUint16(ip6[4:], 8)
-		ip6[6], ip6[7] = 58, 64
-		ip6[40] = 128
-		frame := ethFrame(podA.nodeMAC, podA.mac, ethPIPv6, ip6)
-		checkToStack(t, configPeer, frame, false)
+// TestFromContainerVLAN drops frames with a VLAN tag in the frame from a
+// pod, whatever is behind the tag and whatever it claims to be: pods have
+// no VLANs. The drop is counted against the device's endpoint (pod A), not
+// the tagged packet's source. (A tag the kernel took off into the skb's
+// metadata, vlan_present, cannot be set in a test run: see
+// TestRegressionVLANFromContainer.)
+func TestFromContainerVLAN(t *testing.T) {
+	toB := ipv4From(podA, podB.ip).frame()
+	forged := ipv4From(podA, podB.ip)
+	forged.src, forged.srcMAC = podC.ip, podC.mac
+	arp := arpRequest(podA, gatewayIP).frame()
+	ip6 := ipv6From(podA, netip.MustParseAddr("fe80::a"), netip.MustParseAddr("ff02::2")).frame()
+
+	for _, c := range []struct {
+		name  string
+		frame []byte
+	}{
+		{"802.1Q VLAN 100, ipv4 to pod B", vlanTagged(toB, ethPVLAN, 100)},
+		{"802.1Q priority tag (VLAN 0), ipv4 to pod B", vlanTagged(toB, ethPVLAN, 5<<13)},
+		{"802.1ad VLAN 4094, ipv4 to pod B", vlanTagged(toB, 0x88a8, 4094)},
+		{"802.1ad over 802.1Q (QinQ)", vlanTagged(vlanTagged(toB, ethPVLAN, 100), 0x88a8, 200)},
+		{"priority tag, forged source (pod C's IP and MAC)", vlanTagged(forged.frame(), ethPVLAN, 0)},
+		{"priority tag, arp", vlanTagged(arp, ethPVLAN, 0)},
+		{"priority tag, ipv6 link-local", vlanTagged(ip6, ethPVLAN, 0)},
+		{"tag and nothing behind it", ethFrame(podA.nodeMAC, podA.mac, ethPVLAN, make([]byte, 46))},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			checkDropped(t, c.frame, maps.MetricDropVLAN)
+		})
+	}
+}
+
+// TestFromContainerMissingStage drops what from_container would hand to a
+// stage that is not in hr_calls (a reload replaced the program's stages):
+// nothing passes unchecked. Counted against the device's endpoint.
+func TestFromContainerMissingStage(t *testing.T) {
+	// Slots of hr_calls (enum call in lib/calls.h).
+	const (
+		callIPv4 = 0
+		callIPv6 = 1
+		callARP  = 2
+	)
+	for _, c := range []struct {
+		name  string
+		slot  uint32
+		frame []byte
+		other []byte // a frame of another stage, still served
+		want  maps.Metric
+	}{
+		{"ipv4", callIPv4, ipv4From(podA, podB.ip).frame(), arpRequest(podA, gatewayIP).frame(), maps.MetricToStack},
+		{"ipv6", callIPv6, ipv6From(podA, netip.MustParseAddr("fe80::a"), netip.MustParseAddr("ff02::2")).frame(),
+			ipv4From(podA, remoteIP).frame(), maps.MetricToStack},
+		{"arp", callARP, arpRequest(podA, gatewayIP).frame(), ipv4From(podA, remoteIP).frame(), maps.MetricToStack},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := loadDatapath(t, configPeer)
+			d.addPods(podA, podB)
+			if err := d.objs.HrCalls.Delete(c.slot); err != nil {
+				t.Fatal(err)
+			}
+			verdict, out := d.run(d.objs.FromContainer, loIfindex, c.frame)
+			if verdict != tcActShot {
+				t.Errorf("verdict %d, want TC_ACT_SHOT (%d)", verdict, tcActShot)
+			}
+			checkFrame(t, "dropped frame", out, c.frame)
+			d.checkCounts(counts{
+				metrics: map[maps.Metric]uint64{maps.MetricDropTailCall: 1},
+				drop:    map[uint32]uint64{podA.ifindex: 1},
+			}, len(c.frame), podA.ifindex, podB.ifindex)
+
+			// The other stages still run.
+			if verdict, _ := d.run(d.objs.FromContainer, loIfindex, c.other); verdict != tcActOK {
+				t.Errorf("frame of another stage: verdict %d, want TC_ACT_OK", verdict)
+			}
+			if got := d.metrics()[c.want].Packets; got != 1 {
+				t.Errorf("frame of another stage: %s %d packets, want 1", c.want, got)
+			}
+		})
+	}
+}
+
+// TestBigTCP delivers a GSO packet of BIG TCP, whose IPv4 tot_len is 0
+// (its length, over 64 KiB, is the skb's, as the kernel's iph_totlen says),
+// and drops or leaves to the stack a tot_len of 0 on a packet that is not
+// GSO: that one is malformed.
+func TestBigTCP(t *testing.T) {
+	bigTCP := func(pkt ipv4Packet) []byte {
+		pkt.proto = ipProtoTCP
+		pkt.payload = make([]byte, 20+2800)
+		pkt.payload[12] = 5 << 4
+		for i := 20; i < len(pkt.payload); i++ {
+			pkt.payload[i] = byte(i)
+		}
+		f := pkt.frame()
+		binary.BigEndian.PutUint16(f[14+2:], 0)
+		binary.BigEndian.PutUint16(f[14+10:], ipv4Checksum(f[14:34]))
+		return f
+	}
+	gso := skbContext{GSOSize: 1400, GSOSegs: 2}
+
+	t.Run("from_container", func(t *testing.T) {
+		forEachConfig(t, func(t *testing.T, cfg bpf.HostroutingConfig) {
+			d := loadDatapath(t, cfg)
+			d.addPods(podA, podB)
+			frame := bigTCP(ipv4From(podA, podB.ip))
+			// Forwarded: tot_len stays 0, the rest as for any packet.
+			pkt := ipv4From(podA, podB.ip).forwarded(podB)
+			want := bigTCP(pkt)
+			ctx := gso
+			ctx.Ifindex = loIfindex
+			verdict, out, err := d.tryRun(d.objs.FromContainer, ctx, frame)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if verdict != tcActRedirect {
+				t.Errorf("verdict %d, want TC_ACT_REDIRECT (%d)", verdict, tcActRedirect)
+			}
+			checkFrame(t, "forwarded frame", out, want)
+			checkIPv4Checksum(t, out)
+			c := counts{
+				metrics: map[maps.Metric]uint64{maps.MetricForwardRedirect: 1},
+				from:    map[uint32]uint64{podA.ifindex: 1},
+			}
+			if cfg.RedirectPeer != 0 {
+				c.metrics = map[maps.Metric]uint64{maps.MetricForwardPeer: 1}
+				c.to = map[uint32]uint64{podB.ifindex: 1}
+			}
+			d.checkCounts(c, len(frame), podA.ifindex, podB.ifindex)
+		})
+	})
+	t.Run("from_netdev", func(t *testing.T) {
+		forEachConfig(t, func(t *testing.T, cfg bpf.HostroutingConfig) {
+			d := loadDatapath(t, cfg)
+			d.addPods(netdevPods...)
+			frame := bigTCP(fromNetwork(podB.ip))
+			want := bigTCP(fromNetwork(podB.ip).forwarded(podB))
+			ctx := gso
+			ctx.Ifindex = loIfindex
+			verdict, out, err := d.tryRun(d.objs.FromNetdev, ctx, frame)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if verdict != tcActRedirect {
+				t.Errorf("verdict %d, want TC_ACT_REDIRECT (%d)", verdict, tcActRedirect)
+			}
+			checkFrame(t, "forwarded frame", out, want)
+			c := counts{metrics: map[maps.Metric]uint64{maps.MetricForwardRedirect: 1}}
+			if cfg.RedirectPeer != 0 {
+				c.metrics = map[maps.Metric]uint64{maps.MetricForwardPeer: 1}
+				c.to = map[uint32]uint64{podB.ifindex: 1}
+			}
+			d.checkCounts(c, len(frame), netdevIfindexes...)
+		})
+	})
+	t.Run("tot_len 0 without gso_size from a pod", func(t *testing.T) {
+		checkDropped(t, bigTCP(ipv4From(podA, podB.ip)), maps.MetricDropInvalid)
+	})
+	t.Run("tot_len 0 without gso_size from the network", func(t *testing.T) {
+		checkNetdevToStack(t, configPeer, bigTCP(fromNetwork(podB.ip)))
 	})
 }
 
@@ -450,7 +651,6 @@ func TestFromContainerARP(t *testing.T) {
 	const (
 		answered = iota // TC_ACT_REDIRECT with a reply
 		stack           // TC_ACT_OK, unchanged, counted as from pod A
-		probe           // TC_ACT_OK, unchanged, not counted as from pod A
 		spoofed
 		invalid
 	)
@@ -468,8 +668,12 @@ func TestFromContainerARP(t *testing.T) {
 		{"gratuitous request", responder, req(func(a *arpPacket) { a.tip = podA.ip }), stack},
 		{"reply from the pod", responder, req(func(a *arpPacket) { a.op = arpOpReply }), stack},
 		{"other opcode", responder, req(func(a *arpPacket) { a.op = 3 }), stack},
-		{"probe (sender IP 0.0.0.0)", responder, req(func(a *arpPacket) { a.sip = netip.IPv4Unspecified() }), probe},
-		{"probe without responder flag", podA, req(func(a *arpPacket) { a.sip = netip.IPv4Unspecified() }), probe},
+		// Address probes (RFC 5227) have no sender IP to check: they
+		// pass, counted against the device's endpoint, whatever MAC
+		// they carry.
+		{"probe (sender IP 0.0.0.0)", responder, req(func(a *arpPacket) { a.sip = netip.IPv4Unspecified() }), stack},
+		{"probe without responder flag", podA, req(func(a *arpPacket) { a.sip = netip.IPv4Unspecified() }), stack},
+		{"probe for pod B's address", responder, req(func(a *arpPacket) { a.sip, a.tip = netip.IPv4Unspecified(), podB.ip }), stack},
 		{"sender IP of another endpoint", responder, req(func(a *arpPacket) { a.sip = podB.ip }), spoofed},
 		{"sender IP unknown", responder, req(func(a *arpPacket) { a.sip = netip.MustParseAddr("10.0.1.99") }), spoofed},
 		{"sender MAC wrong", responder, req(func(a *arpPacket) { a.sha = podB.mac }), spoofed},
@@ -502,9 +706,6 @@ func TestFromContainerARP(t *testing.T) {
 				wantVerdict = tcActOK
 				want.metrics = map[maps.Metric]uint64{maps.MetricToStack: 1}
 				want.from = map[uint32]uint64{podA.ifindex: 1}
-			case probe:
-				wantVerdict = tcActOK
-				want.metrics = map[maps.Metric]uint64{maps.MetricToStack: 1}
 			case spoofed, invalid:
 				wantVerdict = tcActShot
 				reason := maps.MetricDropSpoofed
@@ -557,8 +758,11 @@ func checkARPReply(t *testing.T, out []byte, req arpPacket) {
 	}
 }
 
-// TestToContainer checks that to_container passes what the stack delivers
-// into a pod and counts it against the pod's device.
+// TestToContainer checks that to_container passes whatever the stack
+// delivers into a pod, untouched, and counts it against the device's
+// endpoint (hr_devices), whatever the frame says: ARP, IPv4 to any
+// address, IPv6, malformed frames. (The endpoint's policy, when it has
+// one, is TestPolicyToContainer's.)
 func TestToContainer(t *testing.T) {
 	// to_container runs on pod B's device, which must be loopback in a
 	// test run (see loIfindex); pod A is elsewhere.
@@ -572,8 +776,10 @@ func TestToContainer(t *testing.T) {
 	toUnknown.dst = netip.MustParseAddr("10.0.1.99")
 	malformed := fromA.frame()
 	malformed[14] = 0x44
+	ip6 := ipv6From(b, netip.MustParseAddr("fe80::1"), netip.MustParseAddr("fe80::b"))
+	ip6.dstMAC, ip6.srcMAC = b.mac, b.nodeMAC
 
-	for _, c := range []struct {
+	frames := []struct {
 		name  string
 		frame []byte
 	}{
@@ -582,52 +788,158 @@ func TestToContainer(t *testing.T) {
 		{"ipv4 to an unknown address", toUnknown.frame()},
 		{"malformed ipv4", malformed},
 		{"arp", arpRequest(a, b.ip).frame()},
-	} {
+		{"ipv6", ip6.frame()},
+		{"lldp", ethFrame(lldpMAC, b.nodeMAC, ethPLLDP, make([]byte, 46))},
+	}
+	for _, c := range frames {
 		t.Run(c.name, func(t *testing.T) {
-			d := loadDatapath(t, configPeer)
-			d.addPods(a, b)
+			for _, cfg := range []bpf.HostroutingConfig{configPeer, configRedirect} {
+				d := loadDatapath(t, cfg)
+				d.addPods(a, b, podC)
 
-			verdict, out := d.run(d.objs.ToContainer, b.ifindex, c.frame)
-			if verdict != tcActOK {
-				t.Errorf("verdict %d, want TC_ACT_OK (%d)", verdict, tcActOK)
+				verdict, out := d.run(d.objs.ToContainer, b.ifindex, c.frame)
+				if verdict != tcActOK {
+					t.Errorf("verdict %d, want TC_ACT_OK (%d)", verdict, tcActOK)
+				}
+				checkFrame(t, "frame", out, c.frame)
+				d.checkCounts(counts{
+					metrics: map[maps.Metric]uint64{maps.MetricPass: 1},
+					to:      map[uint32]uint64{b.ifindex: 1},
+				}, len(c.frame), a.ifindex, b.ifindex, podC.ifindex)
 			}
-			checkFrame(t, "frame", out, c.frame)
-			d.checkCounts(counts{
-				to: map[uint32]uint64{b.ifindex: 1},
-			}, len(c.frame), a.ifindex, b.ifindex)
 		})
 	}
+
+	// A device that is no endpoint's (any more): passed and counted
+	// node-wide only.
+	t.Run("unknown device", func(t *testing.T) {
+		d := loadDatapath(t, configRedirect)
+		d.addPods(a, podB, podC)
+		for _, c := range frames {
+			verdict, out := d.run(d.objs.ToContainer, loIfindex, c.frame)
+			if verdict != tcActOK {
+				t.Errorf("%s: verdict %d, want TC_ACT_OK (%d)", c.name, verdict, tcActOK)
+			}
+			checkFrame(t, c.name, out, c.frame)
+		}
+		var want maps.MetricTable
+		for _, c := range frames {
+			want[maps.ToContainer][maps.MetricPass] = want[maps.ToContainer][maps.MetricPass].Add(
+				maps.Counter{Packets: 1, Bytes: uint64(len(c.frame))})
+		}
+		d.checkTable(&want)
+		for _, ifindex := range []uint32{a.ifindex, podB.ifindex, podC.ifindex} {
+			if got := d.endpointStats(ifindex); got != (maps.EndpointStats{}) {
+				t.Errorf("stats of ifindex %d = %+v, want none", ifindex, got)
+			}
+		}
+	})
 }
 
-// TestMetricsLayout guards maps.Metric, the Go copy of enum metric in
-// lib/common.h (the enum is not in the object's BTF).
+// TestMetricsLayout guards maps.Metric and maps.Direction, the Go copies
+// of enum metric and enum direction in lib/common.h (the enums are not in
+// the object's BTF): hr_metrics has a counter for every pair.
 func TestMetricsLayout(t *testing.T) {
 	spec, err := bpf.LoadHostrouting()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := spec.Maps[bpf.HostroutingMapHrMetrics].MaxEntries; n != uint32(maps.MetricCount) {
-		t.Fatalf("hr_metrics has %d entries, maps knows %d metrics: update maps.Metric", n, maps.MetricCount)
+	want := uint32(maps.DirectionCount) * uint32(maps.MetricCount)
+	if n := spec.Maps[bpf.HostroutingMapHrMetrics].MaxEntries; n != want {
+		t.Fatalf("hr_metrics has %d entries, maps knows %d directions × %d metrics: update maps.Metric or maps.Direction",
+			n, maps.DirectionCount, maps.MetricCount)
 	}
 }
 
-// TestPolicyHookIsReplaceable checks that the ingress policy hook survives
-// compilation as a global BTF function, which is what freplace needs to
-// find and replace it (the datapath package tests the replacement itself).
-func TestPolicyHookIsReplaceable(t *testing.T) {
-	spec, err := bpf.LoadHostrouting()
-	if err != nil {
-		t.Fatal(err)
+// TestSkbContextLayout checks that skbContext is struct __sk_buff as the
+// kernel has it: its size, and the offsets of the fields the tests set.
+func TestSkbContextLayout(t *testing.T) {
+	var c skbContext
+	if n := binary.Size(c); n != skbContextSize {
+		t.Errorf("skbContext marshals to %d bytes, struct __sk_buff has %d", n, skbContextSize)
 	}
-	var hook *btf.Func
-	if err := spec.Types.TypeByName("hr_ingress_policy", &hook); err != nil {
-		t.Fatalf("hr_ingress_policy is not a BTF function of the object (must stay global and noinline): %v", err)
+	if n := unsafe.Sizeof(c); n != skbContextSize {
+		t.Errorf("skbContext has %d bytes in memory, struct __sk_buff has %d", n, skbContextSize)
 	}
-	if hook.Linkage != btf.GlobalFunc {
-		t.Errorf("hr_ingress_policy has linkage %v: want global", hook.Linkage)
+	for _, f := range []struct {
+		name       string
+		got, want  uintptr
+	}{
+		{"mark", unsafe.Offsetof(c.Mark), 8},
+		{"ifindex", unsafe.Offsetof(c.Ifindex), 40},
+		{"cb", unsafe.Offsetof(c.CB), 48},
+		{"data_end", unsafe.Offsetof(c.DataEnd), 80},
+		{"flow_keys", unsafe.Offsetof(c.FlowKeys), 144},
+		{"tstamp", unsafe.Offsetof(c.Tstamp), 152},
+		{"wire_len", unsafe.Offsetof(c.WireLen), 160},
+		{"gso_segs", unsafe.Offsetof(c.GSOSegs), 164},
+		{"sk", unsafe.Offsetof(c.Sk), 168},
+		{"gso_size", unsafe.Offsetof(c.GSOSize), 176},
+		{"tstamp_type", unsafe.Offsetof(c.TstampType), 180},
+		{"hwtstamp", unsafe.Offsetof(c.Hwtstamp), 184},
+	} {
+		if f.got != f.want {
+			t.Errorf("%s at offset %d, struct __sk_buff has it at %d", f.name, f.got, f.want)
+		}
 	}
-	proto, ok := hook.Type.(*btf.FuncProto)
-	if !ok || len(proto.Params) != 2 {
-		t.Fatalf("hr_ingress_policy: want (struct __sk_buff *, __u32), got %v", hook.Type)
+}
+
+// TestStrictAlignment loads the whole object, every program, with
+// BPF_F_STRICT_ALIGNMENT under each configuration: the verifier then
+// refuses any packet or map access that is not naturally aligned (for a
+// frame that starts 2 bytes into a word, NET_IP_ALIGN), which
+// architectures without efficient unaligned access need. The example
+// policy loads the same way.
+func TestStrictAlignment(t *testing.T) {
+	datapathtest.RequireRoot(t)
+	for _, c := range []struct {
+		name string
+		cfg  bpf.HostroutingConfig
+	}{
+		{"redirect_peer", configPeer},
+		{"redirect", configRedirect},
+		{"fib redirect_neigh", fibConfig(1)},
+		{"fib", fibConfig(0)},
+		{"fib without check_mtu", withoutCheckMTU(fibConfig(1))},
+		{"fib redirect fallback", nativeConfig(bpf.HostroutingConfig{FibLookup: 1, CheckMtu: 1}, fibNativeCIDR)},
+		{"everything off", bpf.HostroutingConfig{}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			spec := hostroutingSpec(t, c.cfg)
+			if len(spec.Programs) != 9 {
+				t.Errorf("the object has %d programs, the test knows 9", len(spec.Programs))
+			}
+			for _, p := range spec.Programs {
+				p.Flags |= unix.BPF_F_STRICT_ALIGNMENT
+			}
+			var objs bpf.HostroutingObjects
+			if err := spec.LoadAndAssign(&objs, nil); err != nil {
+				t.Fatalf("load with BPF_F_STRICT_ALIGNMENT: %s", loadError(err))
+			}
+			defer objs.Close()
+
+			// And it runs: a delivery through the stages.
+			d := &datapath{tb: t, objs: objs, ids: map[uint32]uint16{}, ran: map[maps.Direction]bool{}}
+			d.addPods(podA, podB)
+			verdict, _ := d.run(d.objs.FromContainer, loIfindex, ipv4From(podA, podB.ip).frame())
+			if verdict != tcActRedirect {
+				t.Errorf("delivery: verdict %d, want TC_ACT_REDIRECT", verdict)
+			}
+		})
 	}
+	t.Run("example policy", func(t *testing.T) {
+		d := loadDatapath(t, configPeer)
+		spec, err := policy.LoadPolicy()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range spec.Programs {
+			p.Flags |= unix.BPF_F_STRICT_ALIGNMENT
+		}
+		var objs policy.PolicyObjects
+		if err := spec.LoadAndAssign(&objs, d.policyOptions()); err != nil {
+			t.Fatalf("load with BPF_F_STRICT_ALIGNMENT: %s", loadError(err))
+		}
+		objs.Close()
+	})
 }

@@ -432,7 +432,7 @@ func TestToNetdev(t *testing.T) {
 				}
 				checkFrame(t, "frame", out, c.frame)
 				d.checkCounts(counts{
-					metrics: map[maps.Metric]uint64{maps.MetricToNetdev: 1},
+					metrics: map[maps.Metric]uint64{maps.MetricPass: 1},
 				}, len(c.frame), podA.ifindex, podB.ifindex)
 			})
 		})
@@ -447,8 +447,8 @@ func TestToNetdev(t *testing.T) {
 			want.Bytes += uint64(len(c.frame))
 		}
 		got := d.metrics()
-		if len(got) != 1 || got[maps.MetricToNetdev] != want {
-			t.Errorf("metrics %v, want only %s = %+v", got, maps.MetricToNetdev, want)
+		if len(got) != 1 || got[maps.MetricPass] != want {
+			t.Errorf("metrics %v, want only %s = %+v", got, maps.MetricPass, want)
 		}
 	})
 }

@@ -28,7 +28,8 @@ import (
 //
 //   - VLAN: a frame whose 802.1Q/802.1ad tag the kernel took off into the
 //     skb's metadata (__sk_buff.vlan_present) was forwarded by
-//     from_container and from_netdev with its tag. It goes to the stack now.
+//     from_container and from_netdev with its tag. from_netdev leaves it to
+//     the stack now; from_container drops it (pods have no VLANs).
 //     BPF_PROG_TEST_RUN cannot set vlan_present, so these tests attach the
 //     programs with tcx to devices of a node namespace and send real frames.
 //   - MTU: a packet 1 to 4 bytes over the egress MTU passed bpf_fib_lookup's
@@ -37,7 +38,8 @@ import (
 //     with bpf_check_mtu and go to the stack, which sends "fragmentation
 //     needed"; without it NO_NEIGH goes to the stack.
 //   - Ports: the lookup did not get the L4 ports, so ip rules on sport or
-//     dport were ignored.
+//     dport were ignored. (The first fragment of a packet gets none: the
+//     kernel routes every fragment alike.)
 
 // tcx links, raw frames and captures: the tools of the VLAN tests.
 
@@ -313,12 +315,12 @@ var vlanCases = []vlanCase{
 // datapath received after a tagged frame (IP ID tagID) and then its
 // untagged twin (IP ID sentinelID) were sent: no frame with a tag; the
 // untagged one, as the datapath forwards it (want with IP ID sentinelID);
-// the tagged one only when the stack forwards it, untagged, exactly as the
-// datapath would have (want).
-func checkVLANCapture(t *testing.T, s *linkSniffer, c vlanCase, tagID, sentinelID uint16, want ipv4Packet) {
+// the tagged one only when tagSeen, untagged, exactly as the datapath
+// would have forwarded it (want).
+func checkVLANCapture(t *testing.T, s *linkSniffer, tagSeen bool, tagID, sentinelID uint16, want ipv4Packet) {
 	t.Helper()
 	got := s.collect(func(fs []sniffedFrame) bool {
-		return len(withID(fs, sentinelID)) > 0 && (!c.stackForwards || len(withID(fs, tagID)) > 0)
+		return len(withID(fs, sentinelID)) > 0 && (!tagSeen || len(withID(fs, tagID)) > 0)
 	})
 	for _, f := range got {
 		if f.tagged {
@@ -340,7 +342,7 @@ func checkVLANCapture(t *testing.T, s *linkSniffer, c vlanCase, tagID, sentinelI
 		}
 	}
 	check("untagged frame", sentinelID, true)
-	check("tagged frame", tagID, c.stackForwards)
+	check("tagged frame", tagID, tagSeen)
 }
 
 // TestRegressionVLANFromNetdev sends frames with a VLAN tag for a local pod
@@ -390,7 +392,7 @@ func TestRegressionVLANFromNetdev(t *testing.T) {
 				}
 				d.checkCounts(want, frameLen, pb.ifindex)
 
-				checkVLANCapture(t, s, c, pkt.id, sentinel.id, pkt.forwarded(pb))
+				checkVLANCapture(t, s, c.stackForwards, pkt.id, sentinel.id, pkt.forwarded(pb))
 			})
 		})
 	}
@@ -398,9 +400,9 @@ func TestRegressionVLANFromNetdev(t *testing.T) {
 
 // TestRegressionVLANFromContainer sends frames with a VLAN tag from pod A to
 // another node's pod, with from_container on the tcx ingress of pod A's
-// host-side device: each goes to the stack, which forwards it only without
-// its tag, and the node's wire never sees a tag. The same frame untagged,
-// sent next, is forwarded by the datapath.
+// host-side device: pods have no VLANs, each is dropped (a priority tag,
+// VLAN 0, too), counted against pod A, and never leaves the node. The same
+// frame untagged, sent next, is forwarded by the datapath.
 func TestRegressionVLANFromContainer(t *testing.T) {
 	f := newFIBNode(t)
 	a := f.podA()
@@ -424,21 +426,36 @@ func TestRegressionVLANFromContainer(t *testing.T) {
 
 				sendFrames(t, f.node.Do, "lxca-pod", vlanTagged(pkt.frame(), c.tpid, c.tci))
 				d.waitCounted(1)
-				// Not counted as sent by pod A either: the program
-				// leaves the frame alone.
-				d.checkCounts(counts{metrics: map[maps.Metric]uint64{maps.MetricToStack: 1}}, frameLen, a.ifindex)
+				// The kernel took the tag off before tc: the program
+				// saw, and counted, the untagged length. A drop, not
+				// something pod A sent.
+				d.checkCounts(counts{
+					metrics: map[maps.Metric]uint64{maps.MetricDropVLAN: 1},
+					drop:    map[uint32]uint64{a.ifindex: 1},
+				}, frameLen, a.ifindex)
 
 				sendFrames(t, f.node.Do, "lxca-pod", sentinel.frame())
 				d.waitCounted(2)
+				forwarded := maps.MetricForwardFIB
+				if cfg.RedirectNeigh != 0 {
+					forwarded = maps.MetricForwardNeigh
+				}
 				d.checkCounts(counts{
-					metrics: map[maps.Metric]uint64{maps.MetricToStack: 1, maps.MetricForwardFIB: 1},
+					metrics: map[maps.Metric]uint64{maps.MetricDropVLAN: 1, forwarded: 1},
 					from:    map[uint32]uint64{a.ifindex: 1},
+					drop:    map[uint32]uint64{a.ifindex: 1},
 				}, frameLen, a.ifindex)
+				if got := d.table()[maps.FromContainer][maps.MetricDropVLAN].Packets; got != 1 {
+					t.Errorf("drop-vlan in from-container: %d packets, want 1", got)
+				}
 
+				// With redirect_neigh or without, the next hop's MACs:
+				// bpf_redirect_neigh takes them from the neighbour
+				// table, the program from the lookup.
 				fwd := pkt
 				fwd.ttl--
 				fwd.dstMAC, fwd.srcMAC = gw0MAC, eth0MAC
-				checkVLANCapture(t, s, c, pkt.id, sentinel.id, fwd)
+				checkVLANCapture(t, s, false, pkt.id, sentinel.id, fwd)
 			})
 		})
 	}
@@ -502,18 +519,18 @@ func TestFromContainerFIBMTU(t *testing.T) {
 		from   pod
 		dst    netip.Addr
 		mtu    int
-		way    fibOutcome // up to the MTU: fibForwarded or fibNoNeighbor
-		dstMAC mac        // fibForwarded
+		way    fibOutcome // up to the MTU: fibResolved or fibUnresolved
+		dstMAC mac        // fibResolved
 		srcMAC mac
 		over   []int // bytes over the MTU to try, besides 0 and 1
 	}
 	all := []int{2, 3, 4, 5, 100}
 	for _, c := range []mtuCase{
-		{"eth1 resolved", a, dstEth1, fibEth1MTU, fibForwarded, gw1MAC, eth1MAC, all},
-		{"eth1 by policy rule", e, dstGateway, fibEth1MTU, fibForwarded, gw1MAC, eth1MAC, []int{4, 5}},
-		{"eth1 unresolved", a, dstEth1NoNeigh, fibEth1MTU, fibNoNeighbor, mac{}, mac{}, all},
-		{"eth0 resolved", a, dstGateway, 1500, fibForwarded, gw0MAC, eth0MAC, []int{4, 5}},
-		{"eth0 unresolved", a, dstNoNeighbour, 1500, fibNoNeighbor, mac{}, mac{}, []int{4, 5, 1500}},
+		{"eth1 resolved", a, dstEth1, fibEth1MTU, fibResolved, gw1MAC, eth1MAC, all},
+		{"eth1 by policy rule", e, dstGateway, fibEth1MTU, fibResolved, gw1MAC, eth1MAC, []int{4, 5}},
+		{"eth1 unresolved", a, dstEth1NoNeigh, fibEth1MTU, fibUnresolved, mac{}, mac{}, all},
+		{"eth0 resolved", a, dstGateway, 1500, fibResolved, gw0MAC, eth0MAC, []int{4, 5}},
+		{"eth0 unresolved", a, dstNoNeighbour, 1500, fibUnresolved, mac{}, mac{}, []int{4, 5, 1500}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			type size struct {
@@ -602,15 +619,18 @@ func kernelRouteDev(t *testing.T, f *fibNode, dst netip.Addr, args ...string) st
 // TestFromContainerFIBPorts checks that policy rules on L4 ports steer the
 // lookup as they steer the kernel: ipproto udp dport 5353 and ipproto tcp
 // sport 8080 send 10.0.2.0/24 through eth1 (table 100), all else takes
-// eth0. The egress device's MACs show the way.
+// eth0. Without redirect_neigh the egress device's MACs show the way. With
+// it the program leaves the MACs to bpf_redirect_neigh, and the way shows
+// in the MTU the packet is checked against: grown to eth1's MTU + 1, it
+// still leaves by eth0 (MTU 1500) and goes to the stack by eth1.
 func TestFromContainerFIBPorts(t *testing.T) {
 	f := newRegressionNode(t)
 	a := f.podA()
 	viaEth0 := func(name string, pkt ipv4Packet) fibCase {
-		return fibCase{name: name, from: a, pkt: pkt, want: fibForwarded, dstMAC: gw0MAC, srcMAC: eth0MAC}
+		return fibCase{name: name, from: a, pkt: pkt, want: fibResolved, dstMAC: gw0MAC, srcMAC: eth0MAC}
 	}
 	viaEth1 := func(name string, pkt ipv4Packet) fibCase {
-		return fibCase{name: name, from: a, pkt: pkt, want: fibForwarded, dstMAC: gw1MAC, srcMAC: eth1MAC}
+		return fibCase{name: name, from: a, pkt: pkt, want: fibResolved, dstMAC: gw1MAC, srcMAC: eth1MAC}
 	}
 	with := func(pkt ipv4Packet, mutate func(p *ipv4Packet)) ipv4Packet {
 		mutate(&pkt)
@@ -623,6 +643,9 @@ func TestFromContainerFIBPorts(t *testing.T) {
 	// The first bytes of a later fragment are data: here data that reads
 	// as ports 40000 → 5353.
 	laterFragment := with(dns, func(p *ipv4Packet) { p.fragment = 185 })
+	// The first fragment carries the ports, but the kernel routes every
+	// fragment of a packet alike, without them: so does the datapath.
+	firstFragment := with(dns, func(p *ipv4Packet) { p.fragment = ipFlagMF })
 
 	// kernel: the selectors of ip route get for the same packet, nil when
 	// it has none (fragments: the kernel's flow dissector takes no ports
@@ -639,8 +662,10 @@ func TestFromContainerFIBPorts(t *testing.T) {
 		{viaEth1("tcp from port 8080", tcpPorts(a, dstGateway, ruleTCPSport, 443)), []string{"ipproto", "tcp", "sport", "8080", "dport", "443"}},
 		{viaEth0("tcp to port 8080 (the rule is for the source port)", tcpPorts(a, dstGateway, 443, ruleTCPSport)), []string{"ipproto", "tcp", "sport", "443", "dport", "8080"}},
 		{viaEth0("udp from port 8080 (the rule is for tcp)", udpPorts(a, dstGateway, ruleTCPSport, 443)), []string{"ipproto", "udp", "sport", "8080", "dport", "443"}},
-		{viaEth1("udp to port 5353 behind ip options", with(dns, func(p *ipv4Packet) { p.options = recordRoute })), nil},
-		{viaEth1("udp to port 5353, first fragment", with(dns, func(p *ipv4Packet) { p.fragment = ipFlagMF })), nil},
+		// IP options are the stack's, which routes by the ports.
+		{fibCase{name: "udp to port 5353 behind ip options", from: a, want: fibToStack,
+			pkt: with(dns, func(p *ipv4Packet) { p.options = recordRoute })}, nil},
+		{viaEth0("udp to port 5353, first fragment", firstFragment), nil},
 		{viaEth0("later fragment of udp to port 5353", laterFragment), nil},
 		// The rule's way decides the MTU too: eth1's 1280.
 		{viaEth0("udp to port 53, 1281 bytes", withIPLength(udpPorts(a, dstGateway, 40000, 53), fibEth1MTU+1)), nil},
@@ -659,7 +684,55 @@ func TestFromContainerFIBPorts(t *testing.T) {
 			}
 			forEachNeighConfig(t, func(t *testing.T, cfg bpf.HostroutingConfig) {
 				c.check(t, f, cfg, a)
+				if cfg.RedirectNeigh == 0 || c.want != fibResolved {
+					return
+				}
+				probe := c.fibCase
+				probe.pkt = withIPLength(c.pkt, fibEth1MTU+1)
+				if c.srcMAC == eth1MAC {
+					probe.want = fibToStack
+				}
+				t.Run("grown to eth1's MTU + 1", func(t *testing.T) {
+					probe.check(t, f, cfg, a)
+				})
 			})
+		})
+	}
+}
+
+// TestFromContainerFIBFragments checks that every fragment of a packet
+// takes the same way, whatever the rules on ports say: the first fragment
+// (MF, offset 0), which carries the ports, and its followers, which do not.
+// The kernel routes them all without ports.
+func TestFromContainerFIBFragments(t *testing.T) {
+	f := newRegressionNode(t)
+	a := f.podA()
+	dns := udpPorts(a, dstGateway, 40000, ruleUDPDport)
+	if got := kernelRouteDev(t, f, dstGateway, "ipproto", "udp", "sport", "40000", "dport", fmt.Sprint(ruleUDPDport)); got != "eth1" {
+		t.Fatalf("the kernel routes the unfragmented packet through %s, want eth1: fixture broken", got)
+	}
+	if got := kernelRouteDev(t, f, dstGateway, "ipproto", "udp"); got != "eth0" {
+		t.Fatalf("the kernel routes udp without ports through %s, want eth0: fixture broken", got)
+	}
+	for _, c := range []struct {
+		name     string
+		fragment uint16
+		way      mac // egress device's MAC
+	}{
+		{"unfragmented (DF)", ipFlagDF, eth1MAC},
+		{"unfragmented (no DF)", 0, eth1MAC},
+		{"first fragment", ipFlagMF, eth0MAC},
+		{"middle fragment", ipFlagMF | 185, eth0MAC},
+		{"last fragment", 370, eth0MAC},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pkt := dns
+			pkt.fragment = c.fragment
+			fc := fibCase{from: a, pkt: pkt, want: fibResolved, dstMAC: gw0MAC, srcMAC: eth0MAC}
+			if c.way == eth1MAC {
+				fc.dstMAC, fc.srcMAC = gw1MAC, eth1MAC
+			}
+			fc.check(t, f, fibConfig(0), a)
 		})
 	}
 }
@@ -676,7 +749,8 @@ func TestFromContainerFIBMarkNotUsed(t *testing.T) {
 	if got := kernelRouteDev(t, f, dstGateway, "mark", fmt.Sprint(ruleMark)); got != "eth1" {
 		t.Fatalf("the kernel routes mark %#x through %s, want eth1: fixture broken", ruleMark, got)
 	}
-	d := loadDatapath(t, fibConfig(1))
+	// Without redirect_neigh: the lookup's MACs show the way.
+	d := loadDatapath(t, fibConfig(0))
 	d.addPods(a)
 	pkt := ipv4From(a, dstGateway)
 	frame := pkt.frame()

@@ -2,6 +2,7 @@ package datapath_test
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,7 +12,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/bpf"
 	"github.com/hostrouting/hostrouting/datapath"
@@ -111,23 +111,31 @@ func (n *benchNode) fillEndpoints(b *testing.B, count int) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ln.Close() })
-	keys := make([]bpf.HostroutingEndpointKey, count)
+	keys := make([]uint32, count)
+	devices := make([]uint32, count)
 	values := make([]bpf.HostroutingEndpointInfo, count)
 	for i := range count {
 		a := [4]byte{10, 192 + byte(i>>16), byte(i >> 8), byte(i)}
-		keys[i] = bpf.HostroutingEndpointKey{Addr: [4]uint32{binary.NativeEndian.Uint32(a[:])}, Family: unix.AF_INET}
+		keys[i] = binary.NativeEndian.Uint32(a[:])
+		devices[i] = uint32(1_000_000 + i)
 		values[i] = bpf.HostroutingEndpointInfo{
-			Ifindex: uint32(1_000_000 + i),
+			Ifindex: devices[i],
 			Id:      uint16(i + 1),
 			Mac:     [6]byte{0x02, 0x00, 0x0b, byte(i >> 16), byte(i >> 8), byte(i)},
 			NodeMac: [6]byte{0x02, 0xfe, 0x0b, byte(i >> 16), byte(i >> 8), byte(i)},
+			Ipv4:    keys[i],
 		}
 	}
 	if _, err := ln.Maps.Endpoints.BatchUpdate(keys, values, nil); err != nil {
 		b.Fatalf("batch update %d endpoints: %v", count, err)
 	}
+	if _, err := ln.Maps.Devices.BatchUpdate(devices, values, nil); err != nil {
+		b.Fatalf("batch update %d devices: %v", count, err)
+	}
 	b.Cleanup(func() {
-		if _, err := ln.Maps.Endpoints.BatchDelete(keys, nil); err != nil {
+		_, err1 := ln.Maps.Endpoints.BatchDelete(keys, nil)
+		_, err2 := ln.Maps.Devices.BatchDelete(devices, nil)
+		if err := errors.Join(err1, err2); err != nil {
 			b.Errorf("delete %d stand-in endpoints: %v", count, err)
 		}
 	})

@@ -59,7 +59,7 @@ func metric(t *testing.T, dp *datapath.Datapath, m maps.Metric) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return all[m].Packets
+	return all.Total(m).Packets
 }
 
 func TestCrossNodeBPFHostRouting(t *testing.T) {

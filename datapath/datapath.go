@@ -101,13 +101,15 @@ func New(cfg Config) (*Datapath, error) {
 				return err
 			}
 		}
-		if len(devices) == 0 {
-			return nil
+		if len(devices) != 0 {
+			if err := d.attachDevices(devices); err != nil {
+				return err
+			}
+			if err := node.SetDevices(devices); err != nil {
+				return err
+			}
 		}
-		if err := d.attachDevices(devices); err != nil {
-			return err
-		}
-		return node.SetDevices(devices)
+		return node.ReleaseStale()
 	})
 	if err != nil {
 		node.Close()
@@ -136,7 +138,7 @@ func newDatapath(cfg Config, node *loader.Node) *Datapath {
 	return &Datapath{
 		cfg:       cfg,
 		node:      node,
-		endpoints: maps.NewEndpoints(node.Maps.Endpoints),
+		endpoints: maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices),
 		stats:     maps.NewStats(node.Maps.EndpointStats),
 		metrics:   maps.NewMetrics(node.Maps.Metrics),
 		nodes:     maps.NewNodes(node.Maps.Nodes),
@@ -190,12 +192,17 @@ func (d *Datapath) attachDevices(ifindexes []int) error {
 type Endpoint struct {
 	// IfName is the pod's host-side device in the node's netns.
 	IfName string
-	// IP is the pod's address (IPv4 for now).
+	// IP is the pod's IPv4 address.
 	IP netip.Addr
+	// IPv6 is the pod's IPv6 address, if it has one. The datapath checks
+	// that the pod sends from it (or from a link-local address) and leaves
+	// the forwarding of IPv6 to the kernel's stack for now.
+	IPv6 netip.Addr
 	// MAC is the pod's own MAC, the source of every frame it sends.
 	MAC net.HardwareAddr
-	// ID is the endpoint ID handed to the ingress policy hook; 0 picks the
-	// lowest free one.
+	// ID is the endpoint ID, from 1 to the node's MaxEndpoints: it
+	// indexes the endpoint's counters and policy slot. 0 picks the lowest
+	// free one.
 	ID uint16
 	// ARPResponder makes the datapath answer the pod's ARP requests with
 	// the host device's MAC, for CNIs without a gateway address on it.
@@ -223,81 +230,113 @@ func (d *Datapath) addEndpoint(ep Endpoint) (maps.Endpoint, error) {
 		return maps.Endpoint{}, errors.New("no IP address")
 	}
 	if !ep.IP.Is4() {
-		return maps.Endpoint{}, fmt.Errorf("address %s: only IPv4 endpoints are supported yet", ep.IP)
+		return maps.Endpoint{}, fmt.Errorf("address %s: want IPv4 in IP (IPv6 goes in IPv6)", ep.IP)
+	}
+	if ep.IPv6.IsValid() && (!ep.IPv6.Is6() || ep.IPv6.Is4In6() || ep.IPv6.Zone() != "" || ep.IPv6.IsLinkLocalUnicast()) {
+		return maps.Endpoint{}, fmt.Errorf("IPv6 address %s: want a global or unique-local IPv6 address", ep.IPv6)
 	}
 	if len(ep.MAC) != 6 {
 		return maps.Endpoint{}, fmt.Errorf("pod MAC %q: want 6 bytes", ep.MAC)
+	}
+	maxID := d.maxEndpoints()
+	if int(ep.ID) > maxID {
+		return maps.Endpoint{}, fmt.Errorf("endpoint ID %d: the node's endpoint IDs run from 1 to %d (MaxEndpoints)", ep.ID, maxID)
 	}
 	ifindex, nodeMAC, err := hostDevice(d.cfg.Netns, ep.IfName)
 	if err != nil {
 		return maps.Endpoint{}, err
 	}
-	m := maps.Endpoint{IP: ep.IP, IfIndex: ifindex, ID: ep.ID, MAC: ep.MAC, NodeMAC: nodeMAC}
+	if len(nodeMAC) != 6 {
+		return maps.Endpoint{}, fmt.Errorf("host device %q has no Ethernet address", ep.IfName)
+	}
+	m := maps.Endpoint{IP: ep.IP, IPv6: ep.IPv6, IfIndex: ifindex, ID: ep.ID, MAC: ep.MAC, NodeMAC: nodeMAC}
 	if ep.ARPResponder {
 		m.Flags |= maps.EndpointARPResponder
-	}
-	if len(m.NodeMAC) != 6 {
-		return maps.Endpoint{}, fmt.Errorf("host device %q has no Ethernet address", ep.IfName)
 	}
 
 	all, err := d.endpoints.List()
 	if err != nil {
 		return maps.Endpoint{}, err
 	}
-	existed := false
-	for _, other := range all {
+	var existing *maps.Endpoint
+	for i, other := range all {
 		switch {
-		case other.IP == ep.IP && other.IfIndex != m.IfIndex:
+		case other.IfIndex == m.IfIndex && other.IP != m.IP:
+			return maps.Endpoint{}, fmt.Errorf("%w: device %q carries endpoint %s (one endpoint per device)", ErrEndpointExists, ep.IfName, other.IP)
+		case other.IfIndex == m.IfIndex:
+			existing = &all[i]
+		case other.IP == m.IP:
 			return maps.Endpoint{}, fmt.Errorf("%w: %s is on ifindex %d", ErrEndpointExists, other.IP, other.IfIndex)
-		case other.IP == ep.IP:
-			existed = true
-			if m.ID == 0 {
-				m.ID = other.ID
-			}
+		case m.IPv6.IsValid() && other.IPv6 == m.IPv6:
+			return maps.Endpoint{}, fmt.Errorf("%w: %s is on ifindex %d", ErrEndpointExists, other.IPv6, other.IfIndex)
 		case m.ID != 0 && other.ID == m.ID:
 			return maps.Endpoint{}, fmt.Errorf("%w: ID %d belongs to %s", ErrEndpointExists, m.ID, other.IP)
 		}
 	}
+	if existing != nil {
+		if m.ID == 0 {
+			m.ID = existing.ID
+		}
+		// An update keeps the endpoint's policy; a changed ID starts over.
+		if m.ID == existing.ID {
+			m.Flags |= existing.Flags & maps.EndpointPolicy
+		}
+	}
 	if m.ID == 0 {
-		if m.ID, err = freeID(all); err != nil {
+		if m.ID, err = freeID(all, maxID); err != nil {
 			return maps.Endpoint{}, err
 		}
 	}
 
-	if !existed {
-		if err := d.stats.Reset(m.IfIndex); err != nil {
+	if existing == nil || existing.ID != m.ID {
+		if err := d.stats.Reset(m.ID); err != nil {
+			return maps.Endpoint{}, err
+		}
+	}
+	if existing != nil && existing.ID != m.ID {
+		// The new ID's slot must not inherit a policy of an old endpoint.
+		if err := d.node.ClearPolicy(m.ID); err != nil {
+			return maps.Endpoint{}, err
+		}
+	}
+	if existing != nil && existing.IPv6 != m.IPv6 {
+		if err := d.endpoints.Delete(maps.Endpoint{IPv6: existing.IPv6, IfIndex: existing.IfIndex}); err != nil {
 			return maps.Endpoint{}, err
 		}
 	}
 	if err := d.endpoints.Put(m); err != nil {
-		if !existed {
-			d.stats.Delete(m.IfIndex)
+		if existing == nil {
+			d.endpoints.Delete(m)
 		}
 		return maps.Endpoint{}, err
 	}
 	if err := d.attach(m.IfIndex); err != nil {
-		if !existed {
+		if existing == nil {
 			d.detach(m.IfIndex)
-			d.endpoints.Delete(m.IP)
-			d.stats.Delete(m.IfIndex)
+			d.endpoints.Delete(m)
 		}
 		return maps.Endpoint{}, err
 	}
 	return m, nil
 }
 
+// maxEndpoints is the node's endpoint limit: the highest endpoint ID.
+func (d *Datapath) maxEndpoints() int {
+	return int(d.node.Maps.EndpointStats.MaxEntries()) - 1
+}
+
 // freeID returns the lowest endpoint ID no endpoint uses.
-func freeID(eps []maps.Endpoint) (uint16, error) {
+func freeID(eps []maps.Endpoint, maxID int) (uint16, error) {
 	used := make(map[uint16]bool, len(eps))
 	for _, ep := range eps {
 		used[ep.ID] = true
 	}
-	for id := uint16(1); id != 0; id++ {
-		if !used[id] {
-			return id, nil
+	for id := 1; id <= maxID; id++ {
+		if !used[uint16(id)] {
+			return uint16(id), nil
 		}
 	}
-	return 0, errors.New("no free endpoint ID")
+	return 0, fmt.Errorf("%w: all %d endpoint IDs are in use (MaxEndpoints)", maps.ErrMapFull, maxID)
 }
 
 // RemoveEndpoint takes the endpoint with address ip off the datapath: its
@@ -310,7 +349,7 @@ func (d *Datapath) RemoveEndpoint(ip netip.Addr) error {
 		if err != nil {
 			return err
 		}
-		return errors.Join(d.detach(ep.IfIndex), d.endpoints.Delete(ip), d.stats.Delete(ep.IfIndex))
+		return errors.Join(d.detach(ep.IfIndex), d.endpoints.Delete(ep), d.node.ClearPolicy(ep.ID), d.stats.Reset(ep.ID))
 	})
 	if err != nil {
 		return fmt.Errorf("remove endpoint %s: %w", ip, err)
@@ -345,11 +384,11 @@ func (d *Datapath) EndpointStats(ip netip.Addr) (maps.EndpointStats, error) {
 	if err != nil {
 		return maps.EndpointStats{}, err
 	}
-	return d.stats.Get(ep.IfIndex)
+	return d.stats.Get(ep.ID)
 }
 
-// Metrics returns the node-wide counters, indexed by maps.Metric.
-func (d *Datapath) Metrics() ([]maps.Counter, error) {
+// Metrics returns the node-wide counters by direction and metric.
+func (d *Datapath) Metrics() (*maps.MetricTable, error) {
 	return d.metrics.All()
 }
 
@@ -434,22 +473,58 @@ func (d *Datapath) locked(fn func() error) error {
 	return fn()
 }
 
-// AttachIngressPolicy puts an embedder's policy into the slot every packet
-// into an endpoint passes (the to-container step), on the BPF path and the
-// stack's alike. spec is an extension program (type ebpf.Extension) of the
-// signature
-//
-//	SEC("freplace/hr_ingress_policy")
-//	int policy(struct __sk_buff *ctx, __u32 endpoint_id)
-//
-// that returns 0 to let the packet in and 1 to drop it (counted as
-// maps.MetricDropPolicy and in the endpoint's drop counters). The policy
-// stays in force after Close; see loader.Node.AttachIngressPolicy.
-func (d *Datapath) AttachIngressPolicy(spec *ebpf.ProgramSpec) error {
-	return d.locked(func() error { return d.node.AttachIngressPolicy(spec) })
+// PolicyMapReplacements are the maps an ingress policy program must be
+// loaded with (ebpf.CollectionOptions.MapReplacements), so that it can hand
+// its verdict back to the datapath; see SetIngressPolicy.
+func (d *Datapath) PolicyMapReplacements() map[string]*ebpf.Map {
+	return d.node.PolicyMapReplacements()
 }
 
-// DetachIngressPolicy restores the allow-all ingress policy.
-func (d *Datapath) DetachIngressPolicy() error {
-	return d.locked(d.node.DetachIngressPolicy)
+// SetIngressPolicy puts prog into the ingress policy slot of the endpoint
+// with address ip: every IP packet into the endpoint passes it, on the BPF
+// path (just before bpf_redirect_peer, also for packets from other nodes)
+// and on the stack's (to-container). prog is a SchedCLS program written
+// against bpf/include/hostrouting/policy.h — it reads the endpoint IDs from
+// skb->cb and ends with hr_policy_allow or hr_policy_deny — and loaded with
+// PolicyMapReplacements. A denied packet is counted as maps.MetricDropPolicy
+// and in the endpoint's drop counters. The slot is a tail call
+// (hr_policy, by endpoint ID): endpoints without a policy pay nothing. The
+// policy stays in force after Close and across adoption and reloads,
+// until ClearIngressPolicy or the endpoint's removal; prog may be closed.
+func (d *Datapath) SetIngressPolicy(ip netip.Addr, prog *ebpf.Program) error {
+	err := d.locked(func() error {
+		ep, err := d.endpoints.Lookup(ip)
+		if err != nil {
+			return err
+		}
+		if err := d.node.SetPolicy(ep.ID, prog); err != nil {
+			return err
+		}
+		ep.Flags |= maps.EndpointPolicy
+		return d.endpoints.Put(ep)
+	})
+	if err != nil {
+		return fmt.Errorf("set ingress policy of %s: %w", ip, err)
+	}
+	return nil
+}
+
+// ClearIngressPolicy empties the ingress policy slot of the endpoint with
+// address ip: all traffic into it is allowed again.
+func (d *Datapath) ClearIngressPolicy(ip netip.Addr) error {
+	err := d.locked(func() error {
+		ep, err := d.endpoints.Lookup(ip)
+		if err != nil {
+			return err
+		}
+		ep.Flags &^= maps.EndpointPolicy
+		if err := d.endpoints.Put(ep); err != nil {
+			return err
+		}
+		return d.node.ClearPolicy(ep.ID)
+	})
+	if err != nil {
+		return fmt.Errorf("clear ingress policy of %s: %w", ip, err)
+	}
+	return nil
 }

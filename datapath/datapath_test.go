@@ -2,6 +2,7 @@ package datapath_test
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/datapath"
@@ -107,8 +109,8 @@ func TestSameNodeBPFHostRouting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m[maps.MetricForwardPeer].Packets < 4*pings {
-		t.Errorf("forward-peer metric %d: want at least %d", m[maps.MetricForwardPeer].Packets, 4*pings)
+	if m.Total(maps.MetricForwardPeer).Packets < 4*pings {
+		t.Errorf("forward-peer metric %d: want at least %d", m.Total(maps.MetricForwardPeer).Packets, 4*pings)
 	}
 }
 
@@ -149,18 +151,45 @@ func TestFallbackWithoutRedirectPeer(t *testing.T) {
 	}
 }
 
-// xlatedCallsRedirectPeer tells whether the program pinned at pin, as the
-// verifier left it, calls bpf_redirect_peer.
+// xlatedCallsRedirectPeer tells whether any program of the node pinned at
+// pin — the entry programs, the tail-call stages behind them and the
+// policy verdict stages — calls bpf_redirect_peer as the verifier left it.
 func xlatedCallsRedirectPeer(t *testing.T, pin string) bool {
 	t.Helper()
-	out, err := exec.Command("bpftool", "prog", "dump", "xlated", "pinned", pin).CombinedOutput()
-	if err != nil {
-		t.Fatalf("bpftool prog dump xlated: %v\n%s", err, out)
+	var ids []ebpf.ProgramID
+	arrays, _ := filepath.Glob(filepath.Join(pin, "progs", "hr_calls_*"))
+	for _, path := range append(arrays, filepath.Join(pin, "hr_policy_ret")) {
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for slot := range m.MaxEntries() {
+			var id uint32
+			if err := m.Lookup(slot, &id); err == nil {
+				ids = append(ids, ebpf.ProgramID(id))
+			}
+		}
+		m.Close()
 	}
-	if !strings.Contains(string(out), "call bpf_redirect") {
-		t.Fatalf("bpftool output has no helper calls at all:\n%s", out)
+	if len(ids) < 4 {
+		t.Fatalf("found %d stage programs, want the node's stages and policy verdicts", len(ids))
 	}
-	return strings.Contains(string(out), "call bpf_redirect_peer")
+	dumps := []string{"pinned " + filepath.Join(pin, "progs", "from_container"), "pinned " + filepath.Join(pin, "progs", "from_netdev")}
+	for _, id := range ids {
+		dumps = append(dumps, fmt.Sprintf("id %d", id))
+	}
+	var all strings.Builder
+	for _, d := range dumps {
+		out, err := exec.Command("bpftool", append([]string{"prog", "dump", "xlated"}, strings.Fields(d)...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bpftool prog dump xlated %s: %v\n%s", d, err, out)
+		}
+		all.Write(out)
+	}
+	if !strings.Contains(all.String(), "call bpf_redirect") {
+		t.Fatalf("bpftool output has no redirect calls at all:\n%s", all.String())
+	}
+	return strings.Contains(all.String(), "call bpf_redirect_peer")
 }
 
 func TestForcedFallbackLeavesNoRedirectPeerCall(t *testing.T) {
@@ -174,9 +203,9 @@ func TestForcedFallbackLeavesNoRedirectPeerCall(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := xlatedCallsRedirectPeer(t, filepath.Join(pin, "progs", "from_container"))
+		got := xlatedCallsRedirectPeer(t, pin)
 		if got == disable {
-			t.Errorf("RedirectPeer disabled=%v: xlated from_container calls bpf_redirect_peer: %v", disable, got)
+			t.Errorf("RedirectPeer disabled=%v: xlated programs call bpf_redirect_peer: %v", disable, got)
 		}
 		if err := dp.Remove(); err != nil {
 			t.Fatal(err)
@@ -276,7 +305,7 @@ func TestSpoofedSourceIsDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := metricsAfter[maps.MetricDropSpoofed].Packets - metricsBefore[maps.MetricDropSpoofed].Packets; d != 2*n {
+	if d := metricsAfter.Total(maps.MetricDropSpoofed).Packets - metricsBefore.Total(maps.MetricDropSpoofed).Packets; d != 2*n {
 		t.Errorf("drop-spoofed metric moved by %d: want %d", d, 2*n)
 	}
 }
@@ -376,7 +405,11 @@ func TestBadInput(t *testing.T) {
 		{"unknown interface", datapath.Endpoint{IfName: "nosuchdev", IP: ipB, MAC: mac}, `"nosuchdev"`, nil},
 		{"no interface", datapath.Endpoint{IP: ipB, MAC: mac}, "no host device name", nil},
 		{"invalid address", datapath.Endpoint{IfName: b.HostIf, MAC: mac}, "no IP address", nil},
-		{"IPv6 address", datapath.Endpoint{IfName: b.HostIf, IP: netip.MustParseAddr("fd00::1"), MAC: mac}, "only IPv4", nil},
+		{"IPv6 address as IP", datapath.Endpoint{IfName: b.HostIf, IP: netip.MustParseAddr("fd00::1"), MAC: mac}, "want IPv4 in IP", nil},
+		{"IPv4 address as IPv6", datapath.Endpoint{IfName: b.HostIf, IP: ipB, IPv6: ipA, MAC: mac}, "want a global or unique-local IPv6", nil},
+		{"link-local IPv6", datapath.Endpoint{IfName: b.HostIf, IP: ipB, IPv6: netip.MustParseAddr("fe80::1"), MAC: mac}, "want a global or unique-local IPv6", nil},
+		{"second endpoint on a device", datapath.Endpoint{IfName: a.HostIf, IP: ipB, MAC: a.MAC}, "one endpoint per device", datapath.ErrEndpointExists},
+		{"ID beyond MaxEndpoints", datapath.Endpoint{IfName: b.HostIf, IP: ipB, MAC: b.MAC, ID: 3}, "endpoint IDs run from 1 to 2 (MaxEndpoints)", nil},
 		{"bad MAC", datapath.Endpoint{IfName: b.HostIf, IP: ipB, MAC: mac[:3]}, "want 6 bytes", nil},
 		{"duplicate IP", datapath.Endpoint{IfName: b.HostIf, IP: ipA, MAC: mac}, "10.0.0.10", datapath.ErrEndpointExists},
 		{"duplicate ID", datapath.Endpoint{IfName: b.HostIf, IP: ipB, MAC: b.MAC, ID: 1}, "ID 1", datapath.ErrEndpointExists},

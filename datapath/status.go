@@ -20,15 +20,16 @@ const (
 
 // Status is what `cilium status` would say of the node's datapath.
 type Status struct {
-	HostRouting       string          // HostRoutingBPF or HostRoutingLegacy
-	LegacyReason      string          // why not BPF, when Legacy
-	AttachMode        string          // "tcx" or "tc (clsact + cls_bpf)"
-	Features          loader.Features // what the programs were loaded with
-	Devices           []Device        // the node's devices toward other nodes
-	NativeRoutingCIDR netip.Prefix    // invalid when none
-	Endpoints         int             // endpoints on the node
-	PinPath           string          // the node instance's pin directory
-	Metrics           []maps.Counter  // node-wide counters, indexed by maps.Metric
+	HostRouting       string            // HostRoutingBPF or HostRoutingLegacy
+	LegacyReason      string            // why not BPF, when Legacy
+	AttachMode        string            // "tcx" or "tc (clsact + cls_bpf)"
+	Features          loader.Features   // what the programs were loaded with
+	Devices           []Device          // the node's devices toward other nodes
+	NativeRoutingCIDR netip.Prefix      // invalid when none
+	Endpoints         int               // endpoints on the node
+	PinPath           string            // the node instance's pin directory
+	Metrics           *maps.MetricTable // node-wide counters
+	Maps              []loader.MapSize  // the node's maps and the memory they take
 }
 
 // Device is one of the node's devices toward other nodes.
@@ -51,6 +52,10 @@ func (d *Datapath) Status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
+	sizes, err := d.node.MapSizes()
+	if err != nil {
+		return Status{}, err
+	}
 	s := Status{
 		Features:          d.node.Features,
 		Devices:           devices,
@@ -58,6 +63,7 @@ func (d *Datapath) Status() (Status, error) {
 		Endpoints:         len(eps),
 		PinPath:           d.cfg.PinPath,
 		Metrics:           metrics,
+		Maps:              sizes,
 		AttachMode:        "tc (clsact + cls_bpf)",
 	}
 	if s.Features.TCX.Enabled {
@@ -130,7 +136,27 @@ func (s Status) String() string {
 	fmt.Fprintf(&b, "Kernel Features:  %s\n", featureList(s.Features))
 	fmt.Fprintf(&b, "Endpoints:        %d\n", s.Endpoints)
 	fmt.Fprintf(&b, "Pin Path:         %s\n", s.PinPath)
+	if len(s.Maps) > 0 {
+		var total uint64
+		parts := make([]string, len(s.Maps))
+		for i, m := range s.Maps {
+			total += m.Memory
+			parts[i] = fmt.Sprintf("%s %s", m.Name, bytesString(m.Memory))
+		}
+		fmt.Fprintf(&b, "BPF Maps:         %s [%s]\n", bytesString(total), strings.Join(parts, ", "))
+	}
 	return b.String()
+}
+
+// bytesString formats n bytes as "1.5 MiB".
+func bytesString(n uint64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }
 
 func featureList(f loader.Features) string {

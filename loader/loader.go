@@ -6,9 +6,11 @@
 //
 // Layout of a pin directory:
 //
-//	hr_endpoints hr_ep_stats hr_metrics hr_nodes hr_info   maps
-//	progs/from_container progs/to_container ...            programs
-//	links/<netns inode>_<ifindex>_<program>        tcx links
+//	hr_endpoints hr_endpoints6 hr_devices hr_ep_stats      maps, kept across
+//	hr_metrics hr_nodes hr_policy hr_policy_ret hr_info    reloads of new code
+//	progs/from_container progs/to_container ...            entry programs
+//	progs/hr_calls_<object ID>                             one load's stages
+//	links/<netns inode>_<ifindex>_<program>                tcx links
 package loader
 
 import (
@@ -30,17 +32,23 @@ import (
 // Options.PinPath names another.
 const DefaultPinPath = "/sys/fs/bpf/hostrouting"
 
-// DefaultMaxEndpoints is the endpoint map's size unless
-// Options.MaxEndpoints names another.
-const DefaultMaxEndpoints = 65536
+// DefaultMaxEndpoints is the endpoint limit unless Options.MaxEndpoints
+// names another.
+const DefaultMaxEndpoints = 1024
+
+// MaxEndpointsLimit is the largest endpoint limit: endpoint IDs are 16-bit.
+const MaxEndpointsLimit = 65535
 
 // Options configure Load.
 type Options struct {
 	// PinPath is the node instance's directory on a bpf filesystem.
 	// Default DefaultPinPath.
 	PinPath string
-	// MaxEndpoints sizes the endpoint and counter maps. Default
-	// DefaultMaxEndpoints. A node keeps the size it was first loaded with.
+	// MaxEndpoints is the node's endpoint limit: it sizes the endpoint,
+	// counter and policy maps, and endpoint IDs run from 1 to it. The
+	// per-endpoint counters take 48 bytes × CPUs × MaxEndpoints: size it
+	// by the node's real pod limit. Default DefaultMaxEndpoints, at most
+	// MaxEndpointsLimit. A node keeps the size it was first loaded with.
 	MaxEndpoints uint32
 	// Disable forces fallbacks.
 	Disable Disable
@@ -52,10 +60,14 @@ type Options struct {
 
 // Maps are the datapath's maps of one node.
 type Maps struct {
-	Endpoints     *ebpf.Map // endpoint address → endpoint info
-	EndpointStats *ebpf.Map // host-side ifindex → per-CPU endpoint counters
-	Metrics       *ebpf.Map // metric → per-CPU node-wide counters
+	Endpoints     *ebpf.Map // endpoint IPv4 address → endpoint info
+	Endpoints6    *ebpf.Map // endpoint IPv6 address → endpoint info
+	Devices       *ebpf.Map // host-side ifindex → endpoint info
+	EndpointStats *ebpf.Map // endpoint ID → per-CPU endpoint counters
+	Metrics       *ebpf.Map // direction × metric → per-CPU node-wide counters
 	Nodes         *ebpf.Map // node IP → node name
+	Policy        *ebpf.Map // endpoint ID → ingress policy program
+	PolicyReturn  *ebpf.Map // where policies hand their verdict back
 }
 
 // Node is the loaded datapath of one node instance. Close releases this
@@ -82,7 +94,12 @@ type Node struct {
 	info  *ebpf.Map
 }
 
-var mapNames = []string{bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes, bpf.HostroutingMapHrInfo}
+// mapNames are the maps pinned by name, kept across reloads.
+var mapNames = []string{
+	bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEndpoints6, bpf.HostroutingMapHrDevices,
+	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
+	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrInfo,
+}
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
 // the programs and maps pinned there when they come from the same code and
@@ -94,6 +111,9 @@ func Load(opts Options) (n *Node, err error) {
 	}
 	if opts.MaxEndpoints == 0 {
 		opts.MaxEndpoints = DefaultMaxEndpoints
+	}
+	if opts.MaxEndpoints > MaxEndpointsLimit {
+		return nil, fmt.Errorf("MaxEndpoints %d: at most %d", opts.MaxEndpoints, MaxEndpointsLimit)
 	}
 	path, created, err := preparePinDir(opts.PinPath)
 	if err != nil {
@@ -193,8 +213,11 @@ func load(opts Options, features Features, config bpf.HostroutingConfig, id uint
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range []string{bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEpStats} {
+	for _, name := range []string{bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEndpoints6, bpf.HostroutingMapHrDevices} {
 		spec.Maps[name].MaxEntries = opts.MaxEndpoints
+	}
+	for _, name := range []string{bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrPolicy} {
+		spec.Maps[name].MaxEntries = opts.MaxEndpoints + 1 // by ID, 0 unused
 	}
 	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(config); err != nil {
 		return nil, fmt.Errorf("set datapath config: %w", err)
@@ -212,12 +235,25 @@ func load(opts Options, features Features, config bpf.HostroutingConfig, id uint
 
 	n := &Node{PinPath: opts.PinPath, Features: features, NativeRoutingCIDR: opts.NativeRoutingCIDR, progs: map[Program]*ebpf.Program{}}
 	n.setMaps(coll.Maps)
-	for name := range coll.Maps {
+	for _, name := range mapNames {
 		coll.DetachMap(name)
 	}
 	if err := os.MkdirAll(filepath.Join(opts.PinPath, "progs"), 0o700); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("create program pin directory: %w", err)
+	}
+	// This load's stages live as long as their pin: programs of an earlier
+	// load keep theirs until ReleaseStale, after every attachment moved.
+	os.Remove(n.callsPin(id)) // left by a load of the same object that did not finish
+	if err := coll.Maps[bpf.HostroutingMapHrCalls].Pin(n.callsPin(id)); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("pin tail-call stages: %w", err)
+	}
+	for slot, name := range []string{bpf.HostroutingProgTailPolicyAllow, bpf.HostroutingProgTailPolicyDeny} {
+		if err := n.Maps.PolicyReturn.Update(uint32(slot), coll.Programs[name], ebpf.UpdateAny); err != nil {
+			n.Close()
+			return nil, fmt.Errorf("install policy verdict stage %s: %w", name, err)
+		}
 	}
 	for _, p := range programs {
 		prog := coll.DetachProgram(p.objectName())
@@ -277,11 +313,67 @@ func (n *Node) objectID() uint64 {
 func (n *Node) setMaps(m map[string]*ebpf.Map) {
 	n.Maps = Maps{
 		Endpoints:     m[bpf.HostroutingMapHrEndpoints],
+		Endpoints6:    m[bpf.HostroutingMapHrEndpoints6],
+		Devices:       m[bpf.HostroutingMapHrDevices],
 		EndpointStats: m[bpf.HostroutingMapHrEpStats],
 		Metrics:       m[bpf.HostroutingMapHrMetrics],
 		Nodes:         m[bpf.HostroutingMapHrNodes],
+		Policy:        m[bpf.HostroutingMapHrPolicy],
+		PolicyReturn:  m[bpf.HostroutingMapHrPolicyRet],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
+}
+
+func (n *Node) allMaps() []*ebpf.Map {
+	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.EndpointStats,
+		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.info}
+}
+
+// MapSize is what one of the node's maps takes.
+type MapSize struct {
+	Name       string
+	MaxEntries uint32
+	Memory     uint64 // bytes charged to the map (memlock), as the kernel reports it
+}
+
+// MapSizes reports the node's maps, in the order of Maps, and the memory
+// each takes.
+func (n *Node) MapSizes() ([]MapSize, error) {
+	var sizes []MapSize
+	for _, m := range n.allMaps() {
+		info, err := m.Info()
+		if err != nil {
+			return nil, fmt.Errorf("map info: %w", err)
+		}
+		mem, _ := info.Memlock()
+		sizes = append(sizes, MapSize{Name: info.Name, MaxEntries: m.MaxEntries(), Memory: mem})
+	}
+	return sizes, nil
+}
+
+func (n *Node) callsPin(id uint64) string {
+	return filepath.Join(n.PinPath, "progs", fmt.Sprintf("hr_calls_%016x", id))
+}
+
+// ReleaseStale unpins the tail-call stages of earlier loads. Call it once
+// every attachment runs this load's programs (after renewing them when
+// Replaced): programs of an earlier load that are still attached lose
+// their stages and drop what they see.
+func (n *Node) ReleaseStale() error {
+	current := n.callsPin(n.objectID())
+	stale, err := filepath.Glob(filepath.Join(n.PinPath, "progs", "hr_calls_*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, pin := range stale {
+		if pin != current {
+			if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("unpin stale stages: %w", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (n *Node) closeMaps(m map[string]*ebpf.Map) {
@@ -307,7 +399,7 @@ func (n *Node) Close() error {
 	for _, p := range n.progs {
 		errs = append(errs, p.Close())
 	}
-	for _, m := range []*ebpf.Map{n.Maps.Endpoints, n.Maps.EndpointStats, n.Maps.Metrics, n.Maps.Nodes, n.info} {
+	for _, m := range n.allMaps() {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

@@ -3,81 +3,78 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
+
+	"github.com/hostrouting/hostrouting/bpf"
 )
 
-// PolicyHook is the global BPF function every packet into an endpoint
-// passes, in each program that delivers to endpoints. It allows all
-// traffic until an embedder replaces it (see AttachIngressPolicy).
-const PolicyHook = "hr_ingress_policy"
+// ErrPolicyNotLinked is returned by SetPolicy for a program that was not
+// loaded with the node's PolicyMapReplacements: its verdicts would reach
+// no one.
+var ErrPolicyNotLinked = errors.New("policy program does not use the node's hr_policy_ret map (load it with PolicyMapReplacements)")
 
-// policyPrograms are the programs that deliver into endpoints, each with
-// its own copy of the hook.
-var policyPrograms = []Program{FromContainer, ToContainer, FromNetdev}
+// PolicyMapReplacements are the maps an ingress policy program must be
+// loaded with (ebpf.CollectionOptions.MapReplacements): the node's
+// hr_policy_ret, through which it hands its verdict back
+// (bpf/include/hostrouting/policy.h).
+func (n *Node) PolicyMapReplacements() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{bpf.HostroutingMapHrPolicyRet: n.Maps.PolicyReturn}
+}
 
-// AttachIngressPolicy replaces the ingress policy hook in every program of
-// the node with the extension program spec (type ebpf.Extension):
-//
-//	SEC("freplace/hr_ingress_policy")
-//	int policy(struct __sk_buff *ctx, __u32 endpoint_id)
-//
-// returning 0 to allow the packet into the endpoint and 1 to drop it. The
-// extension is loaded once per program, and its links are pinned under the
-// pin path, so it stays in force after Close and is adopted with the node.
-// A policy attached before replaces the old one. Programs replaced by a
-// reload of the node (Node.Replaced) need the policy attached again.
-func (n *Node) AttachIngressPolicy(spec *ebpf.ProgramSpec) error {
-	if spec == nil || spec.Type != ebpf.Extension {
-		return errors.New("attach ingress policy: want a program of type Extension")
+// SetPolicy puts prog into the ingress policy slot of endpoint id,
+// replacing what was there. The slot holds its own reference: prog may be
+// closed afterwards, and the policy stays in force across Close, adoption
+// and reloads. The endpoint's policy flag (maps.EndpointPolicy) turns the
+// slot on; set it after SetPolicy, and clear it before ClearPolicy.
+func (n *Node) SetPolicy(id uint16, prog *ebpf.Program) error {
+	if prog == nil || prog.Type() != ebpf.SchedCLS {
+		return fmt.Errorf("set policy of endpoint %d: want a program of type SchedCLS", id)
 	}
-	if err := n.DetachIngressPolicy(); err != nil {
-		return err
+	if int(id) == 0 || uint32(id) >= n.Maps.Policy.MaxEntries() {
+		return fmt.Errorf("set policy of endpoint %d: no such endpoint ID (1 to %d)", id, n.Maps.Policy.MaxEntries()-1)
 	}
-	if err := os.MkdirAll(filepath.Join(n.PinPath, "policy"), 0o700); err != nil {
-		return fmt.Errorf("attach ingress policy: %w", err)
+	linked, err := usesMap(prog, n.Maps.PolicyReturn)
+	if err != nil {
+		return fmt.Errorf("set policy of endpoint %d: %w", id, err)
 	}
-	for _, p := range policyPrograms {
-		if err := n.attachPolicy(spec, p); err != nil {
-			n.DetachIngressPolicy()
-			return fmt.Errorf("attach ingress policy to %s: %w", p, err)
-		}
+	if !linked {
+		return fmt.Errorf("set policy of endpoint %d: %w", id, ErrPolicyNotLinked)
+	}
+	if err := n.Maps.Policy.Update(uint32(id), prog, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("set policy of endpoint %d: %w", id, err)
 	}
 	return nil
 }
 
-func (n *Node) attachPolicy(spec *ebpf.ProgramSpec, p Program) error {
-	spec = spec.Copy()
-	spec.AttachTarget = n.progs[p]
-	spec.AttachTo = PolicyHook
-	ext, err := ebpf.NewProgram(spec)
-	if err != nil {
-		return fmt.Errorf("load extension: %w", err)
-	}
-	defer ext.Close()
-	l, err := link.AttachFreplace(nil, "", ext)
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	return l.Pin(n.policyPin(p))
-}
-
-// DetachIngressPolicy restores the allow-all ingress policy hook.
-func (n *Node) DetachIngressPolicy() error {
-	var errs []error
-	for _, p := range policyPrograms {
-		errs = append(errs, unpinLink(n.policyPin(p)))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("detach ingress policy: %w", err)
+// ClearPolicy empties the ingress policy slot of endpoint id. An empty
+// slot is not an error.
+func (n *Node) ClearPolicy(id uint16) error {
+	err := n.Maps.Policy.Delete(uint32(id))
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("clear policy of endpoint %d: %w", id, err)
 	}
 	return nil
 }
 
-func (n *Node) policyPin(p Program) string {
-	return filepath.Join(n.PinPath, "policy", p.objectName())
+// usesMap tells whether prog refers to map m.
+func usesMap(prog *ebpf.Program, m *ebpf.Map) (bool, error) {
+	pinfo, err := prog.Info()
+	if err != nil {
+		return false, fmt.Errorf("program info: %w", err)
+	}
+	ids, ok := pinfo.MapIDs()
+	if !ok {
+		return false, errors.New("the kernel does not tell a program's maps")
+	}
+	minfo, err := m.Info()
+	if err != nil {
+		return false, fmt.Errorf("map info: %w", err)
+	}
+	id, ok := minfo.ID()
+	if !ok {
+		return false, errors.New("the kernel does not tell map IDs")
+	}
+	return slices.Contains(ids, id), nil
 }

@@ -25,13 +25,13 @@ const tcActRedirect = 7
 // endpoint sits there; every other endpoint's ifindex only lives in maps.
 const loIfindex = 1
 
-// loadNode loads the datapath as a node would, with an endpoint map of
-// loader.DefaultMaxEndpoints (65536), on a fresh pin path; b.Cleanup
-// removes it.
+// loadNode loads the datapath as a node would, with the largest endpoint
+// limit (loader.MaxEndpointsLimit), on a fresh pin path; b.Cleanup removes
+// it.
 func loadNode(b *testing.B) *loader.Node {
 	b.Helper()
 	datapathtest.RequireRoot(b)
-	n, err := loader.Load(loader.Options{PinPath: datapathtest.PinPath(b), MaxEndpoints: loader.DefaultMaxEndpoints})
+	n, err := loader.Load(loader.Options{PinPath: datapathtest.PinPath(b), MaxEndpoints: loader.MaxEndpointsLimit})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -41,14 +41,6 @@ func loadNode(b *testing.B) *loader.Node {
 		}
 	})
 	return n
-}
-
-// endpointKey is the hr_endpoints key of an IPv4 address, encoded as maps
-// encodes it (the address's bytes in network order read as a host-order
-// word); maps keeps its own encoder unexported.
-func endpointKey(ip netip.Addr) bpf.HostroutingEndpointKey {
-	a := ip.As4()
-	return bpf.HostroutingEndpointKey{Addr: [4]uint32{binary.NativeEndian.Uint32(a[:])}, Family: unix.AF_INET}
 }
 
 // benchEndpoint returns the i-th of the endpoints the benchmarks write:
@@ -66,21 +58,22 @@ func benchEndpoint(i int) maps.Endpoint {
 
 // rawEndpoints returns eps as hr_endpoints keys and values, for
 // ebpf.Map.BatchUpdate: maps.Endpoints has no batch write.
-func rawEndpoints(eps []maps.Endpoint) ([]bpf.HostroutingEndpointKey, []bpf.HostroutingEndpointInfo) {
-	keys := make([]bpf.HostroutingEndpointKey, len(eps))
+func rawEndpoints(eps []maps.Endpoint) ([]uint32, []bpf.HostroutingEndpointInfo) {
+	keys := make([]uint32, len(eps))
 	values := make([]bpf.HostroutingEndpointInfo, len(eps))
 	for i, ep := range eps {
-		keys[i] = endpointKey(ep.IP)
-		values[i] = bpf.HostroutingEndpointInfo{Ifindex: uint32(ep.IfIndex), Id: ep.ID, Flags: uint16(ep.Flags)}
+		a := ep.IP.As4()
+		keys[i] = binary.NativeEndian.Uint32(a[:])
+		values[i] = bpf.HostroutingEndpointInfo{Ifindex: uint32(ep.IfIndex), Id: ep.ID, Flags: uint16(ep.Flags), Ipv4: keys[i]}
 		copy(values[i].Mac[:], ep.MAC)
 		copy(values[i].NodeMac[:], ep.NodeMAC)
 	}
 	return keys, values
 }
 
-// fillEndpoints writes eps to the node's endpoint map with one batch
-// update, and zeroed counters for each of them with another, as a node
-// with len(eps) endpoints has.
+// fillEndpoints writes eps to the node's endpoint maps (by IPv4 address
+// and by device) with one batch update each, and zeroed counters for each
+// of them, as a node with len(eps) endpoints has.
 func fillEndpoints(b *testing.B, n *loader.Node, eps []maps.Endpoint) {
 	b.Helper()
 	keys, values := rawEndpoints(eps)
@@ -88,11 +81,16 @@ func fillEndpoints(b *testing.B, n *loader.Node, eps []maps.Endpoint) {
 		b.Fatalf("batch update %d endpoints: %v", len(eps), err)
 	}
 	ifindexes := make([]uint32, len(eps))
+	ids := make([]uint32, len(eps))
 	for i, ep := range eps {
 		ifindexes[i] = uint32(ep.IfIndex)
+		ids[i] = uint32(ep.ID)
+	}
+	if _, err := n.Maps.Devices.BatchUpdate(ifindexes, values, nil); err != nil {
+		b.Fatalf("batch update %d devices: %v", len(eps), err)
 	}
 	zero := make([]bpf.HostroutingEndpointStats, len(eps)*ebpf.MustPossibleCPU())
-	if _, err := n.Maps.EndpointStats.BatchUpdate(ifindexes, zero, nil); err != nil {
+	if _, err := n.Maps.EndpointStats.BatchUpdate(ids, zero, nil); err != nil {
 		b.Fatalf("batch update %d endpoint counters: %v", len(eps), err)
 	}
 }
@@ -136,7 +134,7 @@ const maxForwardsPerRun = 254
 
 // BenchmarkEndpointLookup measures from-container local delivery, two
 // endpoint lookups (source and destination) included, with 10, 10k and
-// 64k endpoints in the map, as the kernel times it in BPF_PROG_RUN. The
+// 65535 endpoints in the map, as the kernel times it in BPF_PROG_RUN. The
 // per-packet cost should not depend on the count: hr_endpoints is a hash
 // map with as many buckets as entries, so a lookup walks a chain of about
 // one entry however full the map is. Each test run sends to another of up
@@ -145,7 +143,7 @@ const maxForwardsPerRun = 254
 // again and again and stay in the CPU's caches, so the cache misses of
 // traffic to many endpoints are not part of it.
 func BenchmarkEndpointLookup(b *testing.B) {
-	for _, count := range []int{10, 10_000, loader.DefaultMaxEndpoints} {
+	for _, count := range []int{10, 10_000, loader.MaxEndpointsLimit} {
 		b.Run(fmt.Sprint(count), func(b *testing.B) { benchmarkLookup(b, count) })
 	}
 }
@@ -165,6 +163,7 @@ func benchmarkLookup(b *testing.B, count int) {
 	}
 	src := eps[0]
 	src.IfIndex = loIfindex
+	src.NodeMAC = make(net.HardwareAddr, 6) // loopback's MAC: frames to it are PACKET_HOST
 	eps[0] = src
 	for i := 1; i < count; i++ {
 		eps[i].MAC, eps[i].NodeMAC = src.NodeMAC, src.MAC
@@ -206,14 +205,14 @@ func benchmarkLookup(b *testing.B, count int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for m, c := range all {
-		switch {
-		case maps.Metric(m) == metric && c.Packets < uint64(b.N):
-			b.Errorf("metric %s = %d packets, want at least %d", metric, c.Packets, b.N)
-		case maps.Metric(m) != metric && c.Packets != 0:
-			b.Errorf("metric %s moved by %d packets: the benchmark left the delivery path", maps.Metric(m), c.Packets)
-		}
+	if c := all[maps.FromContainer][metric]; c.Packets < uint64(b.N) {
+		b.Errorf("metric %s = %d packets, want at least %d", metric, c.Packets, b.N)
 	}
+	all.Each(func(d maps.Direction, m maps.Metric, c maps.Counter) {
+		if d != maps.FromContainer || m != metric {
+			b.Errorf("metric %s %s moved by %d packets: the benchmark left the delivery path", d, m, c.Packets)
+		}
+	})
 }
 
 // BenchmarkEndpointsBatchUpdate writes 1k and 10k endpoints into an
@@ -234,7 +233,7 @@ func BenchmarkEndpointsBatchUpdate(b *testing.B) {
 				return err
 			},
 			"put": func() error {
-				m := maps.NewEndpoints(n.Maps.Endpoints)
+				m := maps.NewEndpoints(n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices)
 				for _, ep := range eps {
 					if err := m.Put(ep); err != nil {
 						return err
@@ -259,6 +258,13 @@ func BenchmarkEndpointsBatchUpdate(b *testing.B) {
 					b.StopTimer()
 					if got, err := n.Maps.Endpoints.BatchDelete(keys, nil); err != nil || got != count {
 						b.Fatalf("empty the map: deleted %d of %d: %v", got, count, err)
+					}
+					if how == "put" {
+						for _, ep := range eps {
+							if err := n.Maps.Devices.Delete(uint32(ep.IfIndex)); err != nil {
+								b.Fatal(err)
+							}
+						}
 					}
 					b.StartTimer()
 				}

@@ -1,6 +1,3 @@
-// Package maps gives typed access to the hostrouting datapath's BPF maps:
-// Go types in (netip.Addr, net.HardwareAddr), Go types out, and clear
-// errors for a missing key or a full map.
 package maps
 
 import (
@@ -28,15 +25,21 @@ var (
 // EndpointFlags are per-endpoint switches of the datapath.
 type EndpointFlags uint16
 
-// EndpointARPResponder makes the datapath answer the pod's ARP requests
-// for any address but its own with the host-side device's MAC, for CNIs
-// that put no gateway address on the host side. (ENDPOINT_F_ARP_RESPONDER
-// in bpf/lib/common.h.)
-const EndpointARPResponder EndpointFlags = 1 << 0
+const (
+	// EndpointARPResponder makes the datapath answer the pod's ARP
+	// requests for any address but its own with the host-side device's
+	// MAC, for CNIs that put no gateway address on the host side.
+	// (ENDPOINT_F_ARP_RESPONDER in bpf/lib/common.h.)
+	EndpointARPResponder EndpointFlags = 1 << 0
+	// EndpointPolicy sends packets into the endpoint through the policy
+	// in its slot of hr_policy (ENDPOINT_F_POLICY).
+	EndpointPolicy EndpointFlags = 1 << 1
+)
 
-// Endpoint is what the datapath knows of one endpoint address.
+// Endpoint is what the datapath knows of one endpoint: a pod's interface.
 type Endpoint struct {
-	IP      netip.Addr       // the pod's address
+	IP      netip.Addr       // the pod's IPv4 address
+	IPv6    netip.Addr       // the pod's IPv6 address, if it has one (source-checked, routed by the stack)
 	IfIndex int              // host-side device in the node's netns
 	ID      uint16           // endpoint ID
 	Flags   EndpointFlags    // datapath switches
@@ -45,10 +48,16 @@ type Endpoint struct {
 }
 
 // String formats e as `cilium bpf endpoint list` does:
-// "10.0.0.85:0 id=1445 flags=0x0000 ifindex=34 mac=C6:6D:95:CD:34:A2 nodemac=2A:0A:D9:17:44:22".
+// "10.0.0.85:0 id=1445 flags=0x0000 ifindex=34 mac=C6:6D:95:CD:34:A2 nodemac=2A:0A:D9:17:44:22",
+// with a second line for an IPv6 address.
 func (e Endpoint) String() string {
-	return fmt.Sprintf("%s:0 id=%d flags=%#04x ifindex=%d mac=%s nodemac=%s",
+	s := fmt.Sprintf("%s:0 id=%d flags=%#04x ifindex=%d mac=%s nodemac=%s",
 		e.IP, e.ID, uint16(e.Flags), e.IfIndex, upperMAC(e.MAC), upperMAC(e.NodeMAC))
+	if e.IPv6.IsValid() {
+		s += fmt.Sprintf("\n%s:0 id=%d flags=%#04x ifindex=%d mac=%s nodemac=%s",
+			e.IPv6, e.ID, uint16(e.Flags), e.IfIndex, upperMAC(e.MAC), upperMAC(e.NodeMAC))
+	}
+	return s
 }
 
 func upperMAC(mac net.HardwareAddr) string {
@@ -63,108 +72,174 @@ func upperMAC(mac net.HardwareAddr) string {
 	return string(b)
 }
 
-// Endpoints is the endpoint map: endpoint address → endpoint.
+// Endpoints is the endpoint table: the same facts under three keys, the
+// IPv4 address (hr_endpoints), the IPv6 address (hr_endpoints6) and the
+// host-side ifindex (hr_devices).
 type Endpoints struct {
-	m *ebpf.Map
+	byIPv4, byIPv6, byDevice *ebpf.Map
 }
 
-// NewEndpoints wraps the loaded endpoint map (loader.Maps.Endpoints).
-func NewEndpoints(m *ebpf.Map) *Endpoints {
-	return &Endpoints{m: m}
+// NewEndpoints wraps the loaded endpoint maps (loader.Maps.Endpoints,
+// Endpoints6, Devices).
+func NewEndpoints(byIPv4, byIPv6, byDevice *ebpf.Map) *Endpoints {
+	return &Endpoints{byIPv4: byIPv4, byIPv6: byIPv6, byDevice: byDevice}
 }
 
-func endpointKey(ip netip.Addr) (bpf.HostroutingEndpointKey, error) {
-	var k bpf.HostroutingEndpointKey
-	switch {
-	case ip.Is4():
-		a := ip.As4()
-		k.Family = unix.AF_INET
-		k.Addr[0] = binary.NativeEndian.Uint32(a[:])
-	case ip.Is6() && !ip.Is4In6():
-		a := ip.As16()
-		k.Family = unix.AF_INET6
-		for i := range k.Addr {
-			k.Addr[i] = binary.NativeEndian.Uint32(a[4*i:])
-		}
-	default:
-		return k, fmt.Errorf("invalid endpoint address %q", ip)
+// ipv4Key is the hr_endpoints key of ip: its four bytes in network order,
+// read as a host-order word, as the programs load it from the packet.
+func ipv4Key(ip netip.Addr) (uint32, error) {
+	if !ip.Is4() {
+		return 0, fmt.Errorf("invalid IPv4 address %q", ip)
 	}
-	return k, nil
+	a := ip.As4()
+	return binary.NativeEndian.Uint32(a[:]), nil
 }
 
-func keyAddr(k bpf.HostroutingEndpointKey) netip.Addr {
-	var a [16]byte
-	for i, w := range k.Addr {
-		binary.NativeEndian.PutUint32(a[4*i:], w)
-	}
-	if k.Family == unix.AF_INET {
-		return netip.AddrFrom4([4]byte(a[:4]))
-	}
-	return netip.AddrFrom16(a)
+func ipv4Addr(k uint32) netip.Addr {
+	var a [4]byte
+	binary.NativeEndian.PutUint32(a[:], k)
+	return netip.AddrFrom4(a)
 }
 
-// Put writes ep, replacing the entry for its address if there is one.
-func (e *Endpoints) Put(ep Endpoint) error {
-	k, err := endpointKey(ep.IP)
-	if err != nil {
-		return err
+func ipv6Key(ip netip.Addr) ([16]byte, error) {
+	if !ip.Is6() || ip.Is4In6() || ip.Zone() != "" {
+		return [16]byte{}, fmt.Errorf("invalid IPv6 address %q", ip)
 	}
+	return ip.As16(), nil
+}
+
+func infoOf(ep Endpoint) (bpf.HostroutingEndpointInfo, error) {
 	if len(ep.MAC) != 6 || len(ep.NodeMAC) != 6 {
-		return fmt.Errorf("endpoint %s: MACs must be 6 bytes (mac %q, node mac %q)", ep.IP, ep.MAC, ep.NodeMAC)
+		return bpf.HostroutingEndpointInfo{}, fmt.Errorf("endpoint %s: MACs must be 6 bytes (mac %q, node mac %q)", ep.IP, ep.MAC, ep.NodeMAC)
 	}
 	if ep.IfIndex <= 0 {
-		return fmt.Errorf("endpoint %s: invalid ifindex %d", ep.IP, ep.IfIndex)
+		return bpf.HostroutingEndpointInfo{}, fmt.Errorf("endpoint %s: invalid ifindex %d", ep.IP, ep.IfIndex)
 	}
-	v := bpf.HostroutingEndpointInfo{Ifindex: uint32(ep.IfIndex), Id: ep.ID, Flags: uint16(ep.Flags)}
+	if ep.ID == 0 {
+		return bpf.HostroutingEndpointInfo{}, fmt.Errorf("endpoint %s: ID 0 is reserved", ep.IP)
+	}
+	k4, err := ipv4Key(ep.IP)
+	if err != nil {
+		return bpf.HostroutingEndpointInfo{}, fmt.Errorf("endpoint: %w", err)
+	}
+	v := bpf.HostroutingEndpointInfo{Ifindex: uint32(ep.IfIndex), Id: ep.ID, Flags: uint16(ep.Flags), Ipv4: k4}
+	if ep.IPv6.IsValid() {
+		if v.Ipv6, err = ipv6Key(ep.IPv6); err != nil {
+			return bpf.HostroutingEndpointInfo{}, fmt.Errorf("endpoint %s: %w", ep.IP, err)
+		}
+	}
 	copy(v.Mac[:], ep.MAC)
 	copy(v.NodeMac[:], ep.NodeMAC)
-	if err := e.m.Update(k, v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("write endpoint %s: %w", ep.IP, mapErr(err))
-	}
-	return nil
+	return v, nil
 }
 
-// Lookup returns the endpoint with address ip, or ErrNotFound.
-func (e *Endpoints) Lookup(ip netip.Addr) (Endpoint, error) {
-	k, err := endpointKey(ip)
-	if err != nil {
-		return Endpoint{}, err
-	}
-	var v bpf.HostroutingEndpointInfo
-	if err := e.m.Lookup(k, &v); err != nil {
-		return Endpoint{}, fmt.Errorf("endpoint %s: %w", ip, mapErr(err))
-	}
-	return endpointOf(k, v), nil
-}
-
-// Delete removes the endpoint with address ip, or returns ErrNotFound.
-func (e *Endpoints) Delete(ip netip.Addr) error {
-	k, err := endpointKey(ip)
+// Put writes ep under each of its keys, replacing what was there. The
+// device entry goes first and the IPv4 entry, which turns delivery on,
+// last.
+func (e *Endpoints) Put(ep Endpoint) error {
+	v, err := infoOf(ep)
 	if err != nil {
 		return err
 	}
-	if err := e.m.Delete(k); err != nil {
-		return fmt.Errorf("delete endpoint %s: %w", ip, mapErr(err))
+	if err := e.byDevice.Update(uint32(ep.IfIndex), v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write endpoint %s: %w", ep.IP, mapErr(err, e.byDevice))
+	}
+	if ep.IPv6.IsValid() {
+		if err := e.byIPv6.Update(v.Ipv6, v, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write endpoint %s: %w", ep.IPv6, mapErr(err, e.byIPv6))
+		}
+	}
+	if err := e.byIPv4.Update(v.Ipv4, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write endpoint %s: %w", ep.IP, mapErr(err, e.byIPv4))
 	}
 	return nil
 }
 
-// listChunk is how many endpoints List reads per batch syscall.
+// Lookup returns the endpoint with address ip (IPv4 or IPv6), or
+// ErrNotFound.
+func (e *Endpoints) Lookup(ip netip.Addr) (Endpoint, error) {
+	var v bpf.HostroutingEndpointInfo
+	var err error
+	if ip.Is4() {
+		var k uint32
+		if k, err = ipv4Key(ip); err == nil {
+			err = e.byIPv4.Lookup(k, &v)
+		}
+	} else {
+		var k [16]byte
+		if k, err = ipv6Key(ip); err == nil {
+			err = e.byIPv6.Lookup(k, &v)
+		}
+	}
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("endpoint %s: %w", ip, mapErr(err, nil))
+	}
+	return endpointOf(v), nil
+}
+
+// LookupDevice returns the endpoint on the host-side device with index
+// ifindex, or ErrNotFound.
+func (e *Endpoints) LookupDevice(ifindex int) (Endpoint, error) {
+	var v bpf.HostroutingEndpointInfo
+	if err := e.byDevice.Lookup(uint32(ifindex), &v); err != nil {
+		return Endpoint{}, fmt.Errorf("endpoint on ifindex %d: %w", ifindex, mapErr(err, nil))
+	}
+	return endpointOf(v), nil
+}
+
+// Delete removes every key of ep that still names ep's device; a key
+// already gone is not an error. The IPv4 entry, which turns delivery on,
+// goes first.
+func (e *Endpoints) Delete(ep Endpoint) error {
+	var errs []error
+	if k, err := ipv4Key(ep.IP); err == nil {
+		errs = append(errs, deleteIfOwned(e.byIPv4, k, ep.IfIndex))
+	}
+	if k, err := ipv6Key(ep.IPv6); err == nil {
+		errs = append(errs, deleteIfOwned(e.byIPv6, k, ep.IfIndex))
+	}
+	errs = append(errs, deleteIfOwned(e.byDevice, uint32(ep.IfIndex), ep.IfIndex))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("delete endpoint %s: %w", ep.IP, err)
+	}
+	return nil
+}
+
+// deleteIfOwned deletes key from m if its entry is on device ifindex: a
+// late delete must not take an address another device has by now.
+func deleteIfOwned(m *ebpf.Map, key any, ifindex int) error {
+	var v bpf.HostroutingEndpointInfo
+	if err := m.Lookup(key, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		return err
+	}
+	if int(v.Ifindex) != ifindex {
+		return nil
+	}
+	if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+// listChunk is how many entries List reads per batch syscall.
 const listChunk = 4096
 
-// List returns all endpoints, ordered by address. It reads the map in
-// batches, a syscall per few thousand entries rather than two per entry.
+// List returns all endpoints, ordered by IPv4 address. It reads the map
+// in batches, a syscall per few thousand entries rather than two per entry.
 func (e *Endpoints) List() ([]Endpoint, error) {
 	var (
 		cursor ebpf.MapBatchCursor
-		keys   = make([]bpf.HostroutingEndpointKey, listChunk)
+		keys   = make([]uint32, listChunk)
 		values = make([]bpf.HostroutingEndpointInfo, listChunk)
 		eps    []Endpoint
 	)
 	for {
-		n, err := e.m.BatchLookup(&cursor, keys, values, nil)
+		n, err := e.byDevice.BatchLookup(&cursor, keys, values, nil)
 		for i := range n {
-			eps = append(eps, endpointOf(keys[i], values[i]))
+			eps = append(eps, endpointOf(values[i]))
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			break
@@ -177,24 +252,31 @@ func (e *Endpoints) List() ([]Endpoint, error) {
 	return eps, nil
 }
 
-func endpointOf(k bpf.HostroutingEndpointKey, v bpf.HostroutingEndpointInfo) Endpoint {
-	return Endpoint{
-		IP:      keyAddr(k),
+func endpointOf(v bpf.HostroutingEndpointInfo) Endpoint {
+	ep := Endpoint{
+		IP:      ipv4Addr(v.Ipv4),
 		IfIndex: int(v.Ifindex),
 		ID:      v.Id,
 		Flags:   EndpointFlags(v.Flags),
 		MAC:     net.HardwareAddr(slices.Clone(v.Mac[:])),
 		NodeMAC: net.HardwareAddr(slices.Clone(v.NodeMac[:])),
 	}
+	if v.Ipv6 != [16]byte{} {
+		ep.IPv6 = netip.AddrFrom16(v.Ipv6)
+	}
+	return ep
 }
 
-// mapErr turns the kernel's answers into this package's sentinels.
-func mapErr(err error) error {
+// mapErr turns the kernel's answers into this package's sentinels; m, if
+// known, names the full map's size.
+func mapErr(err error, m *ebpf.Map) error {
 	switch {
 	case errors.Is(err, ebpf.ErrKeyNotExist):
 		return ErrNotFound
+	case errors.Is(err, unix.E2BIG) && m != nil:
+		return fmt.Errorf("%w (%d entries)", ErrMapFull, m.MaxEntries())
 	case errors.Is(err, unix.E2BIG):
-		return fmt.Errorf("%w: %w", ErrMapFull, err)
+		return ErrMapFull
 	}
 	return err
 }

@@ -8,11 +8,36 @@ import (
 	"github.com/hostrouting/hostrouting/bpf"
 )
 
+// Direction is where the datapath saw a packet: the program that decided
+// its outcome. It mirrors enum direction in bpf/lib/common.h.
+type Direction uint32
+
+// The datapath's directions.
+const (
+	FromContainer Direction = iota // tc ingress of a pod's host-side device
+	ToContainer                    // tc egress of a pod's host-side device
+	FromNetdev                     // tc ingress of a node device
+	ToNetdev                       // tc egress of a node device
+	// DirectionCount is the number of directions.
+	DirectionCount
+)
+
+var directionNames = [DirectionCount]string{"from-container", "to-container", "from-netdev", "to-netdev"}
+
+// String names d as Cilium names its programs: "from-container".
+func (d Direction) String() string {
+	if d < DirectionCount {
+		return directionNames[d]
+	}
+	return fmt.Sprintf("direction(%d)", uint32(d))
+}
+
 // Metric is what the datapath did with a packet; it mirrors enum metric in
-// bpf/lib/common.h, in the same order.
+// bpf/lib/common.h, in the same order. The numbers are stable.
 type Metric uint32
 
-// The datapath's node-wide counters.
+// The datapath's outcomes. Every packet a program sees is counted under
+// exactly one.
 const (
 	MetricForwardPeer     Metric = iota // delivered to a local pod with bpf_redirect_peer
 	MetricForwardRedirect               // delivered with bpf_redirect to the host device
@@ -21,18 +46,20 @@ const (
 	MetricDropSpoofed                   // source IP or MAC not the endpoint's own
 	MetricDropInvalid                   // truncated or malformed frame
 	MetricDropUnknownL3                 // ethertype the datapath does not carry
-	MetricDropPolicy                    // refused by the ingress policy hook
-	MetricForwardFIB                    // sent to another node: bpf_fib_lookup + bpf_redirect
-	MetricForwardNeigh                  // sent to another node with bpf_redirect_neigh
-	MetricToNetdev                      // left the node through one of its devices
-	// MetricCount is the number of metrics (hr_metrics' size).
+	MetricDropPolicy                    // refused by the endpoint's ingress policy
+	MetricForwardFIB                    // to another node: bpf_fib_lookup + bpf_redirect
+	MetricForwardNeigh                  // to another node: bpf_fib_lookup + bpf_redirect_neigh
+	MetricPass                          // let through where it was going (into the pod, onto the wire)
+	MetricDropVLAN                      // VLAN-tagged frame from a pod
+	MetricDropTailCall                  // a datapath stage was missing (during a reload)
+	// MetricCount is the number of metrics.
 	MetricCount
 )
 
 var metricNames = [MetricCount]string{
 	"forward-peer", "forward-redirect", "to-stack", "arp-reply",
 	"drop-spoofed", "drop-invalid", "drop-unknown-l3", "drop-policy",
-	"forward-fib", "forward-neigh", "to-netdev",
+	"forward-fib", "forward-neigh", "pass", "drop-vlan", "drop-tail-call",
 }
 
 // String names m as hrctl prints it: "drop-spoofed".
@@ -48,6 +75,23 @@ type Counter struct {
 	Packets, Bytes uint64
 }
 
+// Add returns c + o.
+func (c Counter) Add(o Counter) Counter {
+	return Counter{c.Packets + o.Packets, c.Bytes + o.Bytes}
+}
+
+// MetricTable holds every counter by direction and metric.
+type MetricTable [DirectionCount][MetricCount]Counter
+
+// Total returns metric m summed over directions.
+func (t *MetricTable) Total(m Metric) Counter {
+	var c Counter
+	for d := range DirectionCount {
+		c = c.Add(t[d][m])
+	}
+	return c
+}
+
 // Metrics is the node-wide counter map.
 type Metrics struct {
 	m *ebpf.Map
@@ -58,11 +102,11 @@ func NewMetrics(m *ebpf.Map) *Metrics {
 	return &Metrics{m: m}
 }
 
-// Get returns the counter of one metric, summed over CPUs.
-func (ms *Metrics) Get(m Metric) (Counter, error) {
+// Get returns the counter of metric m in direction d, summed over CPUs.
+func (ms *Metrics) Get(d Direction, m Metric) (Counter, error) {
 	var per []bpf.HostroutingMetricValue
-	if err := ms.m.Lookup(uint32(m), &per); err != nil {
-		return Counter{}, fmt.Errorf("metric %s: %w", m, mapErr(err))
+	if err := ms.m.Lookup(uint32(d)*uint32(MetricCount)+uint32(m), &per); err != nil {
+		return Counter{}, fmt.Errorf("metric %s %s: %w", d, m, mapErr(err, ms.m))
 	}
 	var c Counter
 	for _, v := range per {
@@ -72,15 +116,40 @@ func (ms *Metrics) Get(m Metric) (Counter, error) {
 	return c, nil
 }
 
-// All returns every metric's counter, indexed by Metric.
-func (ms *Metrics) All() ([]Counter, error) {
-	all := make([]Counter, MetricCount)
-	for m := range Metric(MetricCount) {
-		c, err := ms.Get(m)
-		if err != nil {
-			return nil, err
+// All returns every counter.
+func (ms *Metrics) All() (*MetricTable, error) {
+	var t MetricTable
+	for d := range DirectionCount {
+		for m := range MetricCount {
+			c, err := ms.Get(d, m)
+			if err != nil {
+				return nil, err
+			}
+			t[d][m] = c
 		}
-		all[m] = c
 	}
-	return all, nil
+	return &t, nil
+}
+
+// Sub returns t − o, counter by counter: what moved between two readings.
+func (t *MetricTable) Sub(o *MetricTable) *MetricTable {
+	var d MetricTable
+	for dir := range DirectionCount {
+		for m := range MetricCount {
+			d[dir][m] = Counter{t[dir][m].Packets - o[dir][m].Packets, t[dir][m].Bytes - o[dir][m].Bytes}
+		}
+	}
+	return &d
+}
+
+// Each calls fn for every counter that is not zero, by direction, then
+// metric.
+func (t *MetricTable) Each(fn func(Direction, Metric, Counter)) {
+	for d := range DirectionCount {
+		for m := range MetricCount {
+			if c := t[d][m]; c != (Counter{}) {
+				fn(d, m, c)
+			}
+		}
+	}
 }

@@ -22,7 +22,7 @@ func NewNodes(m *ebpf.Map) *Nodes {
 
 // Put records node name at ip.
 func (n *Nodes) Put(ip netip.Addr, name string) error {
-	k, err := endpointKey(ip)
+	k, err := ipv4Key(ip)
 	if err != nil {
 		return err
 	}
@@ -34,19 +34,19 @@ func (n *Nodes) Put(ip netip.Addr, name string) error {
 		v.Name[i] = int8(name[i])
 	}
 	if err := n.m.Update(k, v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("write node %s: %w", ip, mapErr(err))
+		return fmt.Errorf("write node %s: %w", ip, mapErr(err, n.m))
 	}
 	return nil
 }
 
 // Delete forgets the node at ip, or returns ErrNotFound.
 func (n *Nodes) Delete(ip netip.Addr) error {
-	k, err := endpointKey(ip)
+	k, err := ipv4Key(ip)
 	if err != nil {
 		return err
 	}
 	if err := n.m.Delete(k); err != nil {
-		return fmt.Errorf("delete node %s: %w", ip, mapErr(err))
+		return fmt.Errorf("delete node %s: %w", ip, mapErr(err, n.m))
 	}
 	return nil
 }
@@ -54,7 +54,7 @@ func (n *Nodes) Delete(ip netip.Addr) error {
 // All returns the nodes' names by node IP.
 func (n *Nodes) All() (map[netip.Addr]string, error) {
 	var (
-		k   bpf.HostroutingEndpointKey
+		k   uint32
 		v   bpf.HostroutingNodeEntry
 		all = map[netip.Addr]string{}
 	)
@@ -67,7 +67,7 @@ func (n *Nodes) All() (map[netip.Addr]string, error) {
 			}
 			b = append(b, byte(c))
 		}
-		all[keyAddr(k)] = string(b)
+		all[ipv4Addr(k)] = string(b)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)

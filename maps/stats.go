@@ -17,7 +17,7 @@ type EndpointStats struct {
 	DropPackets, DropBytes uint64
 }
 
-// Stats is the per-endpoint counter map, keyed by host-side ifindex.
+// Stats is the per-endpoint counter map, indexed by endpoint ID.
 type Stats struct {
 	m *ebpf.Map
 }
@@ -27,21 +27,21 @@ func NewStats(m *ebpf.Map) *Stats {
 	return &Stats{m: m}
 }
 
-// Reset starts zeroed counters for the endpoint behind ifindex; the
-// datapath only counts for endpoints that have an entry.
-func (s *Stats) Reset(ifindex int) error {
+// Reset zeroes the counters of endpoint id, for a new endpoint and for
+// one that leaves (IDs are reused).
+func (s *Stats) Reset(id uint16) error {
 	zero := make([]bpf.HostroutingEndpointStats, ebpf.MustPossibleCPU())
-	if err := s.m.Update(uint32(ifindex), zero, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("reset counters of ifindex %d: %w", ifindex, mapErr(err))
+	if err := s.m.Update(uint32(id), zero, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("reset counters of endpoint %d: %w", id, mapErr(err, s.m))
 	}
 	return nil
 }
 
-// Get returns the counters of the endpoint behind ifindex.
-func (s *Stats) Get(ifindex int) (EndpointStats, error) {
+// Get returns the counters of endpoint id.
+func (s *Stats) Get(id uint16) (EndpointStats, error) {
 	var per []bpf.HostroutingEndpointStats
-	if err := s.m.Lookup(uint32(ifindex), &per); err != nil {
-		return EndpointStats{}, fmt.Errorf("counters of ifindex %d: %w", ifindex, mapErr(err))
+	if err := s.m.Lookup(uint32(id), &per); err != nil {
+		return EndpointStats{}, fmt.Errorf("counters of endpoint %d: %w", id, mapErr(err, s.m))
 	}
 	var sum EndpointStats
 	for _, c := range per {
@@ -53,13 +53,4 @@ func (s *Stats) Get(ifindex int) (EndpointStats, error) {
 		sum.DropBytes += c.DropBytes
 	}
 	return sum, nil
-}
-
-// Delete removes the counters of the endpoint behind ifindex; a missing
-// entry is not an error.
-func (s *Stats) Delete(ifindex int) error {
-	if err := s.m.Delete(uint32(ifindex)); err != nil && mapErr(err) != ErrNotFound {
-		return fmt.Errorf("delete counters of ifindex %d: %w", ifindex, err)
-	}
-	return nil
 }

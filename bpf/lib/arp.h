@@ -10,7 +10,8 @@
 #define ARPOP_REQUEST 1
 #define ARPOP_REPLY 2
 
-/* An Ethernet/IPv4 ARP packet after the Ethernet header. */
+/* An Ethernet/IPv4 ARP packet after the Ethernet header. Packed: its
+ * addresses are read byte-wise, its MACs as 16-bit words. */
 struct arp_eth_ipv4 {
 	__be16 hrd;
 	__be16 pro;
@@ -25,39 +26,44 @@ struct arp_eth_ipv4 {
 
 #define ARP_LEN (ETH_HLEN + sizeof(struct arp_eth_ipv4))
 
-/* from_container_arp drops ARP whose sender is not the endpoint behind this
+/* arp_from_container drops ARP whose sender is not the endpoint behind this
  * device, answers requests itself for endpoints with the ARP responder flag,
  * and leaves the rest to the kernel. */
-static __always_inline int from_container_arp(struct __sk_buff *ctx)
+static __always_inline int arp_from_container(struct __sk_buff *ctx)
 {
+	const enum direction dir = DIR_FROM_CONTAINER;
 	struct endpoint_info *ep;
 	struct arp_eth_ipv4 *arp;
 	struct ethhdr *eth;
 	__be32 sip, tip;
 
 	if (!pull(ctx, ARP_LEN))
-		return drop(ctx, ctx->ifindex, METRIC_DROP_INVALID);
+		return drop(ctx, dir, METRIC_DROP_INVALID);
 	eth = (void *)(long)ctx->data;
 	arp = (void *)(eth + 1);
 	if ((void *)(arp + 1) > (void *)(long)ctx->data_end)
-		return drop(ctx, ctx->ifindex, METRIC_DROP_INVALID);
+		return drop(ctx, dir, METRIC_DROP_INVALID);
 	if (arp->hrd != bpf_htons(ARPHRD_ETHER) || arp->pro != bpf_htons(ETH_P_IP) ||
 	    arp->hln != ETH_ALEN || arp->pln != 4)
-		return drop(ctx, ctx->ifindex, METRIC_DROP_INVALID);
+		return drop(ctx, dir, METRIC_DROP_INVALID);
 
 	sip = arp->sip;
 	tip = arp->tip;
-	if (sip == 0) /* address probe (RFC 5227): nothing to spoof yet */
-		return to_stack(ctx);
+	if (sip == 0) { /* address probe (RFC 5227): nothing to spoof yet */
+		ep = lookup_device(ctx->ifindex);
+		if (ep)
+			count_from(ep->id, ctx->len);
+		return to_stack(ctx, dir);
+	}
 	ep = lookup_endpoint4(sip);
 	if (!ep || ep->ifindex != ctx->ifindex || !mac_equal(ep->mac, arp->sha) ||
 	    !mac_equal(ep->mac, eth->h_source))
-		return drop(ctx, ctx->ifindex, METRIC_DROP_SPOOFED);
-	count_from(ctx->ifindex, ctx->len);
+		return drop(ctx, dir, METRIC_DROP_SPOOFED);
+	count_from(ep->id, ctx->len);
 
 	if (!(ep->flags & ENDPOINT_F_ARP_RESPONDER) || arp->op != bpf_htons(ARPOP_REQUEST) ||
 	    tip == sip)
-		return to_stack(ctx);
+		return to_stack(ctx, dir);
 
 	/* Turn the request into the reply in place and send it back. */
 	arp->op = bpf_htons(ARPOP_REPLY);
@@ -67,6 +73,6 @@ static __always_inline int from_container_arp(struct __sk_buff *ctx)
 	arp->sip = tip;
 	mac_copy(eth->h_dest, eth->h_source);
 	mac_copy(eth->h_source, ep->node_mac);
-	count_metric(METRIC_ARP_REPLY, ctx->len);
+	count_metric(dir, METRIC_ARP_REPLY, ctx->len);
 	return bpf_redirect(ctx->ifindex, 0);
 }

@@ -4,6 +4,7 @@
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/in6.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -12,32 +13,33 @@
 #define AF_INET6 10
 #define PACKET_HOST 0 /* linux/if_packet.h */
 
-/* Key of the endpoint map: one entry per endpoint address. IPv4 uses addr[0]
- * and leaves the rest zero, so IPv6 fits the same map later. */
-struct endpoint_key {
-	__u32 addr[4];
-	__u8 family;
-	__u8 pad[3];
-};
-
 /* Endpoint flags (endpoint_info.flags). */
 enum endpoint_flag {
 	/* Answer the pod's ARP requests (for any address but its own) with
 	 * the host-side device's MAC, for CNIs with no gateway address on it. */
 	ENDPOINT_F_ARP_RESPONDER = 1 << 0,
+	/* An ingress policy sits in hr_policy at the endpoint's ID: packets
+	 * into the endpoint pass it. Without the flag the slot costs nothing. */
+	ENDPOINT_F_POLICY = 1 << 1,
 };
 
-/* What the datapath knows of a local endpoint (a pod's interface). */
+/* What the datapath knows of a local endpoint (a pod's interface). The same
+ * value sits under each of the endpoint's keys: its IPv4 address
+ * (hr_endpoints), its IPv6 address (hr_endpoints6) and its host-side device
+ * (hr_devices). Every field is naturally aligned, MACs included (read as
+ * 16-bit words), so the object loads with BPF_F_STRICT_ALIGNMENT. */
 struct endpoint_info {
-	__u32 ifindex;     /* host-side device, in the node's netns */
-	__u16 id;          /* endpoint ID, handed to the ingress policy hook */
-	__u16 flags;       /* enum endpoint_flag */
+	__u32 ifindex;           /* host-side device, in the node's netns */
+	__u16 id;                /* endpoint ID: index of hr_ep_stats and hr_policy */
+	__u16 flags;             /* enum endpoint_flag */
 	__u8 mac[ETH_ALEN];      /* the pod's own MAC */
 	__u8 node_mac[ETH_ALEN]; /* MAC of the host-side device */
+	__be32 ipv4;             /* the endpoint's addresses: the programs go by */
+	__u8 ipv6[16];           /* the keys, the Go side lists by these */
 };
 
-/* Per-endpoint counters, per CPU, keyed by the host-side ifindex.
- * "from" is what the pod sent, "to" what was delivered into it. */
+/* Per-endpoint counters, per CPU, indexed by endpoint ID. "from" is what
+ * the pod sent, "to" what was delivered into it. */
 struct endpoint_stats {
 	__u64 from_packets;
 	__u64 from_bytes;
@@ -47,19 +49,32 @@ struct endpoint_stats {
 	__u64 drop_bytes;
 };
 
-/* Node-wide counters by what the datapath did with a packet. */
+/* Where a counted packet was seen: the program that decided its outcome.
+ * Every packet a program sees lands in exactly one (direction, metric). */
+enum direction {
+	DIR_FROM_CONTAINER, /* tc ingress of a pod's host-side device */
+	DIR_TO_CONTAINER,   /* tc egress of a pod's host-side device */
+	DIR_FROM_NETDEV,    /* tc ingress of a node device */
+	DIR_TO_NETDEV,      /* tc egress of a node device */
+	DIR_MAX,
+};
+
+/* What the datapath did with a packet. The numbers are stable: new
+ * outcomes go at the end. */
 enum metric {
-	METRIC_FWD_PEER,       /* delivered to a local endpoint with bpf_redirect_peer */
-	METRIC_FWD_REDIRECT,   /* delivered with bpf_redirect to its host device (fallback) */
-	METRIC_TO_STACK,       /* handed to the kernel's stack */
-	METRIC_ARP_REPLY,      /* ARP request answered by the datapath */
-	METRIC_DROP_SPOOFED,   /* source IP or MAC not the endpoint's own */
-	METRIC_DROP_INVALID,   /* truncated or malformed frame */
-	METRIC_DROP_UNKNOWN_L3,/* ethertype the datapath does not carry */
-	METRIC_DROP_POLICY,    /* refused by the ingress policy hook */
-	METRIC_FWD_FIB,        /* sent out another node's way: bpf_fib_lookup + bpf_redirect */
-	METRIC_FWD_NEIGH,      /* sent out with bpf_redirect_neigh (next hop not resolved yet) */
-	METRIC_TO_NETDEV,      /* left the node through one of its devices */
+	METRIC_FWD_PEER,        /* delivered to a local endpoint with bpf_redirect_peer */
+	METRIC_FWD_REDIRECT,    /* delivered with bpf_redirect to its host device (fallback) */
+	METRIC_TO_STACK,        /* handed to the kernel's stack */
+	METRIC_ARP_REPLY,       /* ARP request answered by the datapath */
+	METRIC_DROP_SPOOFED,    /* source IP or MAC not the endpoint's own */
+	METRIC_DROP_INVALID,    /* truncated or malformed frame */
+	METRIC_DROP_UNKNOWN_L3, /* ethertype the datapath does not carry */
+	METRIC_DROP_POLICY,     /* refused by the endpoint's ingress policy */
+	METRIC_FWD_FIB,         /* to another node: bpf_fib_lookup + bpf_redirect (no redirect_neigh) */
+	METRIC_FWD_NEIGH,       /* to another node: bpf_fib_lookup + bpf_redirect_neigh */
+	METRIC_PASS,            /* let through to where it was going (into the pod, onto the wire) */
+	METRIC_DROP_VLAN,       /* VLAN-tagged frame from a pod (pods have no VLANs) */
+	METRIC_DROP_TAIL_CALL,  /* a stage of the datapath was missing (during a reload) */
 	METRIC_MAX,
 };
 
@@ -73,7 +88,7 @@ struct metric_value {
  * kernel without a helper never sees a call to it. */
 struct config {
 	__u8 redirect_peer;  /* deliver locally with bpf_redirect_peer, else bpf_redirect */
-	__u8 redirect_neigh; /* resolve next hops with bpf_redirect_neigh, else the stack */
+	__u8 redirect_neigh; /* resolve next hops with bpf_redirect_neigh, else MACs + bpf_redirect */
 	__u8 fib_lookup;     /* forward to other nodes with bpf_fib_lookup, else the stack */
 	__u8 check_mtu;      /* the kernel has bpf_check_mtu */
 	__be32 native_cidr;  /* pods of all nodes: forwarded by the datapath */
@@ -92,28 +107,54 @@ struct node_info {
 	__u32 devices[8];    /* ifindexes of the node's devices, 0 after the last */
 };
 
+/* Endpoints by IPv4 address (network order). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct endpoint_key);
+	__type(key, __be32);
 	__type(value, struct endpoint_info);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 1024);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_endpoints SEC(".maps");
 
+/* Endpoints by IPv6 address: the IPv4 map's twin. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct in6_addr);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_endpoints6 SEC(".maps");
+
+/* Endpoints by host-side ifindex: who a device belongs to, whatever its
+ * packets claim (drop accounting, link-local IPv6). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_devices SEC(".maps");
+
+/* Per-endpoint counters by endpoint ID (0 collects what belongs to no
+ * endpoint). Sized by the node's endpoint limit: per CPU, so its memory
+ * grows with CPUs × endpoints. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct endpoint_stats);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 1025);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_ep_stats SEC(".maps");
 
+/* Node-wide counters by direction × metric. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct metric_value);
-	__uint(max_entries, METRIC_MAX);
+	__uint(max_entries, DIR_MAX * METRIC_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_metrics SEC(".maps");
 
@@ -125,15 +166,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_info SEC(".maps");
 
-/* Other nodes, by node IP (keyed like endpoints), for the Go side's node
- * registry: their pod CIDRs live in the kernel's routes. */
+/* Other nodes, by node IP, for the Go side's node registry: their pod
+ * CIDRs live in the kernel's routes. */
 struct node_entry {
 	char name[64];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct endpoint_key);
+	__type(key, __be32);
 	__type(value, struct node_entry);
 	__uint(max_entries, 4096);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -142,7 +183,10 @@ struct {
 
 static __always_inline struct endpoint_info *lookup_endpoint4(__be32 addr)
 {
-	struct endpoint_key key = { .addr = { addr }, .family = AF_INET };
+	return bpf_map_lookup_elem(&hr_endpoints, &addr);
+}
 
-	return bpf_map_lookup_elem(&hr_endpoints, &key);
+static __always_inline struct endpoint_info *lookup_device(__u32 ifindex)
+{
+	return bpf_map_lookup_elem(&hr_devices, &ifindex);
 }

@@ -1,65 +1,97 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Delivery to endpoints of this node and the to-container step. */
+/* Delivery to endpoints of this node, through the endpoint's ingress
+ * policy slot. */
 #pragma once
 
+#include "../include/hostrouting/policy.h"
 #include "metrics.h"
 #include "parse.h"
 
-/* Verdicts of the ingress policy hook. */
-enum policy_verdict {
-	POLICY_ALLOW = 0,
-	POLICY_DROP = 1,
+/* How a packet into an endpoint is finished once its policy allowed it. */
+enum delivery {
+	DELIVER_PEER,  /* bpf_redirect_peer into the endpoint's netns */
+	DELIVER_STACK, /* TC_ACT_OK: the stack delivers it (to-container) */
 };
 
-/* hr_ingress_policy is the embedder's slot: every IPv4 packet into an
- * endpoint passes it, on the BPF path and on the stack's. It allows all.
- * An embedding CNI replaces it at run time with a BPF_PROG_TYPE_EXT
- * program of the same signature (freplace), which returns POLICY_ALLOW or
- * POLICY_DROP; see datapath.Datapath.AttachIngressPolicy. It must stay
- * global and not inlined so that its BTF function can be replaced. */
-__attribute__((noinline)) int hr_ingress_policy(struct __sk_buff *ctx, __u32 endpoint_id)
-{
-	int verdict = POLICY_ALLOW;
+/* Ingress policies by endpoint ID, put there by the embedder. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1025);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_policy SEC(".maps");
 
-	/* Keep the compiler from folding the verdict into the callers or
-	 * dropping the arguments a replacement needs. */
-	asm volatile("" : "+r"(verdict) : "r"(ctx), "r"(endpoint_id));
-	return verdict;
+/* The datapath's own state in skb->cb[HR_CB_DATAPATH] across the policy's
+ * tail calls: the direction and the delivery. */
+static __always_inline __u32 datapath_state(enum direction dir, enum delivery how)
+{
+	return dir | how << 8;
 }
 
-/* to_container_step is the per-endpoint ingress step: policy, then counters.
- * It returns 0 when the packet may be delivered to ep. */
-static __always_inline int to_container_step(struct __sk_buff *ctx, const struct endpoint_info *ep)
+/* deliver counts a packet that may enter endpoint id and lets it in. */
+static __always_inline int deliver(struct __sk_buff *ctx, enum direction dir, enum delivery how, __u32 id,
+				   __u32 ifindex)
 {
-	__u32 ifindex = ep->ifindex;
-
-	if (hr_ingress_policy(ctx, ep->id) != POLICY_ALLOW) {
-		drop(ctx, ifindex, METRIC_DROP_POLICY);
-		return -1;
+	count_to(id, ctx->len);
+	if (CONFIG.redirect_peer && how == DELIVER_PEER) {
+		count_metric(dir, METRIC_FWD_PEER, ctx->len);
+		return bpf_redirect_peer(ifindex, 0);
 	}
-	count_to(ifindex, ctx->len);
-	return 0;
+	count_metric(dir, METRIC_PASS, ctx->len);
+	return TC_ACT_OK;
+}
+
+/* to_endpoint is the per-endpoint ingress step: the endpoint's policy, if
+ * it has one, then deliver. src_id is the sending endpoint of this node,
+ * 0 for others. */
+static __always_inline int to_endpoint(struct __sk_buff *ctx, enum direction dir, enum delivery how,
+				       const struct endpoint_info *ep, __u32 src_id)
+{
+	if (ep->flags & ENDPOINT_F_POLICY) {
+		ctx->cb[HR_CB_ENDPOINT_ID] = ep->id;
+		ctx->cb[HR_CB_SRC_ENDPOINT_ID] = src_id;
+		ctx->cb[HR_CB_IFINDEX] = ep->ifindex;
+		ctx->cb[HR_CB_DATAPATH] = datapath_state(dir, how);
+		bpf_tail_call(ctx, &hr_policy, ep->id);
+		/* The slot is empty: its policy is being removed (the flag
+		 * goes first), so the endpoint is open again. */
+	}
+	return deliver(ctx, dir, how, ep->id, ep->ifindex);
+}
+
+/* policy_verdict finishes a packet its policy decided on: the stages
+ * behind hr_policy_ret. */
+static __always_inline int policy_verdict(struct __sk_buff *ctx, int allow)
+{
+	__u32 state = ctx->cb[HR_CB_DATAPATH];
+	enum direction dir = state & 0xff;
+	__u32 id = ctx->cb[HR_CB_ENDPOINT_ID];
+
+	if (dir >= DIR_MAX) /* not from a datapath program: nothing to finish */
+		return TC_ACT_SHOT;
+	if (!allow)
+		return drop_endpoint(ctx, dir, METRIC_DROP_POLICY, id);
+	return deliver(ctx, dir, state >> 8 & 0xff, id, ctx->cb[HR_CB_IFINDEX]);
 }
 
 /* local_delivery forwards an IPv4 packet to an endpoint of this node as a
- * router would (MACs rewritten, TTL decremented) and hands it straight to
- * the pod's netns with bpf_redirect_peer. Without redirect_peer it
- * redirects to the host-side device, whose tc egress runs to-container. */
-static __always_inline int local_delivery(struct __sk_buff *ctx, struct ethhdr *eth,
-					  struct iphdr *ip, const struct endpoint_info *ep)
+ * router would (MACs rewritten, TTL decremented) and hands it through the
+ * endpoint's policy straight to the pod's netns with bpf_redirect_peer.
+ * Without redirect_peer it redirects to the host-side device, whose tc
+ * egress (to-container) runs the policy. */
+static __always_inline int local_delivery(struct __sk_buff *ctx, enum direction dir, struct ethhdr *eth,
+					  struct iphdr *ip, const struct endpoint_info *ep, __u32 src_id)
 {
 	if (ip->ttl <= 1) /* the kernel answers with ICMP time exceeded */
-		return to_stack(ctx);
+		return to_stack(ctx, dir);
 	ipv4_decrease_ttl(ip);
 	mac_copy(eth->h_dest, ep->mac);
 	mac_copy(eth->h_source, ep->node_mac);
 
 	if (!CONFIG.redirect_peer) {
-		count_metric(METRIC_FWD_REDIRECT, ctx->len);
+		count_metric(dir, METRIC_FWD_REDIRECT, ctx->len);
 		return bpf_redirect(ep->ifindex, 0);
 	}
-	if (to_container_step(ctx, ep) < 0)
-		return TC_ACT_SHOT;
-	count_metric(METRIC_FWD_PEER, ctx->len);
-	return bpf_redirect_peer(ep->ifindex, 0);
+	return to_endpoint(ctx, dir, DELIVER_PEER, ep, src_id);
 }

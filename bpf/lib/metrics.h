@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Counters: node-wide by outcome, and per endpoint. */
+/* Counters: node-wide by direction and outcome, and per endpoint. Each
+ * packet a program sees is counted once, under the outcome it got. */
 #pragma once
 
 #include "common.h"
 
-static __always_inline void count_metric(enum metric m, __u32 bytes)
+static __always_inline void count_metric(enum direction dir, enum metric m, __u32 bytes)
 {
-	__u32 key = m;
+	__u32 key = dir * METRIC_MAX + m;
 	struct metric_value *v = bpf_map_lookup_elem(&hr_metrics, &key);
 
 	if (v) {
@@ -15,14 +16,14 @@ static __always_inline void count_metric(enum metric m, __u32 bytes)
 	}
 }
 
-static __always_inline struct endpoint_stats *endpoint_stats(__u32 ifindex)
+static __always_inline struct endpoint_stats *endpoint_stats(__u32 id)
 {
-	return bpf_map_lookup_elem(&hr_ep_stats, &ifindex);
+	return bpf_map_lookup_elem(&hr_ep_stats, &id);
 }
 
-static __always_inline void count_from(__u32 ifindex, __u32 bytes)
+static __always_inline void count_from(__u32 id, __u32 bytes)
 {
-	struct endpoint_stats *s = endpoint_stats(ifindex);
+	struct endpoint_stats *s = endpoint_stats(id);
 
 	if (s) {
 		s->from_packets++;
@@ -30,9 +31,9 @@ static __always_inline void count_from(__u32 ifindex, __u32 bytes)
 	}
 }
 
-static __always_inline void count_to(__u32 ifindex, __u32 bytes)
+static __always_inline void count_to(__u32 id, __u32 bytes)
 {
-	struct endpoint_stats *s = endpoint_stats(ifindex);
+	struct endpoint_stats *s = endpoint_stats(id);
 
 	if (s) {
 		s->to_packets++;
@@ -40,22 +41,31 @@ static __always_inline void count_to(__u32 ifindex, __u32 bytes)
 	}
 }
 
-/* drop counts a dropped packet against the endpoint behind ifindex and the
+/* drop_endpoint counts a dropped packet against endpoint id and the
  * node-wide reason, and returns the verdict that drops it. */
-static __always_inline int drop(struct __sk_buff *ctx, __u32 ifindex, enum metric reason)
+static __always_inline int drop_endpoint(struct __sk_buff *ctx, enum direction dir, enum metric reason, __u32 id)
 {
-	struct endpoint_stats *s = endpoint_stats(ifindex);
+	struct endpoint_stats *s = endpoint_stats(id);
 
 	if (s) {
 		s->drop_packets++;
 		s->drop_bytes += ctx->len;
 	}
-	count_metric(reason, ctx->len);
+	count_metric(dir, reason, ctx->len);
 	return TC_ACT_SHOT;
 }
 
-static __always_inline int to_stack(struct __sk_buff *ctx)
+/* drop is drop_endpoint for a packet on a pod's device, counted against
+ * the device's endpoint whatever the packet claims to be. */
+static __always_inline int drop(struct __sk_buff *ctx, enum direction dir, enum metric reason)
 {
-	count_metric(METRIC_TO_STACK, ctx->len);
+	struct endpoint_info *ep = lookup_device(ctx->ifindex);
+
+	return drop_endpoint(ctx, dir, reason, ep ? ep->id : 0);
+}
+
+static __always_inline int to_stack(struct __sk_buff *ctx, enum direction dir)
+{
+	count_metric(dir, METRIC_TO_STACK, ctx->len);
 	return TC_ACT_OK;
 }

@@ -333,9 +333,7 @@ func (s *setup) check(ctx context.Context) error {
 		return err
 	}
 	for i := range s.dps {
-		for m := range after[i] {
-			after[i][m].Packets -= before[i][m].Packets
-		}
+		after[i] = after[i].Sub(before[i])
 	}
 	if err := s.checkPath(after); err != nil {
 		return fmt.Errorf("%s %s: %w", s.Scenario, s.Mode, err)
@@ -352,8 +350,8 @@ func (s *setup) check(ctx context.Context) error {
 	return nil
 }
 
-func (s *setup) metrics() ([][]maps.Counter, error) {
-	var all [][]maps.Counter
+func (s *setup) metrics() ([]*maps.MetricTable, error) {
+	var all []*maps.MetricTable
 	for _, dp := range s.dps {
 		m, err := dp.Metrics()
 		if err != nil {
@@ -368,9 +366,9 @@ func (s *setup) metrics() ([][]maps.Counter, error) {
 // requests and replies, that they took the mode's path: bpf_redirect_peer
 // into the pods with host routing, bpf_redirect to the host device with
 // the fallback, bpf_fib_lookup out of the node across nodes.
-func (s *setup) checkPath(d [][]maps.Counter) error {
+func (s *setup) checkPath(d []*maps.MetricTable) error {
 	const least = 3
-	c := func(i int, m maps.Metric) uint64 { return d[i][m].Packets }
+	c := func(i int, m maps.Metric) uint64 { return d[i].Total(m).Packets }
 	switch {
 	case s.Mode == modeBPF && len(d) == 1:
 		if c(0, maps.MetricForwardPeer) < 2*least {

@@ -130,12 +130,14 @@ func (c *NetConf) checkDevice() error {
 type pod struct {
 	HostIf string           // host-side veth in the node's netns
 	IP     netip.Addr       // IPv4 address of the container interface
+	IPv6   netip.Addr       // its IPv6 address, if any (source-checked by the datapath)
 	MAC    net.HardwareAddr // MAC of the container interface; nil if unknown
 }
 
 // podOf finds the pod's interfaces and address in a previous plugin's
 // result: the host-side veth (no sandbox), the container interface
-// (CNI_IFNAME in CNI_NETNS), its MAC if given, and its IPv4 address.
+// (CNI_IFNAME in CNI_NETNS), its MAC if given, its IPv4 address and its
+// first IPv6 address, if it has one.
 func podOf(prev types.Result, args *skel.CmdArgs) (pod, error) {
 	res, err := types100.GetResult(prev)
 	if err != nil {
@@ -163,9 +165,15 @@ func podOf(prev types.Result, args *skel.CmdArgs) (pod, error) {
 		if ipc.Interface == nil || *ipc.Interface != ctr {
 			continue
 		}
-		if ip, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok {
+		ip, ok := netip.AddrFromSlice(ipc.Address.IP)
+		if !ok {
+			continue
+		}
+		switch ip = ip.Unmap(); {
+		case ip.Is4() && !p.IP.IsValid():
 			p.IP = ip
-			break
+		case ip.Is6() && !ip.IsLinkLocalUnicast() && !p.IPv6.IsValid():
+			p.IPv6 = ip
 		}
 	}
 	if !p.IP.IsValid() {

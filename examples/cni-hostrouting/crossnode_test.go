@@ -80,7 +80,7 @@ func testCrossNode(t *testing.T, extra map[string]any) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return m[maps.MetricForwardFIB].Packets + m[maps.MetricForwardNeigh].Packets
+		return m.Total(maps.MetricForwardFIB).Packets + m.Total(maps.MetricForwardNeigh).Packets
 	}
 
 	// Let the pods resolve their gateways: ARP replies are all their host

@@ -67,7 +67,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return cniError(types.ErrInternal, "start datapath: %v", err)
 	}
 	defer dp.Close()
-	_, err = dp.AddEndpoint(datapath.Endpoint{IfName: p.HostIf, IP: p.IP, MAC: p.MAC, ARPResponder: conf.ARPResponder})
+	_, err = dp.AddEndpoint(datapath.Endpoint{IfName: p.HostIf, IP: p.IP, IPv6: p.IPv6, MAC: p.MAC, ARPResponder: conf.ARPResponder})
 	if err != nil {
 		return cniError(types.ErrInternal, "%v", err)
 	}

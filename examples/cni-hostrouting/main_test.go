@@ -48,7 +48,7 @@ func testTwoPods(t *testing.T, hr map[string]any) {
 		}
 	}
 	node := n.open(t)
-	eps, err := maps.NewEndpoints(node.Maps.Endpoints).List()
+	eps, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices).List()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func testTwoPods(t *testing.T, hr map[string]any) {
 	b.MustPing(t, a.IP)
 	txA, txB := n.txPackets(t, a), n.txPackets(t, b)
 	metrics := maps.NewMetrics(node.Maps.Metrics)
-	peer, err := metrics.Get(maps.MetricForwardPeer)
+	peer, err := metrics.Get(maps.FromContainer, maps.MetricForwardPeer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func testTwoPods(t *testing.T, hr map[string]any) {
 	if d := n.txPackets(t, a) - txA; d != 0 {
 		t.Errorf("%s (a's host veth) transmitted %d packets: want 0", a.HostIf, d)
 	}
-	if after, err := metrics.Get(maps.MetricForwardPeer); err != nil || after.Packets-peer.Packets < 4*pings {
+	if after, err := metrics.Get(maps.FromContainer, maps.MetricForwardPeer); err != nil || after.Packets-peer.Packets < 4*pings {
 		t.Errorf("forward-peer metric moved by %d (err %v): want at least %d", after.Packets-peer.Packets, err, 4*pings)
 	}
 
@@ -252,7 +252,7 @@ func TestParallelAdds(t *testing.T) {
 	}
 
 	node := n.open(t)
-	eps, err := maps.NewEndpoints(node.Maps.Endpoints).List()
+	eps, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices).List()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -505,7 +505,7 @@ func (n *testNode) open(t *testing.T) *loader.Node {
 // checkEndpoint checks p's entry in the endpoint map.
 func (n *testNode) checkEndpoint(t *testing.T, node *loader.Node, p *datapathtest.Pod) {
 	t.Helper()
-	ep, err := maps.NewEndpoints(node.Maps.Endpoints).Lookup(p.IP)
+	ep, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices).Lookup(p.IP)
 	if err != nil {
 		t.Fatalf("pod %s: %v", p.Name, err)
 	}
@@ -518,11 +518,11 @@ func (n *testNode) checkEndpoint(t *testing.T, node *loader.Node, p *datapathtes
 // counters, no pinned links.
 func (n *testNode) checkGone(t *testing.T, node *loader.Node, p *datapathtest.Pod) {
 	t.Helper()
-	if ep, err := maps.NewEndpoints(node.Maps.Endpoints).Lookup(p.IP); !errors.Is(err, maps.ErrNotFound) {
+	if ep, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices).Lookup(p.IP); !errors.Is(err, maps.ErrNotFound) {
 		t.Errorf("pod %s after DEL: endpoint %v, err %v; want not found", p.Name, ep, err)
 	}
-	if _, err := maps.NewStats(node.Maps.EndpointStats).Get(p.HostIfIndex); !errors.Is(err, maps.ErrNotFound) {
-		t.Errorf("pod %s after DEL: counters of ifindex %d: err %v; want not found", p.Name, p.HostIfIndex, err)
+	if ep, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices).LookupDevice(p.HostIfIndex); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("pod %s after DEL: endpoint of ifindex %d: %v, err %v; want not found", p.Name, p.HostIfIndex, ep, err)
 	}
 	links, _ := filepath.Glob(filepath.Join(n.pinPath, "links", fmt.Sprintf("*_%d_*", p.HostIfIndex)))
 	if len(links) != 0 {

@@ -95,13 +95,13 @@ func TestCrossnodeCheckClaims(t *testing.T) {
 			m.deltas = append(m.deltas, d)
 		}
 		for i := range 2 {
-			m.metrics[i] = make([]maps.Counter, maps.MetricCount)
-			m.metrics[i][maps.MetricForwardFIB].Packets = 2*count + 3
-			in := maps.MetricForwardPeer
+			m.metrics[i] = new(maps.MetricTable)
+			out, in := maps.MetricForwardNeigh, maps.MetricForwardPeer
 			if fallback {
-				in = maps.MetricForwardRedirect
+				out, in = maps.MetricForwardFIB, maps.MetricForwardRedirect
 			}
-			m.metrics[i][in].Packets = 2*count + 3
+			m.metrics[i][maps.FromContainer][out].Packets = 2*count + 3
+			m.metrics[i][maps.FromNetdev][in].Packets = 2*count + 3
 		}
 		return m
 	}
@@ -121,17 +121,17 @@ func TestCrossnodeCheckClaims(t *testing.T) {
 		{"a reply lost on eth0", false, func(m *measurement) { m.deltas[1][devEth0A].rx = count - 1 }, false},
 		{"pod A's sends not on lxcA", false, func(m *measurement) { m.deltas[0][devLxcA].rx = 0 }, false},
 		{"delivered with bpf_redirect", false, func(m *measurement) {
-			m.metrics[0][maps.MetricForwardRedirect].Packets = 1
+			m.metrics[0][maps.FromNetdev][maps.MetricForwardRedirect].Packets = 1
 		}, false},
 		{"bpf_redirect_neigh despite fallback", true, func(m *measurement) {
-			m.metrics[1][maps.MetricForwardNeigh].Packets = 1
+			m.metrics[1][maps.FromContainer][maps.MetricForwardNeigh].Packets = 1
 		}, false},
 		{"forwarded by the stack, not the datapath", false, func(m *measurement) {
-			m.metrics[1][maps.MetricForwardFIB].Packets = 0
+			m.metrics[1][maps.FromContainer][maps.MetricForwardNeigh].Packets = 0
 		}, false},
-		{"bpf_redirect_neigh counts as forwarding", false, func(m *measurement) {
-			m.metrics[1][maps.MetricForwardFIB].Packets = 3
-			m.metrics[1][maps.MetricForwardNeigh].Packets = 2 * count
+		{"bpf_fib_lookup + bpf_redirect counts as forwarding", false, func(m *measurement) {
+			m.metrics[1][maps.FromContainer][maps.MetricForwardFIB].Packets = 3
+			m.metrics[1][maps.FromContainer][maps.MetricForwardNeigh].Packets = 2 * count
 		}, true},
 	} {
 		m := good(c.fallback)

@@ -70,7 +70,7 @@ type measurement struct {
 	count   int // echo requests each way
 	deltas  [][numDevs]counts
 	forward [2]forwardCount
-	metrics [2][]maps.Counter
+	metrics [2]*maps.MetricTable
 }
 
 // forwardRule is the comment of the counting rule in the nodes' FORWARD
@@ -97,7 +97,7 @@ func measure(ctx context.Context, out io.Writer, pods []*pod, opts options) (*me
 
 	m := &measurement{count: opts.Count}
 	var fwdBefore [2]uint64
-	var metricsBefore [2][]maps.Counter
+	var metricsBefore [2]*maps.MetricTable
 	for i, p := range pods {
 		var err error
 		if fwdBefore[i], err = fwd[i].Packets(ctx); err != nil {
@@ -146,13 +146,7 @@ func measure(ctx context.Context, out io.Writer, pods []*pod, opts options) (*me
 		if err != nil {
 			return nil, err
 		}
-		m.metrics[i] = make([]maps.Counter, len(after))
-		for j := range after {
-			m.metrics[i][j] = maps.Counter{
-				Packets: after[j].Packets - metricsBefore[i][j].Packets,
-				Bytes:   after[j].Bytes - metricsBefore[i][j].Bytes,
-			}
-		}
+		m.metrics[i] = after.Sub(metricsBefore[i])
 	}
 	return m, nil
 }
@@ -199,12 +193,12 @@ func report(out io.Writer, nodes []*node, pods []*pod, m *measurement, opts opti
 	fmt.Fprintf(out, "\nDatapath counters during the exchange (dp.Metrics deltas):\n")
 	fmt.Fprintf(out, "  %-18s %10s %10s\n", "", pods[0].node.name, pods[1].node.name)
 	for _, metric := range []maps.Metric{maps.MetricForwardFIB, maps.MetricForwardNeigh, maps.MetricForwardPeer,
-		maps.MetricForwardRedirect, maps.MetricToNetdev, maps.MetricToStack} {
-		fmt.Fprintf(out, "  %-18s %10d %10d\n", metric.String()+":", m.metrics[0][metric].Packets, m.metrics[1][metric].Packets)
+		maps.MetricForwardRedirect, maps.MetricPass, maps.MetricToStack} {
+		fmt.Fprintf(out, "  %-18s %10d %10d\n", metric.String()+":", m.metrics[0].Total(metric).Packets, m.metrics[1].Total(metric).Packets)
 	}
 	for metric := range maps.Metric(maps.MetricCount) { // the drops, should there be any
-		if strings.HasPrefix(metric.String(), "drop-") && m.metrics[0][metric].Packets+m.metrics[1][metric].Packets > 0 {
-			fmt.Fprintf(out, "  %-18s %10d %10d\n", metric.String()+":", m.metrics[0][metric].Packets, m.metrics[1][metric].Packets)
+		if strings.HasPrefix(metric.String(), "drop-") && m.metrics[0].Total(metric).Packets+m.metrics[1].Total(metric).Packets > 0 {
+			fmt.Fprintf(out, "  %-18s %10d %10d\n", metric.String()+":", m.metrics[0].Total(metric).Packets, m.metrics[1].Total(metric).Packets)
 		}
 	}
 	fmt.Fprintf(out, "forward-fib: next hop resolved (a managed neighbour entry keeps it so), MACs rewritten, bpf_redirect;\n"+
@@ -265,7 +259,7 @@ func checkClaims(m *measurement, opts options) error {
 		if f := m.forward[i].during; f != 0 {
 			fail("node%d's netfilter FORWARD chain counted %d packets during the exchange: the stack forwarded them", i+1, f)
 		}
-		c := func(metric maps.Metric) uint64 { return m.metrics[i][metric].Packets }
+		c := func(metric maps.Metric) uint64 { return m.metrics[i].Total(metric).Packets }
 		out := c(maps.MetricForwardFIB) + c(maps.MetricForwardNeigh)
 		if out < least {
 			fail("node%d's datapath forwarded %d packets to the other node (forward-fib + forward-neigh), want at least %d", i+1, out, least)

@@ -196,21 +196,25 @@ func status(dp *datapath.Datapath, opts options, w io.Writer) error {
 	// netns exec` that is /proc/PID/root/..., gone when hrctl exits.
 	s.PinPath = filepath.Clean(opts.pinPath)
 	if opts.json {
-		named := map[string]maps.Counter{}
-		for i, c := range s.Metrics {
-			named[maps.Metric(i).String()] = c
-		}
-		// Metrics by name, in place of the Status's list indexed by Metric.
+		named := map[string]map[string]maps.Counter{}
+		s.Metrics.Each(func(d maps.Direction, m maps.Metric, c maps.Counter) {
+			if named[d.String()] == nil {
+				named[d.String()] = map[string]maps.Counter{}
+			}
+			named[d.String()][m.String()] = c
+		})
+		// Counters by direction and metric name (those that moved), in
+		// place of the Status's table indexed by number.
 		return writeJSON(w, struct {
 			datapath.Status
-			Metrics map[string]maps.Counter
+			Metrics map[string]map[string]maps.Counter
 		}{s, named})
 	}
 	fmt.Fprint(w, s)
 	fmt.Fprintln(w, "Datapath Counters:")
-	for i, c := range s.Metrics {
-		fmt.Fprintf(w, "  %-18s %10d packets %12d bytes\n", maps.Metric(i).String()+":", c.Packets, c.Bytes)
-	}
+	s.Metrics.Each(func(d maps.Direction, m maps.Metric, c maps.Counter) {
+		fmt.Fprintf(w, "  %-15s %-17s %10d packets %12d bytes\n", d.String()+":", m, c.Packets, c.Bytes)
+	})
 	return nil
 }
 

@@ -268,11 +268,9 @@ func report(out io.Writer, dp *datapath.Datapath, pods []*pod, deltas [][2]count
 		return err
 	}
 	fmt.Fprintf(out, "\n%sDatapath Counters:\n", st)
-	for i, c := range st.Metrics {
-		if c.Packets > 0 {
-			fmt.Fprintf(out, "  %-18s %10d packets %12d bytes\n", maps.Metric(i).String()+":", c.Packets, c.Bytes)
-		}
-	}
+	st.Metrics.Each(func(d maps.Direction, m maps.Metric, c maps.Counter) {
+		fmt.Fprintf(out, "  %-15s %-17s %10d packets %12d bytes\n", d.String()+":", m, c.Packets, c.Bytes)
+	})
 	eps, err := dp.Endpoints()
 	if err != nil {
 		return err

@@ -1,0 +1,23 @@
+// Package maps gives typed access to the hostrouting datapath's BPF maps:
+// Go types in (netip.Addr, net.HardwareAddr), Go types out, and clear
+// errors for a missing key or a full map.
+//
+// # Memory
+//
+// With E the node's endpoint limit (loader.Options.MaxEndpoints) and C the
+// number of possible CPUs, the maps take about (kernel bookkeeping aside):
+//
+//	hr_endpoints   IPv4 → endpoint     hash, not preallocated   ~ 100 B per IPv4 endpoint
+//	hr_endpoints6  IPv6 → endpoint     hash, not preallocated   ~ 110 B per IPv6 address
+//	hr_devices     ifindex → endpoint  hash, not preallocated   ~ 100 B per endpoint
+//	hr_ep_stats    ID → counters       per-CPU array            48 B × C × (E+1)
+//	hr_policy      ID → policy         program array            8 B × (E+1)
+//	hr_metrics     node-wide counters  per-CPU array            16 B × C × 52
+//	hr_nodes       node IP → name      hash, not preallocated   ~ 150 B per node
+//	hr_info, hr_calls, hr_policy_ret                            < 1 KiB
+//
+// Only hr_ep_stats grows with CPUs × endpoints: 4.8 MiB at 1024 endpoints
+// on 128 CPUs. Size E by the node's real pod limit (kubelet's maxPods and
+// some room for churn); the hashes take memory only for what they hold.
+// loader.Node.MapSizes and `hrctl status` report what a node's maps take.
+package maps
