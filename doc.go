@@ -8,23 +8,35 @@
 //
 // A pod's eth0 is one end of a veth pair; the other end (lxc…) sits in the
 // node's network namespace. Every endpoint shares one loaded object per
-// node and finds its facts in maps keyed by address and ifindex:
+// node and finds its facts in maps keyed by address, ifindex and endpoint
+// ID:
 //
 //	pod A eth0 ──veth── lxcA [tc ingress: from-container]
-//	                       │ source IP/MAC not A's own        → drop (anti-spoofing)
+//	                       │ VLAN-tagged (pods have none)     → drop
+//	                       │ IPv4, ARP, IPv6                  → tail call to the family's stage
+//	                       │ source IP/MAC not A's own        → drop (anti-spoofing; IPv6 too)
 //	                       │ ARP for the gateway (if asked)   → answered with lxcA's MAC
+//	                       │ not for lxcA's MAC, IP options   → the stack (as a router would)
 //	                       │ destination a pod of this node   → MACs rewritten, TTL-1,
-//	                       │   to-container step (policy, counters),
+//	                       │   B's policy slot (a tail call, if B has a policy),
 //	                       │   bpf_redirect_peer(lxcB)        → pod B eth0
 //	                       │ destination in the native routing CIDR → bpf_fib_lookup
-//	                       │   (ip rules honoured): next hop resolved → bpf_redirect(eth0)
-//	                       │   with its MACs; unresolved → bpf_redirect_neigh(eth0);
+//	                       │   (ip rules honoured) → bpf_redirect_neigh(eth0), which keeps
+//	                       │   the next hop's neighbour entry fresh;
 //	                       │   TTL, MTU, unreachable, local → the stack (it answers ICMP)
-//	                       │ anything else                    → the kernel's stack
-//	                     lxcB [tc egress: to-container]       what the stack delivers
+//	                       │ anything else, IPv6 included     → the kernel's stack
+//	                     lxcB [tc egress: to-container]       what the stack delivers:
+//	                       │   B's policy slot, counters
 //	                     eth0 [tc ingress: from-netdev]       a pod of this node →
-//	                       │   bpf_redirect_peer(lxc…); the rest → the stack
+//	                       │   policy slot, bpf_redirect_peer(lxc…); the rest → the stack
 //	                     eth0 [tc egress: to-netdev]          counts what leaves
+//
+// Every packet a program sees is counted once, by direction and outcome
+// (maps.MetricTable), and per endpoint.
+//
+// An embedder's ingress policy is a tail call too (Datapath.SetIngressPolicy,
+// bpf/include/hostrouting/policy.h): no trampolines, so it runs on every
+// kernel.
 //
 // Other nodes' pod CIDRs are direct routes `podCIDR via nodeIP dev eth0`
 // (Datapath.UpsertNode, Cilium's autoDirectNodeRoutes), with managed
@@ -35,7 +47,8 @@
 // kernels without the helper, or when Config.Disable asks, the programs
 // fall back to bpf_redirect to lxcB (the packet crosses the veth, still
 // past the stack); without bpf_redirect_neigh an unresolved next hop is
-// left to the stack. Status reports "Host Routing: BPF" only with all of
+// left to the stack, and a resolved one gets its MACs and bpf_redirect.
+// Status reports "Host Routing: BPF" only with all of
 // bpf_redirect_peer, bpf_redirect_neigh and bpf_fib_lookup, else "Legacy"
 // and the reason. Fallbacks are decided once at load from feature probes and
 // handed to the programs as load-time constants, so the verifier removes

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 
 	"github.com/hostrouting/hostrouting/bpf"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
@@ -24,7 +25,10 @@ import (
 // delivery; each benchmark checks the counters afterwards to prove it.
 const maxForwardsPerRun = 254
 
-// benchPodB is pod B with its MACs swapped with pod A's, see above.
+// benchPodB is pod B with its MACs swapped with pod A's, see above. Pod
+// A's node MAC is loopback's (00:00:00:00:00:00), so the first frame, for
+// it, is PACKET_HOST on loopback; the kernel classifies a test run's frame
+// once, before the repeats.
 var benchPodB = pod{
 	ip:      podB.ip,
 	mac:     podA.nodeMAC,
@@ -33,38 +37,98 @@ var benchPodB = pod{
 	id:      podB.id,
 }
 
+// emptyProgram returns the cheapest tc program there is: TC_ACT_OK and
+// nothing else. Its cost per run is what a test run costs around any
+// program: the benchmarks give their own as a multiple of it (x-empty).
+func emptyProgram(tb testing.TB) *ebpf.Program {
+	tb.Helper()
+	datapathtest.RequireRoot(tb)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "empty",
+		Type:         ebpf.SchedCLS,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+		License:      "GPL",
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// benchRun is what a benchmark measures: prog on frame, at most perRun
+// times per test run, each run returning want.
+type benchRun struct {
+	prog   *ebpf.Program
+	frame  []byte
+	perRun int
+	want   uint32
+	node   *datapathtest.Node // test runs from a thread in its namespace; nil: the caller's
+	// empty, when set, is run on the same frame as often, interleaved
+	// (a test run of each in turn), and the benchmark reports its own
+	// time as a multiple of empty's: x-empty.
+	empty *ebpf.Program
+}
+
 // benchmarkProg runs prog b.N times on frame, at most perRun times per test
 // run, checks that every run returned want, and reports the time the kernel
 // measured inside the program as ns/op (the syscalls around it are left
 // out). frame arrives on loopback, pod A's device (see loIfindex).
 func benchmarkProg(b *testing.B, prog *ebpf.Program, frame []byte, perRun int, want uint32) {
 	b.Helper()
-	benchmarkProgIn(b, nil, prog, frame, perRun, want)
+	benchRun{prog: prog, frame: frame, perRun: perRun, want: want}.run(b)
+}
+
+// benchmarkVsEmpty is benchmarkProg with the empty program measured
+// alongside: it reports x-empty too.
+func benchmarkVsEmpty(b *testing.B, prog *ebpf.Program, frame []byte, perRun int, want uint32) {
+	b.Helper()
+	benchRun{prog: prog, frame: frame, perRun: perRun, want: want, empty: emptyProgram(b)}.run(b)
 }
 
 // benchmarkProgIn is benchmarkProg with every test run made from a thread
-// inside node's network namespace (nil: the caller's), for programs whose
-// helpers read the namespace (bpf_fib_lookup). frame arrives on that
-// namespace's loopback.
+// inside node's network namespace, for programs whose helpers read the
+// namespace (bpf_fib_lookup). frame arrives on that namespace's loopback.
 func benchmarkProgIn(b *testing.B, node *datapathtest.Node, prog *ebpf.Program, frame []byte, perRun int, want uint32) {
 	b.Helper()
+	benchRun{prog: prog, frame: frame, perRun: perRun, want: want, node: node}.run(b)
+}
+
+// run measures r as benchmarkProg describes. The kernel reports each test
+// run's time per repeat in whole nanoseconds.
+func (r benchRun) run(b *testing.B) {
+	b.Helper()
 	do := func(fn func() error) error { return fn() }
-	if node != nil {
-		do = node.Do
+	if r.node != nil {
+		do = r.node.Do
 	}
-	var total time.Duration
+	measure := func(prog *ebpf.Program, n int, want uint32) (time.Duration, error) {
+		verdict, perOp, err := prog.Benchmark(r.frame, n, nil)
+		if err != nil {
+			return 0, err
+		}
+		if verdict != want {
+			return 0, fmt.Errorf("%s: verdict %d, want %d", prog, verdict, want)
+		}
+		return perOp * time.Duration(n), nil
+	}
+	var total, empty time.Duration
 	b.ResetTimer()
 	err := do(func() error {
 		for done := 0; done < b.N; {
-			n := min(b.N-done, perRun)
-			verdict, perOp, err := prog.Benchmark(frame, n, nil)
+			n := min(b.N-done, r.perRun)
+			t, err := measure(r.prog, n, r.want)
 			if err != nil {
 				return err
 			}
-			if verdict != want {
-				return fmt.Errorf("verdict %d, want %d", verdict, want)
+			total += t
+			if r.empty != nil {
+				t, err := measure(r.empty, n, tcActOK)
+				if err != nil {
+					return err
+				}
+				empty += t
 			}
-			total += perOp * time.Duration(n)
 			done += n
 		}
 		return nil
@@ -74,6 +138,12 @@ func benchmarkProgIn(b *testing.B, node *datapathtest.Node, prog *ebpf.Program, 
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/op")
+	if r.empty != nil {
+		if empty <= 0 {
+			b.Fatalf("the empty program took %v for %d runs", empty, b.N)
+		}
+		b.ReportMetric(float64(total)/float64(empty), "x-empty")
+	}
 }
 
 // checkOnly fails b unless m is the only metric that moved, by at least
@@ -90,27 +160,54 @@ func checkOnly(b *testing.B, d *datapath, m maps.Metric) {
 	}
 }
 
-// benchmarkDelivery measures from_container delivering A's packets to B
-// under cfg.
-func benchmarkDelivery(b *testing.B, cfg bpf.HostroutingConfig, counted maps.Metric) {
-	d := loadDatapath(b, cfg)
-	d.addPods(podA, benchPodB)
-	pkt := ipv4From(podA, benchPodB.ip)
+// BenchmarkEmpty measures the empty program (emptyProgram): the floor of
+// every other benchmark, and what x-empty divides by.
+func BenchmarkEmpty(b *testing.B) {
+	benchmarkProg(b, emptyProgram(b), ipv4From(podA, benchPodB.ip).frame(), b.N, tcActOK)
+}
+
+// benchmarkDelivery measures from_container of d delivering A's packets to
+// pb, pod B as registered in d, and checks the path was counted.
+func benchmarkDelivery(b *testing.B, d *datapath, pb pod, counted maps.Metric) {
+	pkt := ipv4From(podA, pb.ip)
 	pkt.ttl = maxForwardsPerRun + 1
-	benchmarkProg(b, d.objs.FromContainer, pkt.frame(), maxForwardsPerRun, tcActRedirect)
+	benchmarkVsEmpty(b, d.objs.FromContainer, pkt.frame(), maxForwardsPerRun, tcActRedirect)
 	checkOnly(b, d, counted)
+	if counted == maps.MetricForwardPeer {
+		if got := d.endpointStats(pb.ifindex).ToPackets; got < uint64(b.N) {
+			b.Errorf("pod B received %d packets, want at least %d", got, b.N)
+		}
+	}
 }
 
 // BenchmarkFromContainerLocalDelivery measures pod-to-pod delivery with
 // bpf_redirect_peer.
 func BenchmarkFromContainerLocalDelivery(b *testing.B) {
-	benchmarkDelivery(b, configPeer, maps.MetricForwardPeer)
+	d := loadDatapath(b, configPeer)
+	d.addPods(podA, benchPodB)
+	benchmarkDelivery(b, d, benchPodB, maps.MetricForwardPeer)
 }
 
 // BenchmarkFromContainerLocalDeliveryRedirect measures pod-to-pod delivery
 // with the bpf_redirect fallback.
 func BenchmarkFromContainerLocalDeliveryRedirect(b *testing.B) {
-	benchmarkDelivery(b, configRedirect, maps.MetricForwardRedirect)
+	d := loadDatapath(b, configRedirect)
+	d.addPods(podA, benchPodB)
+	benchmarkDelivery(b, d, benchPodB, maps.MetricForwardRedirect)
+}
+
+// BenchmarkFromContainerLocalDeliveryPolicy measures pod-to-pod delivery
+// with bpf_redirect_peer through pod B's ingress policy, the example
+// policy, which lets the packet in: the cost of the policy's tail calls
+// (to the policy and back to the verdict stage) and its map lookup.
+func BenchmarkFromContainerLocalDeliveryPolicy(b *testing.B) {
+	d := loadDatapath(b, configPeer)
+	pb := benchPodB.withFlags(endpointFlagPolicy)
+	d.addPods(podA, pb)
+	objs := d.loadPolicy()
+	deny(b, objs, pb.id, podC.id) // a listed pair that is not this one
+	d.setPolicy(pb, objs.DenyListed)
+	benchmarkDelivery(b, d, pb, maps.MetricForwardPeer)
 }
 
 // BenchmarkFromContainerToStack measures a pod's packet to another node,
@@ -125,11 +222,31 @@ func BenchmarkFromContainerToStack(b *testing.B) {
 
 // BenchmarkToContainer measures the to-container step on a device's egress.
 func BenchmarkToContainer(b *testing.B) {
+	benchmarkToContainer(b, false)
+}
+
+// BenchmarkToContainerPolicy measures the to-container step through the
+// endpoint's ingress policy, the example policy letting the packet in.
+func BenchmarkToContainerPolicy(b *testing.B) {
+	benchmarkToContainer(b, true)
+}
+
+func benchmarkToContainer(b *testing.B, withPolicy bool) {
 	d := loadDatapath(b, configRedirect)
 	a, pb := podA.withIfindex(10), podB.withIfindex(loIfindex)
+	if withPolicy {
+		pb = pb.withFlags(endpointFlagPolicy)
+	}
 	d.addPods(a, pb)
+	if withPolicy {
+		objs := d.loadPolicy()
+		deny(b, objs, pb.id, podC.id)
+		d.setPolicy(pb, objs.DenyListed)
+	}
 	frame := ipv4From(a, pb.ip).forwarded(pb).frame()
-	benchmarkProg(b, d.objs.ToContainer, frame, b.N, tcActOK)
+	// Nothing is rewritten: no limit per run.
+	benchmarkVsEmpty(b, d.objs.ToContainer, frame, b.N, tcActOK)
+	checkOnly(b, d, maps.MetricPass)
 	if got := d.endpointStats(pb.ifindex).ToPackets; got < uint64(b.N) {
 		b.Errorf("pod B received %d packets, want at least %d", got, b.N)
 	}
@@ -154,7 +271,7 @@ func benchmarkNetdevDelivery(b *testing.B, cfg bpf.HostroutingConfig, counted ma
 	d.addPods(netdevPods...)
 	pkt := fromNetwork(podB.ip)
 	pkt.ttl = maxForwardsPerRun + 1
-	benchmarkProg(b, d.objs.FromNetdev, pkt.frame(), maxForwardsPerRun, tcActRedirect)
+	benchmarkVsEmpty(b, d.objs.FromNetdev, pkt.frame(), maxForwardsPerRun, tcActRedirect)
 	checkOnly(b, d, counted)
 }
 
@@ -176,10 +293,11 @@ func BenchmarkToNetdev(b *testing.B) {
 
 // benchmarkFIB measures from_container forwarding a pod's packet to dst in
 // the FIB node (see newFIBNode) under cfg. The pod sits on the node's
-// loopback, the device a test run without a context arrives on. The pod's
-// MAC is eth0's, so that the rewritten frame passes the source check again
-// on the next run of the repeat loop, and the TTL starts at 255 (see
-// maxForwardsPerRun): every run takes the same path.
+// loopback, the device a test run without a context arrives on, and sends
+// to loopback's MAC (PACKET_HOST). The pod's MAC is eth0's, so that a frame
+// rewritten with the lookup's MACs (no redirect_neigh) passes the source
+// check again on the next run of the repeat loop, and the TTL starts at
+// 255 (see maxForwardsPerRun): every run takes the same path.
 func benchmarkFIB(b *testing.B, cfg bpf.HostroutingConfig, dst netip.Addr, counted maps.Metric) {
 	f := newFIBNode(b)
 	p := pod{ip: podA.ip, mac: eth0MAC, ifindex: f.ifindex["lo"], nodeMAC: podA.nodeMAC, id: podA.id}
@@ -192,13 +310,20 @@ func benchmarkFIB(b *testing.B, cfg bpf.HostroutingConfig, dst netip.Addr, count
 }
 
 // BenchmarkFromContainerFIBRedirect measures a pod's packet to another
-// node's pod: bpf_fib_lookup with a resolved next hop, then bpf_redirect.
+// node's pod without redirect_neigh: bpf_fib_lookup with a resolved next
+// hop, the lookup's MACs, then bpf_redirect.
 func BenchmarkFromContainerFIBRedirect(b *testing.B) {
-	benchmarkFIB(b, fibConfig(1), dstGateway, maps.MetricForwardFIB)
+	benchmarkFIB(b, fibConfig(0), dstGateway, maps.MetricForwardFIB)
 }
 
-// BenchmarkFromContainerFIBRedirectNeigh measures the same with the next
-// hop unresolved: bpf_fib_lookup, then bpf_redirect_neigh.
+// BenchmarkFromContainerFIBRedirectNeigh measures the same with
+// redirect_neigh, the default: bpf_fib_lookup, then bpf_redirect_neigh.
 func BenchmarkFromContainerFIBRedirectNeigh(b *testing.B) {
+	benchmarkFIB(b, fibConfig(1), dstGateway, maps.MetricForwardNeigh)
+}
+
+// BenchmarkFromContainerFIBRedirectNeighUnresolved is
+// BenchmarkFromContainerFIBRedirectNeigh with the next hop unresolved.
+func BenchmarkFromContainerFIBRedirectNeighUnresolved(b *testing.B) {
 	benchmarkFIB(b, fibConfig(1), dstNoNeighbour, maps.MetricForwardNeigh)
 }

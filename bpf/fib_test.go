@@ -39,6 +39,7 @@ var (
 	podDMAC     = mac{0x02, 0x00, 0x0a, 0x00, 0x01, 0x32}
 	podLMAC     = mac{0x02, 0x00, 0x0a, 0x00, 0x01, 0x3c}
 	lxcaNodeMAC = mac{0x02, 0xfe, 0x00, 0x00, 0x00, 0x0a}
+	lxceNodeMAC = mac{0x02, 0xfe, 0x00, 0x00, 0x00, 0x28}
 	lxcdNodeMAC = mac{0x02, 0xfe, 0x00, 0x00, 0x00, 0x32}
 )
 
@@ -77,9 +78,10 @@ type fibNode struct {
 //
 //	eth0  veth (peer eth0-wire), 172.18.0.2/24, MAC eth0MAC
 //	eth1  veth (peer eth1-wire), 172.18.1.2/24, MAC eth1MAC, MTU 1280
-//	lxca  veth (peer lxca-pod), MAC lxcaNodeMAC, host side of pods A and
-//	      E: 10.0.1.1/32
-//	      (the pods' gateway) on it, routes 10.0.1.10/32 and 10.0.1.40/32
+//	lxca  veth (peer lxca-pod), MAC lxcaNodeMAC, host side of pod A:
+//	      10.0.1.1/32 (the pods' gateway) on it, route 10.0.1.10/32
+//	lxce  veth (peer lxce-pod), MAC lxceNodeMAC, host side of pod E: route
+//	      10.0.1.40/32
 //	lxcd  veth (peer lxcd-pod), host side of pod D, IPv4 forwarding off
 //
 // with the routes and neighbours listed at the dst* variables, and policy
@@ -96,7 +98,8 @@ func newFIBNode(tb testing.TB) *fibNode {
 		"type", "veth", "peer", "name", "eth1-wire", "mtu", fmt.Sprint(fibEth1MTU))
 	ip("link", "add", "lxca", "address", lxcaNodeMAC.String(), "type", "veth", "peer", "name", "lxca-pod")
 	ip("link", "add", "lxcd", "address", lxcdNodeMAC.String(), "type", "veth", "peer", "name", "lxcd-pod")
-	for _, dev := range []string{"eth0", "eth0-wire", "eth1", "eth1-wire", "lxca", "lxca-pod", "lxcd", "lxcd-pod"} {
+	ip("link", "add", "lxce", "address", lxceNodeMAC.String(), "type", "veth", "peer", "name", "lxce-pod")
+	for _, dev := range []string{"eth0", "eth0-wire", "eth1", "eth1-wire", "lxca", "lxca-pod", "lxcd", "lxcd-pod", "lxce", "lxce-pod"} {
 		ip("link", "set", dev, "up")
 	}
 	n.Exec(tb, "sysctl", "-qw", "net.ipv4.conf.lxcd.forwarding=0")
@@ -105,7 +108,7 @@ func newFIBNode(tb testing.TB) *fibNode {
 	ip("addr", "add", "172.18.1.2/24", "dev", "eth1")
 	ip("addr", "add", gatewayIP.String()+"/32", "dev", "lxca")
 	ip("route", "add", podA.ip.String()+"/32", "dev", "lxca")
-	ip("route", "add", "10.0.1.40/32", "dev", "lxca")
+	ip("route", "add", "10.0.1.40/32", "dev", "lxce")
 	ip("route", "add", "10.0.1.50/32", "dev", "lxcd")
 
 	ip("route", "add", "10.0.2.0/24", "via", "172.18.0.3", "dev", "eth0")
@@ -134,7 +137,7 @@ func newFIBNode(tb testing.TB) *fibNode {
 
 	f := &fibNode{node: n, ifindex: make(map[string]uint32)}
 	err := n.Do(func() error {
-		for _, dev := range []string{"lo", "eth0", "eth1", "lxca", "lxcd"} {
+		for _, dev := range []string{"lo", "eth0", "eth1", "lxca", "lxcd", "lxce"} {
 			ifi, err := net.InterfaceByName(dev)
 			if err != nil {
 				return err
@@ -149,8 +152,8 @@ func newFIBNode(tb testing.TB) *fibNode {
 	return f
 }
 
-// Pods of the FIB node: A and E on lxca, D on lxcd (forwarding off), L on
-// loopback. Each sends to its device's MAC: PACKET_HOST there.
+// Pods of the FIB node: A on lxca, E on lxce, D on lxcd (forwarding off),
+// L on loopback. Each sends to its device's MAC: PACKET_HOST there.
 func (f *fibNode) podA() pod {
 	a := podA.withIfindex(f.ifindex["lxca"])
 	a.nodeMAC = lxcaNodeMAC
@@ -158,7 +161,7 @@ func (f *fibNode) podA() pod {
 }
 
 func (f *fibNode) podE() pod {
-	return pod{ip: netip.MustParseAddr("10.0.1.40"), mac: podEMAC, ifindex: f.ifindex["lxca"], nodeMAC: lxcaNodeMAC, id: 40}
+	return pod{ip: netip.MustParseAddr("10.0.1.40"), mac: podEMAC, ifindex: f.ifindex["lxce"], nodeMAC: lxceNodeMAC, id: 40}
 }
 
 func (f *fibNode) podD() pod {

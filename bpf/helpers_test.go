@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -76,9 +77,9 @@ var broadcastMAC = mac{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 type pod struct {
 	ip      netip.Addr
 	ip6     netip.Addr // registered in hr_endpoints6 when valid
-	mac     mac    // the pod's own MAC
-	ifindex uint32 // its host-side device
-	nodeMAC mac    // MAC of the host-side device
+	mac     mac        // the pod's own MAC
+	ifindex uint32     // its host-side device
+	nodeMAC mac        // MAC of the host-side device
 	id      uint16
 	flags   uint16
 }
@@ -160,6 +161,9 @@ func hostroutingSpec(tb testing.TB, cfg bpf.HostroutingConfig) *ebpf.CollectionS
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
 	}
+	if cfg.LxcMask == 0 { // hr_lxc as compiled, as the loader sizes it
+		cfg.LxcMask = spec.Maps[bpf.HostroutingMapHrLxc].MaxEntries - 1
+	}
 	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(cfg); err != nil {
 		tb.Fatalf("set CONFIG: %v", err)
 	}
@@ -219,19 +223,6 @@ func ipv4Key(ip netip.Addr) uint32 {
 	return binary.NativeEndian.Uint32(a[:])
 }
 
-// info is p as the endpoint maps hold it.
-func (p pod) info() bpf.HostroutingEndpointInfo {
-	return bpf.HostroutingEndpointInfo{
-		Ifindex: p.ifindex,
-		Id:      p.id,
-		Flags:   p.flags,
-		Mac:     p.mac,
-		NodeMac: p.nodeMAC,
-		Ipv4:    ipv4Key(p.ip),
-		Ipv6:    ipv6Key(p.ip6),
-	}
-}
-
 // ipv6Key is the hr_endpoints6 key of an IPv6 address (all zeros for none).
 func ipv6Key(ip netip.Addr) [16]byte {
 	if !ip.IsValid() {
@@ -240,21 +231,23 @@ func ipv6Key(ip netip.Addr) [16]byte {
 	return ip.As16()
 }
 
-// addPods registers each pod in the endpoint maps (by IPv4 address and by
-// device) with zeroed counters.
+// endpoints is the datapath's endpoint table, as package maps writes it.
+func (d *datapath) endpoints() *maps.Endpoints {
+	return maps.NewEndpoints(d.objs.HrEndpoints, d.objs.HrEndpoints6, d.objs.HrDevices, d.objs.HrLxc)
+}
+
+// addPods registers each pod in the endpoint maps (by address, device and
+// device slot, as package maps writes them) with zeroed counters.
 func (d *datapath) addPods(pods ...pod) {
 	d.tb.Helper()
 	for _, p := range pods {
-		if err := d.objs.HrEndpoints.Put(ipv4Key(p.ip), p.info()); err != nil {
+		if id, ok := d.ids[p.ifindex]; ok {
+			d.tb.Fatalf("endpoints %d and %d on one device (ifindex %d): hr_devices holds one", id, p.id, p.ifindex)
+		}
+		ep := maps.Endpoint{IP: p.ip, IPv6: p.ip6, IfIndex: int(p.ifindex), ID: p.id, Flags: maps.EndpointFlags(p.flags),
+			MAC: net.HardwareAddr(p.mac[:]), NodeMAC: net.HardwareAddr(p.nodeMAC[:])}
+		if err := d.endpoints().Put(ep); err != nil {
 			d.tb.Fatalf("add endpoint %s: %v", p.ip, err)
-		}
-		if err := d.objs.HrDevices.Put(p.ifindex, p.info()); err != nil {
-			d.tb.Fatalf("add device of endpoint %s: %v", p.ip, err)
-		}
-		if p.ip6.IsValid() {
-			if err := d.objs.HrEndpoints6.Put(ipv6Key(p.ip6), p.info()); err != nil {
-				d.tb.Fatalf("add endpoint %s: %v", p.ip6, err)
-			}
 		}
 		if err := maps.NewStats(d.objs.HrEpStats).Reset(p.id); err != nil {
 			d.tb.Fatal(err)

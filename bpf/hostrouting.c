@@ -11,9 +11,10 @@
  *   from_netdev     tc ingress of the node's device (what other nodes send)
  *   to_netdev       tc egress of the node's device (what leaves the node)
  *
- * Stages, reached by tail calls (lib/calls.h): the per-family steps of
- * from_container; policy_allow and policy_deny, where an embedder's
- * ingress policy hands its verdict back (include/hostrouting/policy.h).
+ * Stages, reached by tail calls (lib/calls.h) and named tail_*: the
+ * per-family steps of from_container; tail_policy_allow and
+ * tail_policy_deny, where an embedder's ingress policy hands its verdict
+ * back (include/hostrouting/policy.h).
  */
 
 #include "lib/common.h"
@@ -38,9 +39,9 @@ static __always_inline int ipv4_from_container(struct __sk_buff *ctx)
 	len = parse_ipv4(ctx, &eth, &ip);
 	if (!len)
 		return drop(ctx, dir, METRIC_DROP_INVALID);
-	src = lookup_endpoint4(ip->saddr);
-	if (!src || src->ifindex != ctx->ifindex || !mac_equal(src->mac, eth->h_source))
-		return drop(ctx, dir, METRIC_DROP_SPOOFED);
+	src = lookup_device(ctx->ifindex);
+	if (!src || src->ipv4 != ip->saddr || !mac_equal(src->mac, eth->h_source))
+		return drop_endpoint(ctx, dir, METRIC_DROP_SPOOFED, src ? src->id : 0);
 	count_from(src->id, ctx->len);
 
 	/* What a router does not forward, or forwards with care, is the

@@ -21,6 +21,7 @@ type HostroutingConfig struct {
 	CheckMtu      uint8
 	NativeCidr    uint32
 	NativeMask    uint32
+	LxcMask       uint32
 }
 
 type HostroutingEndpointInfo struct {
@@ -83,6 +84,7 @@ const (
 	HostroutingMapHrEndpoints6           = "hr_endpoints6"
 	HostroutingMapHrEpStats              = "hr_ep_stats"
 	HostroutingMapHrInfo                 = "hr_info"
+	HostroutingMapHrLxc                  = "hr_lxc"
 	HostroutingMapHrMetrics              = "hr_metrics"
 	HostroutingMapHrNodes                = "hr_nodes"
 	HostroutingMapHrPolicy               = "hr_policy"
@@ -162,6 +164,7 @@ type HostroutingMapSpecs struct {
 	HrEndpoints6 *ebpf.MapSpec `ebpf:"hr_endpoints6"`
 	HrEpStats    *ebpf.MapSpec `ebpf:"hr_ep_stats"`
 	HrInfo       *ebpf.MapSpec `ebpf:"hr_info"`
+	HrLxc        *ebpf.MapSpec `ebpf:"hr_lxc"`
 	HrMetrics    *ebpf.MapSpec `ebpf:"hr_metrics"`
 	HrNodes      *ebpf.MapSpec `ebpf:"hr_nodes"`
 	HrPolicy     *ebpf.MapSpec `ebpf:"hr_policy"`
@@ -201,6 +204,7 @@ type HostroutingMaps struct {
 	HrEndpoints6 *ebpf.Map `ebpf:"hr_endpoints6"`
 	HrEpStats    *ebpf.Map `ebpf:"hr_ep_stats"`
 	HrInfo       *ebpf.Map `ebpf:"hr_info"`
+	HrLxc        *ebpf.Map `ebpf:"hr_lxc"`
 	HrMetrics    *ebpf.Map `ebpf:"hr_metrics"`
 	HrNodes      *ebpf.Map `ebpf:"hr_nodes"`
 	HrPolicy     *ebpf.Map `ebpf:"hr_policy"`
@@ -215,6 +219,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrEndpoints6,
 		m.HrEpStats,
 		m.HrInfo,
+		m.HrLxc,
 		m.HrMetrics,
 		m.HrNodes,
 		m.HrPolicy,

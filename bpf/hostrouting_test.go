@@ -9,6 +9,8 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/bpf"
@@ -506,13 +508,12 @@ func TestFromContainerMissingStage(t *testing.T) {
 		name  string
 		slot  uint32
 		frame []byte
-		other []byte // a frame of another stage, still served
-		want  maps.Metric
+		other []byte // a frame of another stage, still served: to the stack
 	}{
-		{"ipv4", callIPv4, ipv4From(podA, podB.ip).frame(), arpRequest(podA, gatewayIP).frame(), maps.MetricToStack},
+		{"ipv4", callIPv4, ipv4From(podA, podB.ip).frame(), arpRequest(podA, gatewayIP).frame()},
 		{"ipv6", callIPv6, ipv6From(podA, netip.MustParseAddr("fe80::a"), netip.MustParseAddr("ff02::2")).frame(),
-			ipv4From(podA, remoteIP).frame(), maps.MetricToStack},
-		{"arp", callARP, arpRequest(podA, gatewayIP).frame(), ipv4From(podA, remoteIP).frame(), maps.MetricToStack},
+			ipv4From(podA, remoteIP).frame()},
+		{"arp", callARP, arpRequest(podA, gatewayIP).frame(), ipv4From(podA, remoteIP).frame()},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := loadDatapath(t, configPeer)
@@ -534,8 +535,8 @@ func TestFromContainerMissingStage(t *testing.T) {
 			if verdict, _ := d.run(d.objs.FromContainer, loIfindex, c.other); verdict != tcActOK {
 				t.Errorf("frame of another stage: verdict %d, want TC_ACT_OK", verdict)
 			}
-			if got := d.metrics()[c.want].Packets; got != 1 {
-				t.Errorf("frame of another stage: %s %d packets, want 1", c.want, got)
+			if got := d.metrics()[maps.MetricToStack].Packets; got != 1 {
+				t.Errorf("frame of another stage: to-stack %d packets, want 1", got)
 			}
 		})
 	}
@@ -862,8 +863,8 @@ func TestSkbContextLayout(t *testing.T) {
 		t.Errorf("skbContext has %d bytes in memory, struct __sk_buff has %d", n, skbContextSize)
 	}
 	for _, f := range []struct {
-		name       string
-		got, want  uintptr
+		name      string
+		got, want uintptr
 	}{
 		{"mark", unsafe.Offsetof(c.Mark), 8},
 		{"ifindex", unsafe.Offsetof(c.Ifindex), 40},
@@ -927,6 +928,25 @@ func TestStrictAlignment(t *testing.T) {
 			}
 		})
 	}
+	// The control: the flag is in force, a misaligned packet read fails.
+	t.Run("misaligned read refused", func(t *testing.T) {
+		for _, strict := range []bool{false, true} {
+			spec := misalignedReader()
+			if strict {
+				spec.Flags |= unix.BPF_F_STRICT_ALIGNMENT
+			}
+			prog, err := ebpf.NewProgram(spec)
+			if err == nil {
+				prog.Close()
+			}
+			if strict && err == nil {
+				t.Error("a 4-byte read at frame offset 1 loaded with BPF_F_STRICT_ALIGNMENT")
+			}
+			if !strict && err != nil {
+				t.Errorf("a 4-byte read at frame offset 1 does not load without BPF_F_STRICT_ALIGNMENT: %s", loadError(err))
+			}
+		}
+	})
 	t.Run("example policy", func(t *testing.T) {
 		d := loadDatapath(t, configPeer)
 		spec, err := policy.LoadPolicy()
@@ -942,4 +962,24 @@ func TestStrictAlignment(t *testing.T) {
 		}
 		objs.Close()
 	})
+}
+
+// misalignedReader is a tc program that reads 4 bytes at offset 1 of the
+// frame: 3 bytes into a word (NET_IP_ALIGN), misaligned.
+func misalignedReader() *ebpf.ProgramSpec {
+	return &ebpf.ProgramSpec{
+		Type: ebpf.SchedCLS,
+		Instructions: asm.Instructions{
+			asm.LoadMem(asm.R2, asm.R1, 76, asm.Word), // __sk_buff.data
+			asm.LoadMem(asm.R3, asm.R1, 80, asm.Word), // __sk_buff.data_end
+			asm.Mov.Reg(asm.R4, asm.R2),
+			asm.Add.Imm(asm.R4, 8),
+			asm.Mov.Imm(asm.R0, 0),
+			asm.JGT.Reg(asm.R4, asm.R3, "out"),
+			asm.LoadMem(asm.R0, asm.R2, 1, asm.Word),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
+			asm.Return(),
+		},
+		License: "GPL",
+	}
 }

@@ -115,10 +115,6 @@ func TestFromNetdevLocalDelivery(t *testing.T) {
 		mutate(&p)
 		return p
 	}
-	recordRoute := make([]byte, 40)
-	recordRoute[0], recordRoute[1], recordRoute[2] = 0x07, 39, 4
-	recordRoute[39] = 0x01
-
 	for _, c := range []struct {
 		name string
 		pkt  ipv4Packet
@@ -145,8 +141,6 @@ func TestFromNetdevLocalDelivery(t *testing.T) {
 		{"ttl 2", with(podB.ip, func(p *ipv4Packet) { p.ttl = 2 }), podB},
 		{"ttl 255", with(podB.ip, func(p *ipv4Packet) { p.ttl = 255 }), podB},
 		{"tos 0xb8", with(podB.ip, func(p *ipv4Packet) { p.tos = 0xb8 }), podB},
-		{"ihl 6 router alert", with(podB.ip, func(p *ipv4Packet) { p.options = []byte{0x94, 0x04, 0x00, 0x00} }), podB},
-		{"ihl 15 record route", with(podB.ip, func(p *ipv4Packet) { p.options = recordRoute }), podB},
 		{"first fragment", with(podB.ip, func(p *ipv4Packet) { p.fragment = ipFlagMF }), podB},
 		{"later fragment", with(podB.ip, func(p *ipv4Packet) { p.fragment = 185 }), podB},
 		// No source checks on the node's device: what the network
@@ -211,6 +205,32 @@ func TestFromNetdevNotLocal(t *testing.T) {
 			// The stack answers with ICMP time exceeded.
 			pkt := fromNetwork(podB.ip)
 			pkt.ttl = ttl
+			forEachConfig(t, func(t *testing.T, cfg bpf.HostroutingConfig) {
+				checkNetdevToStack(t, cfg, pkt.frame())
+			})
+		})
+	}
+}
+
+// TestFromNetdevIPv4Options leaves packets for a local pod whose header
+// carries options to the stack, untouched: source routes and the like are
+// the kernel's to honour or refuse.
+func TestFromNetdevIPv4Options(t *testing.T) {
+	recordRoute := make([]byte, 40)
+	recordRoute[0], recordRoute[1], recordRoute[2] = 0x07, 39, 4
+	recordRoute[39] = 0x01
+	for _, c := range []struct {
+		name    string
+		options []byte
+	}{
+		{"ihl 6 router alert", []byte{0x94, 0x04, 0x00, 0x00}},
+		{"ihl 6 nop eol", []byte{0x01, 0x01, 0x00, 0x00}},
+		{"ihl 7 lsrr", []byte{0x83, 0x07, 0x04, 10, 0, 1, 20, 0x00}},
+		{"ihl 15 record route", recordRoute},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pkt := fromNetwork(podB.ip)
+			pkt.options = c.options
 			forEachConfig(t, func(t *testing.T, cfg bpf.HostroutingConfig) {
 				checkNetdevToStack(t, cfg, pkt.frame())
 			})
@@ -396,7 +416,7 @@ func TestFromNetdevPacketType(t *testing.T) {
 }
 
 // TestToNetdev checks that to_netdev passes whatever leaves the node,
-// untouched, and counts it as TO_NETDEV.
+// untouched, and counts it as pass in direction to-netdev.
 func TestToNetdev(t *testing.T) {
 	forwarded := ipv4From(podA, remoteIP)
 	forwarded.ttl--
@@ -446,9 +466,8 @@ func TestToNetdev(t *testing.T) {
 			want.Packets++
 			want.Bytes += uint64(len(c.frame))
 		}
-		got := d.metrics()
-		if len(got) != 1 || got[maps.MetricPass] != want {
-			t.Errorf("metrics %v, want only %s = %+v", got, maps.MetricPass, want)
-		}
+		var table maps.MetricTable
+		table[maps.ToNetdev][maps.MetricPass] = want
+		d.checkTable(&table)
 	})
 }

@@ -138,7 +138,7 @@ func newDatapath(cfg Config, node *loader.Node) *Datapath {
 	return &Datapath{
 		cfg:       cfg,
 		node:      node,
-		endpoints: maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices),
+		endpoints: maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices, node.Maps.DeviceSlots),
 		stats:     maps.NewStats(node.Maps.EndpointStats),
 		metrics:   maps.NewMetrics(node.Maps.Metrics),
 		nodes:     maps.NewNodes(node.Maps.Nodes),

@@ -138,12 +138,13 @@ func (s Status) String() string {
 	fmt.Fprintf(&b, "Pin Path:         %s\n", s.PinPath)
 	if len(s.Maps) > 0 {
 		var total uint64
-		parts := make([]string, len(s.Maps))
-		for i, m := range s.Maps {
+		for _, m := range s.Maps {
 			total += m.Memory
-			parts[i] = fmt.Sprintf("%s %s", m.Name, bytesString(m.Memory))
 		}
-		fmt.Fprintf(&b, "BPF Maps:         %s [%s]\n", bytesString(total), strings.Join(parts, ", "))
+		fmt.Fprintf(&b, "BPF Maps:         %s\n", bytesString(total))
+		for _, m := range s.Maps {
+			fmt.Fprintf(&b, "  %-16s %10s  %6d entries\n", m.Name, bytesString(m.Memory), m.MaxEntries)
+		}
 	}
 	return b.String()
 }

@@ -6,8 +6,9 @@
 //
 // Layout of a pin directory:
 //
-//	hr_endpoints hr_endpoints6 hr_devices hr_ep_stats      maps, kept across
-//	hr_metrics hr_nodes hr_policy hr_policy_ret hr_info    reloads of new code
+//	hr_endpoints hr_endpoints6 hr_devices hr_lxc           maps, kept across
+//	hr_ep_stats hr_metrics hr_nodes hr_policy              reloads of new code
+//	hr_policy_ret hr_info
 //	progs/from_container progs/to_container ...            entry programs
 //	progs/hr_calls_<object ID>                             one load's stages
 //	links/<netns inode>_<ifindex>_<program>                tcx links
@@ -63,6 +64,7 @@ type Maps struct {
 	Endpoints     *ebpf.Map // endpoint IPv4 address → endpoint info
 	Endpoints6    *ebpf.Map // endpoint IPv6 address → endpoint info
 	Devices       *ebpf.Map // host-side ifindex → endpoint info
+	DeviceSlots   *ebpf.Map // ifindex & slots−1 → endpoint info: Devices' fast copy
 	EndpointStats *ebpf.Map // endpoint ID → per-CPU endpoint counters
 	Metrics       *ebpf.Map // direction × metric → per-CPU node-wide counters
 	Nodes         *ebpf.Map // node IP → node name
@@ -96,7 +98,7 @@ type Node struct {
 
 // mapNames are the maps pinned by name, kept across reloads.
 var mapNames = []string{
-	bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEndpoints6, bpf.HostroutingMapHrDevices,
+	bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEndpoints6, bpf.HostroutingMapHrDevices, bpf.HostroutingMapHrLxc,
 	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
 	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrInfo,
 }
@@ -131,7 +133,7 @@ func Load(opts Options) (n *Node, err error) {
 		return nil, fmt.Errorf("native routing CIDR %s: want an IPv4 network address such as %s", cidr, cidr.Masked())
 	}
 	features := ProbeFeatures(opts.Disable)
-	config := configOf(features, cidr)
+	config := configOf(features, cidr, opts.MaxEndpoints)
 	id := objectID(config, features, opts.MaxEndpoints)
 	if n, err := open(opts.PinPath); err == nil {
 		if n.objectID() == id {
@@ -219,6 +221,7 @@ func load(opts Options, features Features, config bpf.HostroutingConfig, id uint
 	for _, name := range []string{bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrPolicy} {
 		spec.Maps[name].MaxEntries = opts.MaxEndpoints + 1 // by ID, 0 unused
 	}
+	spec.Maps[bpf.HostroutingMapHrLxc].MaxEntries = config.LxcMask + 1
 	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(config); err != nil {
 		return nil, fmt.Errorf("set datapath config: %w", err)
 	}
@@ -274,14 +277,27 @@ func load(opts Options, features Features, config bpf.HostroutingConfig, id uint
 	return n, nil
 }
 
-func configOf(f Features, native netip.Prefix) bpf.HostroutingConfig {
+// lxcSlots sizes hr_lxc, the array that finds a device's endpoint by
+// ifindex & (slots − 1): a power of two of at least 8 slots per endpoint,
+// so that few live devices share a slot (those that do are found in the
+// hash map behind it), and at most 65536 slots (2.5 MiB).
+func lxcSlots(maxEndpoints uint32) uint32 {
+	slots := uint32(64)
+	for slots < 8*maxEndpoints && slots < 1<<16 {
+		slots *= 2
+	}
+	return slots
+}
+
+func configOf(f Features, native netip.Prefix, maxEndpoints uint32) bpf.HostroutingConfig {
 	b := func(f Feature) uint8 {
 		if f.Enabled {
 			return 1
 		}
 		return 0
 	}
-	c := bpf.HostroutingConfig{RedirectPeer: b(f.RedirectPeer), RedirectNeigh: b(f.RedirectNeigh), FibLookup: b(f.FIBLookup), CheckMtu: b(f.CheckMTU)}
+	c := bpf.HostroutingConfig{RedirectPeer: b(f.RedirectPeer), RedirectNeigh: b(f.RedirectNeigh), FibLookup: b(f.FIBLookup), CheckMtu: b(f.CheckMTU),
+		LxcMask: lxcSlots(maxEndpoints) - 1}
 	if native.IsValid() {
 		addr := native.Addr().As4()
 		mask := net.CIDRMask(native.Bits(), 32)
@@ -315,6 +331,7 @@ func (n *Node) setMaps(m map[string]*ebpf.Map) {
 		Endpoints:     m[bpf.HostroutingMapHrEndpoints],
 		Endpoints6:    m[bpf.HostroutingMapHrEndpoints6],
 		Devices:       m[bpf.HostroutingMapHrDevices],
+		DeviceSlots:   m[bpf.HostroutingMapHrLxc],
 		EndpointStats: m[bpf.HostroutingMapHrEpStats],
 		Metrics:       m[bpf.HostroutingMapHrMetrics],
 		Nodes:         m[bpf.HostroutingMapHrNodes],
@@ -325,7 +342,7 @@ func (n *Node) setMaps(m map[string]*ebpf.Map) {
 }
 
 func (n *Node) allMaps() []*ebpf.Map {
-	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.EndpointStats,
+	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.info}
 }
 

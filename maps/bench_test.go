@@ -233,7 +233,7 @@ func BenchmarkEndpointsBatchUpdate(b *testing.B) {
 				return err
 			},
 			"put": func() error {
-				m := maps.NewEndpoints(n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices)
+				m := maps.NewEndpoints(n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots)
 				for _, ep := range eps {
 					if err := m.Put(ep); err != nil {
 						return err

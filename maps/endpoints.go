@@ -74,15 +74,64 @@ func upperMAC(mac net.HardwareAddr) string {
 
 // Endpoints is the endpoint table: the same facts under three keys, the
 // IPv4 address (hr_endpoints), the IPv6 address (hr_endpoints6) and the
-// host-side ifindex (hr_devices).
+// host-side ifindex (hr_devices), and in hr_lxc, the array slot of the
+// ifindex that the datapath reads first.
 type Endpoints struct {
-	byIPv4, byIPv6, byDevice *ebpf.Map
+	byIPv4, byIPv6, byDevice, slots *ebpf.Map
 }
 
 // NewEndpoints wraps the loaded endpoint maps (loader.Maps.Endpoints,
-// Endpoints6, Devices).
-func NewEndpoints(byIPv4, byIPv6, byDevice *ebpf.Map) *Endpoints {
-	return &Endpoints{byIPv4: byIPv4, byIPv6: byIPv6, byDevice: byDevice}
+// Endpoints6, Devices, DeviceSlots).
+func NewEndpoints(byIPv4, byIPv6, byDevice, slots *ebpf.Map) *Endpoints {
+	return &Endpoints{byIPv4: byIPv4, byIPv6: byIPv6, byDevice: byDevice, slots: slots}
+}
+
+// slot is the hr_lxc index of a device: its ifindex masked by the
+// array's size (a power of two).
+func (e *Endpoints) slot(ifindex int) uint32 {
+	return uint32(ifindex) & (e.slots.MaxEntries() - 1)
+}
+
+// claimSlot puts v into its device's hr_lxc slot unless another live
+// device holds it; that device's endpoint stays found through hr_devices.
+func (e *Endpoints) claimSlot(v bpf.HostroutingEndpointInfo) error {
+	slot := e.slot(int(v.Ifindex))
+	var held bpf.HostroutingEndpointInfo
+	if err := e.slots.Lookup(slot, &held); err != nil {
+		return err
+	}
+	if held.Ifindex != 0 && held.Ifindex != v.Ifindex {
+		var other bpf.HostroutingEndpointInfo
+		if err := e.byDevice.Lookup(held.Ifindex, &other); err == nil {
+			return nil // shared slot: the first device keeps it
+		}
+	}
+	return e.slots.Update(slot, v, ebpf.UpdateAny)
+}
+
+// releaseSlot empties the hr_lxc slot of device ifindex if that device
+// holds it, handing it to another device of the same slot if there is one.
+func (e *Endpoints) releaseSlot(ifindex int) error {
+	slot := e.slot(ifindex)
+	var held bpf.HostroutingEndpointInfo
+	if err := e.slots.Lookup(slot, &held); err != nil {
+		return err
+	}
+	if int(held.Ifindex) != ifindex {
+		return nil
+	}
+	next := bpf.HostroutingEndpointInfo{}
+	var (
+		k uint32
+		v bpf.HostroutingEndpointInfo
+	)
+	for it := e.byDevice.Iterate(); it.Next(&k, &v); {
+		if int(k) != ifindex && e.slot(int(k)) == slot {
+			next = v
+			break
+		}
+	}
+	return e.slots.Update(slot, next, ebpf.UpdateAny)
 }
 
 // ipv4Key is the hr_endpoints key of ip: its four bytes in network order,
@@ -134,8 +183,8 @@ func infoOf(ep Endpoint) (bpf.HostroutingEndpointInfo, error) {
 }
 
 // Put writes ep under each of its keys, replacing what was there. The
-// device entry goes first and the IPv4 entry, which turns delivery on,
-// last.
+// device entries go first and the IPv4 entry, which turns delivery to the
+// endpoint on, last.
 func (e *Endpoints) Put(ep Endpoint) error {
 	v, err := infoOf(ep)
 	if err != nil {
@@ -143,6 +192,9 @@ func (e *Endpoints) Put(ep Endpoint) error {
 	}
 	if err := e.byDevice.Update(uint32(ep.IfIndex), v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write endpoint %s: %w", ep.IP, mapErr(err, e.byDevice))
+	}
+	if err := e.claimSlot(v); err != nil {
+		return fmt.Errorf("write endpoint %s: device slot: %w", ep.IP, err)
 	}
 	if ep.IPv6.IsValid() {
 		if err := e.byIPv6.Update(v.Ipv6, v, ebpf.UpdateAny); err != nil {
@@ -198,7 +250,7 @@ func (e *Endpoints) Delete(ep Endpoint) error {
 	if k, err := ipv6Key(ep.IPv6); err == nil {
 		errs = append(errs, deleteIfOwned(e.byIPv6, k, ep.IfIndex))
 	}
-	errs = append(errs, deleteIfOwned(e.byDevice, uint32(ep.IfIndex), ep.IfIndex))
+	errs = append(errs, deleteIfOwned(e.byDevice, uint32(ep.IfIndex), ep.IfIndex), e.releaseSlot(ep.IfIndex))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete endpoint %s: %w", ep.IP, err)
 	}

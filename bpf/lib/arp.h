@@ -49,16 +49,14 @@ static __always_inline int arp_from_container(struct __sk_buff *ctx)
 
 	sip = arp->sip;
 	tip = arp->tip;
+	ep = lookup_device(ctx->ifindex);
 	if (sip == 0) { /* address probe (RFC 5227): nothing to spoof yet */
-		ep = lookup_device(ctx->ifindex);
 		if (ep)
 			count_from(ep->id, ctx->len);
 		return to_stack(ctx, dir);
 	}
-	ep = lookup_endpoint4(sip);
-	if (!ep || ep->ifindex != ctx->ifindex || !mac_equal(ep->mac, arp->sha) ||
-	    !mac_equal(ep->mac, eth->h_source))
-		return drop(ctx, dir, METRIC_DROP_SPOOFED);
+	if (!ep || ep->ipv4 != sip || !mac_equal(ep->mac, arp->sha) || !mac_equal(ep->mac, eth->h_source))
+		return drop_endpoint(ctx, dir, METRIC_DROP_SPOOFED, ep ? ep->id : 0);
 	count_from(ep->id, ctx->len);
 
 	if (!(ep->flags & ENDPOINT_F_ARP_RESPONDER) || arp->op != bpf_htons(ARPOP_REQUEST) ||

@@ -34,8 +34,8 @@ struct endpoint_info {
 	__u16 flags;             /* enum endpoint_flag */
 	__u8 mac[ETH_ALEN];      /* the pod's own MAC */
 	__u8 node_mac[ETH_ALEN]; /* MAC of the host-side device */
-	__be32 ipv4;             /* the endpoint's addresses: the programs go by */
-	__u8 ipv6[16];           /* the keys, the Go side lists by these */
+	__be32 ipv4;             /* the endpoint's addresses, which it may send */
+	__u8 ipv6[16];           /* from (all zero: no IPv6 address) */
 };
 
 /* Per-endpoint counters, per CPU, indexed by endpoint ID. "from" is what
@@ -93,6 +93,7 @@ struct config {
 	__u8 check_mtu;      /* the kernel has bpf_check_mtu */
 	__be32 native_cidr;  /* pods of all nodes: forwarded by the datapath */
 	__be32 native_mask;  /* 0: no native routing CIDR, the stack forwards */
+	__u32 lxc_mask;      /* hr_lxc's size − 1 (a power of two) */
 };
 
 volatile const struct config CONFIG = {};
@@ -117,7 +118,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_endpoints SEC(".maps");
 
-/* Endpoints by IPv6 address: the IPv4 map's twin. */
+/* Endpoints by IPv6 address: the IPv4 map's twin, for the Go side's
+ * lookups and the IPv6 forwarding stage to come. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct in6_addr);
@@ -128,7 +130,7 @@ struct {
 } hr_endpoints6 SEC(".maps");
 
 /* Endpoints by host-side ifindex: who a device belongs to, whatever its
- * packets claim (drop accounting, link-local IPv6). */
+ * packets claim (source checks, drop accounting). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
@@ -137,6 +139,18 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_devices SEC(".maps");
+
+/* hr_devices' fast copy: an array indexed by ifindex & CONFIG.lxc_mask,
+ * whose lookups the verifier inlines. A slot holds the endpoint of one of
+ * the devices that map to it (its ifindex says which); the others are
+ * found in hr_devices. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_lxc SEC(".maps");
 
 /* Per-endpoint counters by endpoint ID (0 collects what belongs to no
  * endpoint). Sized by the node's endpoint limit: per CPU, so its memory
@@ -186,7 +200,15 @@ static __always_inline struct endpoint_info *lookup_endpoint4(__be32 addr)
 	return bpf_map_lookup_elem(&hr_endpoints, &addr);
 }
 
+/* lookup_device returns the endpoint on the host device with index
+ * ifindex: from its hr_lxc slot if it holds that device, else from
+ * hr_devices. */
 static __always_inline struct endpoint_info *lookup_device(__u32 ifindex)
 {
+	__u32 slot = ifindex & CONFIG.lxc_mask;
+	struct endpoint_info *ep = bpf_map_lookup_elem(&hr_lxc, &slot);
+
+	if (ep && ep->ifindex == ifindex)
+		return ep;
 	return bpf_map_lookup_elem(&hr_devices, &ifindex);
 }

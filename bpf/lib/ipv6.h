@@ -6,27 +6,20 @@
 #include "metrics.h"
 #include "parse.h"
 
-static __always_inline struct endpoint_info *lookup_endpoint6(const struct in6_addr *addr)
+/* ipv6_source_ok tells whether the endpoint ep on the packet's device may
+ * send from ip6's source: its registered address, any link-local address,
+ * or the unspecified address towards a multicast group (duplicate address
+ * detection, MLD). */
+static __always_inline int ipv6_source_ok(const struct endpoint_info *ep, const struct ipv6hdr *ip6)
 {
-	return bpf_map_lookup_elem(&hr_endpoints6, addr);
-}
+	const __u32 *saddr = ip6->saddr.in6_u.u6_addr32, *own = (const __u32 *)ep->ipv6;
 
-/* ipv6_source_endpoint returns the endpoint that may send from ip6's
- * source on this device: a registered address of the device's endpoint,
- * any link-local address of it, or the unspecified address towards a
- * multicast group (duplicate address detection, MLD). NULL otherwise. */
-static __always_inline struct endpoint_info *ipv6_source_endpoint(struct __sk_buff *ctx, struct ipv6hdr *ip6)
-{
-	__u32 first = bpf_ntohl(ip6->saddr.in6_u.u6_addr32[0]);
-	struct endpoint_info *ep;
-
-	if ((first & 0xffc00000) == 0xfe800000)
-		return lookup_device(ctx->ifindex);
-	if (!(ip6->saddr.in6_u.u6_addr32[0] | ip6->saddr.in6_u.u6_addr32[1] | ip6->saddr.in6_u.u6_addr32[2] |
-	      ip6->saddr.in6_u.u6_addr32[3]))
-		return ip6->daddr.in6_u.u6_addr8[0] == 0xff ? lookup_device(ctx->ifindex) : NULL;
-	ep = lookup_endpoint6(&ip6->saddr);
-	return ep && ep->ifindex == ctx->ifindex ? ep : NULL;
+	if ((bpf_ntohl(saddr[0]) & 0xffc00000) == 0xfe800000)
+		return 1;
+	if (!(saddr[0] | saddr[1] | saddr[2] | saddr[3]))
+		return ip6->daddr.in6_u.u6_addr8[0] == 0xff;
+	return (own[0] | own[1] | own[2] | own[3]) && saddr[0] == own[0] && saddr[1] == own[1] &&
+	       saddr[2] == own[2] && saddr[3] == own[3];
 }
 
 /* ipv6_from_container passes a pod's IPv6 to the stack if its source is the
@@ -40,9 +33,9 @@ static __always_inline int ipv6_from_container(struct __sk_buff *ctx)
 
 	if (!parse_ipv6(ctx, &eth, &ip6))
 		return drop(ctx, dir, METRIC_DROP_INVALID);
-	ep = ipv6_source_endpoint(ctx, ip6);
-	if (!ep || !mac_equal(ep->mac, eth->h_source))
-		return drop(ctx, dir, METRIC_DROP_SPOOFED);
+	ep = lookup_device(ctx->ifindex);
+	if (!ep || !ipv6_source_ok(ep, ip6) || !mac_equal(ep->mac, eth->h_source))
+		return drop_endpoint(ctx, dir, METRIC_DROP_SPOOFED, ep ? ep->id : 0);
 	count_from(ep->id, ctx->len);
 	return to_stack(ctx, dir);
 }

@@ -352,7 +352,7 @@ func TestValidate(t *testing.T) {
 	for _, sc := range o.selected() {
 		got = append(got, sc.Name+":"+strings.Join(sc.Modes, ","))
 	}
-	if want := []string{"same-node:fallback,limit", "cross-node:limit"}; !slices.Equal(got, want) {
+	if want := []string{"same-node:fallback,limit", "cross-node:fallback,limit"}; !slices.Equal(got, want) {
 		t.Errorf("selected %v, want %v", got, want)
 	}
 }

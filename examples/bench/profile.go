@@ -77,9 +77,9 @@ func progDeltas(before, after map[string]progStat) []progStat {
 	return d
 }
 
-// totals sums the programs' runs and run time. Programs called from
-// others (the ingress policy's extension) count inside their caller
-// already, so only the tc programs add up.
+// totals sums the programs' runs and run time. Programs reached by tail
+// call (the datapath's stages, an ingress policy) count inside the tc
+// program that was attached, so only the tc programs add up.
 func (p profile) totals() (runs, ns uint64) {
 	for _, s := range p.Programs {
 		if isTCProgram(s.Program) {

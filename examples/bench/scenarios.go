@@ -45,11 +45,12 @@ var scenarios = []*scenario{
 	{
 		Name:  scenarioCrossNode,
 		Title: "Cross-node pod → pod",
-		Modes: []string{modeBPF, modeLegacy, modeLimit},
+		Modes: []string{modeBPF, modeFallback, modeLegacy, modeLimit},
 		ModeNames: map[string]string{
-			modeBPF:    "bpf: host routing, bpf_fib_lookup + bpf_redirect_neigh, bpf_redirect_peer",
-			modeLegacy: "legacy: nodes' stacks and routes, {services}-service iptables + conntrack",
-			modeLimit:  "limit: node-to-node over the same wire",
+			modeBPF:      "bpf: host routing, bpf_fib_lookup + bpf_redirect_neigh, bpf_redirect_peer",
+			modeFallback: "fallback: bpf_fib_lookup + MACs + bpf_redirect (no bpf_redirect_neigh), bpf_redirect_peer",
+			modeLegacy:   "legacy: nodes' stacks and routes, {services}-service iptables + conntrack",
+			modeLimit:    "limit: node-to-node over the same wire",
 		},
 		Labels: map[string]string{modeLimit: "limit (node-to-node)"},
 		build:  buildCrossNode,
@@ -149,6 +150,8 @@ var crossNodeAddrs = map[string]struct {
 	modeBPF:    {[2]netip.Addr{netip.MustParseAddr("172.18.0.2"), netip.MustParseAddr("172.18.0.3")}, [2]netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("10.0.1.0/24")}},
 	modeLegacy: {[2]netip.Addr{netip.MustParseAddr("172.18.0.4"), netip.MustParseAddr("172.18.0.5")}, [2]netip.Prefix{netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("10.1.1.0/24")}},
 	modeLimit:  {[2]netip.Addr{netip.MustParseAddr("172.18.0.6"), netip.MustParseAddr("172.18.0.7")}, [2]netip.Prefix{}},
+	modeFallback: {[2]netip.Addr{netip.MustParseAddr("172.18.0.8"), netip.MustParseAddr("172.18.0.9")},
+		[2]netip.Prefix{netip.MustParsePrefix("10.2.0.0/24"), netip.MustParsePrefix("10.2.1.0/24")}},
 }
 
 // buildCrossNode makes two nodes on the scenario's wire (made once, shared
@@ -206,12 +209,13 @@ func buildCrossNode(l *lab, mode string, services int) (*setup, error) {
 	s.Client, s.Server = pods[0], pods[1]
 
 	switch mode {
-	case modeBPF:
+	case modeBPF, modeFallback:
 		for i, n := range nodes {
 			dp, pin, err := l.newDatapath(n, fmt.Sprintf("%s-node%d", tag, i+1), datapath.Config{
 				Devices:               []string{"eth0"},
 				NativeRoutingCIDR:     nativeRouting,
-				RequireBPFHostRouting: true,
+				RequireBPFHostRouting: mode == modeBPF,
+				Disable:               loader.Disable{RedirectNeigh: mode == modeFallback},
 			})
 			if err != nil {
 				return nil, err

@@ -374,10 +374,17 @@ func (s *setup) checkPath(d []*maps.MetricTable) error {
 		if c(0, maps.MetricForwardPeer) < 2*least {
 			return fmt.Errorf("forward-peer counted %d packets, want at least %d", c(0, maps.MetricForwardPeer), 2*least)
 		}
-	case s.Mode == modeFallback:
+	case s.Mode == modeFallback && len(d) == 1:
 		if c(0, maps.MetricForwardRedirect) < 2*least || c(0, maps.MetricForwardPeer) != 0 {
 			return fmt.Errorf("forward-redirect counted %d and forward-peer %d packets, want at least %d and 0",
 				c(0, maps.MetricForwardRedirect), c(0, maps.MetricForwardPeer), 2*least)
+		}
+	case s.Mode == modeFallback && len(d) == 2:
+		for i := range d {
+			if c(i, maps.MetricForwardFIB) < least || c(i, maps.MetricForwardNeigh) != 0 || c(i, maps.MetricForwardPeer) < least {
+				return fmt.Errorf("node%d forwarded %d packets with bpf_fib_lookup + bpf_redirect and %d with bpf_redirect_neigh, delivered %d with bpf_redirect_peer: want at least %d, 0, at least %d",
+					i+1, c(i, maps.MetricForwardFIB), c(i, maps.MetricForwardNeigh), c(i, maps.MetricForwardPeer), least, least)
+			}
 		}
 	case s.Mode == modeBPF && len(d) == 2:
 		for i := range d {

@@ -147,7 +147,7 @@ func TestHrctlNode(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("status: exit %d: %s", code, stderr)
 	}
-	for _, want := range []string{"Host Routing:     BPF\n", "Endpoints:        2\n", "Pin Path:         " + pin + "\n", "  forward-peer:"} {
+	for _, want := range []string{"Host Routing:     BPF\n", "Endpoints:        2\n", "Pin Path:         " + pin + "\n", "  from-container: forward-peer", "BPF Maps:         "} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("status lacks %q:\n%s", want, stdout)
 		}
@@ -175,12 +175,12 @@ func TestHrctlNode(t *testing.T) {
 	var s struct {
 		HostRouting string
 		Endpoints   int
-		Metrics     map[string]struct{ Packets, Bytes uint64 }
+		Metrics     map[string]map[string]struct{ Packets, Bytes uint64 }
 	}
 	if err := json.Unmarshal([]byte(stdout), &s); code != 0 || err != nil {
 		t.Fatalf("status --json: exit %d, stderr %q, %v:\n%s", code, stderr, err, stdout)
 	}
-	if s.HostRouting != datapath.HostRoutingBPF || s.Endpoints != 2 || s.Metrics["forward-peer"].Packets == 0 {
+	if s.HostRouting != datapath.HostRoutingBPF || s.Endpoints != 2 || s.Metrics["from-container"]["forward-peer"].Packets == 0 {
 		t.Errorf("status --json: %+v, want BPF, 2 endpoints, forward-peer counted", s)
 	}
 }
