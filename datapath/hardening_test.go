@@ -1010,9 +1010,10 @@ func TestHardeningBIGTCP(t *testing.T) {
 		return time.Since(start)
 	}
 	m0 := metricsNow(t, dp)
-	// Alternate, and keep the best of two: the CPUs are shared.
+	// Alternate, and keep the best of three: the CPUs are shared.
 	var bigBest, plainBest time.Duration
-	for range 2 {
+	const rounds = 3
+	for range rounds {
 		p := echo(c, d.IP, portD)
 		bg := echo(a, b.IP, portB)
 		if plainBest == 0 || p < plainBest {
@@ -1030,8 +1031,8 @@ func TestHardeningBIGTCP(t *testing.T) {
 	if got := dm.Total(maps.MetricDropInvalid).Packets; got != 0 {
 		t.Errorf("drop-invalid moved by %d during the echoes: want 0 (moved: %s)", got, describeMetrics(dm))
 	}
-	// 4 × 2 × 32 MiB crossed the datapath, all by redirect_peer.
-	if got, want := dm.Total(maps.MetricForwardPeer).Bytes, uint64(8*size); got < want {
+	// 2 × rounds × 2 × 32 MiB crossed the datapath, all by redirect_peer.
+	if got, want := dm.Total(maps.MetricForwardPeer).Bytes, uint64(2*rounds*2*size); got < want {
 		t.Errorf("forward-peer carried %d bytes: want at least the %d echoed (moved: %s)", got, want, describeMetrics(dm))
 	}
 }
