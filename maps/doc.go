@@ -19,7 +19,9 @@
 //
 // Only hr_ep_stats grows with CPUs × endpoints: 4.8 MiB at 1024 endpoints
 // on 128 CPUs. At the default E = 1024 on 2 CPUs the node's maps take
-// about 0.55 MiB, 0.3 MiB of it hr_lxc. Size E by the node's real pod limit (kubelet's maxPods and
-// some room for churn); the hashes take memory only for what they hold.
+// about 0.55 MiB, 0.3 MiB of it hr_lxc. Size E by the node's real pod
+// limit (kubelet's maxPods and some room for churn); the hashes take
+// memory for what they hold and a bucket array of 16 B per entry they may
+// hold.
 // loader.Node.MapSizes and `hrctl status` report what a node's maps take.
 package maps
