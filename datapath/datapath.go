@@ -60,7 +60,7 @@ var (
 // lock of the pin directory.
 type Datapath struct {
 	cfg       Config
-	node      *loader.Node
+	node      *loader.Instance
 	endpoints *maps.Endpoints
 	stats     *maps.Stats
 	metrics   *maps.Metrics
@@ -134,7 +134,7 @@ func Open(pinPath, netns string) (*Datapath, error) {
 	return newDatapath(Config{PinPath: pinPath, Netns: netns, NativeRoutingCIDR: node.NativeRoutingCIDR}, node), nil
 }
 
-func newDatapath(cfg Config, node *loader.Node) *Datapath {
+func newDatapath(cfg Config, node *loader.Instance) *Datapath {
 	return &Datapath{
 		cfg:       cfg,
 		node:      node,

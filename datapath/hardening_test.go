@@ -985,19 +985,40 @@ func TestHardeningBIGTCP(t *testing.T) {
 	a.MustPing(t, b.IP)
 	c.MustPing(t, d.IP)
 
-	// BIG TCP is on: packets over 64 KiB arrive in b whole.
+	// BIG TCP is on: a sends packets over 64 KiB, and they arrive in b
+	// whole.
+	capA := startCapture(t, a.Netns, "eth0", "a's eth0")
 	capB := startCapture(t, b.Netns, "eth0", "b's eth0")
+	w0 := metricsNow(t, dp)
 	if err := a.TCPEcho(b.IP, portB, netcheck.Payload(4<<20), 10*time.Second); err != nil {
-		t.Fatal(err)
+		t.Error(err)
 	}
+	capA.close()
 	capB.close()
-	big := capB.count(func(f captured) bool { return !f.outgoing && f.length > 14+65535 })
-	maxLen := 0
-	capB.count(func(f captured) bool { maxLen = max(maxLen, f.length); return false })
-	if big == 0 {
-		t.Fatalf("no packet over 64 KiB reached b (largest %d bytes): BIG TCP is not in use, the comparison would prove nothing", maxLen)
+	const over64K = 14 + 65535
+	largest := func(c *capture, outgoing bool) (n, size int) {
+		c.count(func(f captured) bool {
+			if f.outgoing == outgoing && f.length > over64K {
+				n++
+			}
+			if f.outgoing == outgoing {
+				size = max(size, f.length)
+			}
+			return false
+		})
+		return n, size
 	}
-	t.Logf("BIG TCP: %d packets over 64 KiB reached b, the largest %d bytes", big, maxLen)
+	sent, sentMax := largest(capA, true)
+	got, gotMax := largest(capB, false)
+	if sent == 0 {
+		t.Fatalf("a sent no packet over 64 KiB (largest %d bytes): BIG TCP is not in use, the comparison would prove nothing", sentMax)
+	}
+	if got == 0 {
+		w := metricsNow(t, dp).Sub(w0)
+		t.Errorf("a sent %d packets over 64 KiB (largest %d bytes), none reached b (largest %d): drop-invalid moved by %d (moved: %s)",
+			sent, sentMax, gotMax, w.Total(maps.MetricDropInvalid).Packets, describeMetrics(w))
+	}
+	t.Logf("BIG TCP: a sent %d packets over 64 KiB, %d reached b; the largest %d bytes", sent, got, gotMax)
 
 	const size = 32 << 20
 	payload := netcheck.Payload(size)

@@ -62,7 +62,7 @@ func (p Program) ingress() bool {
 // network namespace at nsPath ("" for the caller's). It is idempotent:
 // attaching again keeps one attachment, renewed with the node's current
 // program.
-func (n *Node) Attach(nsPath string, ifindex int, p Program) error {
+func (n *Instance) Attach(nsPath string, ifindex int, p Program) error {
 	prog := n.progs[p]
 	if prog == nil {
 		return fmt.Errorf("attach %s to ifindex %d: unknown program", p, ifindex)
@@ -92,7 +92,7 @@ func (n *Node) Attach(nsPath string, ifindex int, p Program) error {
 // Detach removes program p from the device with index ifindex in the
 // network namespace at nsPath. Detaching what is not attached, or from a
 // device that is gone, is not an error.
-func (n *Node) Detach(nsPath string, ifindex int, p Program) error {
+func (n *Instance) Detach(nsPath string, ifindex int, p Program) error {
 	err := routing.Do(nsPath, func() error {
 		if n.Features.TCX.Enabled {
 			return unpinLink(n.linkPin(ifindex, p))
@@ -107,13 +107,13 @@ func (n *Node) Detach(nsPath string, ifindex int, p Program) error {
 
 // linkPin names the pin of a tcx link; called inside the device's netns,
 // whose inode keeps devices of different namespaces apart.
-func (n *Node) linkPin(ifindex int, p Program) string {
+func (n *Instance) linkPin(ifindex int, p Program) string {
 	var st unix.Stat_t
 	unix.Stat("/proc/thread-self/ns/net", &st)
 	return filepath.Join(n.PinPath, "links", fmt.Sprintf("%d_%d_%s", st.Ino, ifindex, p.objectName()))
 }
 
-func (n *Node) attachTCX(ifindex int, p Program, prog *ebpf.Program) error {
+func (n *Instance) attachTCX(ifindex int, p Program, prog *ebpf.Program) error {
 	pin := n.linkPin(ifindex, p)
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 		defer l.Close()
@@ -155,7 +155,7 @@ func unpinLink(pin string) error {
 	return l.Unpin()
 }
 
-func (n *Node) detachAllLinks() error {
+func (n *Instance) detachAllLinks() error {
 	dir := filepath.Join(n.PinPath, "links")
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -239,7 +239,7 @@ func detachClsact(ifindex int, p Program) error {
 // with index ifindex in the network namespace at nsPath, at its hook (tc
 // ingress for from-container, egress for to-container) and in the node's
 // attach mode.
-func (n *Node) Attached(nsPath string, ifindex int, p Program) (bool, error) {
+func (n *Instance) Attached(nsPath string, ifindex int, p Program) (bool, error) {
 	info, err := n.progs[p].Info()
 	if err != nil {
 		return false, fmt.Errorf("program %s: %w", p, err)

@@ -72,10 +72,10 @@ type Maps struct {
 	PolicyReturn  *ebpf.Map // where policies hand their verdict back
 }
 
-// Node is the loaded datapath of one node instance. Close releases this
+// Instance is the loaded datapath of one node instance. Close releases this
 // process's handles and leaves the pinned datapath running; Remove tears
 // it down.
-type Node struct {
+type Instance struct {
 	// PinPath is the node instance's pin directory, as this process
 	// reaches it (see LockPinPath).
 	PinPath string
@@ -107,7 +107,7 @@ var mapNames = []string{
 // the programs and maps pinned there when they come from the same code and
 // config. Processes loading the same pin path at once serialise: one loads,
 // the others adopt. If Load fails, it leaves no new pins behind.
-func Load(opts Options) (n *Node, err error) {
+func Load(opts Options) (n *Instance, err error) {
 	if opts.PinPath == "" {
 		opts.PinPath = DefaultPinPath
 	}
@@ -159,7 +159,7 @@ var ErrNoNode = errors.New("no hostrouting node")
 
 // Open adopts the node instance pinned at pinPath without loading or
 // mounting anything: for tools that inspect a running node.
-func Open(pinPath string) (*Node, error) {
+func Open(pinPath string) (*Instance, error) {
 	pinPath, err := reach(filepath.Clean(pinPath), false)
 	if err != nil {
 		return nil, err
@@ -176,8 +176,8 @@ func Open(pinPath string) (*Node, error) {
 	return n, err
 }
 
-func open(pinPath string) (*Node, error) {
-	n := &Node{PinPath: pinPath, Adopted: true, progs: map[Program]*ebpf.Program{}}
+func open(pinPath string) (*Instance, error) {
+	n := &Instance{PinPath: pinPath, Adopted: true, progs: map[Program]*ebpf.Program{}}
 	pinned := map[string]*ebpf.Map{}
 	for _, name := range mapNames {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, name), nil)
@@ -210,7 +210,7 @@ func open(pinPath string) (*Node, error) {
 	return n, nil
 }
 
-func load(opts Options, features Features, config bpf.HostroutingConfig, id uint64) (*Node, error) {
+func load(opts Options, features Features, config bpf.HostroutingConfig, id uint64) (*Instance, error) {
 	spec, err := bpf.LoadHostrouting()
 	if err != nil {
 		return nil, err
@@ -236,7 +236,7 @@ func load(opts Options, features Features, config bpf.HostroutingConfig, id uint
 	}
 	defer coll.Close()
 
-	n := &Node{PinPath: opts.PinPath, Features: features, NativeRoutingCIDR: opts.NativeRoutingCIDR, progs: map[Program]*ebpf.Program{}}
+	n := &Instance{PinPath: opts.PinPath, Features: features, NativeRoutingCIDR: opts.NativeRoutingCIDR, progs: map[Program]*ebpf.Program{}}
 	n.setMaps(coll.Maps)
 	for _, name := range mapNames {
 		coll.DetachMap(name)
@@ -318,7 +318,7 @@ func objectID(c bpf.HostroutingConfig, f Features, maxEndpoints uint32) uint64 {
 	return binary.LittleEndian.Uint64(h.Sum(nil))
 }
 
-func (n *Node) objectID() uint64 {
+func (n *Instance) objectID() uint64 {
 	var info bpf.HostroutingNodeInfo
 	if err := n.info.Lookup(uint32(0), &info); err != nil {
 		return 0
@@ -326,7 +326,7 @@ func (n *Node) objectID() uint64 {
 	return info.ObjectId
 }
 
-func (n *Node) setMaps(m map[string]*ebpf.Map) {
+func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 	n.Maps = Maps{
 		Endpoints:     m[bpf.HostroutingMapHrEndpoints],
 		Endpoints6:    m[bpf.HostroutingMapHrEndpoints6],
@@ -341,7 +341,7 @@ func (n *Node) setMaps(m map[string]*ebpf.Map) {
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
 
-func (n *Node) allMaps() []*ebpf.Map {
+func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.info}
 }
@@ -355,7 +355,7 @@ type MapSize struct {
 
 // MapSizes reports the node's maps, in the order of Maps, and the memory
 // each takes.
-func (n *Node) MapSizes() ([]MapSize, error) {
+func (n *Instance) MapSizes() ([]MapSize, error) {
 	var sizes []MapSize
 	for _, m := range n.allMaps() {
 		info, err := m.Info()
@@ -368,7 +368,7 @@ func (n *Node) MapSizes() ([]MapSize, error) {
 	return sizes, nil
 }
 
-func (n *Node) callsPin(id uint64) string {
+func (n *Instance) callsPin(id uint64) string {
 	return filepath.Join(n.PinPath, "progs", fmt.Sprintf("hr_calls_%016x", id))
 }
 
@@ -376,7 +376,7 @@ func (n *Node) callsPin(id uint64) string {
 // every attachment runs this load's programs (after renewing them when
 // Replaced): programs of an earlier load that are still attached lose
 // their stages and drop what they see.
-func (n *Node) ReleaseStale() error {
+func (n *Instance) ReleaseStale() error {
 	current := n.callsPin(n.objectID())
 	stale, err := filepath.Glob(filepath.Join(n.PinPath, "progs", "hr_calls_*"))
 	if err != nil {
@@ -393,25 +393,25 @@ func (n *Node) ReleaseStale() error {
 	return errors.Join(errs...)
 }
 
-func (n *Node) closeMaps(m map[string]*ebpf.Map) {
+func (n *Instance) closeMaps(m map[string]*ebpf.Map) {
 	for _, x := range m {
 		x.Close()
 	}
 }
 
-// Program returns the loaded program p. It stays owned by the Node.
-func (n *Node) Program(p Program) *ebpf.Program {
+// Program returns the loaded program p. It stays owned by the Instance.
+func (n *Instance) Program(p Program) *ebpf.Program {
 	return n.progs[p]
 }
 
-func (n *Node) programPin(p Program) string {
+func (n *Instance) programPin(p Program) string {
 	return filepath.Join(n.PinPath, "progs", p.objectName())
 }
 
 // Close releases this process's handles on the node's programs and maps.
 // Everything pinned keeps running: attachments stay, and a later Load or
 // Open of the same pin path adopts it.
-func (n *Node) Close() error {
+func (n *Instance) Close() error {
 	var errs []error
 	for _, p := range n.progs {
 		errs = append(errs, p.Close())
@@ -428,7 +428,7 @@ func (n *Node) Close() error {
 // under the pin path, unpins programs and maps and removes the directory.
 // Filters attached in clsact mode are not pinned: detach them first with
 // Detach (the datapath package does so for its endpoints).
-func (n *Node) Remove() error {
+func (n *Instance) Remove() error {
 	errs := []error{n.detachAllLinks()}
 	errs = append(errs, n.Close())
 	if err := os.RemoveAll(n.PinPath); err != nil {
@@ -453,7 +453,7 @@ func pinReplacing(prog *ebpf.Program, path string) error {
 
 // SetDevices records the ifindexes of the node's devices (those with
 // from-netdev and to-netdev), for adopters and status.
-func (n *Node) SetDevices(ifindexes []int) error {
+func (n *Instance) SetDevices(ifindexes []int) error {
 	var info bpf.HostroutingNodeInfo
 	if err := n.info.Lookup(uint32(0), &info); err != nil {
 		return fmt.Errorf("read node info: %w", err)
@@ -472,7 +472,7 @@ func (n *Node) SetDevices(ifindexes []int) error {
 }
 
 // Devices returns the ifindexes recorded by SetDevices.
-func (n *Node) Devices() ([]int, error) {
+func (n *Instance) Devices() ([]int, error) {
 	var info bpf.HostroutingNodeInfo
 	if err := n.info.Lookup(uint32(0), &info); err != nil {
 		return nil, fmt.Errorf("read node info: %w", err)

@@ -103,7 +103,7 @@ func TestAttachIsIdempotent(t *testing.T) {
 	}
 }
 
-func assertAttached(t *testing.T, n *loader.Node, nsPath string, ifindex int, want bool) {
+func assertAttached(t *testing.T, n *loader.Instance, nsPath string, ifindex int, want bool) {
 	t.Helper()
 	for _, p := range []loader.Program{loader.FromContainer, loader.ToContainer} {
 		got, err := n.Attached(nsPath, ifindex, p)

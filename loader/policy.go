@@ -19,7 +19,7 @@ var ErrPolicyNotLinked = errors.New("policy program does not use the node's hr_p
 // loaded with (ebpf.CollectionOptions.MapReplacements): the node's
 // hr_policy_ret, through which it hands its verdict back
 // (bpf/include/hostrouting/policy.h).
-func (n *Node) PolicyMapReplacements() map[string]*ebpf.Map {
+func (n *Instance) PolicyMapReplacements() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{bpf.HostroutingMapHrPolicyRet: n.Maps.PolicyReturn}
 }
 
@@ -28,7 +28,7 @@ func (n *Node) PolicyMapReplacements() map[string]*ebpf.Map {
 // closed afterwards, and the policy stays in force across Close, adoption
 // and reloads. The endpoint's policy flag (maps.EndpointPolicy) turns the
 // slot on; set it after SetPolicy, and clear it before ClearPolicy.
-func (n *Node) SetPolicy(id uint16, prog *ebpf.Program) error {
+func (n *Instance) SetPolicy(id uint16, prog *ebpf.Program) error {
 	if prog == nil || prog.Type() != ebpf.SchedCLS {
 		return fmt.Errorf("set policy of endpoint %d: want a program of type SchedCLS", id)
 	}
@@ -50,7 +50,7 @@ func (n *Node) SetPolicy(id uint16, prog *ebpf.Program) error {
 
 // ClearPolicy empties the ingress policy slot of endpoint id. An empty
 // slot is not an error.
-func (n *Node) ClearPolicy(id uint16) error {
+func (n *Instance) ClearPolicy(id uint16) error {
 	err := n.Maps.Policy.Delete(uint32(id))
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("clear policy of endpoint %d: %w", id, err)

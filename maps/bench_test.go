@@ -28,7 +28,7 @@ const loIfindex = 1
 // loadNode loads the datapath as a node would, with the largest endpoint
 // limit (loader.MaxEndpointsLimit), on a fresh pin path; b.Cleanup removes
 // it.
-func loadNode(b *testing.B) *loader.Node {
+func loadNode(b *testing.B) *loader.Instance {
 	b.Helper()
 	datapathtest.RequireRoot(b)
 	n, err := loader.Load(loader.Options{PinPath: datapathtest.PinPath(b), MaxEndpoints: loader.MaxEndpointsLimit})
@@ -74,7 +74,7 @@ func rawEndpoints(eps []maps.Endpoint) ([]uint32, []bpf.HostroutingEndpointInfo)
 // fillEndpoints writes eps to the node's endpoint maps (by IPv4 address
 // and by device) with one batch update each, and zeroed counters for each
 // of them, as a node with len(eps) endpoints has.
-func fillEndpoints(b *testing.B, n *loader.Node, eps []maps.Endpoint) {
+func fillEndpoints(b *testing.B, n *loader.Instance, eps []maps.Endpoint) {
 	b.Helper()
 	keys, values := rawEndpoints(eps)
 	if _, err := n.Maps.Endpoints.BatchUpdate(keys, values, nil); err != nil {
@@ -217,7 +217,7 @@ func benchmarkLookup(b *testing.B, count int) {
 
 // BenchmarkEndpointsBatchUpdate writes 1k and 10k endpoints into an
 // empty endpoint map, with one ebpf.Map.BatchUpdate on the raw map
-// (loader.Node.Maps.Endpoints) and with maps.Endpoints.Put one by one, and
+// (loader.Instance.Maps.Endpoints) and with maps.Endpoints.Put one by one, and
 // reports entries/s. The map is emptied between iterations, off the clock.
 func BenchmarkEndpointsBatchUpdate(b *testing.B) {
 	n := loadNode(b)

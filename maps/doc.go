@@ -23,5 +23,5 @@
 // limit (kubelet's maxPods and some room for churn); the hashes take
 // memory for what they hold and a bucket array of 16 B per entry they may
 // hold.
-// loader.Node.MapSizes and `hrctl status` report what a node's maps take.
+// loader.Instance.MapSizes and `hrctl status` report what a node's maps take.
 package maps

@@ -25,12 +25,13 @@
 // One more pass with the kernel's BPF statistics on (BPF_ENABLE_STATS,
 // held only while it runs) shows what the programs cost.
 //
-// Run it as root:
+// It is its own module (the chart's gonum/plot stays out of the SDK's
+// module graph). Run it as root, from the repository root:
 //
-//	go run ./examples/bench                       # 5 rounds of 3s tests, about 7 minutes
-//	go run ./examples/bench --tests TCP_RR,TCP_CRR --server-cpu 0   # client and server on one CPU
-//	go run ./examples/bench --rounds 1 --duration 1s --scenarios same-node --tests TCP_RR
-//	go run ./examples/bench --replot bench.json --png bench.png     # tables and chart again
+//	cd examples/bench && go run .        # 5 rounds of 3s tests, about 7 minutes
+//	cd examples/bench && go run . --tests TCP_RR,TCP_CRR --server-cpu 0   # client and server on one CPU
+//	cd examples/bench && go run . --rounds 1 --duration 1s --scenarios same-node --tests TCP_RR
+//	cd examples/bench && go run . --replot bench.json --png /tmp/bench.png   # tables and chart again
 //
 // The machine's root network namespace is never changed: everything lives
 // in namespaces named hr-bench-<random>-*, pinned under
@@ -124,7 +125,7 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	opts.Command = strings.Join(append([]string{"go run ./examples/bench"}, os.Args[1:]...), " ")
+	opts.Command = strings.Join(append([]string{"cd examples/bench && go run ."}, os.Args[1:]...), " ")
 
 	if *replotFrom != "" {
 		if err := replot(*replotFrom, opts, os.Stdout); err != nil {
@@ -225,7 +226,7 @@ func (o *options) validate() error {
 		o.Exe = exe
 	}
 	if o.Command == "" {
-		o.Command = "go run ./examples/bench"
+		o.Command = "cd examples/bench && go run ."
 	}
 	return nil
 }

@@ -492,7 +492,7 @@ func (n *testNode) check(p *datapathtest.Pod) error {
 }
 
 // open opens the node's pinned datapath, closed by t.Cleanup.
-func (n *testNode) open(t *testing.T) *loader.Node {
+func (n *testNode) open(t *testing.T) *loader.Instance {
 	t.Helper()
 	node, err := loader.Open(n.pinPath)
 	if err != nil {
@@ -503,7 +503,7 @@ func (n *testNode) open(t *testing.T) *loader.Node {
 }
 
 // checkEndpoint checks p's entry in the endpoint map.
-func (n *testNode) checkEndpoint(t *testing.T, node *loader.Node, p *datapathtest.Pod) {
+func (n *testNode) checkEndpoint(t *testing.T, node *loader.Instance, p *datapathtest.Pod) {
 	t.Helper()
 	ep, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices, node.Maps.DeviceSlots).Lookup(p.IP)
 	if err != nil {
@@ -516,7 +516,7 @@ func (n *testNode) checkEndpoint(t *testing.T, node *loader.Node, p *datapathtes
 
 // checkGone checks that nothing of p's endpoint is left: no map entry, no
 // counters, no pinned links.
-func (n *testNode) checkGone(t *testing.T, node *loader.Node, p *datapathtest.Pod) {
+func (n *testNode) checkGone(t *testing.T, node *loader.Instance, p *datapathtest.Pod) {
 	t.Helper()
 	if ep, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices, node.Maps.DeviceSlots).Lookup(p.IP); !errors.Is(err, maps.ErrNotFound) {
 		t.Errorf("pod %s after DEL: endpoint %v, err %v; want not found", p.Name, ep, err)
