@@ -233,7 +233,7 @@ func ipv6Key(ip netip.Addr) [16]byte {
 
 // endpoints is the datapath's endpoint table, as package maps writes it.
 func (d *datapath) endpoints() *maps.Endpoints {
-	return maps.NewEndpoints(d.objs.HrEndpoints, d.objs.HrEndpoints6, d.objs.HrDevices, d.objs.HrLxc)
+	return maps.NewEndpoints(maps.EndpointMaps{ByIPv4: d.objs.HrEndpoints, ByIPv6: d.objs.HrEndpoints6, ByDevice: d.objs.HrDevices, Slots: d.objs.HrLxc, Meta: d.objs.HrEpMeta})
 }
 
 // addPods registers each pod in the endpoint maps (by address, device and

@@ -35,6 +35,12 @@ type HostroutingEndpointInfo struct {
 	Ipv6    [16]uint8
 }
 
+type HostroutingEndpointMeta struct {
+	_           structs.HostLayout
+	ContainerId [128]int8
+	Ifname      [16]int8
+}
+
 type HostroutingEndpointStats struct {
 	_           structs.HostLayout
 	FromPackets uint64
@@ -67,11 +73,16 @@ type HostroutingNodeEntry struct {
 type HostroutingNodeInfo struct {
 	_            structs.HostLayout
 	ObjectId     uint64
+	RenewedId    uint64
+	NetnsIno     uint64
+	NetnsDev     uint64
 	Features     uint32
 	NativeCidr   uint32
 	NativePrefix uint32
+	MaxEndpoints uint32
 	Devices      [8]uint32
-	_            [4]byte
+	OwnQdiscs    uint32
+	Pad          uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -82,6 +93,7 @@ const (
 	HostroutingMapHrDevices              = "hr_devices"
 	HostroutingMapHrEndpoints            = "hr_endpoints"
 	HostroutingMapHrEndpoints6           = "hr_endpoints6"
+	HostroutingMapHrEpMeta               = "hr_ep_meta"
 	HostroutingMapHrEpStats              = "hr_ep_stats"
 	HostroutingMapHrInfo                 = "hr_info"
 	HostroutingMapHrLxc                  = "hr_lxc"
@@ -162,6 +174,7 @@ type HostroutingMapSpecs struct {
 	HrDevices    *ebpf.MapSpec `ebpf:"hr_devices"`
 	HrEndpoints  *ebpf.MapSpec `ebpf:"hr_endpoints"`
 	HrEndpoints6 *ebpf.MapSpec `ebpf:"hr_endpoints6"`
+	HrEpMeta     *ebpf.MapSpec `ebpf:"hr_ep_meta"`
 	HrEpStats    *ebpf.MapSpec `ebpf:"hr_ep_stats"`
 	HrInfo       *ebpf.MapSpec `ebpf:"hr_info"`
 	HrLxc        *ebpf.MapSpec `ebpf:"hr_lxc"`
@@ -202,6 +215,7 @@ type HostroutingMaps struct {
 	HrDevices    *ebpf.Map `ebpf:"hr_devices"`
 	HrEndpoints  *ebpf.Map `ebpf:"hr_endpoints"`
 	HrEndpoints6 *ebpf.Map `ebpf:"hr_endpoints6"`
+	HrEpMeta     *ebpf.Map `ebpf:"hr_ep_meta"`
 	HrEpStats    *ebpf.Map `ebpf:"hr_ep_stats"`
 	HrInfo       *ebpf.Map `ebpf:"hr_info"`
 	HrLxc        *ebpf.Map `ebpf:"hr_lxc"`
@@ -217,6 +231,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrDevices,
 		m.HrEndpoints,
 		m.HrEndpoints6,
+		m.HrEpMeta,
 		m.HrEpStats,
 		m.HrInfo,
 		m.HrLxc,

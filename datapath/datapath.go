@@ -1,7 +1,16 @@
 // Package datapath is what an embedding CNI or node agent uses: one
 // Datapath per node, created with New, with endpoints (pods) added and
 // removed as they come and go. It composes the loader (programs, pins,
-// attachments), the typed maps and the routing helpers.
+// attachments), the typed maps and the routing helpers, and re-exports
+// the names of theirs an embedder needs, so that the common path takes
+// this one import.
+//
+// A node's datapath is shared by every process that works on it — an
+// agent, each CNI call, hrctl — through its pins. Changes serialise on a
+// lock of the pin directory, and every change first checks that the node
+// is still the one the handle opened (re-adopting it after another
+// process reloaded it) and completes a reload that a process left half
+// done: whatever crashed where, the next call repairs it.
 package datapath
 
 import (
@@ -9,9 +18,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 
-	"github.com/cilium/ebpf"
+	"path/filepath"
+	"sync"
 
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -21,16 +30,20 @@ import (
 // Config configures a node's datapath.
 type Config struct {
 	// PinPath is the node instance's directory on a bpf filesystem, where
-	// maps, programs and links are pinned. Default loader.DefaultPinPath.
+	// maps, programs and links are pinned: a new or empty directory below
+	// the bpffs root (never the root itself), or one a node instance
+	// pinned. Default loader.DefaultPinPath.
 	PinPath string
 	// Netns is the node's network namespace (a path such as
-	// /var/run/netns/node1); empty for the caller's own.
+	// /var/run/netns/node1); empty for the caller's own. A node instance
+	// belongs to one namespace: another is refused.
 	Netns string
-	// MaxEndpoints sizes the endpoint map. Default
-	// loader.DefaultMaxEndpoints.
+	// MaxEndpoints is the node's endpoint limit (see
+	// loader.Options.MaxEndpoints). Zero takes the running node's, or
+	// loader.DefaultMaxEndpoints for a new one.
 	MaxEndpoints uint32
 	// Disable forces fallbacks the kernel would not need.
-	Disable loader.Disable
+	Disable Disable
 	// RequireBPFHostRouting makes New fail with ErrLegacyHostRouting
 	// instead of falling back when BPF host routing is not possible.
 	RequireBPFHostRouting bool
@@ -46,19 +59,56 @@ type Config struct {
 	NativeRoutingCIDR netip.Prefix
 }
 
+// Names of the loader and maps packages an embedder uses with a Datapath.
+type (
+	// Disable forces fallbacks (loader.Disable).
+	Disable = loader.Disable
+	// Features are the kernel features a node runs with (loader.Features).
+	Features = loader.Features
+	// Feature is one of them, with the reason it is on or off.
+	Feature = loader.Feature
+	// Program names a datapath program by where it sits (loader.Program).
+	Program = loader.Program
+	// EndpointInfo is what the datapath knows of an endpoint (maps.Endpoint).
+	EndpointInfo = maps.Endpoint
+	// EndpointStats are an endpoint's counters (maps.EndpointStats).
+	EndpointStats = maps.EndpointStats
+	// MetricTable holds the node-wide counters (maps.MetricTable).
+	MetricTable = maps.MetricTable
+)
+
+// The datapath's programs.
+const (
+	FromContainer = loader.FromContainer
+	ToContainer   = loader.ToContainer
+	FromNetdev    = loader.FromNetdev
+	ToNetdev      = loader.ToNetdev
+)
+
 var (
 	// ErrLegacyHostRouting is returned by New when Config asks for BPF
 	// host routing and the kernel or the config rules it out.
 	ErrLegacyHostRouting = errors.New("BPF host routing not possible")
-	// ErrEndpointExists is returned when an address belongs to an
-	// endpoint on another device already.
+	// ErrEndpointExists is returned when an address, ID or device belongs
+	// to another live endpoint.
 	ErrEndpointExists = errors.New("endpoint exists")
+	// ErrClosed is returned by a Datapath's methods after Close or Remove.
+	ErrClosed = errors.New("datapath closed")
+	// ErrRemoved is returned when the node was removed (by another
+	// process): nothing is made again behind its back.
+	ErrRemoved = errors.New("node removed")
+	// ErrNotFound is returned for an endpoint or node the datapath does
+	// not have (maps.ErrNotFound).
+	ErrNotFound = maps.ErrNotFound
+	// ErrMapFull is returned when a map has no room (maps.ErrMapFull).
+	ErrMapFull = maps.ErrMapFull
 )
 
 // Datapath is the host-routing datapath of one node. Its methods may be
-// called from several goroutines and processes: changes serialise on the
-// lock of the pin directory.
+// called from several goroutines and processes.
 type Datapath struct {
+	mu        sync.Mutex // guards everything below
+	closed    bool
 	cfg       Config
 	node      *loader.Instance
 	endpoints *maps.Endpoints
@@ -69,19 +119,14 @@ type Datapath struct {
 
 // New loads the datapath for the node described by cfg, or adopts the one
 // pinned at cfg.PinPath by an earlier or concurrent process; traffic
-// through an adopted datapath never stops.
+// through an adopted datapath never stops. The config is checked before
+// anything is loaded. A reload (other code or config) renews every
+// attachment before New returns; if a process died half-way through one,
+// New finishes it.
 func New(cfg Config) (*Datapath, error) {
-	if cfg.PinPath == "" {
-		cfg.PinPath = loader.DefaultPinPath
-	}
-	if cfg.RequireBPFHostRouting {
-		if mode, why := hostRouting(loader.ProbeFeatures(cfg.Disable)); mode != HostRoutingBPF {
-			return nil, fmt.Errorf("%w: %s", ErrLegacyHostRouting, why)
-		}
-	}
-	devices, err := deviceIndexes(cfg.Netns, cfg.Devices)
+	devices, err := cfg.check()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("datapath config: %w", err)
 	}
 	if !cfg.NativeRoutingCIDR.IsValid() {
 		if running, err := loader.Open(cfg.PinPath); err == nil {
@@ -89,33 +134,60 @@ func New(cfg Config) (*Datapath, error) {
 			running.Close()
 		}
 	}
-	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, MaxEndpoints: cfg.MaxEndpoints,
+	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, Netns: cfg.Netns, MaxEndpoints: cfg.MaxEndpoints,
 		Disable: cfg.Disable, NativeRoutingCIDR: cfg.NativeRoutingCIDR})
 	if err != nil {
 		return nil, err
 	}
 	d := newDatapath(cfg, node)
 	err = d.locked(func() error {
-		if node.Replaced {
-			if err := d.reattach(); err != nil {
-				return err
-			}
+		if len(devices) == 0 {
+			return nil
 		}
-		if len(devices) != 0 {
-			if err := d.attachDevices(devices); err != nil {
-				return err
-			}
-			if err := node.SetDevices(devices); err != nil {
-				return err
-			}
+		if err := d.node.SetDevices(devices); err != nil {
+			return err
 		}
-		return node.ReleaseStale()
+		return d.attachDevices(devices)
 	})
 	if err != nil {
 		node.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+// check fills in defaults and checks cfg: the pin path, the namespace,
+// the devices (returned as ifindexes) and the features it asks for.
+func (cfg *Config) check() ([]int, error) {
+	if cfg.PinPath == "" {
+		cfg.PinPath = loader.DefaultPinPath
+	}
+	if !filepath.IsAbs(cfg.PinPath) {
+		return nil, fmt.Errorf("pin path %q: must be absolute", cfg.PinPath)
+	}
+	if cfg.MaxEndpoints > loader.MaxEndpointsLimit {
+		return nil, fmt.Errorf("MaxEndpoints %d: at most %d", cfg.MaxEndpoints, loader.MaxEndpointsLimit)
+	}
+	if c := cfg.NativeRoutingCIDR; c.IsValid() && (!c.Addr().Is4() || c.Masked() != c) {
+		return nil, fmt.Errorf("native routing CIDR %s: want an IPv4 network address such as %s", c, c.Masked())
+	}
+	if _, err := routing.Netns(cfg.Netns); err != nil {
+		return nil, err
+	}
+	if cfg.RequireBPFHostRouting {
+		if mode, why := hostRouting(loader.ProbeFeatures(cfg.Disable)); mode != HostRoutingBPF {
+			return nil, fmt.Errorf("%w: %s", ErrLegacyHostRouting, why)
+		}
+	}
+	var devices []int
+	for _, name := range cfg.Devices {
+		ifindex, _, err := hostDevice(cfg.Netns, name)
+		if err != nil {
+			return nil, fmt.Errorf("node device: %w", err)
+		}
+		devices = append(devices, ifindex)
+	}
+	return devices, nil
 }
 
 // Open adopts the datapath pinned at pinPath for the node whose network
@@ -135,24 +207,93 @@ func Open(pinPath, netns string) (*Datapath, error) {
 }
 
 func newDatapath(cfg Config, node *loader.Instance) *Datapath {
-	return &Datapath{
-		cfg:       cfg,
-		node:      node,
-		endpoints: maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices, node.Maps.DeviceSlots),
-		stats:     maps.NewStats(node.Maps.EndpointStats),
-		metrics:   maps.NewMetrics(node.Maps.Metrics),
-		nodes:     maps.NewNodes(node.Maps.Nodes),
-	}
+	d := &Datapath{cfg: cfg}
+	d.use(node)
+	return d
 }
 
-// reattach renews every endpoint's and device's attachments with the
-// node's programs, after they were replaced by another version or config.
-func (d *Datapath) reattach() error {
+// use makes node the handle d works with.
+func (d *Datapath) use(node *loader.Instance) {
+	d.node = node
+	d.cfg.NativeRoutingCIDR = node.NativeRoutingCIDR
+	d.endpoints = maps.NewEndpoints(maps.EndpointMaps{ByIPv4: node.Maps.Endpoints, ByIPv6: node.Maps.Endpoints6,
+		ByDevice: node.Maps.Devices, Slots: node.Maps.DeviceSlots, Meta: node.Maps.EndpointMeta})
+	d.stats = maps.NewStats(node.Maps.EndpointStats)
+	d.metrics = maps.NewMetrics(node.Maps.Metrics)
+	d.nodes = maps.NewNodes(node.Maps.Nodes)
+}
+
+// read runs fn, which only reads, on an open handle.
+func (d *Datapath) read(fn func() error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	return fn()
+}
+
+// locked runs fn holding the pin directory's lock, on the node as it is
+// pinned now: a handle whose node another process reloaded adopts the new
+// programs first, and a reload that some process left half done is
+// completed. A removed node gives ErrRemoved.
+func (d *Datapath) locked(fn func() error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	lock, err := loader.LockPinPath(d.node.PinPath)
+	if errors.Is(err, loader.ErrNoNode) {
+		return fmt.Errorf("%w: pin path %s is gone", ErrRemoved, d.cfg.PinPath)
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	if err := d.current(); err != nil {
+		return err
+	}
+	if renewing, err := d.node.Renewing(); err != nil {
+		return err
+	} else if renewing {
+		if err := d.renew(); err != nil {
+			return fmt.Errorf("complete the node's reload: %w", err)
+		}
+	}
+	return fn()
+}
+
+// current re-adopts the pinned node if another process reloaded it.
+func (d *Datapath) current() error {
+	err := d.node.Current()
+	switch {
+	case errors.Is(err, loader.ErrNoNode):
+		return fmt.Errorf("%w: %w", ErrRemoved, err)
+	case errors.Is(err, loader.ErrStale):
+		node, err := loader.Open(d.node.PinPath)
+		if err != nil {
+			return fmt.Errorf("adopt the reloaded node: %w", err)
+		}
+		d.node.Close()
+		d.use(node)
+		return nil
+	}
+	return err
+}
+
+// renew attaches the node's programs to every endpoint and device, in
+// place of an earlier load's, and commits the reload. Endpoints whose
+// device is gone are left for their removal.
+func (d *Datapath) renew() error {
 	eps, err := d.endpoints.List()
 	if err != nil {
 		return err
 	}
 	for _, ep := range eps {
+		if d.stale(ep) {
+			continue
+		}
 		if err := d.attach(ep.IfIndex); err != nil {
 			return fmt.Errorf("renew endpoint %s: %w", ep.IP, err)
 		}
@@ -161,25 +302,15 @@ func (d *Datapath) reattach() error {
 	if err != nil {
 		return err
 	}
-	return d.attachDevices(devices)
-}
-
-// deviceIndexes resolves the node's device names in its netns.
-func deviceIndexes(netns string, names []string) ([]int, error) {
-	var idx []int
-	for _, name := range names {
-		ifindex, _, err := hostDevice(netns, name)
-		if err != nil {
-			return nil, fmt.Errorf("node device: %w", err)
-		}
-		idx = append(idx, ifindex)
+	if err := d.attachDevices(devices); err != nil {
+		return err
 	}
-	return idx, nil
+	return d.node.CommitRenewal()
 }
 
 func (d *Datapath) attachDevices(ifindexes []int) error {
 	for _, ifindex := range ifindexes {
-		for _, p := range []loader.Program{loader.FromNetdev, loader.ToNetdev} {
+		for _, p := range []Program{FromNetdev, ToNetdev} {
 			if err := d.node.Attach(d.cfg.Netns, ifindex, p); err != nil {
 				return fmt.Errorf("node device: %w", err)
 			}
@@ -188,262 +319,62 @@ func (d *Datapath) attachDevices(ifindexes []int) error {
 	return nil
 }
 
-// Endpoint describes a pod interface to put on the datapath.
-type Endpoint struct {
-	// IfName is the pod's host-side device in the node's netns.
-	IfName string
-	// IP is the pod's IPv4 address.
-	IP netip.Addr
-	// IPv6 is the pod's IPv6 address, if it has one. The datapath checks
-	// that the pod sends from it (or from a link-local address) and leaves
-	// the forwarding of IPv6 to the kernel's stack for now.
-	IPv6 netip.Addr
-	// MAC is the pod's own MAC, the source of every frame it sends.
-	MAC net.HardwareAddr
-	// ID is the endpoint ID, from 1 to the node's MaxEndpoints: it
-	// indexes the endpoint's counters and policy slot. 0 picks the lowest
-	// free one.
-	ID uint16
-	// ARPResponder makes the datapath answer the pod's ARP requests with
-	// the host device's MAC, for CNIs without a gateway address on it.
-	ARPResponder bool
-}
-
-// AddEndpoint puts ep on the datapath: its facts into the endpoint map and
-// from-container/to-container onto its host-side device. Adding the same
-// endpoint again is a no-op update. On error nothing of ep is left behind.
-func (d *Datapath) AddEndpoint(ep Endpoint) (maps.Endpoint, error) {
-	var added maps.Endpoint
-	err := d.locked(func() error {
-		var err error
-		added, err = d.addEndpoint(ep)
-		return err
-	})
-	if err != nil {
-		return maps.Endpoint{}, fmt.Errorf("add endpoint %s on %q: %w", ep.IP, ep.IfName, err)
-	}
-	return added, nil
-}
-
-func (d *Datapath) addEndpoint(ep Endpoint) (maps.Endpoint, error) {
-	if !ep.IP.IsValid() {
-		return maps.Endpoint{}, errors.New("no IP address")
-	}
-	if !ep.IP.Is4() {
-		return maps.Endpoint{}, fmt.Errorf("address %s: want IPv4 in IP (IPv6 goes in IPv6)", ep.IP)
-	}
-	if ep.IPv6.IsValid() && (!ep.IPv6.Is6() || ep.IPv6.Is4In6() || ep.IPv6.Zone() != "" || ep.IPv6.IsLinkLocalUnicast()) {
-		return maps.Endpoint{}, fmt.Errorf("IPv6 address %s: want a global or unique-local IPv6 address", ep.IPv6)
-	}
-	if len(ep.MAC) != 6 {
-		return maps.Endpoint{}, fmt.Errorf("pod MAC %q: want 6 bytes", ep.MAC)
-	}
-	maxID := d.maxEndpoints()
-	if int(ep.ID) > maxID {
-		return maps.Endpoint{}, fmt.Errorf("endpoint ID %d: the node's endpoint IDs run from 1 to %d (MaxEndpoints)", ep.ID, maxID)
-	}
-	ifindex, nodeMAC, err := hostDevice(d.cfg.Netns, ep.IfName)
-	if err != nil {
-		return maps.Endpoint{}, err
-	}
-	if len(nodeMAC) != 6 {
-		return maps.Endpoint{}, fmt.Errorf("host device %q has no Ethernet address", ep.IfName)
-	}
-	m := maps.Endpoint{IP: ep.IP, IPv6: ep.IPv6, IfIndex: ifindex, ID: ep.ID, MAC: ep.MAC, NodeMAC: nodeMAC}
-	if ep.ARPResponder {
-		m.Flags |= maps.EndpointARPResponder
-	}
-
-	all, err := d.endpoints.List()
-	if err != nil {
-		return maps.Endpoint{}, err
-	}
-	var existing *maps.Endpoint
-	for i, other := range all {
-		switch {
-		case other.IfIndex == m.IfIndex && other.IP != m.IP:
-			return maps.Endpoint{}, fmt.Errorf("%w: device %q carries endpoint %s (one endpoint per device)", ErrEndpointExists, ep.IfName, other.IP)
-		case other.IfIndex == m.IfIndex:
-			existing = &all[i]
-		case other.IP == m.IP:
-			return maps.Endpoint{}, fmt.Errorf("%w: %s is on ifindex %d", ErrEndpointExists, other.IP, other.IfIndex)
-		case m.IPv6.IsValid() && other.IPv6 == m.IPv6:
-			return maps.Endpoint{}, fmt.Errorf("%w: %s is on ifindex %d", ErrEndpointExists, other.IPv6, other.IfIndex)
-		case m.ID != 0 && other.ID == m.ID:
-			return maps.Endpoint{}, fmt.Errorf("%w: ID %d belongs to %s", ErrEndpointExists, m.ID, other.IP)
-		}
-	}
-	if existing != nil {
-		if m.ID == 0 {
-			m.ID = existing.ID
-		}
-		// An update keeps the endpoint's policy; a changed ID starts over.
-		if m.ID == existing.ID {
-			m.Flags |= existing.Flags & maps.EndpointPolicy
-		}
-	}
-	if m.ID == 0 {
-		if m.ID, err = freeID(all, maxID); err != nil {
-			return maps.Endpoint{}, err
-		}
-	}
-
-	if existing == nil || existing.ID != m.ID {
-		if err := d.stats.Reset(m.ID); err != nil {
-			return maps.Endpoint{}, err
-		}
-	}
-	if existing != nil && existing.ID != m.ID {
-		// The new ID's slot must not inherit a policy of an old endpoint.
-		if err := d.node.ClearPolicy(m.ID); err != nil {
-			return maps.Endpoint{}, err
-		}
-	}
-	if existing != nil && existing.IPv6 != m.IPv6 {
-		if err := d.endpoints.Delete(maps.Endpoint{IPv6: existing.IPv6, IfIndex: existing.IfIndex}); err != nil {
-			return maps.Endpoint{}, err
-		}
-	}
-	if err := d.endpoints.Put(m); err != nil {
-		if existing == nil {
-			d.endpoints.Delete(m)
-		}
-		return maps.Endpoint{}, err
-	}
-	if err := d.attach(m.IfIndex); err != nil {
-		if existing == nil {
-			d.detach(m.IfIndex)
-			d.endpoints.Delete(m)
-		}
-		return maps.Endpoint{}, err
-	}
-	return m, nil
-}
-
-// maxEndpoints is the node's endpoint limit: the highest endpoint ID.
-func (d *Datapath) maxEndpoints() int {
-	return int(d.node.Maps.EndpointStats.MaxEntries()) - 1
-}
-
-// freeID returns the lowest endpoint ID no endpoint uses.
-func freeID(eps []maps.Endpoint, maxID int) (uint16, error) {
-	used := make(map[uint16]bool, len(eps))
-	for _, ep := range eps {
-		used[ep.ID] = true
-	}
-	for id := 1; id <= maxID; id++ {
-		if !used[uint16(id)] {
-			return uint16(id), nil
-		}
-	}
-	return 0, fmt.Errorf("%w: all %d endpoint IDs are in use (MaxEndpoints)", maps.ErrMapFull, maxID)
-}
-
-// RemoveEndpoint takes the endpoint with address ip off the datapath: its
-// map entries, counters and attachments. The host device may be gone
-// already. Removing an unknown address returns an error wrapping
-// maps.ErrNotFound.
-func (d *Datapath) RemoveEndpoint(ip netip.Addr) error {
-	err := d.locked(func() error {
-		ep, err := d.endpoints.Lookup(ip)
-		if err != nil {
-			return err
-		}
-		return errors.Join(d.detach(ep.IfIndex), d.endpoints.Delete(ep), d.node.ClearPolicy(ep.ID), d.stats.Reset(ep.ID))
-	})
-	if err != nil {
-		return fmt.Errorf("remove endpoint %s: %w", ip, err)
-	}
-	return nil
-}
-
-// Endpoints lists the node's endpoints, ordered by address.
-func (d *Datapath) Endpoints() ([]maps.Endpoint, error) {
-	return d.endpoints.List()
-}
-
-// Attached tells whether program p is attached to the device with index
-// ifindex in the node's netns: for checks such as CNI CHECK.
-func (d *Datapath) Attached(ifindex int, p loader.Program) (bool, error) {
-	return d.node.Attached(d.cfg.Netns, ifindex, p)
-}
-
-// Devices returns the ifindexes of the node's devices toward other nodes.
-func (d *Datapath) Devices() ([]int, error) {
-	return d.node.Devices()
-}
-
-// Endpoint returns the endpoint with address ip.
-func (d *Datapath) Endpoint(ip netip.Addr) (maps.Endpoint, error) {
-	return d.endpoints.Lookup(ip)
-}
-
-// EndpointStats returns the counters of the endpoint with address ip.
-func (d *Datapath) EndpointStats(ip netip.Addr) (maps.EndpointStats, error) {
-	ep, err := d.endpoints.Lookup(ip)
-	if err != nil {
-		return maps.EndpointStats{}, err
-	}
-	return d.stats.Get(ep.ID)
-}
-
-// Metrics returns the node-wide counters by direction and metric.
-func (d *Datapath) Metrics() (*maps.MetricTable, error) {
-	return d.metrics.All()
-}
-
 // Close releases this process's handles. The datapath keeps running from
-// its pins: endpoints keep their routing, and a later New adopts it.
+// its pins: endpoints keep their routing, and a later New adopts it. Every
+// method but Close returns ErrClosed afterwards.
 func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
 	return d.node.Close()
 }
 
 // Remove tears the node's datapath down: every endpoint's and device's
-// attachments, the routes to other nodes, then programs, maps and the pin
-// directory. Pods fall back to the kernel's routing.
+// attachments (and a clsact qdisc the node made on a device), the routes
+// to other nodes, then the programs and maps it pinned, by name; the pin
+// directory goes if nothing else is in it. Pods fall back to the kernel's
+// routing. Removing a node that is gone already is not an error.
 func (d *Datapath) Remove() error {
-	if _, err := os.Stat(d.node.PinPath); errors.Is(err, os.ErrNotExist) {
-		return d.node.Close() // removed by another process already
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
 	}
-	err := d.locked(func() error {
-		eps, err := d.endpoints.List()
-		if err != nil {
-			return err
-		}
-		var errs []error
-		for _, ep := range eps {
-			errs = append(errs, d.detach(ep.IfIndex))
-		}
-		nodes, err := d.listNodes()
-		errs = append(errs, err)
-		for _, n := range nodes {
-			errs = append(errs, d.deleteNode(n))
-		}
-		devices, err := d.node.Devices()
-		errs = append(errs, err)
-		for _, ifindex := range devices {
-			for _, p := range []loader.Program{loader.FromNetdev, loader.ToNetdev} {
-				errs = append(errs, d.node.Detach(d.cfg.Netns, ifindex, p))
-			}
-		}
-		return errors.Join(errs...)
-	})
-	return errors.Join(err, d.node.Remove())
-}
-
-func (d *Datapath) attach(ifindex int) error {
-	for _, p := range []loader.Program{loader.FromContainer, loader.ToContainer} {
-		if err := d.node.Attach(d.cfg.Netns, ifindex, p); err != nil {
-			return err
+	d.closed = true
+	lock, err := loader.LockPinPath(d.node.PinPath)
+	if errors.Is(err, loader.ErrNoNode) {
+		return d.node.Close()
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	if err := d.current(); errors.Is(err, ErrRemoved) {
+		return d.node.Close()
+	} else if err != nil {
+		return err
+	}
+	eps, err := d.endpoints.List()
+	errs := []error{err}
+	for _, ep := range eps {
+		errs = append(errs, d.detach(ep.IfIndex))
+	}
+	nodes, err := d.listNodes()
+	errs = append(errs, err)
+	for _, n := range nodes {
+		errs = append(errs, d.deleteNode(n))
+	}
+	devices, err := d.node.Devices()
+	errs = append(errs, err)
+	for _, ifindex := range devices {
+		for _, p := range []Program{FromNetdev, ToNetdev} {
+			errs = append(errs, d.node.Detach(d.cfg.Netns, ifindex, p))
 		}
 	}
-	return nil
-}
-
-func (d *Datapath) detach(ifindex int) error {
-	return errors.Join(
-		d.node.Detach(d.cfg.Netns, ifindex, loader.FromContainer),
-		d.node.Detach(d.cfg.Netns, ifindex, loader.ToContainer))
+	return errors.Join(append(errs, d.node.Remove())...)
 }
 
 // hostDevice finds a device in the node's netns.
@@ -461,70 +392,4 @@ func hostDevice(netns, ifname string) (ifindex int, mac net.HardwareAddr, err er
 		return 0, nil, fmt.Errorf("host device %q: %w", ifname, err)
 	}
 	return l.Attrs().Index, l.Attrs().HardwareAddr, nil
-}
-
-// locked runs fn holding the pin directory's lock.
-func (d *Datapath) locked(fn func() error) error {
-	lock, err := loader.LockPinPath(d.node.PinPath)
-	if err != nil {
-		return err
-	}
-	defer lock.Unlock()
-	return fn()
-}
-
-// PolicyMapReplacements are the maps an ingress policy program must be
-// loaded with (ebpf.CollectionOptions.MapReplacements), so that it can hand
-// its verdict back to the datapath; see SetIngressPolicy.
-func (d *Datapath) PolicyMapReplacements() map[string]*ebpf.Map {
-	return d.node.PolicyMapReplacements()
-}
-
-// SetIngressPolicy puts prog into the ingress policy slot of the endpoint
-// with address ip: every IP packet into the endpoint passes it, on the BPF
-// path (just before bpf_redirect_peer, also for packets from other nodes)
-// and on the stack's (to-container). prog is a SchedCLS program written
-// against bpf/include/hostrouting/policy.h — it reads the endpoint IDs from
-// skb->cb and ends with hr_policy_allow or hr_policy_deny — and loaded with
-// PolicyMapReplacements. A denied packet is counted as maps.MetricDropPolicy
-// and in the endpoint's drop counters. The slot is a tail call
-// (hr_policy, by endpoint ID): endpoints without a policy pay nothing. The
-// policy stays in force after Close and across adoption and reloads,
-// until ClearIngressPolicy or the endpoint's removal; prog may be closed.
-func (d *Datapath) SetIngressPolicy(ip netip.Addr, prog *ebpf.Program) error {
-	err := d.locked(func() error {
-		ep, err := d.endpoints.Lookup(ip)
-		if err != nil {
-			return err
-		}
-		if err := d.node.SetPolicy(ep.ID, prog); err != nil {
-			return err
-		}
-		ep.Flags |= maps.EndpointPolicy
-		return d.endpoints.Put(ep)
-	})
-	if err != nil {
-		return fmt.Errorf("set ingress policy of %s: %w", ip, err)
-	}
-	return nil
-}
-
-// ClearIngressPolicy empties the ingress policy slot of the endpoint with
-// address ip: all traffic into it is allowed again.
-func (d *Datapath) ClearIngressPolicy(ip netip.Addr) error {
-	err := d.locked(func() error {
-		ep, err := d.endpoints.Lookup(ip)
-		if err != nil {
-			return err
-		}
-		ep.Flags &^= maps.EndpointPolicy
-		if err := d.endpoints.Put(ep); err != nil {
-			return err
-		}
-		return d.node.ClearPolicy(ep.ID)
-	})
-	if err != nil {
-		return fmt.Errorf("clear ingress policy of %s: %w", ip, err)
-	}
-	return nil
 }

@@ -106,7 +106,7 @@ func conflict(n, other Node) error {
 
 // DeleteNode removes the node called name: its routes, neighbour entry
 // and registry entry. Deleting an unknown node returns an error wrapping
-// maps.ErrNotFound.
+// ErrNotFound.
 func (d *Datapath) DeleteNode(name string) error {
 	err := d.locked(func() error {
 		nodes, err := d.listNodes()
@@ -135,7 +135,12 @@ func (d *Datapath) deleteNode(n Node) error {
 
 // Nodes lists the other nodes, ordered by name.
 func (d *Datapath) Nodes() ([]Node, error) {
-	return d.listNodes()
+	var nodes []Node
+	err := d.read(func() (err error) {
+		nodes, err = d.listNodes()
+		return err
+	})
+	return nodes, err
 }
 
 func (d *Datapath) listNodes() ([]Node, error) {

@@ -190,7 +190,7 @@ func TestIngressPolicySurvivesAdoptionAndReload(t *testing.T) {
 	}
 	for _, ep := range []*datapathtest.Pod{a, b} {
 		for _, p := range []loader.Program{loader.FromContainer, loader.ToContainer} {
-			if ok, err := reloaded.Attached(ep.HostIfIndex, p); err != nil || !ok {
+			if ok, err := reloaded.Attached(ep.IP, p); err != nil || !ok {
 				t.Errorf("%s on %s after the reload: attached %v, err %v", p, ep.HostIf, ok, err)
 			}
 		}

@@ -40,6 +40,15 @@ type Device struct {
 
 // Status reports the datapath's mode, features and size.
 func (d *Datapath) Status() (Status, error) {
+	var s Status
+	err := d.read(func() (err error) {
+		s, err = d.status()
+		return err
+	})
+	return s, err
+}
+
+func (d *Datapath) status() (Status, error) {
 	eps, err := d.endpoints.List()
 	if err != nil {
 		return Status{}, err

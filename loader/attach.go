@@ -71,8 +71,10 @@ func (n *Instance) Attach(nsPath string, ifindex int, p Program) error {
 		// A node reloaded in the other attach mode leaves the old kind of
 		// attachment behind: take it off so one program runs per hook.
 		if n.Features.TCX.Enabled {
-			if n.Replaced {
-				if err := detachClsact(ifindex, p); err != nil {
+			if renewing, err := n.Renewing(); err != nil {
+				return err
+			} else if renewing {
+				if err := n.detachClsact(ifindex, p); err != nil {
 					return err
 				}
 			}
@@ -81,7 +83,11 @@ func (n *Instance) Attach(nsPath string, ifindex int, p Program) error {
 		if err := unpinLink(n.linkPin(ifindex, p)); err != nil {
 			return err
 		}
-		return attachClsact(ifindex, p, prog)
+		created, err := n.attachClsact(ifindex, p, prog)
+		if err == nil && created {
+			err = n.noteOwnQdisc(ifindex)
+		}
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("attach %s to ifindex %d: %w", p, ifindex, err)
@@ -97,7 +103,7 @@ func (n *Instance) Detach(nsPath string, ifindex int, p Program) error {
 		if n.Features.TCX.Enabled {
 			return unpinLink(n.linkPin(ifindex, p))
 		}
-		return detachClsact(ifindex, p)
+		return n.detachClsact(ifindex, p)
 	})
 	if err != nil {
 		return fmt.Errorf("detach %s from ifindex %d: %w", p, ifindex, err)
@@ -128,6 +134,24 @@ func (n *Instance) attachTCX(ifindex int, p Program, prog *ebpf.Program) error {
 	attach := ebpf.AttachTCXEgress
 	if p.ingress() {
 		attach = ebpf.AttachTCXIngress
+	}
+	// Without a link of ours here, a program of ours by name is another
+	// node instance's: two would run one after the other.
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: attach})
+	if err != nil {
+		return fmt.Errorf("query tcx programs: %w", err)
+	}
+	for _, ap := range res.Programs {
+		other, err := ebpf.NewProgramFromID(ap.ID)
+		if err != nil {
+			continue
+		}
+		info, err := other.Info()
+		other.Close()
+		if err == nil && info.Name == p.objectName() {
+			return fmt.Errorf("%w: ifindex %d already runs %s (program %d) of another hostrouting node instance; remove that one first (hrctl cleanup --pin-path ITS_PATH)",
+				ErrOtherInstance, ifindex, p, ap.ID)
+		}
 	}
 	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: attach})
 	if err != nil {
@@ -191,29 +215,70 @@ func clsactFilter(ifindex int, p Program) netlink.FilterAttrs {
 	}
 }
 
-func attachClsact(ifindex int, p Program, prog *ebpf.Program) error {
-	qdisc := &netlink.GenericQdisc{
+func clsactQdisc(ifindex int) *netlink.GenericQdisc {
+	return &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
 		QdiscType:  "clsact",
 	}
-	if err := netlink.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("add clsact qdisc: %w", err)
+}
+
+// ErrOtherInstance is returned by Attach for a device that runs the
+// datapath of another node instance (another pin path).
+var ErrOtherInstance = errors.New("device taken by another node instance")
+
+// filterName names the cls_bpf filter of p of this node instance:
+// "hostrouting_from_container@123", the number being the ID of the
+// instance's hr_info map, which lives as long as the instance.
+func (n *Instance) filterName(p Program) string {
+	return "hostrouting_" + p.objectName() + "@" + n.tag
+}
+
+// attachClsact puts prog as p's filter on the device, adding the clsact
+// qdisc if the device has none (created says so). A filter of another
+// node instance in its place is refused, not replaced.
+func (n *Instance) attachClsact(ifindex int, p Program, prog *ebpf.Program) (created bool, err error) {
+	attrs := clsactFilter(ifindex, p)
+	if dev, err := netlink.LinkByIndex(ifindex); err == nil {
+		filters, _ := netlink.FilterList(dev, attrs.Parent)
+		for _, f := range filters {
+			bf, ok := f.(*netlink.BpfFilter)
+			if ok && bf.Handle == attrs.Handle && bf.Priority == attrs.Priority && strings.HasPrefix(bf.Name, "hostrouting_") && bf.Name != n.filterName(p) {
+				return false, fmt.Errorf("%w: ifindex %d already has filter %s; remove that node instance first (hrctl cleanup --pin-path ITS_PATH)",
+					ErrOtherInstance, ifindex, bf.Name)
+			}
+		}
+	}
+	err = netlink.QdiscAdd(clsactQdisc(ifindex))
+	switch {
+	case err == nil:
+		created = true
+	case !errors.Is(err, unix.EEXIST):
+		return false, fmt.Errorf("add clsact qdisc: %w", err)
 	}
 	filter := &netlink.BpfFilter{
 		FilterAttrs:  clsactFilter(ifindex, p),
 		Fd:           prog.FD(),
-		Name:         "hostrouting_" + p.objectName(),
+		Name:         n.filterName(p),
 		DirectAction: true,
 	}
 	if err := netlink.FilterReplace(filter); err != nil {
-		return fmt.Errorf("add cls_bpf filter: %w", err)
+		return created, fmt.Errorf("add cls_bpf filter: %w", err)
 	}
-	return nil
+	return created, nil
 }
 
-// detachClsact deletes the datapath's filter for p, and only ours: a
-// filter of someone else's at the same place is left alone.
-func detachClsact(ifindex int, p Program) error {
+// detachClsact deletes the node's filter for p, then the clsact qdisc if
+// the node made it (on a node device) and no filter is left on it.
+func (n *Instance) detachClsact(ifindex int, p Program) error {
+	if err := n.detachFilter(ifindex, p); err != nil {
+		return err
+	}
+	return n.releaseOwnQdisc(ifindex)
+}
+
+// detachFilter deletes the node's filter for p, and only ours: a filter
+// of someone else's at the same place is left alone.
+func (n *Instance) detachFilter(ifindex int, p Program) error {
 	attrs := clsactFilter(ifindex, p)
 	link, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
@@ -225,7 +290,7 @@ func detachClsact(ifindex int, p Program) error {
 	}
 	for _, f := range filters {
 		bf, ok := f.(*netlink.BpfFilter)
-		if !ok || bf.Handle != attrs.Handle || bf.Priority != attrs.Priority || bf.Name != "hostrouting_"+p.objectName() {
+		if !ok || bf.Handle != attrs.Handle || bf.Priority != attrs.Priority || bf.Name != n.filterName(p) {
 			continue
 		}
 		if err := netlink.FilterDel(bf); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -282,4 +347,45 @@ func (n *Instance) Attached(nsPath string, ifindex int, p Program) (bool, error)
 		return false, fmt.Errorf("query %s on ifindex %d: %w", p, ifindex, err)
 	}
 	return found, nil
+}
+
+// noteOwnQdisc records that the node made the clsact qdisc of ifindex, if
+// it is one of the node's devices (a pod's goes with its veth).
+func (n *Instance) noteOwnQdisc(ifindex int) error {
+	return n.updateInfo(func(info *bpf.HostroutingNodeInfo) error {
+		for i, d := range info.Devices {
+			if int(d) == ifindex {
+				info.OwnQdiscs |= 1 << i
+			}
+		}
+		return nil
+	})
+}
+
+// releaseOwnQdisc deletes the clsact qdisc of the node device ifindex if
+// the node made it and no filter is left on it; called inside the
+// device's netns.
+func (n *Instance) releaseOwnQdisc(ifindex int) error {
+	return n.updateInfo(func(info *bpf.HostroutingNodeInfo) error {
+		for i, d := range info.Devices {
+			if int(d) != ifindex || info.OwnQdiscs&(1<<i) == 0 {
+				continue
+			}
+			dev, err := netlink.LinkByIndex(ifindex)
+			if err != nil {
+				info.OwnQdiscs &^= 1 << i // gone with its device
+				continue
+			}
+			for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+				if filters, err := netlink.FilterList(dev, parent); err != nil || len(filters) > 0 {
+					return err // still in use: keep it
+				}
+			}
+			if err := netlink.QdiscDel(clsactQdisc(ifindex)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("delete clsact qdisc: %w", err)
+			}
+			info.OwnQdiscs &^= 1 << i
+		}
+		return nil
+	})
 }

@@ -45,7 +45,7 @@ func preparePinDir(dir string) (path string, created bool, err error) {
 		return "", false, fmt.Errorf("pin path %q: its parent %s is %w", dir, existing, ErrNotBPFFS)
 	}
 	if existing == dir {
-		return dir, false, nil
+		return dir, false, checkPinDir(dir)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", false, fmt.Errorf("create pin path: %w", err)
@@ -144,16 +144,18 @@ type Lock struct {
 	f *os.File
 }
 
-// LockPinPath takes the exclusive lock of the node instance at pinPath,
-// creating the directory (on a bpf filesystem) if needed, and blocks until
-// it is free. Processes that change the same node — a CNI plugin's
-// concurrent ADDs and DELs, an agent restarting — serialise on it.
+// LockPinPath takes the exclusive lock of the node instance at pinPath (as
+// this process reaches it: Instance.PinPath) and blocks until it is free.
+// Processes that change the same node — a CNI plugin's concurrent ADDs
+// and DELs, an agent restarting — serialise on it. A pin path that is gone
+// (the node was removed) gives an error wrapping ErrNoNode, and is not
+// made again.
 func LockPinPath(pinPath string) (*Lock, error) {
-	path, _, err := preparePinDir(pinPath)
-	if err != nil {
-		return nil, err
+	lock, err := lockDir(pinPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("node at %s: %w: %w", pinPath, ErrNoNode, err)
 	}
-	return lockDir(path)
+	return lock, err
 }
 
 func lockDir(dir string) (*Lock, error) {

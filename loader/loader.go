@@ -10,8 +10,15 @@
 //	hr_ep_stats hr_metrics hr_nodes hr_policy              reloads of new code
 //	hr_policy_ret hr_info
 //	progs/from_container progs/to_container ...            entry programs
+//	hr_ep_meta
+//	progs/from_container progs/to_container ...            entry programs
 //	progs/hr_calls_<object ID>                             one load's stages
 //	links/<netns inode>_<ifindex>_<program>                tcx links
+//
+// hr_info records the node: the object whose programs are pinned, the
+// object every attachment runs (they differ while a reload renews the
+// attachments: a journal that the next Load completes if a process died
+// half-way), the node's network namespace, sizes, features and devices.
 package loader
 
 import (
@@ -27,6 +34,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/routing"
 )
 
 // DefaultPinPath is the pin directory of a node instance unless
@@ -42,14 +50,20 @@ const MaxEndpointsLimit = 65535
 
 // Options configure Load.
 type Options struct {
-	// PinPath is the node instance's directory on a bpf filesystem.
-	// Default DefaultPinPath.
+	// PinPath is the node instance's directory on a bpf filesystem: a
+	// new or empty directory, or one a node instance pinned. Default
+	// DefaultPinPath.
 	PinPath string
+	// Netns is the node's network namespace (a path such as
+	// /var/run/netns/node1); empty for this process's. A node instance
+	// belongs to one namespace: Load refuses another.
+	Netns string
 	// MaxEndpoints is the node's endpoint limit: it sizes the endpoint,
 	// counter and policy maps, and endpoint IDs run from 1 to it. The
 	// per-endpoint counters take 48 bytes × CPUs × MaxEndpoints: size it
-	// by the node's real pod limit. Default DefaultMaxEndpoints, at most
-	// MaxEndpointsLimit. A node keeps the size it was first loaded with.
+	// by the node's real pod limit. Default: the running node's, else
+	// DefaultMaxEndpoints; at most MaxEndpointsLimit. Another size than
+	// the running node's is refused (the maps cannot be resized in place).
 	MaxEndpoints uint32
 	// Disable forces fallbacks.
 	Disable Disable
@@ -70,6 +84,7 @@ type Maps struct {
 	Nodes         *ebpf.Map // node IP → node name
 	Policy        *ebpf.Map // endpoint ID → ingress policy program
 	PolicyReturn  *ebpf.Map // where policies hand their verdict back
+	EndpointMeta  *ebpf.Map // endpoint ID → container ID and interface
 }
 
 // Instance is the loaded datapath of one node instance. Close releases this
@@ -84,14 +99,15 @@ type Instance struct {
 	// NativeRoutingCIDR is the native routing CIDR the programs were
 	// loaded with; invalid for none.
 	NativeRoutingCIDR netip.Prefix
+	// MaxEndpoints is the node's endpoint limit: the highest endpoint ID.
+	MaxEndpoints uint32
 	// Adopted tells that the programs were found pinned and reused.
 	Adopted bool
-	// Replaced tells that programs pinned by an earlier load, of other
-	// code or config, were replaced: attachments must be renewed.
-	Replaced bool
 	// Maps are the node's maps.
 	Maps Maps
 
+	id    uint64 // the object this handle's programs come from
+	tag   string // names this node instance's clsact filters
 	progs map[Program]*ebpf.Program
 	info  *ebpf.Map
 }
@@ -100,89 +116,153 @@ type Instance struct {
 var mapNames = []string{
 	bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEndpoints6, bpf.HostroutingMapHrDevices, bpf.HostroutingMapHrLxc,
 	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
-	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrInfo,
+	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta, bpf.HostroutingMapHrInfo,
 }
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
 // the programs and maps pinned there when they come from the same code and
 // config. Processes loading the same pin path at once serialise: one loads,
-// the others adopt. If Load fails, it leaves no new pins behind.
-func Load(opts Options) (n *Instance, err error) {
+// the others adopt. If Load fails, it leaves no new pins behind. A reload
+// (other code or config) replaces the pinned programs and leaves the
+// instance Renewing until CommitRenewal.
+func Load(opts Options) (*Instance, error) {
 	if opts.PinPath == "" {
 		opts.PinPath = DefaultPinPath
 	}
-	if opts.MaxEndpoints == 0 {
-		opts.MaxEndpoints = DefaultMaxEndpoints
-	}
 	if opts.MaxEndpoints > MaxEndpointsLimit {
 		return nil, fmt.Errorf("MaxEndpoints %d: at most %d", opts.MaxEndpoints, MaxEndpointsLimit)
+	}
+	cidr := opts.NativeRoutingCIDR
+	if cidr.IsValid() && (!cidr.Addr().Is4() || cidr.Masked() != cidr) {
+		return nil, fmt.Errorf("native routing CIDR %s: want an IPv4 network address such as %s", cidr, cidr.Masked())
+	}
+	netns, err := routing.Netns(opts.Netns)
+	if err != nil {
+		return nil, err
 	}
 	path, created, err := preparePinDir(opts.PinPath)
 	if err != nil {
 		return nil, err
 	}
-	opts.PinPath = path
-	lock, err := lockDir(opts.PinPath)
+	lock, err := lockDir(path)
 	if err != nil {
 		return nil, err
 	}
 	defer lock.Unlock()
-
-	cidr := opts.NativeRoutingCIDR
-	if cidr.IsValid() && (!cidr.Addr().Is4() || cidr.Masked() != cidr) {
-		return nil, fmt.Errorf("native routing CIDR %s: want an IPv4 network address such as %s", cidr, cidr.Masked())
-	}
-	features := ProbeFeatures(opts.Disable)
-	config := configOf(features, cidr, opts.MaxEndpoints)
-	id := objectID(config, features, opts.MaxEndpoints)
-	if n, err := open(opts.PinPath); err == nil {
-		if n.objectID() == id {
-			return n, nil
-		}
-		n.Close()
-	}
-	hadPrograms := pinExists(filepath.Join(opts.PinPath, "progs"))
-	n, err = load(opts, features, config, id)
-	if err != nil {
-		if created {
-			os.RemoveAll(opts.PinPath)
-		}
-		return nil, err
-	}
-	n.Replaced = hadPrograms
-	return n, nil
-}
-
-// ErrNoNode is returned by Open for a pin directory that holds no node;
-// a pin path that does not exist gives an error wrapping os.ErrNotExist.
-var ErrNoNode = errors.New("no hostrouting node")
-
-// Open adopts the node instance pinned at pinPath without loading or
-// mounting anything: for tools that inspect a running node.
-func Open(pinPath string) (*Instance, error) {
-	pinPath, err := reach(filepath.Clean(pinPath), false)
-	if err != nil {
-		return nil, err
-	}
-	if ok, err := onBPFFS(pinPath); err != nil {
-		return nil, fmt.Errorf("open node at %s: %w", pinPath, err)
-	} else if !ok {
-		return nil, fmt.Errorf("open node at %s: %w", pinPath, ErrNotBPFFS)
-	}
-	n, err := open(pinPath)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("open node at %s: %w: %w", pinPath, ErrNoNode, err)
+	n, err := loadLocked(opts, path, netns)
+	if err != nil && created {
+		os.RemoveAll(path)
 	}
 	return n, err
 }
 
-func open(pinPath string) (*Instance, error) {
-	n := &Instance{PinPath: pinPath, Adopted: true, progs: map[Program]*ebpf.Program{}}
+func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, error) {
+	var prev bpf.HostroutingNodeInfo
+	running, err := open(path, opts.PinPath)
+	switch {
+	case err == nil:
+		prev, err = running.readInfo()
+		running.Close()
+		if err != nil {
+			return nil, err
+		}
+		if have := (routing.NetnsID{Ino: prev.NetnsIno, Dev: prev.NetnsDev}); have != netns {
+			return nil, fmt.Errorf("%w: pin path %s holds the node of network namespace %s, not %s (%s)",
+				ErrOtherNetns, opts.PinPath, have, netns, cmpOr(opts.Netns, "this process's"))
+		}
+		if opts.MaxEndpoints == 0 {
+			opts.MaxEndpoints = prev.MaxEndpoints
+		}
+		if opts.MaxEndpoints != prev.MaxEndpoints {
+			return nil, fmt.Errorf("MaxEndpoints %d: the node at %s was made with %d, and its maps cannot be resized in place (Remove it first)",
+				opts.MaxEndpoints, opts.PinPath, prev.MaxEndpoints)
+		}
+	case errors.Is(err, ErrNoNode):
+		if opts.MaxEndpoints == 0 {
+			opts.MaxEndpoints = DefaultMaxEndpoints
+		}
+	default:
+		return nil, err
+	}
+
+	features := ProbeFeatures(opts.Disable)
+	config := configOf(features, opts.NativeRoutingCIDR, opts.MaxEndpoints)
+	id := objectID(config, features, opts.MaxEndpoints)
+	if prev.ObjectId == id {
+		return open(path, opts.PinPath)
+	}
+	info := prev // devices, qdiscs and the journal carry over
+	info.ObjectId = id
+	if prev.ObjectId == 0 {
+		info.RenewedId = id // nothing attached yet: nothing to renew
+	}
+	info.NetnsIno, info.NetnsDev = netns.Ino, netns.Dev
+	info.Features = features.bits()
+	info.NativeCidr, info.NativePrefix = config.NativeCidr, 0
+	if opts.NativeRoutingCIDR.IsValid() {
+		info.NativePrefix = uint32(opts.NativeRoutingCIDR.Bits())
+	}
+	info.MaxEndpoints = opts.MaxEndpoints
+	return load(path, opts, config, info)
+}
+
+// cmpOr returns s, or def if s is empty.
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+var (
+	// ErrNoNode is returned by Open for a pin directory that holds no
+	// node; a pin path that does not exist gives an error wrapping
+	// os.ErrNotExist.
+	ErrNoNode = errors.New("no hostrouting node")
+	// ErrOtherNetns is returned by Load for a pin path whose node belongs
+	// to another network namespace.
+	ErrOtherNetns = errors.New("node of another network namespace")
+)
+
+// Open adopts the node instance pinned at pinPath without loading or
+// mounting anything: for tools that inspect a running node. It repairs a
+// node whose map pins were removed while its programs still run them.
+func Open(pinPath string) (*Instance, error) {
+	given := filepath.Clean(pinPath)
+	pinPath, err := reach(given, false)
+	if err != nil {
+		return nil, err
+	}
+	if ok, err := onBPFFS(pinPath); err != nil {
+		return nil, fmt.Errorf("open node at %s: %w", given, err)
+	} else if !ok {
+		return nil, fmt.Errorf("open node at %s: %w", given, ErrNotBPFFS)
+	}
+	return open(pinPath, given)
+}
+
+// open adopts the node at path (as this process reaches it; given is the
+// pin path as the caller named it, for errors), repairing missing map pins
+// from the running programs.
+func open(path, given string) (*Instance, error) {
+	missing, err := missingPins(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(missing) == len(mapNames) {
+		return nil, fmt.Errorf("open node at %s: %w", given, ErrNoNode)
+	}
+	if len(missing) > 0 {
+		if err := repairPins(path, missing); err != nil {
+			return nil, fmt.Errorf("node at %s: %w", given, err)
+		}
+	}
+	n := &Instance{PinPath: path, Adopted: true, progs: map[Program]*ebpf.Program{}}
 	pinned := map[string]*ebpf.Map{}
 	for _, name := range mapNames {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, name), nil)
+		m, err := ebpf.LoadPinnedMap(filepath.Join(path, name), nil)
 		if err != nil {
-			n.closeMaps(pinned)
+			closeMaps(pinned)
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
 		pinned[name] = m
@@ -192,15 +272,17 @@ func open(pinPath string) (*Instance, error) {
 		prog, err := ebpf.LoadPinnedProgram(n.programPin(p), nil)
 		if err != nil {
 			n.Close()
-			return nil, fmt.Errorf("open pinned program %s: %w", p, err)
+			return nil, fmt.Errorf("node at %s: open pinned program %s: %w", given, p, err)
 		}
 		n.progs[p] = prog
 	}
-	var info bpf.HostroutingNodeInfo
-	if err := n.info.Lookup(uint32(0), &info); err != nil {
+	info, err := n.readInfo()
+	if err != nil {
 		n.Close()
-		return nil, fmt.Errorf("read node info: %w", err)
+		return nil, err
 	}
+	n.id = info.ObjectId
+	n.MaxEndpoints = info.MaxEndpoints
 	n.Features = featuresFromBits(info.Features)
 	if info.NativePrefix != 0 {
 		var a [4]byte
@@ -210,7 +292,9 @@ func open(pinPath string) (*Instance, error) {
 	return n, nil
 }
 
-func load(opts Options, features Features, config bpf.HostroutingConfig, id uint64) (*Instance, error) {
+// load loads the object for the node at path with config and info (its
+// object ID and everything an earlier load recorded), and pins it.
+func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.HostroutingNodeInfo) (*Instance, error) {
 	spec, err := bpf.LoadHostrouting()
 	if err != nil {
 		return nil, err
@@ -221,34 +305,36 @@ func load(opts Options, features Features, config bpf.HostroutingConfig, id uint
 	for _, name := range []string{bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrPolicy} {
 		spec.Maps[name].MaxEntries = opts.MaxEndpoints + 1 // by ID, 0 unused
 	}
+	spec.Maps[bpf.HostroutingMapHrEpMeta].MaxEntries = opts.MaxEndpoints
 	spec.Maps[bpf.HostroutingMapHrLxc].MaxEntries = config.LxcMask + 1
 	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(config); err != nil {
 		return nil, fmt.Errorf("set datapath config: %w", err)
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		Maps: ebpf.MapOptions{PinPath: opts.PinPath},
+		Maps: ebpf.MapOptions{PinPath: path},
 	})
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		return nil, fmt.Errorf("load datapath: maps pinned at %s were made with other sizes (MaxEndpoints?): %w", opts.PinPath, err)
+		return nil, fmt.Errorf("load datapath: maps pinned at %s were made by an incompatible version (Remove the node first): %w", opts.PinPath, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 	defer coll.Close()
 
-	n := &Instance{PinPath: opts.PinPath, Features: features, NativeRoutingCIDR: opts.NativeRoutingCIDR, progs: map[Program]*ebpf.Program{}}
+	n := &Instance{PinPath: path, Features: ProbeFeatures(opts.Disable), NativeRoutingCIDR: opts.NativeRoutingCIDR,
+		MaxEndpoints: info.MaxEndpoints, id: info.ObjectId, progs: map[Program]*ebpf.Program{}}
 	n.setMaps(coll.Maps)
 	for _, name := range mapNames {
 		coll.DetachMap(name)
 	}
-	if err := os.MkdirAll(filepath.Join(opts.PinPath, "progs"), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(path, "progs"), 0o700); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("create program pin directory: %w", err)
 	}
 	// This load's stages live as long as their pin: programs of an earlier
-	// load keep theirs until ReleaseStale, after every attachment moved.
-	os.Remove(n.callsPin(id)) // left by a load of the same object that did not finish
-	if err := coll.Maps[bpf.HostroutingMapHrCalls].Pin(n.callsPin(id)); err != nil {
+	// load keep theirs until CommitRenewal, after every attachment moved.
+	os.Remove(n.callsPin(n.id)) // left by a load of the same object that did not finish
+	if err := coll.Maps[bpf.HostroutingMapHrCalls].Pin(n.callsPin(n.id)); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("pin tail-call stages: %w", err)
 	}
@@ -266,13 +352,11 @@ func load(opts Options, features Features, config bpf.HostroutingConfig, id uint
 			return nil, fmt.Errorf("pin program %s: %w", p, err)
 		}
 	}
-	info := bpf.HostroutingNodeInfo{ObjectId: id, Features: features.bits(), NativeCidr: config.NativeCidr}
-	if opts.NativeRoutingCIDR.IsValid() {
-		info.NativePrefix = uint32(opts.NativeRoutingCIDR.Bits())
-	}
-	if err := n.info.Put(uint32(0), &info); err != nil {
+	// The new object becomes the node's with this write, and the pinned
+	// programs are already its own.
+	if err := n.writeInfo(&info); err != nil {
 		n.Close()
-		return nil, fmt.Errorf("write node info: %w", err)
+		return nil, err
 	}
 	return n, nil
 }
@@ -318,15 +402,12 @@ func objectID(c bpf.HostroutingConfig, f Features, maxEndpoints uint32) uint64 {
 	return binary.LittleEndian.Uint64(h.Sum(nil))
 }
 
-func (n *Instance) objectID() uint64 {
-	var info bpf.HostroutingNodeInfo
-	if err := n.info.Lookup(uint32(0), &info); err != nil {
-		return 0
-	}
-	return info.ObjectId
-}
-
 func (n *Instance) setMaps(m map[string]*ebpf.Map) {
+	if info, err := m[bpf.HostroutingMapHrInfo].Info(); err == nil {
+		if id, ok := info.ID(); ok {
+			n.tag = fmt.Sprint(id)
+		}
+	}
 	n.Maps = Maps{
 		Endpoints:     m[bpf.HostroutingMapHrEndpoints],
 		Endpoints6:    m[bpf.HostroutingMapHrEndpoints6],
@@ -337,13 +418,14 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		Nodes:         m[bpf.HostroutingMapHrNodes],
 		Policy:        m[bpf.HostroutingMapHrPolicy],
 		PolicyReturn:  m[bpf.HostroutingMapHrPolicyRet],
+		EndpointMeta:  m[bpf.HostroutingMapHrEpMeta],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
 
 func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
-		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.info}
+		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta, n.info}
 }
 
 // MapSize is what one of the node's maps takes.
@@ -372,28 +454,7 @@ func (n *Instance) callsPin(id uint64) string {
 	return filepath.Join(n.PinPath, "progs", fmt.Sprintf("hr_calls_%016x", id))
 }
 
-// ReleaseStale unpins the tail-call stages of earlier loads. Call it once
-// every attachment runs this load's programs (after renewing them when
-// Replaced): programs of an earlier load that are still attached lose
-// their stages and drop what they see.
-func (n *Instance) ReleaseStale() error {
-	current := n.callsPin(n.objectID())
-	stale, err := filepath.Glob(filepath.Join(n.PinPath, "progs", "hr_calls_*"))
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, pin := range stale {
-		if pin != current {
-			if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("unpin stale stages: %w", err))
-			}
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (n *Instance) closeMaps(m map[string]*ebpf.Map) {
+func closeMaps(m map[string]*ebpf.Map) {
 	for _, x := range m {
 		x.Close()
 	}
@@ -424,19 +485,6 @@ func (n *Instance) Close() error {
 	return errors.Join(errs...)
 }
 
-// Remove tears the node instance down: it detaches every tcx link pinned
-// under the pin path, unpins programs and maps and removes the directory.
-// Filters attached in clsact mode are not pinned: detach them first with
-// Detach (the datapath package does so for its endpoints).
-func (n *Instance) Remove() error {
-	errs := []error{n.detachAllLinks()}
-	errs = append(errs, n.Close())
-	if err := os.RemoveAll(n.PinPath); err != nil {
-		errs = append(errs, fmt.Errorf("remove pin path: %w", err))
-	}
-	return errors.Join(errs...)
-}
-
 // pinReplacing pins prog at path, atomically replacing what was pinned there.
 func pinReplacing(prog *ebpf.Program, path string) error {
 	tmp := path + "_new" // bpffs refuses names with dots
@@ -449,45 +497,4 @@ func pinReplacing(prog *ebpf.Program, path string) error {
 		return err
 	}
 	return nil
-}
-
-// SetDevices records the ifindexes of the node's devices (those with
-// from-netdev and to-netdev), for adopters and status.
-func (n *Instance) SetDevices(ifindexes []int) error {
-	var info bpf.HostroutingNodeInfo
-	if err := n.info.Lookup(uint32(0), &info); err != nil {
-		return fmt.Errorf("read node info: %w", err)
-	}
-	if len(ifindexes) > len(info.Devices) {
-		return fmt.Errorf("%d devices: at most %d", len(ifindexes), len(info.Devices))
-	}
-	info.Devices = [len(info.Devices)]uint32{}
-	for i, ifindex := range ifindexes {
-		info.Devices[i] = uint32(ifindex)
-	}
-	if err := n.info.Put(uint32(0), &info); err != nil {
-		return fmt.Errorf("write node info: %w", err)
-	}
-	return nil
-}
-
-// Devices returns the ifindexes recorded by SetDevices.
-func (n *Instance) Devices() ([]int, error) {
-	var info bpf.HostroutingNodeInfo
-	if err := n.info.Lookup(uint32(0), &info); err != nil {
-		return nil, fmt.Errorf("read node info: %w", err)
-	}
-	var devs []int
-	for _, d := range info.Devices {
-		if d == 0 {
-			break
-		}
-		devs = append(devs, int(d))
-	}
-	return devs, nil
-}
-
-func pinExists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
 }

@@ -32,7 +32,7 @@ func runProbe(t *testing.T, prog *ebpf.Program) uint32 {
 
 // TestStagesOutliveReload checks that programs of an earlier load keep
 // their tail-call stages while a reload renews attachments, and lose them
-// (a counted drop, never an unchecked pass) once ReleaseStale says every
+// (a counted drop, never an unchecked pass) once CommitRenewal says every
 // attachment moved.
 func TestStagesOutliveReload(t *testing.T) {
 	datapathtest.RequireRoot(t)
@@ -53,19 +53,19 @@ func TestStagesOutliveReload(t *testing.T) {
 	t.Cleanup(func() { second.Remove() })
 	defer first.Close()
 	stages, _ := filepath.Glob(filepath.Join(pin, "progs", "hr_calls_*"))
-	if !second.Replaced || len(stages) != 2 {
-		t.Fatalf("reload: Replaced %v, stage pins %v: want both loads' stages", second.Replaced, stages)
+	if !renewing(t, second) || len(stages) != 2 {
+		t.Fatalf("reload: renewing %v, stage pins %v: want both loads' stages", renewing(t, second), stages)
 	}
 	if v := runProbe(t, old); v != 0 {
 		t.Errorf("old program during the reload: verdict %d, want TC_ACT_OK (its stages kept)", v)
 	}
 
-	if err := second.ReleaseStale(); err != nil {
+	if err := second.CommitRenewal(); err != nil {
 		t.Fatal(err)
 	}
 	stages, _ = filepath.Glob(filepath.Join(pin, "progs", "hr_calls_*"))
 	if len(stages) != 1 {
-		t.Errorf("after ReleaseStale: stage pins %v, want the current load's only", stages)
+		t.Errorf("after CommitRenewal: stage pins %v, want the current load's only", stages)
 	}
 	if v := runProbe(t, second.Program(loader.FromContainer)); v != 0 {
 		t.Errorf("new program: verdict %d, want TC_ACT_OK", v)
@@ -82,7 +82,7 @@ func TestStagesOutliveReload(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if v != 2 {
-		t.Errorf("old program after ReleaseStale: verdict %d, want TC_ACT_SHOT (stage gone)", v)
+		t.Errorf("old program after CommitRenewal: verdict %d, want TC_ACT_SHOT (stage gone)", v)
 	}
 	if after, _ := metrics.Get(maps.FromContainer, maps.MetricDropTailCall); after.Packets != before.Packets+1 {
 		t.Errorf("drop-tail-call moved by %d, want 1", after.Packets-before.Packets)
@@ -104,7 +104,7 @@ func TestMapSizes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(sizes) != 10 {
+		if len(sizes) != 11 {
 			t.Errorf("%d maps reported: %+v", len(sizes), sizes)
 		}
 		for _, s := range sizes {

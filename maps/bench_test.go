@@ -233,7 +233,7 @@ func BenchmarkEndpointsBatchUpdate(b *testing.B) {
 				return err
 			},
 			"put": func() error {
-				m := maps.NewEndpoints(n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots)
+				m := maps.NewEndpoints(maps.EndpointMaps{ByIPv4: n.Maps.Endpoints, ByIPv6: n.Maps.Endpoints6, ByDevice: n.Maps.Devices, Slots: n.Maps.DeviceSlots, Meta: n.Maps.EndpointMeta})
 				for _, ep := range eps {
 					if err := m.Put(ep); err != nil {
 						return err

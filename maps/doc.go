@@ -15,6 +15,7 @@
 //	hr_policy      ID → policy         program array            8 B × (E+1)
 //	hr_metrics     node-wide counters  per-CPU array            16 B × C × 52
 //	hr_nodes       node IP → name      hash, not preallocated   ~ 150 B per node
+//	hr_ep_meta     ID → container ID   hash, not preallocated   ~ 250 B per endpoint with one
 //	hr_info, hr_calls, hr_policy_ret                            < 1 KiB
 //
 // Only hr_ep_stats grows with CPUs × endpoints: 4.8 MiB at 1024 endpoints

@@ -38,13 +38,15 @@ const (
 
 // Endpoint is what the datapath knows of one endpoint: a pod's interface.
 type Endpoint struct {
-	IP      netip.Addr       // the pod's IPv4 address
-	IPv6    netip.Addr       // the pod's IPv6 address, if it has one (source-checked, routed by the stack)
-	IfIndex int              // host-side device in the node's netns
-	ID      uint16           // endpoint ID
-	Flags   EndpointFlags    // datapath switches
-	MAC     net.HardwareAddr // the pod's MAC
-	NodeMAC net.HardwareAddr // the host-side device's MAC
+	IP          netip.Addr       // the pod's IPv4 address
+	IPv6        netip.Addr       // the pod's IPv6 address, if it has one (source-checked, routed by the stack)
+	IfIndex     int              // host-side device in the node's netns
+	ID          uint16           // endpoint ID
+	Flags       EndpointFlags    // datapath switches
+	MAC         net.HardwareAddr // the pod's MAC
+	NodeMAC     net.HardwareAddr // the host-side device's MAC
+	ContainerID string           // who the endpoint belongs to (CNI_CONTAINERID), if known
+	PodIfName   string           // the pod's interface (CNI_IFNAME), if known
 }
 
 // String formats e as `cilium bpf endpoint list` does:
@@ -74,16 +76,22 @@ func upperMAC(mac net.HardwareAddr) string {
 
 // Endpoints is the endpoint table: the same facts under three keys, the
 // IPv4 address (hr_endpoints), the IPv6 address (hr_endpoints6) and the
-// host-side ifindex (hr_devices), and in hr_lxc, the array slot of the
-// ifindex that the datapath reads first.
+// host-side ifindex (hr_devices); in hr_lxc, the array slot of the
+// ifindex that the datapath reads first; and who each endpoint belongs to
+// (hr_ep_meta, by endpoint ID).
 type Endpoints struct {
-	byIPv4, byIPv6, byDevice, slots *ebpf.Map
+	byIPv4, byIPv6, byDevice, slots, meta *ebpf.Map
 }
 
-// NewEndpoints wraps the loaded endpoint maps (loader.Maps.Endpoints,
-// Endpoints6, Devices, DeviceSlots).
-func NewEndpoints(byIPv4, byIPv6, byDevice, slots *ebpf.Map) *Endpoints {
-	return &Endpoints{byIPv4: byIPv4, byIPv6: byIPv6, byDevice: byDevice, slots: slots}
+// EndpointMaps are the loaded maps of the endpoint table
+// (loader.Maps.Endpoints, Endpoints6, Devices, DeviceSlots, EndpointMeta).
+type EndpointMaps struct {
+	ByIPv4, ByIPv6, ByDevice, Slots, Meta *ebpf.Map
+}
+
+// NewEndpoints wraps the loaded endpoint maps.
+func NewEndpoints(m EndpointMaps) *Endpoints {
+	return &Endpoints{byIPv4: m.ByIPv4, byIPv6: m.ByIPv6, byDevice: m.ByDevice, slots: m.Slots, meta: m.Meta}
 }
 
 // slot is the hr_lxc index of a device: its ifindex masked by the
@@ -196,6 +204,9 @@ func (e *Endpoints) Put(ep Endpoint) error {
 	if err := e.claimSlot(v); err != nil {
 		return fmt.Errorf("write endpoint %s: device slot: %w", ep.IP, err)
 	}
+	if err := e.putMeta(ep); err != nil {
+		return err
+	}
 	if ep.IPv6.IsValid() {
 		if err := e.byIPv6.Update(v.Ipv6, v, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("write endpoint %s: %w", ep.IPv6, mapErr(err, e.byIPv6))
@@ -226,7 +237,7 @@ func (e *Endpoints) Lookup(ip netip.Addr) (Endpoint, error) {
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("endpoint %s: %w", ip, mapErr(err, nil))
 	}
-	return endpointOf(v), nil
+	return e.withMeta(endpointOf(v)), nil
 }
 
 // LookupDevice returns the endpoint on the host-side device with index
@@ -236,7 +247,7 @@ func (e *Endpoints) LookupDevice(ifindex int) (Endpoint, error) {
 	if err := e.byDevice.Lookup(uint32(ifindex), &v); err != nil {
 		return Endpoint{}, fmt.Errorf("endpoint on ifindex %d: %w", ifindex, mapErr(err, nil))
 	}
-	return endpointOf(v), nil
+	return e.withMeta(endpointOf(v)), nil
 }
 
 // Delete removes every key of ep that still names ep's device; a key
@@ -251,6 +262,11 @@ func (e *Endpoints) Delete(ep Endpoint) error {
 		errs = append(errs, deleteIfOwned(e.byIPv6, k, ep.IfIndex))
 	}
 	errs = append(errs, deleteIfOwned(e.byDevice, uint32(ep.IfIndex), ep.IfIndex), e.releaseSlot(ep.IfIndex))
+	if ep.ID != 0 {
+		if err := e.meta.Delete(uint32(ep.ID)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("delete endpoint %s: %w", ep.IP, err)
 	}
@@ -291,7 +307,7 @@ func (e *Endpoints) List() ([]Endpoint, error) {
 	for {
 		n, err := e.byDevice.BatchLookup(&cursor, keys, values, nil)
 		for i := range n {
-			eps = append(eps, endpointOf(values[i]))
+			eps = append(eps, e.withMeta(endpointOf(values[i])))
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			break
@@ -302,6 +318,53 @@ func (e *Endpoints) List() ([]Endpoint, error) {
 	}
 	slices.SortFunc(eps, func(a, b Endpoint) int { return a.IP.Compare(b.IP) })
 	return eps, nil
+}
+
+// putMeta records who ep belongs to, or forgets it if nobody is named.
+func (e *Endpoints) putMeta(ep Endpoint) error {
+	var m bpf.HostroutingEndpointMeta
+	if len(ep.ContainerID) >= len(m.ContainerId) || len(ep.PodIfName) >= len(m.Ifname) {
+		return fmt.Errorf("endpoint %s: container ID of %d bytes, interface name of %d: at most %d and %d",
+			ep.IP, len(ep.ContainerID), len(ep.PodIfName), len(m.ContainerId)-1, len(m.Ifname)-1)
+	}
+	if ep.ContainerID == "" && ep.PodIfName == "" {
+		if err := e.meta.Delete(uint32(ep.ID)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("endpoint %s: %w", ep.IP, err)
+		}
+		return nil
+	}
+	putString(m.ContainerId[:], ep.ContainerID)
+	putString(m.Ifname[:], ep.PodIfName)
+	if err := e.meta.Update(uint32(ep.ID), m, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write endpoint %s: %w", ep.IP, mapErr(err, e.meta))
+	}
+	return nil
+}
+
+// withMeta fills in who ep belongs to.
+func (e *Endpoints) withMeta(ep Endpoint) Endpoint {
+	var m bpf.HostroutingEndpointMeta
+	if e.meta.Lookup(uint32(ep.ID), &m) == nil {
+		ep.ContainerID, ep.PodIfName = getString(m.ContainerId[:]), getString(m.Ifname[:])
+	}
+	return ep
+}
+
+func putString(dst []int8, s string) {
+	for i := range len(s) {
+		dst[i] = int8(s[i])
+	}
+}
+
+func getString(src []int8) string {
+	b := make([]byte, 0, len(src))
+	for _, c := range src {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
 }
 
 func endpointOf(v bpf.HostroutingEndpointInfo) Endpoint {

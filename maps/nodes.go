@@ -30,9 +30,7 @@ func (n *Nodes) Put(ip netip.Addr, name string) error {
 	if len(name) == 0 || len(name) >= len(v.Name) {
 		return fmt.Errorf("node name %q: want 1 to %d bytes", name, len(v.Name)-1)
 	}
-	for i := range len(name) {
-		v.Name[i] = int8(name[i])
-	}
+	putString(v.Name[:], name)
 	if err := n.m.Update(k, v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write node %s: %w", ip, mapErr(err, n.m))
 	}
@@ -60,14 +58,7 @@ func (n *Nodes) All() (map[netip.Addr]string, error) {
 	)
 	it := n.m.Iterate()
 	for it.Next(&k, &v) {
-		b := make([]byte, 0, len(v.Name))
-		for _, c := range v.Name {
-			if c == 0 {
-				break
-			}
-			b = append(b, byte(c))
-		}
-		all[ipv4Addr(k)] = string(b)
+		all[ipv4Addr(k)] = getString(v.Name[:])
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)

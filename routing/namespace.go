@@ -88,3 +88,38 @@ func checkNetnsName(name string) error {
 	}
 	return nil
 }
+
+// NetnsID names a network namespace: its nsfs inode and device.
+type NetnsID struct {
+	Ino, Dev uint64
+}
+
+// String formats id as the kernel names namespaces: "net:[4026532290]".
+func (id NetnsID) String() string {
+	return fmt.Sprintf("net:[%d]", id.Ino)
+}
+
+// ErrNotNetns is returned for a path that is not a network namespace.
+var ErrNotNetns = errors.New("not a network namespace")
+
+// Netns identifies the network namespace at path ("" for this process's),
+// which must be a namespace file (nsfs), as /var/run/netns/NAME and
+// /proc/PID/ns/net are.
+func Netns(path string) (NetnsID, error) {
+	p := path
+	if p == "" {
+		p = "/proc/self/ns/net"
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(p, &fs); err != nil {
+		return NetnsID{}, fmt.Errorf("network namespace %q: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		return NetnsID{}, fmt.Errorf("network namespace %q: %w", path, err)
+	}
+	if fs.Type != unix.NSFS_MAGIC {
+		return NetnsID{}, fmt.Errorf("%w: %q is no namespace file (nsfs), as /var/run/netns/NAME and /proc/PID/ns/net are", ErrNotNetns, path)
+	}
+	return NetnsID{Ino: st.Ino, Dev: st.Dev}, nil
+}

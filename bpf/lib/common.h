@@ -101,12 +101,35 @@ volatile const struct config CONFIG = {};
 /* State the Go side records with the pinned objects so that a second
  * process can adopt them; the programs never read it. */
 struct node_info {
-	__u64 object_id;     /* hash of the loaded object and its config */
+	__u64 object_id;     /* hash of the loaded object and its config: the programs pinned */
+	__u64 renewed_id;    /* the object every attachment runs: != object_id while a reload renews them */
+	__u64 netns_ino;     /* the node's network namespace (nsfs inode and device) */
+	__u64 netns_dev;
 	__u32 features;      /* what the loader enabled, a bit per feature */
 	__be32 native_cidr;  /* as in struct config */
 	__u32 native_prefix; /* prefix length of native_cidr */
+	__u32 max_endpoints; /* the endpoint limit the maps were sized for */
 	__u32 devices[8];    /* ifindexes of the node's devices, 0 after the last */
+	__u32 own_qdiscs;    /* bit i: the loader made the clsact qdisc on devices[i] */
+	__u32 pad;
 };
+
+/* Who an endpoint belongs to, by endpoint ID, for the Go side (a CNI DEL
+ * without its pod's addresses finds it by container ID); the programs
+ * never read it. */
+struct endpoint_meta {
+	char container_id[128];
+	char ifname[16]; /* the pod's interface (CNI_IFNAME) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct endpoint_meta);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_ep_meta SEC(".maps");
 
 /* Endpoints by IPv4 address (network order). */
 struct {

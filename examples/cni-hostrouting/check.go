@@ -64,7 +64,8 @@ func cmdCheck(args *skel.CmdArgs) error {
 	case (ep.Flags&maps.EndpointARPResponder != 0) != conf.ARPResponder:
 		return cniError(types.ErrInternal, "endpoint %s has flags %#x, want arpResponder %v", p.IP, ep.Flags, conf.ARPResponder)
 	}
-	if err := attached(dp, host.Attrs().Index, p.HostIf, loader.FromContainer, loader.ToContainer); err != nil {
+	endpointAttached := func(prog datapath.Program) (bool, error) { return dp.Attached(p.IP, prog) }
+	if err := attached(endpointAttached, p.HostIf, datapath.FromContainer, datapath.ToContainer); err != nil {
 		return err
 	}
 
@@ -91,14 +92,15 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if !slices.Contains(devices, dev.Attrs().Index) {
 		return cniError(types.ErrInternal, "device %s (ifindex %d) is not one of the datapath's devices %v", conf.Device, dev.Attrs().Index, devices)
 	}
-	return attached(dp, dev.Attrs().Index, conf.Device, loader.FromNetdev, loader.ToNetdev)
+	deviceAttached := func(prog datapath.Program) (bool, error) { return dp.DeviceAttached(dev.Attrs().Index, prog) }
+	return attached(deviceAttached, conf.Device, datapath.FromNetdev, datapath.ToNetdev)
 }
 
-// attached checks that progs are attached to the device ifname (ifindex)
-// in the caller's netns.
-func attached(dp *datapath.Datapath, ifindex int, ifname string, progs ...loader.Program) error {
+// attached checks with isAttached that progs are attached to the device
+// ifname.
+func attached(isAttached func(datapath.Program) (bool, error), ifname string, progs ...datapath.Program) error {
 	for _, prog := range progs {
-		ok, err := dp.Attached(ifindex, prog)
+		ok, err := isAttached(prog)
 		if err != nil {
 			return cniError(types.ErrInternal, "%s on %s: %v", prog, ifname, err)
 		}

@@ -48,7 +48,7 @@ func testTwoPods(t *testing.T, hr map[string]any) {
 		}
 	}
 	node := n.open(t)
-	eps, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices, node.Maps.DeviceSlots).List()
+	eps, err := endpointTable(node).List()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +252,7 @@ func TestParallelAdds(t *testing.T) {
 	}
 
 	node := n.open(t)
-	eps, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices, node.Maps.DeviceSlots).List()
+	eps, err := endpointTable(node).List()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -505,7 +505,7 @@ func (n *testNode) open(t *testing.T) *loader.Instance {
 // checkEndpoint checks p's entry in the endpoint map.
 func (n *testNode) checkEndpoint(t *testing.T, node *loader.Instance, p *datapathtest.Pod) {
 	t.Helper()
-	ep, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices, node.Maps.DeviceSlots).Lookup(p.IP)
+	ep, err := endpointTable(node).Lookup(p.IP)
 	if err != nil {
 		t.Fatalf("pod %s: %v", p.Name, err)
 	}
@@ -518,10 +518,10 @@ func (n *testNode) checkEndpoint(t *testing.T, node *loader.Instance, p *datapat
 // counters, no pinned links.
 func (n *testNode) checkGone(t *testing.T, node *loader.Instance, p *datapathtest.Pod) {
 	t.Helper()
-	if ep, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices, node.Maps.DeviceSlots).Lookup(p.IP); !errors.Is(err, maps.ErrNotFound) {
+	if ep, err := endpointTable(node).Lookup(p.IP); !errors.Is(err, maps.ErrNotFound) {
 		t.Errorf("pod %s after DEL: endpoint %v, err %v; want not found", p.Name, ep, err)
 	}
-	if ep, err := maps.NewEndpoints(node.Maps.Endpoints, node.Maps.Endpoints6, node.Maps.Devices, node.Maps.DeviceSlots).LookupDevice(p.HostIfIndex); !errors.Is(err, maps.ErrNotFound) {
+	if ep, err := endpointTable(node).LookupDevice(p.HostIfIndex); !errors.Is(err, maps.ErrNotFound) {
 		t.Errorf("pod %s after DEL: endpoint of ifindex %d: %v, err %v; want not found", p.Name, p.HostIfIndex, ep, err)
 	}
 	links, _ := filepath.Glob(filepath.Join(n.pinPath, "links", fmt.Sprintf("*_%d_*", p.HostIfIndex)))
@@ -671,4 +671,10 @@ func requirePrivileged(t *testing.T, reason string) {
 		t.Fatal(reason + " (HOSTROUTING_REQUIRE_PRIVILEGED=1)")
 	}
 	t.Skip(reason)
+}
+
+// endpointTable is the endpoint table of the node's maps.
+func endpointTable(node *loader.Instance) *maps.Endpoints {
+	return maps.NewEndpoints(maps.EndpointMaps{ByIPv4: node.Maps.Endpoints, ByIPv6: node.Maps.Endpoints6,
+		ByDevice: node.Maps.Devices, Slots: node.Maps.DeviceSlots, Meta: node.Maps.EndpointMeta})
 }

@@ -1,0 +1,340 @@
+package datapath
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/hostrouting/hostrouting/maps"
+	"github.com/hostrouting/hostrouting/routing"
+)
+
+// Endpoint describes a pod interface to put on the datapath. An endpoint
+// is known by its IPv4 address to every other method.
+type Endpoint struct {
+	// IfName is the pod's host-side device in the node's netns.
+	IfName string
+	// IP is the pod's IPv4 address.
+	IP netip.Addr
+	// IPv6 is the pod's IPv6 address, if it has one. The datapath checks
+	// that the pod sends from it (or from a link-local address) and leaves
+	// the forwarding of IPv6 to the kernel's stack for now.
+	IPv6 netip.Addr
+	// MAC is the pod's own MAC, the source of every frame it sends.
+	MAC net.HardwareAddr
+	// ID is the endpoint ID, from 1 to the node's MaxEndpoints: it
+	// indexes the endpoint's counters and policy slot. 0 picks the lowest
+	// free one.
+	ID uint16
+	// ARPResponder makes the datapath answer the pod's ARP requests with
+	// the host device's MAC, for CNIs without a gateway address on it.
+	ARPResponder bool
+	// ContainerID and PodIfName say who the endpoint belongs to (a CNI's
+	// CNI_CONTAINERID and CNI_IFNAME), so that a DEL that lost the pod's
+	// addresses still finds it (EndpointByContainer). Optional.
+	ContainerID string
+	PodIfName   string
+}
+
+// AddEndpoint puts ep on the datapath: its facts into the endpoint maps and
+// from-container/to-container onto its host-side device. Adding the same
+// endpoint again is an update that keeps its ID, counters and policy. An
+// endpoint left behind by a pod whose device is gone (a DEL that never
+// came) gives way to ep. On error nothing of ep is left behind.
+func (d *Datapath) AddEndpoint(ep Endpoint) (EndpointInfo, error) {
+	var added EndpointInfo
+	err := d.locked(func() error {
+		var err error
+		added, err = d.addEndpoint(ep)
+		return err
+	})
+	if err != nil {
+		return EndpointInfo{}, fmt.Errorf("add endpoint %s on %q: %w", ep.IP, ep.IfName, err)
+	}
+	return added, nil
+}
+
+func (d *Datapath) addEndpoint(ep Endpoint) (EndpointInfo, error) {
+	m, err := d.endpointOf(ep)
+	if err != nil {
+		return EndpointInfo{}, err
+	}
+	all, err := d.endpoints.List()
+	if err != nil {
+		return EndpointInfo{}, err
+	}
+	var existing *EndpointInfo
+	for i, other := range all {
+		clash := ""
+		switch {
+		case other.IfIndex == m.IfIndex && other.IP == m.IP:
+			existing = &all[i]
+		case other.IfIndex == m.IfIndex:
+			clash = fmt.Sprintf("device %q carries endpoint %s (one endpoint per device)", ep.IfName, other.IP)
+		case other.IP == m.IP:
+			clash = fmt.Sprintf("%s is on ifindex %d", other.IP, other.IfIndex)
+		case m.IPv6.IsValid() && other.IPv6 == m.IPv6:
+			clash = fmt.Sprintf("%s is on ifindex %d", other.IPv6, other.IfIndex)
+		case m.ID != 0 && other.ID == m.ID:
+			clash = fmt.Sprintf("ID %d belongs to %s", m.ID, other.IP)
+		}
+		if clash == "" {
+			continue
+		}
+		if !d.stale(other) {
+			return EndpointInfo{}, fmt.Errorf("%w: %s", ErrEndpointExists, clash)
+		}
+		if err := d.removeEndpoint(other); err != nil {
+			return EndpointInfo{}, fmt.Errorf("remove stale endpoint %s: %w", other.IP, err)
+		}
+		all[i] = EndpointInfo{} // gone: frees its ID
+	}
+	if existing != nil {
+		if m.ID == 0 {
+			m.ID = existing.ID
+		}
+		// An update keeps the endpoint's policy; a changed ID starts over.
+		if m.ID == existing.ID {
+			m.Flags |= existing.Flags & maps.EndpointPolicy
+		}
+	}
+	if m.ID == 0 {
+		if m.ID, err = freeID(all, d.maxEndpoints()); err != nil {
+			return EndpointInfo{}, err
+		}
+	}
+
+	if existing == nil || existing.ID != m.ID {
+		if err := d.stats.Reset(m.ID); err != nil {
+			return EndpointInfo{}, err
+		}
+		// The ID's slot must not keep a policy of an earlier endpoint.
+		if err := d.node.ClearPolicy(m.ID); err != nil {
+			return EndpointInfo{}, err
+		}
+	}
+	if existing != nil && existing.IPv6 != m.IPv6 {
+		if err := d.endpoints.Delete(EndpointInfo{IPv6: existing.IPv6, IfIndex: existing.IfIndex}); err != nil {
+			return EndpointInfo{}, err
+		}
+	}
+	if err := d.endpoints.Put(m); err != nil {
+		if existing == nil {
+			d.endpoints.Delete(m)
+		}
+		return EndpointInfo{}, err
+	}
+	if err := d.attach(m.IfIndex); err != nil {
+		if existing == nil {
+			d.detach(m.IfIndex)
+			d.endpoints.Delete(m)
+		}
+		return EndpointInfo{}, err
+	}
+	return m, nil
+}
+
+// endpointOf checks ep and finds its host device.
+func (d *Datapath) endpointOf(ep Endpoint) (EndpointInfo, error) {
+	switch {
+	case !ep.IP.IsValid():
+		return EndpointInfo{}, errors.New("no IP address")
+	case !ep.IP.Is4():
+		return EndpointInfo{}, fmt.Errorf("address %s: want IPv4 in IP (IPv6 goes in IPv6)", ep.IP)
+	case ep.IPv6.IsValid() && (!ep.IPv6.Is6() || ep.IPv6.Is4In6() || ep.IPv6.Zone() != "" || ep.IPv6.IsLinkLocalUnicast()):
+		return EndpointInfo{}, fmt.Errorf("IPv6 address %s: want a global or unique-local IPv6 address", ep.IPv6)
+	case len(ep.MAC) != 6:
+		return EndpointInfo{}, fmt.Errorf("pod MAC %q: want 6 bytes", ep.MAC)
+	case int(ep.ID) > d.maxEndpoints():
+		return EndpointInfo{}, fmt.Errorf("endpoint ID %d: the node's endpoint IDs run from 1 to %d (MaxEndpoints)", ep.ID, d.maxEndpoints())
+	}
+	ifindex, nodeMAC, err := hostDevice(d.cfg.Netns, ep.IfName)
+	if err != nil {
+		return EndpointInfo{}, err
+	}
+	if len(nodeMAC) != 6 {
+		return EndpointInfo{}, fmt.Errorf("host device %q has no Ethernet address", ep.IfName)
+	}
+	m := EndpointInfo{IP: ep.IP, IPv6: ep.IPv6, IfIndex: ifindex, ID: ep.ID, MAC: ep.MAC, NodeMAC: nodeMAC,
+		ContainerID: ep.ContainerID, PodIfName: ep.PodIfName}
+	if ep.ARPResponder {
+		m.Flags |= maps.EndpointARPResponder
+	}
+	return m, nil
+}
+
+// stale tells whether ep's host device is gone from the node: no device
+// with its ifindex, or another one (a new device may reuse the index).
+func (d *Datapath) stale(ep EndpointInfo) bool {
+	h, err := routing.Handle(d.cfg.Netns)
+	if err != nil {
+		return false
+	}
+	defer h.Close()
+	l, err := h.LinkByIndex(ep.IfIndex)
+	return err != nil || !bytes.Equal(l.Attrs().HardwareAddr, ep.NodeMAC)
+}
+
+// maxEndpoints is the node's endpoint limit: the highest endpoint ID.
+func (d *Datapath) maxEndpoints() int {
+	return int(d.node.Maps.EndpointStats.MaxEntries()) - 1
+}
+
+// freeID returns the lowest endpoint ID no endpoint uses.
+func freeID(eps []EndpointInfo, maxID int) (uint16, error) {
+	used := make(map[uint16]bool, len(eps))
+	for _, ep := range eps {
+		used[ep.ID] = true
+	}
+	for id := 1; id <= maxID; id++ {
+		if !used[uint16(id)] {
+			return uint16(id), nil
+		}
+	}
+	return 0, fmt.Errorf("%w: all %d endpoint IDs are in use (MaxEndpoints)", maps.ErrMapFull, maxID)
+}
+
+// RemoveEndpoint takes the endpoint with address ip off the datapath: its
+// map entries, counters, policy and attachments. The host device may be
+// gone already. Removing an unknown address returns an error wrapping
+// ErrNotFound.
+func (d *Datapath) RemoveEndpoint(ip netip.Addr) error {
+	err := d.locked(func() error {
+		ep, err := d.endpoints.Lookup(ip)
+		if err != nil {
+			return err
+		}
+		return d.removeEndpoint(ep)
+	})
+	if err != nil {
+		return fmt.Errorf("remove endpoint %s: %w", ip, err)
+	}
+	return nil
+}
+
+func (d *Datapath) removeEndpoint(ep EndpointInfo) error {
+	return errors.Join(d.detach(ep.IfIndex), d.endpoints.Delete(ep), d.node.ClearPolicy(ep.ID), d.stats.Reset(ep.ID))
+}
+
+// EndpointByContainer returns the endpoint that AddEndpoint recorded for
+// containerID and, if not empty, the pod interface podIfName: for a CNI
+// DEL whose pod namespace and previous result are gone.
+func (d *Datapath) EndpointByContainer(containerID, podIfName string) (EndpointInfo, error) {
+	var found EndpointInfo
+	err := d.read(func() error {
+		eps, err := d.endpoints.List()
+		if err != nil {
+			return err
+		}
+		for _, ep := range eps {
+			if ep.ContainerID == containerID && (podIfName == "" || ep.PodIfName == podIfName) {
+				found = ep
+				return nil
+			}
+		}
+		return ErrNotFound
+	})
+	if err != nil {
+		return EndpointInfo{}, fmt.Errorf("endpoint of container %q %s: %w", containerID, podIfName, err)
+	}
+	return found, nil
+}
+
+// Endpoints lists the node's endpoints, ordered by address.
+func (d *Datapath) Endpoints() ([]EndpointInfo, error) {
+	var eps []EndpointInfo
+	err := d.read(func() (err error) {
+		eps, err = d.endpoints.List()
+		return err
+	})
+	return eps, err
+}
+
+// Endpoint returns the endpoint with address ip (its IPv4 or IPv6
+// address).
+func (d *Datapath) Endpoint(ip netip.Addr) (EndpointInfo, error) {
+	var ep EndpointInfo
+	err := d.read(func() (err error) {
+		ep, err = d.endpoints.Lookup(ip)
+		return err
+	})
+	return ep, err
+}
+
+// EndpointStats returns the counters of the endpoint with address ip.
+func (d *Datapath) EndpointStats(ip netip.Addr) (EndpointStats, error) {
+	var s EndpointStats
+	err := d.read(func() error {
+		ep, err := d.endpoints.Lookup(ip)
+		if err != nil {
+			return err
+		}
+		s, err = d.stats.Get(ep.ID)
+		return err
+	})
+	return s, err
+}
+
+// Attached tells whether program p (FromContainer or ToContainer) of the
+// node's current load is attached to the host device of the endpoint with
+// address ip: for checks such as CNI CHECK.
+func (d *Datapath) Attached(ip netip.Addr, p Program) (bool, error) {
+	var ok bool
+	err := d.read(func() error {
+		ep, err := d.endpoints.Lookup(ip)
+		if err != nil {
+			return err
+		}
+		ok, err = d.node.Attached(d.cfg.Netns, ep.IfIndex, p)
+		return err
+	})
+	return ok, err
+}
+
+// DeviceAttached tells whether program p (FromNetdev or ToNetdev) is
+// attached to the node device with index ifindex (see Devices).
+func (d *Datapath) DeviceAttached(ifindex int, p Program) (bool, error) {
+	var ok bool
+	err := d.read(func() (err error) {
+		ok, err = d.node.Attached(d.cfg.Netns, ifindex, p)
+		return err
+	})
+	return ok, err
+}
+
+// Devices returns the ifindexes of the node's devices toward other nodes.
+func (d *Datapath) Devices() ([]int, error) {
+	var devs []int
+	err := d.read(func() (err error) {
+		devs, err = d.node.Devices()
+		return err
+	})
+	return devs, err
+}
+
+// Metrics returns the node-wide counters by direction and metric.
+func (d *Datapath) Metrics() (*MetricTable, error) {
+	var t *MetricTable
+	err := d.read(func() (err error) {
+		t, err = d.metrics.All()
+		return err
+	})
+	return t, err
+}
+
+func (d *Datapath) attach(ifindex int) error {
+	for _, p := range []Program{FromContainer, ToContainer} {
+		if err := d.node.Attach(d.cfg.Netns, ifindex, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Datapath) detach(ifindex int) error {
+	return errors.Join(
+		d.node.Detach(d.cfg.Netns, ifindex, FromContainer),
+		d.node.Detach(d.cfg.Netns, ifindex, ToContainer))
+}

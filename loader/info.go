@@ -1,0 +1,149 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/hostrouting/hostrouting/bpf"
+)
+
+func (n *Instance) readInfo() (bpf.HostroutingNodeInfo, error) {
+	var info bpf.HostroutingNodeInfo
+	if err := n.info.Lookup(uint32(0), &info); err != nil {
+		return info, fmt.Errorf("read node info: %w", err)
+	}
+	return info, nil
+}
+
+func (n *Instance) writeInfo(info *bpf.HostroutingNodeInfo) error {
+	if err := n.info.Put(uint32(0), info); err != nil {
+		return fmt.Errorf("write node info: %w", err)
+	}
+	return nil
+}
+
+// updateInfo reads the node info, lets change edit it and writes it back.
+func (n *Instance) updateInfo(change func(*bpf.HostroutingNodeInfo) error) error {
+	info, err := n.readInfo()
+	if err != nil {
+		return err
+	}
+	if err := change(&info); err != nil {
+		return err
+	}
+	return n.writeInfo(&info)
+}
+
+// ErrStale is returned for a handle whose pinned programs were replaced by
+// another process's reload: open the node again.
+var ErrStale = errors.New("node reloaded by another process")
+
+// Current tells whether the pinned node is still the one this handle
+// opened: an error wrapping ErrStale if another process reloaded it, one
+// wrapping ErrNoNode if the node was removed.
+func (n *Instance) Current() error {
+	info, err := readPinnedInfo(n.PinPath)
+	if err != nil {
+		return err
+	}
+	if info.ObjectId != n.id {
+		return fmt.Errorf("%w: it runs object %016x, this handle %016x", ErrStale, info.ObjectId, n.id)
+	}
+	return nil
+}
+
+// readPinnedInfo reads the node info pinned at path, afresh.
+func readPinnedInfo(path string) (bpf.HostroutingNodeInfo, error) {
+	n := &Instance{}
+	var err error
+	if n.info, err = loadPinnedMap(filepath.Join(path, bpf.HostroutingMapHrInfo)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return bpf.HostroutingNodeInfo{}, fmt.Errorf("node at %s: %w", path, ErrNoNode)
+		}
+		return bpf.HostroutingNodeInfo{}, err
+	}
+	defer n.info.Close()
+	return n.readInfo()
+}
+
+// Renewing tells whether some attachments may still run programs of an
+// earlier load: a reload replaced the pinned programs, and whoever made it
+// (this process, or one that died half-way) has not committed the renewal
+// yet. Renew every attachment (Attach again), then call CommitRenewal.
+func (n *Instance) Renewing() (bool, error) {
+	info, err := n.readInfo()
+	if err != nil {
+		return false, err
+	}
+	return info.RenewedId != info.ObjectId, nil
+}
+
+// CommitRenewal records that every attachment runs this load's programs,
+// and unpins the tail-call stages of earlier loads: programs of an earlier
+// load still attached somewhere would lose their stages and drop what they
+// see (counted as drop-tail-call).
+func (n *Instance) CommitRenewal() error {
+	if err := n.updateInfo(func(info *bpf.HostroutingNodeInfo) error {
+		if info.ObjectId != n.id {
+			return fmt.Errorf("commit renewal: %w", ErrStale)
+		}
+		info.RenewedId = info.ObjectId
+		return nil
+	}); err != nil {
+		return err
+	}
+	current := n.callsPin(n.id)
+	stale, err := filepath.Glob(filepath.Join(n.PinPath, "progs", "hr_calls_*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, pin := range stale {
+		if pin != current {
+			if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("unpin stale stages: %w", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SetDevices records the ifindexes of the node's devices (those with
+// from-netdev and to-netdev), for adopters and status. A device that
+// stays keeps its record of the qdisc the loader made on it.
+func (n *Instance) SetDevices(ifindexes []int) error {
+	return n.updateInfo(func(info *bpf.HostroutingNodeInfo) error {
+		if len(ifindexes) > len(info.Devices) {
+			return fmt.Errorf("%d devices: at most %d", len(ifindexes), len(info.Devices))
+		}
+		old, own := info.Devices, info.OwnQdiscs
+		info.Devices, info.OwnQdiscs = [len(info.Devices)]uint32{}, 0
+		for i, ifindex := range ifindexes {
+			info.Devices[i] = uint32(ifindex)
+			for j, o := range old {
+				if o == uint32(ifindex) && own&(1<<j) != 0 {
+					info.OwnQdiscs |= 1 << i
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// Devices returns the ifindexes recorded by SetDevices.
+func (n *Instance) Devices() ([]int, error) {
+	info, err := n.readInfo()
+	if err != nil {
+		return nil, err
+	}
+	var devs []int
+	for _, d := range info.Devices {
+		if d == 0 {
+			break
+		}
+		devs = append(devs, int(d))
+	}
+	return devs, nil
+}

@@ -1,0 +1,204 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// ErrPartialPins is returned for a pin directory that lacks some of a
+// node's pins (removed by hand) which cannot be found again through the
+// programs that still run.
+var ErrPartialPins = errors.New("node's pins incomplete")
+
+// ErrForeignPinPath is returned for a pin path that is the bpf
+// filesystem's root or holds files that are not a node's.
+var ErrForeignPinPath = errors.New("not a node's pin directory")
+
+func loadPinnedMap(path string) (*ebpf.Map, error) {
+	return ebpf.LoadPinnedMap(path, nil)
+}
+
+// missingPins returns the node maps not pinned at path.
+func missingPins(path string) ([]string, error) {
+	var missing []string
+	for _, name := range mapNames {
+		_, err := os.Lstat(filepath.Join(path, name))
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			missing = append(missing, name)
+		case err != nil:
+			return nil, fmt.Errorf("pin %s: %w", name, err)
+		}
+	}
+	return missing, nil
+}
+
+// repairPins pins again the maps named in missing that the node's running
+// programs still use: the programs pinned at path, the stages and
+// policies in their program arrays, and the programs of the pinned links.
+func repairPins(path string, missing []string) error {
+	want := map[string]bool{}
+	for _, name := range missing {
+		want[name] = true
+	}
+	var progIDs []ebpf.ProgramID
+	pins, _ := filepath.Glob(filepath.Join(path, "progs", "*"))
+	for _, pin := range pins {
+		if p, err := ebpf.LoadPinnedProgram(pin, nil); err == nil {
+			if info, err := p.Info(); err == nil {
+				if id, ok := info.ID(); ok {
+					progIDs = append(progIDs, id)
+				}
+			}
+			p.Close()
+		} else if m, err := loadPinnedMap(pin); err == nil {
+			progIDs = append(progIDs, programsIn(m)...)
+			m.Close()
+		}
+	}
+	seenProgs := map[ebpf.ProgramID]bool{}
+	seenMaps := map[ebpf.MapID]bool{}
+	for len(progIDs) > 0 {
+		id := progIDs[0]
+		progIDs = progIDs[1:]
+		if seenProgs[id] {
+			continue
+		}
+		seenProgs[id] = true
+		prog, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		info, err := prog.Info()
+		prog.Close()
+		if err != nil {
+			continue
+		}
+		mapIDs, _ := info.MapIDs()
+		for _, mid := range mapIDs {
+			if seenMaps[mid] {
+				continue
+			}
+			seenMaps[mid] = true
+			m, err := ebpf.NewMapFromID(mid)
+			if err != nil {
+				continue
+			}
+			minfo, err := m.Info()
+			if err == nil && want[minfo.Name] {
+				if err := m.Pin(filepath.Join(path, minfo.Name)); err != nil {
+					m.Close()
+					return fmt.Errorf("pin %s again: %w", minfo.Name, err)
+				}
+				delete(want, minfo.Name)
+			}
+			if err == nil && minfo.Type == ebpf.ProgramArray {
+				progIDs = append(progIDs, programsIn(m)...)
+			}
+			m.Close()
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	var lost []string
+	for _, name := range missing {
+		if want[name] {
+			lost = append(lost, name)
+		}
+	}
+	return fmt.Errorf("%w: %s removed, and no running program uses them; remove the node (hrctl cleanup --pin-path %s, or Datapath.Remove) and start it again",
+		ErrPartialPins, strings.Join(lost, ", "), path)
+}
+
+// programsIn returns the IDs of the programs in program array m.
+func programsIn(m *ebpf.Map) []ebpf.ProgramID {
+	if m.Type() != ebpf.ProgramArray {
+		return nil
+	}
+	var ids []ebpf.ProgramID
+	for slot := range m.MaxEntries() {
+		var id uint32
+		if err := m.Lookup(slot, &id); err == nil {
+			ids = append(ids, ebpf.ProgramID(id))
+		}
+	}
+	return ids
+}
+
+// ours tells whether name is an entry a node instance makes in its pin
+// directory.
+func ours(name string) bool {
+	return slices.Contains(mapNames, name) || name == "progs" || name == "links"
+}
+
+// checkPinDir refuses a pin path that is the bpf filesystem's root (a
+// Remove there would wipe every pin of the machine) or holds entries of
+// which none is a node's.
+func checkPinDir(dir string) error {
+	var st, parent unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return fmt.Errorf("pin path %q: %w", dir, err)
+	}
+	if err := unix.Stat(filepath.Dir(dir), &parent); err != nil {
+		return fmt.Errorf("pin path %q: %w", dir, err)
+	}
+	if st.Dev != parent.Dev || dir == "/" {
+		return fmt.Errorf("%w: pin path %q is the root of a bpf filesystem: use a directory of its own below it, such as %s",
+			ErrForeignPinPath, dir, filepath.Join(dir, "hostrouting"))
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("pin path %q: %w", dir, err)
+	}
+	var names []string
+	for _, e := range entries {
+		if ours(e.Name()) {
+			return nil
+		}
+		names = append(names, e.Name())
+	}
+	if len(names) > 0 {
+		if len(names) > 5 {
+			names = append(names[:5], "…")
+		}
+		return fmt.Errorf("%w: pin path %q holds %s: use a new or empty directory", ErrForeignPinPath, dir, strings.Join(names, ", "))
+	}
+	return nil
+}
+
+// Remove tears the node instance down: it detaches every tcx link pinned
+// under the pin path and unpins the links, programs, stages and maps the
+// node made, by name; the directory goes if nothing else is left in it.
+// Filters attached in clsact mode are not pinned: detach them first with
+// Detach (the datapath package does so for its endpoints and devices).
+func (n *Instance) Remove() error {
+	errs := []error{n.detachAllLinks(), n.Close()}
+	var pins []string
+	for _, name := range mapNames {
+		pins = append(pins, filepath.Join(n.PinPath, name))
+	}
+	for _, p := range programs {
+		pins = append(pins, n.programPin(p), n.programPin(p)+"_new")
+	}
+	stages, _ := filepath.Glob(filepath.Join(n.PinPath, "progs", "hr_calls_*"))
+	pins = append(pins, stages...)
+	for _, pin := range pins {
+		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", filepath.Base(pin), err))
+		}
+	}
+	for _, dir := range []string{filepath.Join(n.PinPath, "progs"), filepath.Join(n.PinPath, "links"), n.PinPath} {
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
