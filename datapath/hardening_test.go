@@ -578,9 +578,12 @@ func sockaddr(a netip.AddrPort) unix.Sockaddr {
 // rp_filter off on the node. They must all be dropped on a's host device
 // as drop-vlan (from-container), before any other stage counts them, and
 // counted in a's drop counter; captures on both nodes' eth0 see none of
-// them. Controls: untagged copies from a's own address are seen on both
-// captures and reach b, and the same tagged frames from a pod without the
-// datapath are forwarded by the kernel onto the wire (it ignores VLAN 0).
+// them. (The veth's receive path takes the outer tag off into the skb's
+// metadata before tc runs; with stacked tags the inner one stays in the
+// frame. Both must be dropped.) Controls: untagged copies from a's own
+// address are seen on both captures and reach b, and the same VLAN-0
+// frames from a pod without the datapath are forwarded by the kernel onto
+// the wire, forged source and all (it ignores priority tags).
 func TestHardeningVLANFromPodDropped(t *testing.T) {
 	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
 	n0, n1 := cn.cluster.Nodes[0], cn.cluster.Nodes[1]
@@ -631,7 +634,7 @@ func TestHardeningVLANFromPodDropped(t *testing.T) {
 		marker []byte
 	}
 	var frames [][]byte
-	var tagged0 []sent
+	var taggedSent []sent
 	for i, k := range kinds {
 		for j, d := range dsts {
 			m := tagged(marker, i*len(dsts)+j)
@@ -643,7 +646,7 @@ func TestHardeningVLANFromPodDropped(t *testing.T) {
 			for range copies {
 				frames = append(frames, f)
 			}
-			tagged0 = append(tagged0, sent{fmt.Sprintf("%s from %s to %s", k.name, src, d.name), m})
+			taggedSent = append(taggedSent, sent{fmt.Sprintf("%s from %s to %s", k.name, src, d.name), m})
 		}
 	}
 
@@ -697,7 +700,7 @@ func TestHardeningVLANFromPodDropped(t *testing.T) {
 	if !sink.waitFor(1, 2*time.Second, payloadWith(tagged(ctlMarker, 0))) {
 		t.Errorf("control: pod b did not receive the untagged datagram from a")
 	}
-	for _, s := range tagged0 {
+	for _, s := range taggedSent {
 		for _, c := range []*capture{capN0, capN1} {
 			if n := c.count(containing(s.marker)); n != 0 {
 				t.Errorf("%s: %d frames on %s, want none on the wire", s.what, n, c.who)
@@ -774,10 +777,11 @@ func TestHardeningIPOptionsToStack(t *testing.T) {
 
 	m0, s0 := metricsNow(t, dp), statsNow(t, dp, a.IP)
 	sendFrames(t, a.Netns, "eth0", frames...)
+	// The record-route packets, each sent after a source-routed one, are
+	// the control: once they are in, so would the others be.
 	if !sink.waitFor(copies, 2*time.Second, payloadWith(rrMarker)) {
 		t.Errorf("pod b received %d of %d record-route datagrams: want all, the stack forwards them", sink.count(payloadWith(rrMarker)), copies)
 	}
-	time.Sleep(200 * time.Millisecond)
 	if n := sink.count(payloadWith(lsrrMarker)); n != 0 {
 		t.Errorf("pod b received %d source-routed (LSRR) datagrams: want 0, the stack drops them under accept_source_route=0", n)
 	}
@@ -816,7 +820,7 @@ func TestHardeningIPOptionsToStack(t *testing.T) {
 		t.Errorf("control: with accept_source_route=1 on the node the LSRR datagram did not reach b: the LSRR packets are malformed or the listener deaf")
 	}
 	if n := sink.count(payloadWith(lsrrMarker)); n != 0 {
-		t.Errorf("pod b received %d of the first LSRR datagrams late", n)
+		t.Errorf("pod b has received %d of the first LSRR datagrams by now: want 0", n)
 	}
 }
 
@@ -841,9 +845,13 @@ func TestHardeningFragmentsIgnorePortRules(t *testing.T) {
 	n0.Exec(t, "ip", "route", "add", n1.PodCIDR.String(), "via", n2.IP.String(), "dev", n0.Device, "table", "100")
 	n0.Exec(t, "ip", "rule", "add", "dport", port, "lookup", "100", "pref", "100")
 	n2.Exec(t, "sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf."+n2.Device+".send_redirects=0")
-	t.Logf("%s: the kernel's route for dport %s: %s; without ports (a fragment): %s", n0.Name, port,
-		strings.Join(strings.Fields(n0.Exec(t, "ip", "route", "get", b.IP.String(), "from", a.IP.String(), "iif", a.HostIf, "ipproto", "udp", "dport", port)), " "),
-		strings.Join(strings.Fields(n0.Exec(t, "ip", "route", "get", b.IP.String(), "from", a.IP.String(), "iif", a.HostIf)), " "))
+	// What the kernel's forwarding does: the port rule for a packet with
+	// ports, the main table's direct route for one without (a fragment).
+	withPort := strings.Join(strings.Fields(n0.Exec(t, "ip", "route", "get", b.IP.String(), "from", a.IP.String(), "iif", a.HostIf, "ipproto", "udp", "dport", port)), " ")
+	noPort := strings.Join(strings.Fields(n0.Exec(t, "ip", "route", "get", b.IP.String(), "from", a.IP.String(), "iif", a.HostIf)), " ")
+	if !strings.Contains(withPort, "via "+n2.IP.String()) || !strings.Contains(noPort, "via "+n1.IP.String()) {
+		t.Fatalf("%s: the kernel's route with dport %s: %q, without ports: %q; want via %s and via %s", n0.Name, port, withPort, noPort, n2.IP, n1.IP)
+	}
 
 	capN1 := startCapture(t, n1.Netns, n1.Device, n1.Name+" eth0")
 	capN2 := startCapture(t, n2.Netns, n2.Device, n2.Name+" eth0")
@@ -902,8 +910,8 @@ func TestHardeningFragmentsIgnorePortRules(t *testing.T) {
 			capN1.count(and(aToB, isFragment, from(n0MAC))), n0.Name, fragments, n2.Name, capN1.count(and(aToB, isFragment, from(n2MAC))))
 	}
 	time.Sleep(100 * time.Millisecond)
-	if n := capN2.count(and(aToB, isFragment)); n != 0 {
-		t.Errorf("%s saw %d fragments of the datagram: want 0, fragments take the route without ports", n2.Name, n)
+	if n := capN2.count(and(aToB, isFragment, func(f captured) bool { return !f.outgoing })); n != 0 {
+		t.Errorf("%s received %d fragments of the datagram: want 0, fragments take the route without ports", n2.Name, n)
 	}
 	d := metricsNow(t, dp).Sub(m0)
 	if got := d[maps.FromContainer][maps.MetricForwardNeigh].Packets + d[maps.FromContainer][maps.MetricForwardFIB].Packets; got != fragments {
@@ -1031,10 +1039,11 @@ func TestHardeningBIGTCP(t *testing.T) {
 		return time.Since(start)
 	}
 	m0 := metricsNow(t, dp)
-	// Alternate, and keep the best of three: the CPUs are shared.
+	// Alternate, and keep the best of up to five: the CPUs are shared. A
+	// round ten times slower needs no more (and they would take long).
 	var bigBest, plainBest time.Duration
-	const rounds = 3
-	for range rounds {
+	rounds := 0
+	for rounds < 5 && (rounds == 0 || bigBest < 10*plainBest) {
 		p := echo(c, d.IP, portD)
 		bg := echo(a, b.IP, portB)
 		if plainBest == 0 || p < plainBest {
@@ -1043,6 +1052,7 @@ func TestHardeningBIGTCP(t *testing.T) {
 		if bigBest == 0 || bg < bigBest {
 			bigBest = bg
 		}
+		rounds++
 	}
 	t.Logf("%d MiB echo: BIG TCP %s, plain %s", size>>20, bigBest, plainBest)
 	if bigBest >= 2*plainBest {
@@ -1103,12 +1113,18 @@ func TestHardeningForeignMACToStack(t *testing.T) {
 	m1, s1 := metricsNow(t, dp), statsNow(t, dp, a.IP)
 	sendFrames(t, a.Netns, "eth0", frames(foreign, other)...)
 	waitUntil(2*time.Second, func() bool { return statsNow(t, dp, a.IP).FromPackets-s1.FromPackets >= copies })
-	time.Sleep(200 * time.Millisecond)
+	d, s2 := metricsNow(t, dp).Sub(m1), statsNow(t, dp, a.IP)
+	// A control behind them on the same path: once it is in, so would they
+	// be.
+	last := tagged(marker, 2)
+	sendFrames(t, a.Netns, "eth0", udp4Frame(a.HostMAC, a.MAC, nil, a.IP, b.IP, sink.port(), nil, last))
+	if !sink.waitFor(1, 2*time.Second, payloadWith(last)) {
+		t.Errorf("control: b did not receive the datagram sent after the others to the host device's MAC")
+	}
 	if n := sink.count(payloadWith(other)); n != 0 {
 		t.Errorf("b received %d datagrams sent to foreign MAC %s: want 0", n, foreign)
 	}
-	d := metricsNow(t, dp).Sub(m1)
-	if got := statsNow(t, dp, a.IP).FromPackets - s1.FromPackets; got != copies {
+	if got := s2.FromPackets - s1.FromPackets; got != copies {
 		t.Errorf("a's from counter moved by %d: want %d", got, copies)
 	}
 	if got := d[maps.FromContainer][maps.MetricToStack].Packets; got != copies {

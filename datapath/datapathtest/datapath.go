@@ -26,7 +26,7 @@ func PinPath(t testing.TB) string {
 
 // NewDatapath starts host routing on the node with cfg, filling in the
 // node's netns and a fresh pin path unless cfg names them. t.Cleanup
-// removes the datapath.
+// removes the datapath, whatever became of the handle.
 func (n *Node) NewDatapath(t testing.TB, cfg datapath.Config) *datapath.Datapath {
 	t.Helper()
 	if cfg.Netns == "" {
@@ -40,7 +40,15 @@ func (n *Node) NewDatapath(t testing.TB, cfg datapath.Config) *datapath.Datapath
 		t.Fatalf("start datapath on %s: %v", n.Name, err)
 	}
 	t.Cleanup(func() {
-		if err := dp.Remove(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		dp.Close()
+		left, err := datapath.Open(cfg.PinPath, cfg.Netns)
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, loader.ErrNoNode) {
+			return // removed by the test
+		}
+		if err == nil {
+			err = left.Remove()
+		}
+		if err != nil {
 			t.Errorf("remove datapath of %s: %v", n.Name, err)
 		}
 	})
