@@ -18,7 +18,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-
+	"os"
 	"path/filepath"
 	"sync"
 
@@ -375,6 +375,26 @@ func (d *Datapath) Remove() error {
 		}
 	}
 	return errors.Join(append(errs, d.node.Remove())...)
+}
+
+// Cleanup removes the node at pinPath, whose network namespace is at
+// netns, whatever state it is in: as Remove for a node that opens, and
+// for one that does not (pins removed by hand, a version whose maps do
+// not load) what is left of it: its attachments, pins and routes to other
+// nodes. It leaves everything it did not make, and a node that is gone
+// already is not an error. `hrctl cleanup` runs it.
+func Cleanup(pinPath, netns string) error {
+	if pinPath == "" {
+		pinPath = loader.DefaultPinPath
+	}
+	dp, err := Open(pinPath, netns)
+	switch {
+	case err == nil:
+		return dp.Remove()
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	}
+	return errors.Join(loader.Cleanup(pinPath, netns), routing.DeleteAllNodeRoutes(netns))
 }
 
 // hostDevice finds a device in the node's netns.

@@ -9,7 +9,11 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/routing"
 )
 
 // ErrPartialPins is returned for a pin directory that lacks some of a
@@ -201,4 +205,46 @@ func (n *Instance) Remove() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Cleanup removes what a node instance left at pinPath when it cannot be
+// opened any more (pins removed by hand, a version whose maps do not
+// load): its tcx links, its clsact filters on the devices of the network
+// namespace at netns (known by the instance's name while hr_info is left
+// to tell it) and a clsact qdisc it made there, and its pins, by name.
+// Everything else stays. For a node that opens, Open and Remove are the
+// thorough way.
+func Cleanup(pinPath, netns string) error {
+	given := filepath.Clean(pinPath)
+	path, err := reach(given, false)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := checkPinDir(path); err != nil {
+		return err
+	}
+	n := &Instance{PinPath: path}
+	if info, err := loadPinnedMap(filepath.Join(path, bpf.HostroutingMapHrInfo)); err == nil {
+		n.setMaps(map[string]*ebpf.Map{bpf.HostroutingMapHrInfo: info})
+	}
+	var errs []error
+	if n.tag != "" {
+		errs = append(errs, routing.Do(netns, func() error {
+			links, err := netlink.LinkList()
+			if err != nil {
+				return fmt.Errorf("list devices: %w", err)
+			}
+			var errs []error
+			for _, l := range links {
+				for _, p := range programs {
+					errs = append(errs, n.detachClsact(l.Attrs().Index, p))
+				}
+			}
+			return errors.Join(errs...)
+		}))
+	}
+	return errors.Join(append(errs, n.Remove())...)
 }

@@ -348,3 +348,29 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) | host
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
+
+// DeleteAllNodeRoutes removes every route UpsertNodeRoutes made in the
+// namespace at nsPath (`ip route show proto 200`) and the managed
+// neighbour entries of their next hops: for a node whose registry of
+// other nodes is lost.
+func DeleteAllNodeRoutes(nsPath string) error {
+	h, err := Handle(nsPath)
+	if err != nil {
+		return fmt.Errorf("delete node routes: %w", err)
+	}
+	defer h.Close()
+	ours, err := nodeRouteList(h)
+	if err != nil {
+		return fmt.Errorf("delete node routes: %w", err)
+	}
+	var errs []error
+	for _, r := range ours {
+		gw, ok := netip.AddrFromSlice(r.Gw)
+		link, err := h.LinkByIndex(r.LinkIndex)
+		if !ok || err != nil {
+			continue
+		}
+		errs = append(errs, DeleteNodeRoutes(nsPath, link.Attrs().Name, gw.Unmap()))
+	}
+	return errors.Join(errs...)
+}

@@ -79,8 +79,8 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s %s %s: BPF statistics show %d runs, %d ns", p.Scenario, p.Mode, p.Test, runs, ns)
 		}
 	}
-	if len(res.Profiles) != 3*len(allTests) { // same-node bpf and fallback, cross-node bpf
-		t.Errorf("%d BPF statistics rows, want %d", len(res.Profiles), 3*len(allTests))
+	if len(res.Profiles) != 4*len(allTests) { // bpf and fallback, same-node and cross-node
+		t.Errorf("%d BPF statistics rows, want %d", len(res.Profiles), 4*len(allTests))
 	}
 
 	f, err := os.Open(opts.PNG)

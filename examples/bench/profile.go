@@ -33,7 +33,9 @@ type profile struct {
 
 // readProgStats reads the run counters of every program pinned below the
 // pin directories, named by program, prefixed by node when there are
-// several.
+// several. The tail-call stage arrays pinned next to them (hr_calls_*)
+// are maps and are skipped: a tail call bypasses the kernel's run
+// accounting, so the stages' time is already in the entry program's.
 func readProgStats(pins []string) (map[string]progStat, error) {
 	stats := map[string]progStat{}
 	for i, pin := range pins {
@@ -44,6 +46,10 @@ func readProgStats(pins []string) (map[string]progStat, error) {
 		for _, p := range paths {
 			prog, err := ebpf.LoadPinnedProgram(p, &ebpf.LoadPinOptions{ReadOnly: true})
 			if err != nil {
+				if m, merr := ebpf.LoadPinnedMap(p, &ebpf.LoadPinOptions{ReadOnly: true}); merr == nil {
+					m.Close()
+					continue
+				}
 				return nil, fmt.Errorf("open %s: %w", p, err)
 			}
 			st, err := prog.Stats()
