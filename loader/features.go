@@ -94,7 +94,9 @@ func decide(disabled bool, probeErr error) Feature {
 	case disabled:
 		return Feature{Reason: "disabled by config"}
 	case errors.Is(probeErr, ebpf.ErrNotSupported):
-		return Feature{Reason: "kernel lacks it"}
+		// The probe's words carry the kernel version that has it:
+		// "... not supported (requires >= v5.10)".
+		return Feature{Reason: "kernel lacks it: " + probeErr.Error()}
 	case probeErr != nil:
 		return Feature{Reason: fmt.Sprintf("probe failed: %v", probeErr)}
 	default:
