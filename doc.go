@@ -68,7 +68,7 @@
 //     attach/detach in any network namespace.
 //   - maps: typed access to the endpoint, counter and metric maps.
 //   - routing: netlink/netns helpers a CNI needs: veth pairs with ptp-like
-//     /32 addressing, node-side routes, sysctls — inside given namespaces.
+//     /32 addressing (or Calico-style), node-side routes, sysctls — inside given namespaces.
 //   - bpf: the C datapath and its bpf2go output (committed; regenerate with
 //     `go generate ./bpf` and clang-19).
 //

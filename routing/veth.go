@@ -13,8 +13,9 @@ import (
 )
 
 // DefaultGateway is the pod's gateway when VethConfig.Gateway is unset: a
-// link-local address that every pod's host device carries, so pods never
-// need to know the node's own addresses.
+// link-local address that every pod's host device carries (unless
+// VethConfig.NoHostAddress), so pods never need to know the node's own
+// addresses.
 var DefaultGateway = netip.AddrFrom4([4]byte{169, 254, 1, 1})
 
 // VethConfig describes a pod's veth pair for SetupVeth.
@@ -35,6 +36,24 @@ type VethConfig struct {
 	Gateway netip.Addr
 	// MTU of both ends; 0 means 1500.
 	MTU int
+	// NoHostAddress sets the pair up Calico-style: the node-side device
+	// gets no address at all, not even the gateway's. The pod side is the
+	// same as by default: Addr, the on-link route to Gateway and the
+	// default route via it. But nothing in the node owns Gateway, so the
+	// kernel does not answer the pod's ARP requests for it. (Unless some
+	// other device of the node carries it, as a ptp-like pod's does: by
+	// default the kernel answers ARP for any of its addresses on any
+	// device. Do not rely on that.)
+	//
+	// Such a pod REQUIRES the datapath's ARP responder
+	// (datapath.Endpoint.ARPResponder), which answers them with the
+	// node-side device's MAC. Without it the pod never resolves its
+	// gateway and cannot send anything: ping loses 100% of its packets,
+	// silently, with no error anywhere.
+	//
+	// False, the default, is the ptp-like pair: Gateway/32 on the
+	// node-side device, as the CNI ptp plugin makes it.
+	NoHostAddress bool
 }
 
 // Veth is a pod's veth pair as SetupVeth made it.
@@ -55,6 +74,10 @@ type Veth struct {
 //   - node: the device up, the gateway address as a /32 on it (so the kernel
 //     answers the pod's ARP for the gateway) and the endpoint route
 //     addr/32 dev HostIfName scope link (see AddEndpointRoute).
+//
+// With cfg.NoHostAddress (Calico-style) the node-side device gets no
+// address, and the pod needs the datapath's ARP responder to reach its
+// gateway; see VethConfig.NoHostAddress.
 //
 // The pod end is created directly inside the pod namespace. On failure
 // nothing is left behind. Use DeleteVeth to remove the pair.
@@ -136,8 +159,10 @@ func configureVeth(host, pod *netlink.Handle, cfg VethConfig) (*Veth, error) {
 	if err := host.LinkSetUp(hostLink); err != nil {
 		return nil, fmt.Errorf("set veth %q up: %w", cfg.HostIfName, err)
 	}
-	if err := host.AddrAdd(hostLink, &netlink.Addr{IPNet: gateway}); err != nil {
-		return nil, fmt.Errorf("add gateway address %s to veth %q: %w", gateway, cfg.HostIfName, err)
+	if !cfg.NoHostAddress {
+		if err := host.AddrAdd(hostLink, &netlink.Addr{IPNet: gateway}); err != nil {
+			return nil, fmt.Errorf("add gateway address %s to veth %q: %w", gateway, cfg.HostIfName, err)
+		}
 	}
 	if err := replaceEndpointRoute(host, hostLink, cfg.Addr.Addr()); err != nil {
 		return nil, err

@@ -9,6 +9,11 @@
 // RequireRoot (NewNode does) to skip otherwise, or set
 // HOSTROUTING_REQUIRE_PRIVILEGED=1 to make that a failure.
 //
+// A pod that the code under test wires itself (a CNI plugin, plain `ip`
+// commands, routing.SetupVeth with other options) becomes a Pod with
+// Node.WrapPod, or Node.LookupPod where there is no testing.T; the Pod
+// helpers then work on it, and removing it stays with whoever made it.
+//
 // A test of two pods on one node:
 //
 //	func TestPodToPod(t *testing.T) {
