@@ -1,83 +1,134 @@
 // Command hrctl inspects a hostrouting node through its pin directory, as
-// `cilium status` and `cilium bpf endpoint list` inspect a Cilium node, and
-// manages the node's routes to other nodes. It runs inside the node's
-// network namespace and adopts the pinned datapath with datapath.Open,
-// which never loads or attaches programs: status and endpoint commands
-// only read; node add and node del change the direct routes to other
-// nodes' pod CIDRs (datapath.UpsertNode, datapath.DeleteNode).
+// `cilium status` and `cilium bpf endpoint list` inspect a Cilium node,
+// manages the node's routes to other nodes, and removes endpoints and
+// whole nodes left behind. It runs inside the node's network namespace and
+// adopts the pinned datapath with datapath.Open, which never loads or
+// attaches programs: status, endpoint list, stats and get only read; node
+// add and node del change the direct routes to other nodes' pod CIDRs
+// (datapath.UpsertNode, datapath.DeleteNode); endpoint delete takes an
+// endpoint off the node (datapath.RemoveEndpoint), for a pod that is gone
+// without its CNI DEL; cleanup removes the node, as `cilium-dbg cleanup`
+// does (datapath.Cleanup), also one that no longer opens.
 //
 // Usage:
 //
 //	hrctl [--pin-path DIR] [--json] status
 //	hrctl [--pin-path DIR] [--json] endpoint list
 //	hrctl [--pin-path DIR] [--json] endpoint stats
+//	hrctl [--pin-path DIR] [--json] endpoint get IP
+//	hrctl [--pin-path DIR] endpoint delete IP
 //	hrctl [--pin-path DIR] node add --name N --ip IP --pod-cidr CIDR[,CIDR...]
 //	hrctl [--pin-path DIR] node del --name N
 //	hrctl [--pin-path DIR] [--json] node list
+//	hrctl [--pin-path DIR] cleanup [-f|--force]
 //
-// Flags may also follow the command; --pod-cidr may repeat. node add is
-// idempotent and converges the node on exactly the pod CIDRs given. Exit
-// codes: 0 on success, 1 when the node cannot be read or refuses a change,
-// 2 on a usage error.
+// Flags may also follow the command and its argument; --pod-cidr may
+// repeat. node add is idempotent and converges the node on exactly the pod
+// CIDRs given. cleanup lists what it removes and, when stdin is a
+// terminal and --force is not given, asks before it removes anything; it
+// leaves whatever the node did not make, and finding no node is not an
+// error. Exit codes: 0 on success, 1 when the node cannot be read or
+// refuses a change (or cleanup is declined), 2 on a usage error.
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/hostrouting/hostrouting/bpf"
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
 // options are hrctl's flags: pinPath and json for every command, node for
-// the node commands that take it.
+// the node commands that take it, ip for the endpoint commands' argument,
+// force for cleanup.
 type options struct {
 	pinPath string
 	json    bool
 	node    datapath.Node
+	ip      netip.Addr
+	force   bool
 }
 
 // command is one hrctl command; add new ones (service list) to commands.
 type command struct {
 	name    string // the words naming it: "endpoint list"
-	args    string // its own flags, for usage: "--name N"
+	args    string // its argument and own flags, for usage: "--name N", "IP"
 	summary string
 	// flags registers the command's own flags; nil for none.
 	flags func(fs *flag.FlagSet, o *options)
+	// arg parses the command's one argument, named first in args ("IP"):
+	// its error is a usage error. nil for a command without one.
+	arg func(s string, o *options) error
 	// check validates them after parsing: its error is a usage error.
 	check func(o *options) error
-	run   func(dp *datapath.Datapath, o options, w io.Writer) error
+	// run runs the command on the node at --pin-path, opened for it.
+	run func(dp *datapath.Datapath, o options, w io.Writer) error
+	// runAt, in place of run, runs a command that opens the node itself:
+	// cleanup, which must also work on a node that does not open.
+	runAt func(o options, s stdio) error
 }
 
 var commands = []command{
 	{name: "status", summary: "host routing mode, kernel features, devices, endpoints and node-wide counters", run: status},
 	{name: "endpoint list", summary: "the endpoint map, as `cilium bpf endpoint list` prints it", run: endpointList},
 	{name: "endpoint stats", summary: "per-endpoint packet and byte counters", run: endpointStats},
+	{name: "endpoint get", args: "IP", summary: "one endpoint: its map entry, container, pod interface and host device",
+		arg: endpointArg, run: endpointGet},
+	{name: "endpoint delete", args: "IP",
+		summary: "take an endpoint off the node (its pod is gone): map entries, counters, policy, attachments",
+		arg:     endpointArg, run: endpointDelete},
 	{name: "node add", args: "--name N --ip IP --pod-cidr CIDR[,CIDR...]",
 		summary: "add or update another node: route its pod CIDRs via its IP",
 		flags:   nodeAddFlags, check: nodeAddCheck, run: nodeAdd},
 	{name: "node del", args: "--name N", summary: "remove another node and its routes",
 		flags: nodeNameFlag, check: nodeNameCheck, run: nodeDel},
 	{name: "node list", summary: "the other nodes: name, IP, pod CIDRs", run: nodeList},
+	{name: "cleanup", args: "[-f|--force]",
+		summary: "remove the node at --pin-path, also one that no longer opens (asks first on a terminal)",
+		flags:   cleanupFlags, runAt: cleanup},
+}
+
+// stdio are hrctl's standard streams.
+type stdio struct {
+	in          io.Reader
+	out, err    io.Writer
+	interactive bool // in is a terminal: cleanup asks before it removes
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], stdio{os.Stdin, os.Stdout, os.Stderr, isTerminal(os.Stdin)}))
+}
+
+// isTerminal tells whether f is a terminal (not merely a character
+// device: /dev/null is one too).
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 // run runs hrctl with args and returns its exit code.
-func run(args []string, stdout, stderr io.Writer) int {
+func run(args []string, std stdio) int {
+	stdout, stderr := std.out, std.err
 	var opts options
 	flags := flag.NewFlagSet("hrctl", flag.ContinueOnError)
 	flags.SetOutput(stderr)
@@ -100,26 +151,42 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cmd.flags(flags, &opts)
 	}
 	flags.Usage = func() { usage(flags, cmd) }
-	if err := flags.Parse(rest); err != nil { // flags after the command
+	positional, err := parseAfter(flags, rest) // flags after the command
+	if err != nil {
 		return exitCode(err)
 	}
-	if flags.NArg() > 0 {
-		fmt.Fprintf(stderr, "hrctl %s: unexpected argument %q\n", cmd.name, flags.Arg(0))
+	usageErr := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "hrctl %s: %s\n", cmd.name, fmt.Sprintf(format, a...))
 		flags.Usage()
 		return 2
 	}
+	if cmd.arg != nil {
+		if len(positional) == 0 {
+			return usageErr("missing %s", strings.Fields(cmd.args)[0])
+		}
+		if err := cmd.arg(positional[0], &opts); err != nil {
+			return usageErr("%v", err)
+		}
+		positional = positional[1:]
+	}
+	if len(positional) > 0 {
+		return usageErr("unexpected argument %q", positional[0])
+	}
 	if cmd.check != nil {
 		if err := cmd.check(&opts); err != nil {
-			fmt.Fprintf(stderr, "hrctl %s: %v\n", cmd.name, err)
-			flags.Usage()
-			return 2
+			return usageErr("%v", err)
 		}
 	}
 
-	dp, err := open(opts.pinPath)
-	if err == nil {
-		err = cmd.run(dp, opts, stdout)
-		dp.Close()
+	if cmd.runAt != nil {
+		err = cmd.runAt(opts, std)
+	} else {
+		var dp *datapath.Datapath
+		dp, err = open(opts.pinPath)
+		if err == nil {
+			err = cmd.run(dp, opts, stdout)
+			dp.Close()
+		}
 	}
 	if err != nil {
 		// One line, also for errors that join several.
@@ -127,6 +194,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// parseAfter parses the flags in args, which may come before, between and
+// after the command's arguments (`endpoint get 10.0.0.10 --json`), and
+// returns the arguments; everything after "--" is one.
+func parseAfter(flags *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := flags.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := flags.Args()
+		if len(rest) == 0 {
+			return positional, nil
+		}
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			return append(positional, rest...), nil
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
 }
 
 func exitCode(parseErr error) int {
@@ -176,7 +264,13 @@ func open(pinPath string) (*datapath.Datapath, error) {
 		return dp, nil
 	case errors.Is(err, loader.ErrNotBPFFS):
 		return nil, fmt.Errorf("pin path %s is not on a bpf filesystem: not a hostrouting node", pinPath)
+	case errors.Is(err, loader.ErrPartialPins):
+		return nil, partialNode(pinPath, err)
 	case errors.Is(err, loader.ErrNoNode):
+		if dir, err := readPinDir(pinPath); err == nil && len(dir.own) > 0 {
+			return nil, fmt.Errorf("pin path %s holds what is left of a hostrouting node (%s) but none of its maps: "+
+				"remove it with `hrctl --pin-path %s cleanup`, then start the node again", pinPath, strings.Join(dir.own, ", "), pinPath)
+		}
 		return nil, fmt.Errorf("pin path %s is not a hostrouting node: %v", pinPath, err)
 	case errors.Is(err, fs.ErrNotExist):
 		// Not os.Stat: under `ip netns exec` the machine's bpffs is not
@@ -220,16 +314,20 @@ func status(dp *datapath.Datapath, opts options, w io.Writer) error {
 
 // endpointJSON is a maps.Endpoint with its MACs as text.
 type endpointJSON struct {
-	IP      netip.Addr
-	ID      uint16
-	Flags   maps.EndpointFlags
-	IfIndex int
-	MAC     string
-	NodeMAC string
+	IP          netip.Addr
+	IPv6        netip.Addr `json:",omitzero"`
+	ID          uint16
+	Flags       maps.EndpointFlags
+	IfIndex     int
+	MAC         string
+	NodeMAC     string
+	ContainerID string `json:",omitempty"`
+	PodIfName   string `json:",omitempty"`
 }
 
 func toJSON(ep maps.Endpoint) endpointJSON {
-	return endpointJSON{ep.IP, ep.ID, ep.Flags, ep.IfIndex, ep.MAC.String(), ep.NodeMAC.String()}
+	return endpointJSON{ep.IP, ep.IPv6, ep.ID, ep.Flags, ep.IfIndex, ep.MAC.String(), ep.NodeMAC.String(),
+		ep.ContainerID, ep.PodIfName}
 }
 
 // endpointList prints one line per endpoint, as `cilium bpf endpoint list`.
@@ -283,6 +381,77 @@ func endpointStats(dp *datapath.Datapath, opts options, w io.Writer) error {
 			r.FromPackets, r.FromBytes, r.ToPackets, r.ToBytes, r.DropPackets, r.DropBytes)
 	}
 	return tw.Flush()
+}
+
+// endpointArg parses the IP of endpoint get and endpoint delete: an
+// endpoint's IPv4 or IPv6 address.
+func endpointArg(s string, o *options) error {
+	ip, err := netip.ParseAddr(s)
+	if err != nil || ip.Zone() != "" {
+		return fmt.Errorf("%q is not an endpoint's IP address such as 10.0.0.10", s)
+	}
+	o.ip = ip.Unmap()
+	return nil
+}
+
+// noEndpoint explains an ErrNotFound for the endpoint with address ip.
+func noEndpoint(ip netip.Addr) error {
+	return fmt.Errorf("no endpoint %s (see hrctl endpoint list)", ip)
+}
+
+// endpointGet prints one endpoint: its `cilium bpf endpoint list` line,
+// then who it belongs to, if recorded, and its host device.
+func endpointGet(dp *datapath.Datapath, opts options, w io.Writer) error {
+	ep, err := dp.Endpoint(opts.ip)
+	if errors.Is(err, datapath.ErrNotFound) {
+		return noEndpoint(opts.ip)
+	}
+	if err != nil {
+		return err
+	}
+	dev := hostDevice(ep)
+	if opts.json {
+		return writeJSON(w, struct {
+			endpointJSON
+			HostDevice     string `json:",omitempty"`
+			HostDeviceGone bool   // a pod's leftover: hrctl endpoint delete removes it
+		}{toJSON(ep), dev, dev == ""})
+	}
+	fmt.Fprintln(w, ep)
+	if ep.ContainerID != "" {
+		fmt.Fprintf(w, "Container ID:     %s\n", ep.ContainerID)
+	}
+	if ep.PodIfName != "" {
+		fmt.Fprintf(w, "Pod Interface:    %s\n", ep.PodIfName)
+	}
+	if dev == "" {
+		fmt.Fprintf(w, "Host Device:      gone (no device with ifindex %d and nodemac here): a leftover, remove it with hrctl endpoint delete %s\n",
+			ep.IfIndex, ep.IP)
+	} else {
+		fmt.Fprintf(w, "Host Device:      %s\n", dev)
+	}
+	return nil
+}
+
+// hostDevice names ep's host-side device in hrctl's network namespace, the
+// node's, or returns "" if no device there has its ifindex and MAC: the pod
+// is gone and its endpoint was left behind (a new device may reuse the
+// index).
+func hostDevice(ep maps.Endpoint) string {
+	ifc, err := net.InterfaceByIndex(ep.IfIndex)
+	if err != nil || !bytes.Equal(ifc.HardwareAddr, ep.NodeMAC) {
+		return ""
+	}
+	return ifc.Name
+}
+
+// endpointDelete takes the endpoint off the node: datapath.RemoveEndpoint.
+func endpointDelete(dp *datapath.Datapath, opts options, w io.Writer) error {
+	err := dp.RemoveEndpoint(opts.ip)
+	if errors.Is(err, datapath.ErrNotFound) {
+		return noEndpoint(opts.ip)
+	}
+	return err
 }
 
 // nodeNameFlag registers --name, of node add and node del.
@@ -373,4 +542,260 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// cleanupFlags registers cleanup's -f and --force.
+func cleanupFlags(fs *flag.FlagSet, o *options) {
+	const help = "remove without asking, also when stdin is a terminal"
+	fs.BoolVar(&o.force, "force", false, help)
+	fs.BoolVar(&o.force, "f", false, help+" (short for --force)")
+}
+
+// errDeclined is cleanup's error when the operator says no.
+var errDeclined = errors.New("cleanup declined: nothing removed")
+
+// cleanup removes the node at --pin-path with datapath.Cleanup, as
+// `cilium-dbg cleanup` removes Cilium's state: what a node that opens
+// holds (endpoints, devices, routes to other nodes) and what is left of
+// one that does not. It lists what goes and what stays, and asks first
+// when stdin is a terminal, unless --force. No node there is not an error.
+func cleanup(opts options, std stdio) error {
+	pinPath := filepath.Clean(opts.pinPath)
+	w := std.out
+	dp, openErr := datapath.Open(pinPath, "")
+	switch {
+	case openErr == nil:
+	case errors.Is(openErr, loader.ErrNotBPFFS):
+		return fmt.Errorf("pin path %s is not on a bpf filesystem: not a hostrouting node (see --pin-path)", pinPath)
+	case errors.Is(openErr, fs.ErrNotExist):
+		fmt.Fprintf(w, "No hostrouting node at %s: nothing to clean.\n", pinPath)
+		return nil
+	}
+	dir, dirErr := readPinDir(pinPath)
+	if openErr != nil && dirErr == nil && len(dir.own) == 0 {
+		fmt.Fprintf(w, "No hostrouting node at %s: nothing to clean.\n", pinPath)
+		if len(dir.others) > 0 {
+			fmt.Fprintf(w, "It holds %s, which hrctl leaves.\n", strings.Join(dir.others, ", "))
+		}
+		return nil
+	}
+
+	if openErr == nil {
+		fmt.Fprintf(w, "This removes the hostrouting node at %s:\n", pinPath)
+		describeNode(w, dp, pinPath, dir, dirErr)
+		dp.Close()
+	} else {
+		fmt.Fprintf(w, "This removes what is left of the hostrouting node at %s, which does not open:\n", pinPath)
+		describeLeftovers(w, pinPath, openErr, dir, dirErr)
+	}
+	if len(dir.others) > 0 {
+		fmt.Fprintf(w, "It leaves what the node did not make: %s\n", strings.Join(dir.others, ", "))
+	}
+	if std.interactive && !opts.force && !confirm(std.in, w, "Remove it?") {
+		return errDeclined
+	}
+	if err := datapath.Cleanup(pinPath, ""); err != nil {
+		if errors.Is(err, loader.ErrForeignPinPath) {
+			return fmt.Errorf("refused: %w", err)
+		}
+		return err
+	}
+	fmt.Fprintf(w, "Removed the hostrouting node at %s.\n", pinPath)
+	return nil
+}
+
+// describeNode lists what cleanup removes of a node that opens.
+func describeNode(w io.Writer, dp *datapath.Datapath, pinPath string, dir pinDir, dirErr error) {
+	pins := ""
+	if dirErr == nil {
+		pins = " (" + strings.Join(dir.own, ", ") + ")"
+	}
+	fmt.Fprintf(w, "  Pin Path:         %s%s\n", pinPath, pins)
+	if s, err := dp.Status(); err != nil {
+		fmt.Fprintf(w, "  Endpoints:        unknown (%v)\n", err)
+	} else {
+		fmt.Fprintf(w, "  Endpoints:        %d (their pods fall back to the kernel's routing)\n", s.Endpoints)
+		if len(s.Devices) > 0 {
+			devs := make([]string, len(s.Devices))
+			for i, d := range s.Devices {
+				devs[i] = strings.TrimSpace(d.Name + " " + ipString(d.IP))
+			}
+			fmt.Fprintf(w, "  Devices:          [%s]\n", strings.Join(devs, ", "))
+		} else {
+			fmt.Fprintf(w, "  Devices:          none\n")
+		}
+	}
+	if nodes, err := dp.Nodes(); err != nil {
+		fmt.Fprintf(w, "  Node Routes:      unknown (%v)\n", err)
+	} else {
+		fmt.Fprintf(w, "  Node Routes:      to %s (hrctl node list)\n", plural(len(nodes), "other node"))
+	}
+}
+
+// describeLeftovers lists what cleanup removes of a node that does not
+// open: what its pin directory holds; its programs wherever they are
+// attached in this network namespace; its routes.
+func describeLeftovers(w io.Writer, pinPath string, openErr error, dir pinDir, dirErr error) {
+	if dirErr != nil {
+		fmt.Fprintf(w, "  Pin Path:         %s (%s)\n", pinPath, oneLine(openErr))
+	} else {
+		missing := ""
+		if m := dir.missingMaps(); len(m) > 0 {
+			missing = "; missing: " + strings.Join(m, ", ")
+		}
+		fmt.Fprintf(w, "  Pin Path:         %s (left: %s%s)\n", pinPath, strings.Join(dir.own, ", "), missing)
+		if !errors.Is(openErr, loader.ErrPartialPins) && !errors.Is(openErr, loader.ErrNoNode) {
+			fmt.Fprintf(w, "  Why:              %s\n", oneLine(openErr))
+		}
+	}
+	fmt.Fprintf(w, "  Endpoints:        unknown (the node does not open): the node's programs go from every device of this network namespace\n")
+	fmt.Fprintf(w, "  Devices:          likewise\n")
+	fmt.Fprintf(w, "  Node Routes:      every route to another node's pod CIDRs (ip route show proto 200)\n")
+}
+
+func ipString(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	return ip.String()
+}
+
+// oneLine is err's text on one line, with pin paths as the operator names
+// them: not as hrctl reaches them under `ip netns exec`.
+func oneLine(err error) string {
+	return procRoot.ReplaceAllString(strings.ReplaceAll(err.Error(), "\n", "; "), "")
+}
+
+var procRoot = regexp.MustCompile(`/proc/[0-9]+/root(` + regexp.QuoteMeta(loader.DefaultBPFFS) + `)`)
+
+// plural is "1 other node", "2 other nodes".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// confirm asks question on w and reads the answer from r: yes for "y" or
+// "yes" in any case; no for anything else, an empty line or no answer.
+func confirm(r io.Reader, w io.Writer, question string) bool {
+	fmt.Fprintf(w, "%s [y/N] ", question)
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil && line == "" {
+		fmt.Fprintln(w)
+		return false
+	}
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return true
+	}
+	return false
+}
+
+// partialNode explains a node some of whose map pins were removed by hand
+// (loader.ErrPartialPins): which, and the fix, with the pin path as the
+// operator gave it (the loader's error names it as hrctl reaches it, which
+// under `ip netns exec` is a /proc/PID/root path).
+func partialNode(pinPath string, err error) error {
+	missing := "map pins were removed by hand that no running program uses"
+	if dir, dirErr := readPinDir(pinPath); dirErr == nil {
+		switch m := dir.missingMaps(); len(m) {
+		case 0:
+		case 1:
+			missing = m[0] + " was removed by hand, and no running program uses it to pin it again"
+		default:
+			missing = strings.Join(m, ", ") + " were removed by hand, and no running program uses them to pin them again"
+		}
+	}
+	return fmt.Errorf("pin path %s holds an incomplete hostrouting node: %s; remove what is left with `hrctl --pin-path %s cleanup`, then start the node again",
+		pinPath, missing, pinPath)
+}
+
+// nodeMaps are the maps a node pins in its pin directory, besides the
+// directories progs and links: what loader.Remove and loader.Cleanup
+// remove by name, and all that cleanup lists as the node's.
+var nodeMaps = []string{
+	bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEndpoints6, bpf.HostroutingMapHrDevices, bpf.HostroutingMapHrLxc,
+	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
+	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta, bpf.HostroutingMapHrInfo,
+}
+
+// pinDir is what a pin directory holds: own are the node's entries
+// ("progs/" for a directory), others everything else, which stays.
+type pinDir struct {
+	own, others []string
+}
+
+func (d pinDir) missingMaps() []string {
+	var missing []string
+	for _, name := range nodeMaps {
+		if !slices.Contains(d.own, name) {
+			missing = append(missing, name)
+		}
+	}
+	return missing
+}
+
+// readPinDir lists the pin directory at pinPath.
+func readPinDir(pinPath string) (pinDir, error) {
+	entries, err := os.ReadDir(reachPinPath(pinPath))
+	if err != nil {
+		return pinDir{}, err
+	}
+	var d pinDir
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case e.IsDir() && (name == "progs" || name == "links"):
+			d.own = append(d.own, name+"/")
+		case slices.Contains(nodeMaps, name):
+			d.own = append(d.own, name)
+		case e.IsDir():
+			d.others = append(d.others, name+"/")
+		default:
+			d.others = append(d.others, name)
+		}
+	}
+	return d, nil
+}
+
+// reachPinPath returns the path by which hrctl reaches pinPath, as the
+// loader does: under `ip netns exec`, which mounts a fresh /sys, through
+// the root of the nearest ancestor process that has bpffs at
+// loader.DefaultBPFFS.
+func reachPinPath(pinPath string) string {
+	if !strings.HasPrefix(pinPath+"/", loader.DefaultBPFFS+"/") || onBPFFS(loader.DefaultBPFFS) {
+		return pinPath
+	}
+	for pid := os.Getppid(); pid > 0; pid = parentOf(pid) {
+		root := fmt.Sprintf("/proc/%d/root", pid)
+		if onBPFFS(root + loader.DefaultBPFFS) {
+			return root + pinPath
+		}
+	}
+	return pinPath
+}
+
+func onBPFFS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC
+}
+
+// parentOf returns the parent of process pid, or 0.
+func parentOf(pid int) int {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	if len(fields) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return ppid
 }

@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,10 +16,16 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/loader"
+	"github.com/hostrouting/hostrouting/routing"
 )
 
 // buildHrctl builds the hrctl binary into a temporary directory.
@@ -30,13 +38,27 @@ func buildHrctl(t *testing.T) string {
 	return bin
 }
 
-// hrctl runs the binary and returns its stdout, stderr and exit code.
+// hrctl runs the binary, its stdin /dev/null, and returns its stdout,
+// stderr and exit code.
 func hrctl(t *testing.T, bin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return hrctlWith(t, nil, bin, args...)
+}
+
+// hrctlWith runs the binary with stdin (nil for /dev/null; an *os.File,
+// such as a terminal, is passed as it is). It fails the test if the binary
+// runs longer than a minute: waiting for an answer it should not ask.
+func hrctlWith(t *testing.T, stdin io.Reader, bin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	var out, errOut bytes.Buffer
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = &out, &errOut
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &out, &errOut
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("run hrctl %v: %v (waiting for input?); stdout:\n%s", args, ctx.Err(), out.String())
+	}
 	var exit *exec.ExitError
 	switch {
 	case errors.As(err, &exit):
@@ -56,7 +78,8 @@ func randomHex(n int) string {
 func TestHrctlUsage(t *testing.T) {
 	bin := buildHrctl(t)
 	for _, args := range [][]string{nil, {"bogus"}, {"endpoint"}, {"status", "extra"}, {"--no-such-flag", "status"},
-		{"node"}, {"--name", "x", "node", "del"}} {
+		{"node"}, {"--name", "x", "node", "del"}, {"endpoint", "get"}, {"endpoint", "delete"}, {"cleanup", "extra"},
+		{"endpoint", "list", "10.0.0.10"}} {
 		_, stderr, code := hrctl(t, bin, args...)
 		if code != 2 || !strings.Contains(stderr, "Usage: hrctl") {
 			t.Errorf("hrctl %v: exit %d, want 2 and usage; stderr:\n%s", args, code, stderr)
@@ -188,7 +211,13 @@ func TestHrctlNode(t *testing.T) {
 // hrctlIn runs the binary inside the named netns, as hrctl runs on a node.
 func hrctlIn(t *testing.T, bin, netns string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	return hrctl(t, "ip", append([]string{"netns", "exec", netns, bin}, args...)...)
+	return hrctlInWith(t, nil, bin, netns, args...)
+}
+
+// hrctlInWith is hrctlIn with stdin, as hrctlWith.
+func hrctlInWith(t *testing.T, stdin io.Reader, bin, netns string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	return hrctlWith(t, stdin, "ip", append([]string{"netns", "exec", netns, bin}, args...)...)
 }
 
 // TestHrctlNodeCommands adds, lists and deletes another node on node 0 of
@@ -308,5 +337,573 @@ func TestHrctlNodeCommands(t *testing.T) {
 	stdout, stderr, code := node("node", "del", "--name", n1.Name)
 	if code != 1 || stdout != "" || stderr != fmt.Sprintf("hrctl: no node named %q (see hrctl node list)\n", n1.Name) {
 		t.Errorf("node del of an unknown node: exit %d, stdout %q, stderr %q; want exit 1 and one line", code, stdout, stderr)
+	}
+}
+
+// TestHrctlHelp checks that -h lists every command with its argument.
+func TestHrctlHelp(t *testing.T) {
+	bin := buildHrctl(t)
+	stdout, stderr, code := hrctl(t, bin, "-h")
+	if code != 0 || stdout != "" {
+		t.Fatalf("hrctl -h: exit %d, stdout %q; want 0 and usage on stderr", code, stdout)
+	}
+	for _, c := range commands {
+		if !strings.Contains(stderr, "  "+strings.TrimSpace(c.name+" "+c.args)) {
+			t.Errorf("hrctl -h lacks %q %q:\n%s", c.name, c.args, stderr)
+		}
+	}
+	for _, want := range []string{"endpoint get IP", "endpoint delete IP", "cleanup [-f|--force]"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("hrctl -h lacks %q:\n%s", want, stderr)
+		}
+	}
+	_, stderr, code = hrctl(t, bin, "cleanup", "-h")
+	if code != 0 || !strings.Contains(stderr, "Usage: hrctl [flags] cleanup [-f|--force]") || !strings.Contains(stderr, "-force") {
+		t.Errorf("hrctl cleanup -h: exit %d:\n%s", code, stderr)
+	}
+}
+
+// TestHrctlEndpointUsage checks that a missing or bad IP is a usage error,
+// found before any node is opened (the pin path is missing).
+func TestHrctlEndpointUsage(t *testing.T) {
+	bin := buildHrctl(t)
+	pin := filepath.Join(loader.DefaultBPFFS, "hrctl-missing-"+randomHex(6))
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"endpoint", "get"}, "hrctl endpoint get: missing IP"},
+		{[]string{"endpoint", "delete"}, "hrctl endpoint delete: missing IP"},
+		{[]string{"endpoint", "delete", "--json"}, "hrctl endpoint delete: missing IP"},
+		{[]string{"endpoint", "delete", "10.0.0.300"}, `"10.0.0.300" is not an endpoint's IP address`},
+		{[]string{"endpoint", "get", "pod-a"}, `"pod-a" is not an endpoint's IP address`},
+		{[]string{"endpoint", "delete", "10.0.0.0/24"}, `"10.0.0.0/24" is not an endpoint's IP address`},
+		{[]string{"endpoint", "delete", "fe80::1%eth0"}, `"fe80::1%eth0" is not an endpoint's IP address`},
+		{[]string{"endpoint", "get", "10.0.0.10", "10.0.0.11"}, `unexpected argument "10.0.0.11"`},
+		{[]string{"endpoint", "get", "10.0.0.10", "--json", "extra"}, `unexpected argument "extra"`},
+		{[]string{"endpoint", "delete", "10.0.0.10", "--force"}, "flag provided but not defined: -force"},
+		{[]string{"cleanup", "--name", "x"}, "flag provided but not defined: -name"},
+	} {
+		stdout, stderr, code := hrctl(t, bin, append([]string{"--pin-path", pin}, tc.args...)...)
+		if code != 2 || stdout != "" || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "Usage: hrctl") {
+			t.Errorf("hrctl %v: exit %d, stdout %q, stderr:\n%s\nwant exit 2 and usage saying %q", tc.args, code, stdout, stderr, tc.want)
+		}
+	}
+	// Well-formed: the flags may follow the IP, and "--" ends them; the
+	// missing node is then the error.
+	for _, args := range [][]string{{"endpoint", "get", "10.0.0.10", "--json"}, {"endpoint", "delete", "--", "10.0.0.10"},
+		{"endpoint", "get", "fd00::10"}, {"endpoint", "get", "::ffff:10.0.0.10"}} {
+		stdout, stderr, code := hrctl(t, bin, append([]string{"--pin-path", pin}, args...)...)
+		if code != 1 || stdout != "" || !strings.Contains(stderr, "does not exist") {
+			t.Errorf("hrctl %v: exit %d, stdout %q, stderr %q; want exit 1: the pin path does not exist", args, code, stdout, stderr)
+		}
+	}
+}
+
+// bpfOn returns what BPF the device with index ifindex in node carries: the
+// programs on its tcx hooks, and `tc filter show` of its clsact hooks.
+func bpfOn(t *testing.T, node *datapathtest.Node, ifname string, ifindex int) (tcx int, filters string) {
+	t.Helper()
+	err := node.Do(func() error {
+		for _, attach := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: attach})
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				continue // no tcx: clsact only
+			}
+			if err != nil {
+				return fmt.Errorf("tcx query %s: %w", ifname, err)
+			}
+			tcx += len(res.Programs)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, hook := range []string{"ingress", "egress"} {
+		filters += node.Exec(t, "tc", "filter", "show", "dev", ifname, hook)
+	}
+	return tcx, filters
+}
+
+// hasBPF tells whether the device carries any BPF program, tcx or clsact.
+func hasBPF(t *testing.T, node *datapathtest.Node, ifname string, ifindex int) bool {
+	t.Helper()
+	tcx, filters := bpfOn(t, node, ifname, ifindex)
+	return tcx > 0 || strings.Contains(filters, "bpf")
+}
+
+// TestHrctlEndpointCommands gets and deletes endpoints inside the node's
+// netns: one with a container, one without, one whose pod is gone.
+func TestHrctlEndpointCommands(t *testing.T) {
+	datapathtest.RequireRoot(t)
+	bin := buildHrctl(t)
+	node := datapathtest.NewNode(t, "hrctl")
+	a := node.AddPod(t, "a", netip.MustParseAddr("10.0.0.10"))
+	b := node.AddPod(t, "b", netip.MustParseAddr("10.0.0.11"))
+	c := node.AddPod(t, "c", netip.MustParseAddr("10.0.0.12"))
+	pin := datapathtest.PinPath(t)
+	dp := node.NewDatapath(t, datapath.Config{PinPath: pin})
+	withContainer := a.Endpoint()
+	withContainer.ContainerID, withContainer.PodIfName = "c0ffee", "eth0"
+	epA, err := dp.AddEndpoint(withContainer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	epB := b.AddEndpoint(t, dp)
+	epC := c.AddEndpoint(t, dp)
+	a.MustPing(t, b.IP)
+	run := func(args ...string) (stdout, stderr string, code int) {
+		t.Helper()
+		return hrctlIn(t, bin, node.NetnsName, append([]string{"--pin-path", pin}, args...)...)
+	}
+	mustRun := func(args ...string) string {
+		t.Helper()
+		stdout, stderr, code := run(args...)
+		if code != 0 || stderr != "" {
+			t.Fatalf("hrctl %v: exit %d, stderr %q", args, code, stderr)
+		}
+		return stdout
+	}
+	type getJSON struct {
+		IP                     netip.Addr
+		ID                     uint16
+		IfIndex                int
+		MAC, NodeMAC           string
+		ContainerID, PodIfName string
+		HostDevice             string
+		HostDeviceGone         bool
+	}
+	getJSONOf := func(ip netip.Addr) getJSON {
+		t.Helper()
+		var got getJSON
+		out := mustRun("endpoint", "get", ip.String(), "--json")
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("endpoint get %s --json: %v\n%s", ip, err, out)
+		}
+		return got
+	}
+
+	// get: the endpoint list line, then who it belongs to and its device.
+	want := epA.String() + "\nContainer ID:     c0ffee\nPod Interface:    eth0\nHost Device:      " + a.HostIf + "\n"
+	if out := mustRun("endpoint", "get", a.IP.String()); out != want {
+		t.Errorf("endpoint get %s:\n%swant\n%s", a.IP, out, want)
+	}
+	want = epB.String() + "\nHost Device:      " + b.HostIf + "\n"
+	if out := mustRun("endpoint", "get", b.IP.String()); out != want {
+		t.Errorf("endpoint get %s (no container recorded):\n%swant\n%s", b.IP, out, want)
+	}
+	wantJSON := getJSON{IP: a.IP, ID: epA.ID, IfIndex: a.HostIfIndex, MAC: a.MAC.String(), NodeMAC: a.HostMAC.String(),
+		ContainerID: "c0ffee", PodIfName: "eth0", HostDevice: a.HostIf}
+	if got := getJSONOf(a.IP); got != wantJSON {
+		t.Errorf("endpoint get %s --json: %+v, want %+v", a.IP, got, wantJSON)
+	}
+
+	// Unknown endpoints: exit 1 and one line naming the address.
+	unknown := netip.MustParseAddr("10.0.0.99")
+	for _, cmd := range []string{"get", "delete"} {
+		stdout, stderr, code := run("endpoint", cmd, unknown.String())
+		if wantErr := "hrctl: no endpoint 10.0.0.99 (see hrctl endpoint list)\n"; code != 1 || stdout != "" || stderr != wantErr {
+			t.Errorf("endpoint %s %s: exit %d, stdout %q, stderr %q; want exit 1 and %q", cmd, unknown, code, stdout, stderr, wantErr)
+		}
+	}
+
+	// delete: the endpoint goes from the maps and its device; the others
+	// stay. A second time it is unknown.
+	if !hasBPF(t, node, b.HostIf, b.HostIfIndex) {
+		t.Fatalf("%s carries no BPF before endpoint delete", b.HostIf)
+	}
+	if out := mustRun("endpoint", "delete", b.IP.String()); out != "" {
+		t.Errorf("endpoint delete printed %q, want nothing", out)
+	}
+	if ep, err := dp.Endpoint(b.IP); !errors.Is(err, datapath.ErrNotFound) {
+		t.Errorf("endpoint %s after endpoint delete: %v, err %v; want ErrNotFound", b.IP, ep, err)
+	}
+	if tcx, filters := bpfOn(t, node, b.HostIf, b.HostIfIndex); tcx != 0 || strings.Contains(filters, "bpf") {
+		t.Errorf("%s after endpoint delete: %d tcx programs, filters:\n%s", b.HostIf, tcx, filters)
+	}
+	if !hasBPF(t, node, a.HostIf, a.HostIfIndex) {
+		t.Errorf("%s lost its programs when %s was deleted", a.HostIf, b.IP)
+	}
+	if out := mustRun("endpoint", "list"); out != epA.String()+"\n"+epC.String()+"\n" {
+		t.Errorf("endpoint list after endpoint delete:\n%s", out)
+	}
+	stdout, stderr, code := run("endpoint", "delete", b.IP.String())
+	if code != 1 || stdout != "" || stderr != "hrctl: no endpoint 10.0.0.11 (see hrctl endpoint list)\n" {
+		t.Errorf("second endpoint delete: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+
+	// A leftover: c's pod and device are gone, its endpoint is not.
+	if err := routing.DeleteVeth(node.Netns, c.HostIf); err != nil {
+		t.Fatal(err)
+	}
+	out := mustRun("endpoint", "get", c.IP.String())
+	if !strings.HasPrefix(out, epC.String()+"\n") || !strings.Contains(out, "Host Device:      gone") ||
+		!strings.Contains(out, "hrctl endpoint delete "+c.IP.String()) {
+		t.Errorf("endpoint get of a leftover:\n%s", out)
+	}
+	if got := getJSONOf(c.IP); !got.HostDeviceGone || got.HostDevice != "" || got.ID != epC.ID {
+		t.Errorf("endpoint get --json of a leftover: %+v, want HostDeviceGone", got)
+	}
+	mustRun("endpoint", "delete", c.IP.String())
+	if eps, err := dp.Endpoints(); err != nil || len(eps) != 1 || eps[0].IP != a.IP {
+		t.Errorf("endpoints after deleting the leftover: %v, %v; want %s only", eps, err, a.IP)
+	}
+	// The endpoint that stayed still routes.
+	b.AddEndpoint(t, dp)
+	a.MustPing(t, b.IP)
+}
+
+// TestHrctlCleanup removes a healthy node of a cluster (endpoints, a
+// device, a route to the other node) from inside its netns: stdin is a
+// pipe, not a terminal, so cleanup asks nothing, even with "n" waiting in
+// it. A pin that is not the node's survives, and a second cleanup finds
+// nothing to clean.
+func TestHrctlCleanup(t *testing.T) {
+	datapathtest.RequireRoot(t)
+	bin := buildHrctl(t)
+	c := datapathtest.NewCluster(t, 2)
+	n0, n1 := c.Nodes[0], c.Nodes[1]
+	a := n0.AddPod(t, "a", n0.PodIP(10))
+	b := n0.AddPod(t, "b", n0.PodIP(11))
+	pin := datapathtest.PinPath(t)
+	dp := n0.NewDatapath(t, datapath.Config{PinPath: pin, Devices: []string{n0.Device},
+		NativeRoutingCIDR: netip.MustParsePrefix("10.0.0.0/8")})
+	a.AddEndpoint(t, dp)
+	b.AddEndpoint(t, dp)
+	if err := dp.UpsertNode(datapath.Node{Name: n1.Name, IP: n1.IP, PodCIDRs: []netip.Prefix{n1.PodCIDR}}); err != nil {
+		t.Fatal(err)
+	}
+	a.MustPing(t, b.IP)
+	devices, err := dp.Devices()
+	if err != nil || len(devices) != 1 {
+		t.Fatalf("devices: %v, %v", devices, err)
+	}
+	foreign := pinForeign(t, pin)
+	type dev struct {
+		name    string
+		ifindex int
+	}
+	devs := []dev{{a.HostIf, a.HostIfIndex}, {b.HostIf, b.HostIfIndex}, {n0.Device, devices[0]}}
+	for _, d := range devs {
+		if !hasBPF(t, n0, d.name, d.ifindex) {
+			t.Fatalf("%s carries no BPF before cleanup", d.name)
+		}
+	}
+	routes := func() string {
+		return n0.Exec(t, "ip", "route", "show", "proto", "200")
+	}
+	if !strings.Contains(routes(), n1.PodCIDR.String()) {
+		t.Fatalf("no route to %s before cleanup:\n%s", n1.PodCIDR, routes())
+	}
+
+	stdout, stderr, code := hrctlInWith(t, strings.NewReader("n\n"), bin, n0.NetnsName, "--pin-path", pin, "cleanup")
+	if code != 0 || stderr != "" {
+		t.Fatalf("cleanup: exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
+	}
+	for _, want := range []string{
+		"This removes the hostrouting node at " + pin + ":\n",
+		"  Pin Path:         " + pin + " (",
+		"  Endpoints:        2 ",
+		fmt.Sprintf("  Devices:          [%s %s]\n", n0.Device, n0.IP),
+		"  Node Routes:      to 1 other node (hrctl node list)\n",
+		"It leaves what the node did not make: foreign\n",
+		"Removed the hostrouting node at " + pin + ".\n",
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("cleanup output lacks %q:\n%s", want, stdout)
+		}
+	}
+	if strings.Contains(stdout, "[y/N]") {
+		t.Errorf("cleanup with stdin not a terminal asked:\n%s", stdout)
+	}
+	checkCleaned(t, pin, foreign)
+	for _, d := range devs {
+		if tcx, filters := bpfOn(t, n0, d.name, d.ifindex); tcx != 0 || strings.Contains(filters, "bpf") {
+			t.Errorf("%s after cleanup: %d tcx programs, filters:\n%s", d.name, tcx, filters)
+		}
+	}
+	if r := routes(); r != "" {
+		t.Errorf("node routes after cleanup:\n%s", r)
+	}
+	a.MustPing(t, b.IP) // by the kernel's routing
+
+	// Nothing left to clean: exit 0, and the foreign pin still stays.
+	stdout, stderr, code = hrctlIn(t, bin, n0.NetnsName, "--pin-path", pin, "cleanup")
+	if code != 0 || stderr != "" || !strings.Contains(stdout, "nothing to clean") || !strings.Contains(stdout, "foreign") {
+		t.Errorf("second cleanup: exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
+	}
+	checkCleaned(t, pin, foreign)
+	missing := filepath.Join(loader.DefaultBPFFS, "hrctl-missing-"+randomHex(6))
+	stdout, stderr, code = hrctlIn(t, bin, n0.NetnsName, "--pin-path", missing, "cleanup")
+	if code != 0 || stderr != "" || stdout != "No hostrouting node at "+missing+": nothing to clean.\n" {
+		t.Errorf("cleanup of a missing pin path: exit %d, stderr %q, stdout %q", code, stderr, stdout)
+	}
+}
+
+// pinForeign pins a map that is not the node's in its pin directory.
+func pinForeign(t *testing.T, pin string) string {
+	t.Helper()
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "foreign", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	path := filepath.Join(pin, "foreign")
+	if err := m.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// checkCleaned fails t unless the pin directory holds the foreign pin
+// and nothing else, and that pin still opens.
+func checkCleaned(t *testing.T, pin, foreign string) {
+	t.Helper()
+	entries, err := os.ReadDir(pin)
+	if err != nil {
+		t.Fatalf("pin path after cleanup: %v", err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{"foreign"}) {
+		t.Errorf("pin path after cleanup holds %v, want the foreign pin only", names)
+	}
+	m, err := ebpf.LoadPinnedMap(foreign, nil)
+	if err != nil {
+		t.Fatalf("foreign pin after cleanup: %v", err)
+	}
+	m.Close()
+}
+
+// TestHrctlCleanupBroken removes nodes that no longer open: one whose
+// hr_nodes pin was removed by hand (loader.ErrPartialPins), and one whose
+// every map pin was. status explains what is wrong and the fix; cleanup,
+// stdin /dev/null, asks nothing and removes the rest; a foreign pin stays;
+// a new datapath starts at the same pin path.
+func TestHrctlCleanupBroken(t *testing.T) {
+	datapathtest.RequireRoot(t)
+	bin := buildHrctl(t)
+	partial := []string{"holds an incomplete hostrouting node: hr_nodes was removed by hand, and no running program uses it"}
+	for _, tc := range []struct {
+		name    string
+		disable loader.Disable
+		remove  []string // map pins removed by hand
+		status  []string // what status says
+	}{
+		{"hr_nodes", loader.Disable{}, []string{"hr_nodes"}, partial},
+		{"hr_nodes clsact", loader.Disable{TCX: true}, []string{"hr_nodes"}, partial},
+		{"all maps", loader.Disable{}, nodeMaps, []string{"holds what is left of a hostrouting node (", "but none of its maps"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			node := datapathtest.NewNode(t, "hrctl")
+			a := node.AddPod(t, "a", netip.MustParseAddr("10.0.0.10"))
+			b := node.AddPod(t, "b", netip.MustParseAddr("10.0.0.11"))
+			pin := datapathtest.PinPath(t)
+			dp := node.NewDatapath(t, datapath.Config{PinPath: pin, Disable: tc.disable})
+			a.AddEndpoint(t, dp)
+			b.AddEndpoint(t, dp)
+			a.MustPing(t, b.IP)
+			dp.Close()
+			if tc.disable.TCX {
+				if tcx, filters := bpfOn(t, node, a.HostIf, a.HostIfIndex); tcx != 0 || !strings.Contains(filters, "bpf") {
+					t.Fatalf("%s in clsact mode: %d tcx programs, filters:\n%s", a.HostIf, tcx, filters)
+				}
+			}
+			if !hasBPF(t, node, a.HostIf, a.HostIfIndex) {
+				t.Fatalf("%s carries no BPF before cleanup", a.HostIf)
+			}
+			foreign := pinForeign(t, pin)
+			for _, name := range tc.remove {
+				if err := os.Remove(filepath.Join(pin, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			run := func(stdin io.Reader, args ...string) (stdout, stderr string, code int) {
+				t.Helper()
+				return hrctlInWith(t, stdin, bin, node.NetnsName, append([]string{"--pin-path", pin}, args...)...)
+			}
+
+			fix := "`hrctl --pin-path " + pin + " cleanup`"
+			for _, cmd := range [][]string{{"status"}, {"endpoint", "list"}} {
+				stdout, stderr, code := run(nil, cmd...)
+				if code != 1 || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "hrctl: pin path "+pin+" ") ||
+					!strings.Contains(stderr, fix) || strings.Contains(stderr, "/proc/") {
+					t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 1 and one line naming the pin path and the fix %s",
+						cmd, code, stdout, stderr, fix)
+				}
+				for _, want := range tc.status {
+					if !strings.Contains(stderr, want) {
+						t.Errorf("%v: %q lacks %q", cmd, stderr, want)
+					}
+				}
+			}
+
+			stdout, stderr, code := run(nil, "cleanup")
+			if code != 0 || stderr != "" {
+				t.Fatalf("cleanup: exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
+			}
+			for _, want := range []string{
+				"This removes what is left of the hostrouting node at " + pin + ", which does not open:\n",
+				"; missing: " + strings.Join(tc.remove, ", ") + ")\n",
+				"It leaves what the node did not make: foreign\n",
+				"Removed the hostrouting node at " + pin + ".\n",
+			} {
+				if !strings.Contains(stdout, want) {
+					t.Errorf("cleanup output lacks %q:\n%s", want, stdout)
+				}
+			}
+			if strings.Contains(stdout, "[y/N]") || strings.Contains(stdout, "/proc/") {
+				t.Errorf("cleanup with stdin /dev/null asked, or named the pin path as hrctl reaches it:\n%s", stdout)
+			}
+			checkCleaned(t, pin, foreign)
+			// Without hr_info, loader.Cleanup cannot tell the node's clsact
+			// filters from others' and leaves them; tcx links are pinned.
+			filtersKnown := !slices.Contains(tc.remove, "hr_info")
+			for _, p := range []*datapathtest.Pod{a, b} {
+				tcx, filters := bpfOn(t, node, p.HostIf, p.HostIfIndex)
+				if tcx != 0 || (filtersKnown && strings.Contains(filters, "bpf")) {
+					t.Errorf("%s after cleanup: %d tcx programs, filters:\n%s", p.HostIf, tcx, filters)
+				}
+			}
+			a.MustPing(t, b.IP)
+
+			// The operator's pin must go before a node starts there again.
+			if err := os.Remove(foreign); err != nil {
+				t.Fatal(err)
+			}
+			fresh := node.NewDatapath(t, datapath.Config{PinPath: pin})
+			a.AddEndpoint(t, fresh)
+			b.AddEndpoint(t, fresh)
+			a.MustPing(t, b.IP)
+			if out, stderr, code := run(nil, "status"); code != 0 || !strings.Contains(out, "Endpoints:        2\n") {
+				t.Errorf("status of the new node: exit %d, stderr %q:\n%s", code, stderr, out)
+			}
+		})
+	}
+}
+
+// TestConfirm checks the answers cleanup takes for yes.
+func TestConfirm(t *testing.T) {
+	for in, want := range map[string]bool{
+		"y\n": true, "Y\n": true, "yes\n": true, "YES\r\n": true, " y \n": true, "y": true,
+		"n\n": false, "\n": false, "": false, "no\n": false, "yess\n": false, "x\ny\n": false,
+	} {
+		var out bytes.Buffer
+		if got := confirm(strings.NewReader(in), &out, "Remove it?"); got != want {
+			t.Errorf("confirm(%q) = %v, want %v", in, got, want)
+		}
+		if !strings.HasPrefix(out.String(), "Remove it? [y/N] ") {
+			t.Errorf("confirm(%q) asked %q", in, out.String())
+		}
+	}
+}
+
+// TestCleanupAsksOnlyATerminal runs cleanup in-process with an injected
+// stdin on a pin path without a node (nothing to remove, so nothing to
+// ask) and on one that is not on bpffs (refused before asking): no input
+// is read either way.
+func TestCleanupAsksOnlyATerminal(t *testing.T) {
+	missing := filepath.Join(loader.DefaultBPFFS, "hrctl-missing-"+randomHex(6))
+	for _, tc := range []struct {
+		pin  string
+		code int
+		want string
+	}{
+		{missing, 0, "No hostrouting node at " + missing + ": nothing to clean.\n"},
+		{t.TempDir(), 1, ""},
+	} {
+		in := strings.NewReader("y\n")
+		var out, errOut bytes.Buffer
+		code := run([]string{"--pin-path", tc.pin, "cleanup"}, stdio{in: in, out: &out, err: &errOut, interactive: true})
+		if code != tc.code || out.String() != tc.want || in.Len() != 2 {
+			t.Errorf("cleanup of %s: exit %d, stdout %q, stderr %q, %d bytes of stdin left; want exit %d, %q, stdin unread",
+				tc.pin, code, out.String(), errOut.String(), in.Len(), tc.code, tc.want)
+		}
+	}
+}
+
+// openPTY opens a pseudo-terminal pair, closed in t.Cleanup, or skips.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { master.Close() })
+	if err := unix.IoctlSetPointerInt(int(master.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Skipf("unlock pseudo-terminal: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(master.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Skipf("pseudo-terminal number: %v", err)
+	}
+	slave, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("open pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { slave.Close() })
+	return master, slave
+}
+
+// TestHrctlCleanupTerminal runs cleanup with stdin a terminal: it asks,
+// "n" keeps the node (exit 1), "y" removes it; --force and -f ask nothing.
+func TestHrctlCleanupTerminal(t *testing.T) {
+	datapathtest.RequireRoot(t)
+	bin := buildHrctl(t)
+	node := datapathtest.NewNode(t, "hrctl")
+	a := node.AddPod(t, "a", netip.MustParseAddr("10.0.0.10"))
+	start := func() string {
+		t.Helper()
+		pin := datapathtest.PinPath(t)
+		dp := node.NewDatapath(t, datapath.Config{PinPath: pin})
+		a.AddEndpoint(t, dp)
+		dp.Close()
+		return pin
+	}
+	onTerminal := func(answer, pin string, args ...string) (stdout, stderr string, code int) {
+		t.Helper()
+		master, slave := openPTY(t)
+		if _, err := master.WriteString(answer); err != nil {
+			t.Fatal(err)
+		}
+		return hrctlInWith(t, slave, bin, node.NetnsName, append([]string{"--pin-path", pin, "cleanup"}, args...)...)
+	}
+	gone := func(pin string) bool {
+		_, err := os.Stat(pin)
+		return errors.Is(err, os.ErrNotExist)
+	}
+
+	pin := start()
+	stdout, stderr, code := onTerminal("n\n", pin)
+	if code != 1 || !strings.Contains(stdout, "Endpoints:        1 ") || !strings.HasSuffix(stdout, "Remove it? [y/N] ") ||
+		stderr != "hrctl: cleanup declined: nothing removed\n" {
+		t.Errorf("cleanup answered n: exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
+	}
+	if gone(pin) || !hasBPF(t, node, a.HostIf, a.HostIfIndex) {
+		t.Fatalf("cleanup answered n removed the node")
+	}
+	if _, stderr, code := hrctlIn(t, bin, node.NetnsName, "--pin-path", pin, "status"); code != 0 {
+		t.Errorf("status after cleanup answered n: exit %d, %s", code, stderr)
+	}
+	stdout, stderr, code = onTerminal("y\n", pin)
+	if code != 0 || stderr != "" || !strings.Contains(stdout, "Remove it? [y/N] Removed the hostrouting node at "+pin+".\n") {
+		t.Errorf("cleanup answered y: exit %d, stderr %q, stdout:\n%s", code, stderr, stdout)
+	}
+	if !gone(pin) || hasBPF(t, node, a.HostIf, a.HostIfIndex) {
+		t.Errorf("cleanup answered y left the node")
+	}
+
+	for _, force := range []string{"--force", "-f"} {
+		pin := start()
+		stdout, stderr, code := onTerminal("", pin, force) // nothing to read: asking would hang
+		if code != 0 || stderr != "" || strings.Contains(stdout, "[y/N]") || !strings.Contains(stdout, "Removed the hostrouting node") {
+			t.Errorf("cleanup %s on a terminal: exit %d, stderr %q, stdout:\n%s", force, code, stderr, stdout)
+		}
+		if !gone(pin) {
+			t.Errorf("cleanup %s left the node", force)
+		}
 	}
 }
