@@ -2,9 +2,7 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"net/netip"
-	"os"
 	"slices"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -12,7 +10,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/hostrouting/hostrouting/datapath"
-	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -29,11 +26,11 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if conf.PrevResult == nil {
 		return cniError(types.ErrInvalidNetworkConfig, "no prevResult: CHECK needs the result of ADD")
 	}
-	native, err := conf.nativeRoutingCIDR()
-	if err != nil {
+	if err := conf.validate(); err != nil {
 		return err
 	}
-	if err := conf.checkDevice(); err != nil {
+	native, _ := conf.nativeRoutingCIDR()
+	if err := podNetns(args.Netns); err != nil {
 		return err
 	}
 	p, err := podWithMAC(conf.PrevResult, args)
@@ -41,16 +38,19 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return err
 	}
 	dp, err := datapath.Open(conf.PinPath, "")
-	if errors.Is(err, loader.ErrNoNode) || errors.Is(err, os.ErrNotExist) || errors.Is(err, loader.ErrNotBPFFS) {
+	switch {
+	case noDatapath(err):
 		return cniError(types.ErrInternal, "no datapath at pinPath %s: %v", conf.PinPath, err)
-	}
-	if err != nil {
-		return cniError(types.ErrInternal, "open datapath at pinPath %s: %v", conf.PinPath, err)
+	case err != nil:
+		return datapathError(conf.PinPath, "open datapath", err)
 	}
 	defer dp.Close()
 	ep, err := dp.Endpoint(p.IP)
 	if err != nil {
-		return cniError(types.ErrInternal, "%v", err)
+		return cniError(types.ErrInternal, "endpoint %s: %v", p.IP, err)
+	}
+	if !ownedBy(ep, args) {
+		return cniError(types.ErrInternal, "endpoint %s belongs to container %s %s, not %s %s", p.IP, ep.ContainerID, ep.PodIfName, args.ContainerID, args.IfName)
 	}
 	host, err := netlink.LinkByName(p.HostIf)
 	if err != nil {

@@ -5,12 +5,16 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/loader"
@@ -40,7 +44,20 @@ type NetConf struct {
 	// traffic to it that is not for this node leaves by the datapath's
 	// FIB lookup, past the node's stack.
 	NativeRoutingCIDR string `json:"nativeRoutingCIDR,omitempty"`
+	// Timeout bounds how long ADD and DEL wait for the node's datapath,
+	// whose changes serialise on a lock of the pin path, before they give
+	// up with ErrTryAgainLater: a Go duration such as "30s". Default
+	// defaultTimeout.
+	Timeout string `json:"timeout,omitempty"`
+
+	timeout time.Duration // Timeout parsed by validate
 }
+
+// defaultTimeout is how long a call waits for the datapath unless the key
+// timeout says otherwise: well below the two minutes a kubelet gives the
+// runtime for a pod sandbox, well above the 2 s that 50 parallel ADDs on a
+// fresh node take (the last waits for all the others).
+const defaultTimeout = 60 * time.Second
 
 // Disable names the kernel features the datapath must not use (see
 // loader.Disable).
@@ -49,6 +66,32 @@ type Disable struct {
 	RedirectNeigh bool `json:"redirectNeigh,omitempty"`
 	FIBLookup     bool `json:"fibLookup,omitempty"`
 	TCX           bool `json:"tcx,omitempty"`
+
+	unknown []string // keys of the netconf's disable that are none of these
+}
+
+// UnmarshalJSON decodes disable, keeping the keys it does not know for
+// validate to refuse: a misspelt key must not go unnoticed.
+func (d *Disable) UnmarshalJSON(b []byte) error {
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(b, &keys); err != nil {
+		return fmt.Errorf("disable: %w", err)
+	}
+	known := map[string]*bool{ // by lower-case key, as encoding/json matches them
+		"redirectpeer": &d.RedirectPeer, "redirectneigh": &d.RedirectNeigh, "fiblookup": &d.FIBLookup, "tcx": &d.TCX,
+	}
+	for k, raw := range keys {
+		v, ok := known[strings.ToLower(k)]
+		if !ok {
+			d.unknown = append(d.unknown, k)
+			continue
+		}
+		if err := json.Unmarshal(raw, v); err != nil {
+			return fmt.Errorf("disable.%s: %w", k, err)
+		}
+	}
+	slices.Sort(d.unknown)
+	return nil
 }
 
 // parseConf decodes the netconf on stdin and its prevResult, if any.
@@ -66,9 +109,78 @@ func parseConf(stdin []byte) (*NetConf, error) {
 	return conf, nil
 }
 
+// validate checks the keys that ADD and CHECK use, with
+// ErrInvalidNetworkConfig for a wrong one, and parses timeout.
+func (c *NetConf) validate() error {
+	if err := checkPinPath(c.PinPath); err != nil {
+		return err
+	}
+	if len(c.Disable.unknown) > 0 {
+		return cniError(types.ErrInvalidNetworkConfig, "disable: unknown key(s) %s: want redirectPeer, redirectNeigh, fibLookup or tcx",
+			strings.Join(c.Disable.unknown, ", "))
+	}
+	var err error
+	if c.timeout, err = c.parseTimeout(); err != nil {
+		return err
+	}
+	if _, err := c.nativeRoutingCIDR(); err != nil {
+		return err
+	}
+	return c.checkDevice()
+}
+
+// parseTimeout parses the key timeout: defaultTimeout if not given.
+func (c *NetConf) parseTimeout() (time.Duration, error) {
+	if c.Timeout == "" {
+		return defaultTimeout, nil
+	}
+	d, err := time.ParseDuration(c.Timeout)
+	if err != nil || d <= 0 {
+		return defaultTimeout, cniError(types.ErrInvalidNetworkConfig, "timeout %q is not a positive duration such as 30s", c.Timeout)
+	}
+	return d, nil
+}
+
+// Limits of a pin path: the kernel's PATH_MAX less room for what the
+// loader puts before it (/proc/PID/root, to reach bpffs from a private
+// mount namespace) and below it (links/<netns>_<ifindex>_<program>), and
+// NAME_MAX for each of its names.
+const (
+	maxPinPathLen   = unix.PathMax - 256
+	maxPinNameLen   = 255
+	maxShownPinPath = 60 // of an overlong pin path, the start shown in errors
+)
+
+// checkPinPath checks that pinPath could be a node's pin directory: an
+// absolute path that a path syscall takes, not the bpffs root. Whether it
+// lies on bpffs and holds nothing foreign is the loader's to find out.
+func checkPinPath(pinPath string) error {
+	shown := trimmed(pinPath, maxShownPinPath)
+	switch clean := filepath.Clean(pinPath); {
+	case strings.ContainsRune(pinPath, 0):
+		return cniError(types.ErrInvalidNetworkConfig, "pinPath %q holds a NUL byte", shown)
+	case !filepath.IsAbs(pinPath):
+		return cniError(types.ErrInvalidNetworkConfig, "pinPath %q is not an absolute path such as %s", shown, loader.DefaultPinPath)
+	case len(pinPath) > maxPinPathLen:
+		return cniError(types.ErrInvalidNetworkConfig, "pinPath %q is %d bytes long: at most %d", shown, len(pinPath), maxPinPathLen)
+	case clean == "/" || clean == loader.DefaultBPFFS:
+		return cniError(types.ErrInvalidNetworkConfig, "pinPath %s is the root of the bpf filesystem: use a directory of its own below it, such as %s",
+			pinPath, loader.DefaultPinPath)
+	}
+	for _, name := range strings.Split(pinPath, "/") {
+		if len(name) > maxPinNameLen {
+			return cniError(types.ErrInvalidNetworkConfig, "pinPath %q has a name of %d bytes: at most %d", shown, len(name), maxPinNameLen)
+		}
+	}
+	return nil
+}
+
 // datapathConfig is the node's datapath.Config for ADD, or a CNI error
 // naming the key that is wrong.
 func (c *NetConf) datapathConfig() (datapath.Config, error) {
+	if err := c.validate(); err != nil {
+		return datapath.Config{}, err
+	}
 	native, err := c.nativeRoutingCIDR()
 	if err != nil {
 		return datapath.Config{}, err
@@ -83,9 +195,6 @@ func (c *NetConf) datapathConfig() (datapath.Config, error) {
 			TCX:           c.Disable.TCX,
 		},
 		NativeRoutingCIDR: native,
-	}
-	if err := c.checkDevice(); err != nil {
-		return datapath.Config{}, err
 	}
 	if c.Device != "" {
 		cfg.Devices = []string{c.Device}
@@ -208,9 +317,4 @@ func linkMAC(nsPath, ifname string) (net.HardwareAddr, error) {
 		return nil, fmt.Errorf("device %s in netns %s: %w", ifname, nsPath, err)
 	}
 	return l.Attrs().HardwareAddr, nil
-}
-
-// cniError makes a CNI error whose message names the plugin.
-func cniError(code uint, format string, args ...any) *types.Error {
-	return types.NewError(code, "hostrouting: "+fmt.Sprintf(format, args...), "")
 }

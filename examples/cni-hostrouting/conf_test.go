@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/hostrouting/hostrouting/loader"
 )
 
 // TestNodeKeys checks how device and nativeRoutingCIDR reach the
@@ -31,7 +33,7 @@ func TestNodeKeys(t *testing.T) {
 		{name: "device with slash", device: "eth0/1", wantErr: `device "eth0/1" is not a device name`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			conf := &NetConf{Device: tc.device, NativeRoutingCIDR: tc.cidr}
+			conf := &NetConf{PinPath: loader.DefaultPinPath, Device: tc.device, NativeRoutingCIDR: tc.cidr}
 			cfg, err := conf.datapathConfig()
 			if tc.wantErr != "" {
 				var cerr *types.Error
