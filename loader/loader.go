@@ -253,7 +253,7 @@ func open(path, given string) (*Instance, error) {
 		return nil, fmt.Errorf("open node at %s: %w", given, ErrNoNode)
 	}
 	if len(missing) > 0 {
-		if err := repairPins(path, missing); err != nil {
+		if err := repairPins(path, given, missing); err != nil {
 			return nil, fmt.Errorf("node at %s: %w", given, err)
 		}
 	}

@@ -47,7 +47,8 @@ func missingPins(path string) ([]string, error) {
 // repairPins pins again the maps named in missing that the node's running
 // programs still use: the programs pinned at path, the stages and
 // policies in their program arrays, and the programs of the pinned links.
-func repairPins(path string, missing []string) error {
+// given is the pin path as the caller named it, for the error.
+func repairPins(path, given string, missing []string) error {
 	want := map[string]bool{}
 	for _, name := range missing {
 		want[name] = true
@@ -118,8 +119,8 @@ func repairPins(path string, missing []string) error {
 			lost = append(lost, name)
 		}
 	}
-	return fmt.Errorf("%w: %s removed, and no running program uses them; remove the node (hrctl cleanup --pin-path %s, or Datapath.Remove) and start it again",
-		ErrPartialPins, strings.Join(lost, ", "), path)
+	return fmt.Errorf("%w: %s removed by hand, and no running program uses them to pin them again; remove what is left (`hrctl --pin-path %s cleanup`, or datapath.Cleanup) and start the node again",
+		ErrPartialPins, strings.Join(lost, ", "), given)
 }
 
 // programsIn returns the IDs of the programs in program array m.
@@ -247,4 +248,45 @@ func Cleanup(pinPath, netns string) error {
 		}))
 	}
 	return errors.Join(append(errs, n.Remove())...)
+}
+
+// PinDir is what a pin directory holds: the node's entries (maps by name,
+// "progs/" and "links/"), the node's maps that are missing (sorted), and
+// everything else, which is not the node's and stays.
+type PinDir struct {
+	Own, Missing, Others []string
+}
+
+// ReadPinDir lists the pin directory at pinPath (as the caller names it;
+// see Open), for tools that show what Cleanup removes and what stays.
+func ReadPinDir(pinPath string) (PinDir, error) {
+	path, err := reach(filepath.Clean(pinPath), false)
+	if err != nil {
+		return PinDir{}, err
+	}
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return PinDir{}, err
+	}
+	var d PinDir
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case e.IsDir() && ours(name):
+			d.Own = append(d.Own, name+"/")
+		case ours(name):
+			d.Own = append(d.Own, name)
+		case e.IsDir():
+			d.Others = append(d.Others, name+"/")
+		default:
+			d.Others = append(d.Others, name)
+		}
+	}
+	for _, name := range mapNames {
+		if !slices.Contains(d.Own, name) {
+			d.Missing = append(d.Missing, name)
+		}
+	}
+	slices.Sort(d.Missing)
+	return d, nil
 }

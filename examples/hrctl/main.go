@@ -46,13 +46,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/hostrouting/hostrouting/bpf"
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -267,9 +265,9 @@ func open(pinPath string) (*datapath.Datapath, error) {
 	case errors.Is(err, loader.ErrPartialPins):
 		return nil, partialNode(pinPath, err)
 	case errors.Is(err, loader.ErrNoNode):
-		if dir, err := readPinDir(pinPath); err == nil && len(dir.own) > 0 {
+		if dir, err := loader.ReadPinDir(pinPath); err == nil && len(dir.Own) > 0 {
 			return nil, fmt.Errorf("pin path %s holds what is left of a hostrouting node (%s) but none of its maps: "+
-				"remove it with `hrctl --pin-path %s cleanup`, then start the node again", pinPath, strings.Join(dir.own, ", "), pinPath)
+				"remove it with `hrctl --pin-path %s cleanup`, then start the node again", pinPath, strings.Join(dir.Own, ", "), pinPath)
 		}
 		return nil, fmt.Errorf("pin path %s is not a hostrouting node: %v", pinPath, err)
 	case errors.Is(err, fs.ErrNotExist):
@@ -571,11 +569,11 @@ func cleanup(opts options, std stdio) error {
 		fmt.Fprintf(w, "No hostrouting node at %s: nothing to clean.\n", pinPath)
 		return nil
 	}
-	dir, dirErr := readPinDir(pinPath)
-	if openErr != nil && dirErr == nil && len(dir.own) == 0 {
+	dir, dirErr := loader.ReadPinDir(pinPath)
+	if openErr != nil && dirErr == nil && len(dir.Own) == 0 {
 		fmt.Fprintf(w, "No hostrouting node at %s: nothing to clean.\n", pinPath)
-		if len(dir.others) > 0 {
-			fmt.Fprintf(w, "It holds %s, which hrctl leaves.\n", strings.Join(dir.others, ", "))
+		if len(dir.Others) > 0 {
+			fmt.Fprintf(w, "It holds %s, which hrctl leaves.\n", strings.Join(dir.Others, ", "))
 		}
 		return nil
 	}
@@ -588,8 +586,8 @@ func cleanup(opts options, std stdio) error {
 		fmt.Fprintf(w, "This removes what is left of the hostrouting node at %s, which does not open:\n", pinPath)
 		describeLeftovers(w, pinPath, openErr, dir, dirErr)
 	}
-	if len(dir.others) > 0 {
-		fmt.Fprintf(w, "It leaves what the node did not make: %s\n", strings.Join(dir.others, ", "))
+	if len(dir.Others) > 0 {
+		fmt.Fprintf(w, "It leaves what the node did not make: %s\n", strings.Join(dir.Others, ", "))
 	}
 	if std.interactive && !opts.force && !confirm(std.in, w, "Remove it?") {
 		return errDeclined
@@ -605,10 +603,10 @@ func cleanup(opts options, std stdio) error {
 }
 
 // describeNode lists what cleanup removes of a node that opens.
-func describeNode(w io.Writer, dp *datapath.Datapath, pinPath string, dir pinDir, dirErr error) {
+func describeNode(w io.Writer, dp *datapath.Datapath, pinPath string, dir loader.PinDir, dirErr error) {
 	pins := ""
 	if dirErr == nil {
-		pins = " (" + strings.Join(dir.own, ", ") + ")"
+		pins = " (" + strings.Join(dir.Own, ", ") + ")"
 	}
 	fmt.Fprintf(w, "  Pin Path:         %s%s\n", pinPath, pins)
 	if s, err := dp.Status(); err != nil {
@@ -635,15 +633,15 @@ func describeNode(w io.Writer, dp *datapath.Datapath, pinPath string, dir pinDir
 // describeLeftovers lists what cleanup removes of a node that does not
 // open: what its pin directory holds; its programs wherever they are
 // attached in this network namespace; its routes.
-func describeLeftovers(w io.Writer, pinPath string, openErr error, dir pinDir, dirErr error) {
+func describeLeftovers(w io.Writer, pinPath string, openErr error, dir loader.PinDir, dirErr error) {
 	if dirErr != nil {
 		fmt.Fprintf(w, "  Pin Path:         %s (%s)\n", pinPath, oneLine(openErr))
 	} else {
 		missing := ""
-		if m := dir.missingMaps(); len(m) > 0 {
+		if m := dir.Missing; len(m) > 0 {
 			missing = "; missing: " + strings.Join(m, ", ")
 		}
-		fmt.Fprintf(w, "  Pin Path:         %s (left: %s%s)\n", pinPath, strings.Join(dir.own, ", "), missing)
+		fmt.Fprintf(w, "  Pin Path:         %s (left: %s%s)\n", pinPath, strings.Join(dir.Own, ", "), missing)
 		if !errors.Is(openErr, loader.ErrPartialPins) && !errors.Is(openErr, loader.ErrNoNode) {
 			fmt.Fprintf(w, "  Why:              %s\n", oneLine(openErr))
 		}
@@ -694,12 +692,11 @@ func confirm(r io.Reader, w io.Writer, question string) bool {
 
 // partialNode explains a node some of whose map pins were removed by hand
 // (loader.ErrPartialPins): which, and the fix, with the pin path as the
-// operator gave it (the loader's error names it as hrctl reaches it, which
-// under `ip netns exec` is a /proc/PID/root path).
+// operator gave it.
 func partialNode(pinPath string, err error) error {
 	missing := "map pins were removed by hand that no running program uses"
-	if dir, dirErr := readPinDir(pinPath); dirErr == nil {
-		switch m := dir.missingMaps(); len(m) {
+	if dir, dirErr := loader.ReadPinDir(pinPath); dirErr == nil {
+		switch m := dir.Missing; len(m) {
 		case 0:
 		case 1:
 			missing = m[0] + " was removed by hand, and no running program uses it to pin it again"
@@ -709,93 +706,4 @@ func partialNode(pinPath string, err error) error {
 	}
 	return fmt.Errorf("pin path %s holds an incomplete hostrouting node: %s; remove what is left with `hrctl --pin-path %s cleanup`, then start the node again",
 		pinPath, missing, pinPath)
-}
-
-// nodeMaps are the maps a node pins in its pin directory, besides the
-// directories progs and links: what loader.Remove and loader.Cleanup
-// remove by name, and all that cleanup lists as the node's.
-var nodeMaps = []string{
-	bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEndpoints6, bpf.HostroutingMapHrDevices, bpf.HostroutingMapHrLxc,
-	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
-	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta, bpf.HostroutingMapHrInfo,
-}
-
-// pinDir is what a pin directory holds: own are the node's entries
-// ("progs/" for a directory), others everything else, which stays.
-type pinDir struct {
-	own, others []string
-}
-
-func (d pinDir) missingMaps() []string {
-	var missing []string
-	for _, name := range nodeMaps {
-		if !slices.Contains(d.own, name) {
-			missing = append(missing, name)
-		}
-	}
-	return missing
-}
-
-// readPinDir lists the pin directory at pinPath.
-func readPinDir(pinPath string) (pinDir, error) {
-	entries, err := os.ReadDir(reachPinPath(pinPath))
-	if err != nil {
-		return pinDir{}, err
-	}
-	var d pinDir
-	for _, e := range entries {
-		name := e.Name()
-		switch {
-		case e.IsDir() && (name == "progs" || name == "links"):
-			d.own = append(d.own, name+"/")
-		case slices.Contains(nodeMaps, name):
-			d.own = append(d.own, name)
-		case e.IsDir():
-			d.others = append(d.others, name+"/")
-		default:
-			d.others = append(d.others, name)
-		}
-	}
-	return d, nil
-}
-
-// reachPinPath returns the path by which hrctl reaches pinPath, as the
-// loader does: under `ip netns exec`, which mounts a fresh /sys, through
-// the root of the nearest ancestor process that has bpffs at
-// loader.DefaultBPFFS.
-func reachPinPath(pinPath string) string {
-	if !strings.HasPrefix(pinPath+"/", loader.DefaultBPFFS+"/") || onBPFFS(loader.DefaultBPFFS) {
-		return pinPath
-	}
-	for pid := os.Getppid(); pid > 0; pid = parentOf(pid) {
-		root := fmt.Sprintf("/proc/%d/root", pid)
-		if onBPFFS(root + loader.DefaultBPFFS) {
-			return root + pinPath
-		}
-	}
-	return pinPath
-}
-
-func onBPFFS(path string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC
-}
-
-// parentOf returns the parent of process pid, or 0.
-func parentOf(pid int) int {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0
-	}
-	fields := strings.Fields(string(stat[i+1:]))
-	if len(fields) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
 }

@@ -695,7 +695,7 @@ func TestHrctlCleanupBroken(t *testing.T) {
 	}{
 		{"hr_nodes", loader.Disable{}, []string{"hr_nodes"}, partial},
 		{"hr_nodes clsact", loader.Disable{TCX: true}, []string{"hr_nodes"}, partial},
-		{"all maps", loader.Disable{}, nodeMaps, []string{"holds what is left of a hostrouting node (", "but none of its maps"}},
+		{"all maps", loader.Disable{}, nil, []string{"holds what is left of a hostrouting node (", "but none of its maps"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			node := datapathtest.NewNode(t, "hrctl")
@@ -716,6 +716,17 @@ func TestHrctlCleanupBroken(t *testing.T) {
 				t.Fatalf("%s carries no BPF before cleanup", a.HostIf)
 			}
 			foreign := pinForeign(t, pin)
+			if tc.remove == nil { // every map the node pinned
+				dir, err := loader.ReadPinDir(pin)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, name := range dir.Own {
+					if !strings.HasSuffix(name, "/") {
+						tc.remove = append(tc.remove, name)
+					}
+				}
+			}
 			for _, name := range tc.remove {
 				if err := os.Remove(filepath.Join(pin, name)); err != nil {
 					t.Fatal(err)
