@@ -219,7 +219,7 @@ func TestRemovedMapPinIsRepaired(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = datapath.New(datapath.Config{PinPath: pin, Netns: node.Netns})
-	if !errors.Is(err, loader.ErrPartialPins) || !strings.Contains(err.Error(), "hr_nodes") || !strings.Contains(err.Error(), "hrctl cleanup") {
+	if !errors.Is(err, loader.ErrPartialPins) || !strings.Contains(err.Error(), "hr_nodes") || !strings.Contains(err.Error(), "hrctl --pin-path "+pin+" cleanup") {
 		t.Errorf("New without hr_nodes: %v, want ErrPartialPins naming hr_nodes and the fix", err)
 	}
 
