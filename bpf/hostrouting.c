@@ -25,13 +25,32 @@
 #include "lib/arp.h"
 #include "lib/ipv6.h"
 #include "lib/fib.h"
+#include "lib/lb.h"
+
+/* skb->cb word that carries the sending endpoint's ID from the IPv4
+ * stage to the next (the policy's words are 0 to 3). */
+#define CB_SRC_ID 4
 
 char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* ipv4_route sends a pod's IPv4 packet of len bytes on its way: into a
+ * local endpoint, to another node, or to the stack. */
+static __always_inline int ipv4_route(struct __sk_buff *ctx, enum direction dir, struct ethhdr *eth,
+				      struct iphdr *ip, __u32 len, __u32 src_id)
+{
+	struct endpoint_info *dst = lookup_endpoint4(ip->daddr);
+
+	if (dst)
+		return local_delivery(ctx, dir, eth, ip, dst, src_id);
+	if (CONFIG.fib_lookup && in_native_cidr(ip->daddr))
+		return fib_redirect(ctx, dir, eth, ip, len);
+	return to_stack(ctx, dir);
+}
 
 static __always_inline int ipv4_from_container(struct __sk_buff *ctx)
 {
 	const enum direction dir = DIR_FROM_CONTAINER;
-	struct endpoint_info *src, *dst;
+	struct endpoint_info *src;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	__u32 len;
@@ -49,18 +68,79 @@ static __always_inline int ipv4_from_container(struct __sk_buff *ctx)
 	 * or floods them), and IP options (source routes and the like). */
 	if (ctx->pkt_type != PACKET_HOST || ip->ihl != 5)
 		return to_stack(ctx, dir);
-	dst = lookup_endpoint4(ip->daddr);
-	if (dst)
-		return local_delivery(ctx, dir, eth, ip, dst, src->id);
-	if (CONFIG.fib_lookup && in_native_cidr(ip->daddr))
-		return fib_redirect(ctx, dir, eth, ip, len);
-	return to_stack(ctx, dir);
+	if (lb_enabled()) {
+		ctx->cb[CB_SRC_ID] = src->id;
+		/* A service backend's replies are translated back first. */
+		if (src->flags & ENDPOINT_F_LB_BACKEND)
+			return tail_call(ctx, dir, CALL_IPV4_REVNAT);
+		/* A pod's own address is never a frontend: only what is not
+		 * for a local endpoint may be for a service. */
+		if (!lookup_endpoint4(ip->daddr) && is_frontend(ctx, ip))
+			return tail_call(ctx, dir, CALL_IPV4_LB);
+	}
+	return ipv4_route(ctx, dir, eth, ip, len, src->id);
 }
 
 SEC("tc")
 int tail_ipv4_from_container(struct __sk_buff *ctx)
 {
 	return ipv4_from_container(ctx);
+}
+
+SEC("tc")
+int tail_ipv4_lb(struct __sk_buff *ctx)
+{
+	const enum direction dir = DIR_FROM_CONTAINER;
+	__u32 src_id = ctx->cb[CB_SRC_ID];
+	struct lb4_service *svc;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct l4 l4;
+	int ret;
+	__u32 len;
+
+	len = parse_ipv4(ctx, &eth, &ip);
+	if (!len || !load_l4(ctx, ip, &l4))
+		return to_stack(ctx, dir);
+	struct lb4_key key = { .address = ip->daddr, .dport = l4.dport, .proto = ip->protocol };
+
+	svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
+	if (!svc)
+		return to_stack(ctx, dir); /* deleted meanwhile */
+	ret = lb4_dnat(ctx, ip, &l4, &key, svc);
+	if (ret)
+		return drop_endpoint(ctx, dir, ret, src_id);
+	len = parse_ipv4(ctx, &eth, &ip);
+	if (!len)
+		return drop_endpoint(ctx, dir, METRIC_DROP_NAT, src_id);
+	return ipv4_route(ctx, dir, eth, ip, len, src_id);
+}
+
+SEC("tc")
+int tail_ipv4_revnat(struct __sk_buff *ctx)
+{
+	const enum direction dir = DIR_FROM_CONTAINER;
+	__u32 src_id = ctx->cb[CB_SRC_ID];
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct l4 l4;
+	int ret;
+	__u32 len;
+
+	len = parse_ipv4(ctx, &eth, &ip);
+	if (!len)
+		return drop_endpoint(ctx, dir, METRIC_DROP_INVALID, src_id);
+	if (load_l4(ctx, ip, &l4)) {
+		ret = lb4_rev_nat(ctx, ip, &l4);
+		if (ret < 0)
+			return drop_endpoint(ctx, dir, -ret, src_id);
+		if (ret > 0 && !(len = parse_ipv4(ctx, &eth, &ip)))
+			return drop_endpoint(ctx, dir, METRIC_DROP_NAT, src_id);
+		/* A backend that is a client itself: its requests to services. */
+		if (!ret && !lookup_endpoint4(ip->daddr) && is_frontend(ctx, ip))
+			return tail_call(ctx, dir, CALL_IPV4_LB);
+	}
+	return ipv4_route(ctx, dir, eth, ip, len, src_id);
 }
 
 SEC("tc")
@@ -161,9 +241,21 @@ int from_netdev(struct __sk_buff *ctx)
 	    !parse_ipv4(ctx, &eth, &ip) || ip->ihl != 5)
 		return to_stack(ctx, dir);
 	ep = lookup_endpoint4(ip->daddr);
-	if (ep)
-		return local_delivery(ctx, dir, eth, ip, ep, 0);
-	return to_stack(ctx, dir);
+	if (!ep)
+		return to_stack(ctx, dir);
+	if (lb_enabled()) {
+		struct l4 l4;
+		int ret;
+
+		/* A reply of a remote backend to a local client. */
+		if (load_l4(ctx, ip, &l4) && (ret = lb4_rev_nat(ctx, ip, &l4)) != 0) {
+			if (ret < 0)
+				return drop_endpoint(ctx, dir, -ret, 0);
+			if (!parse_ipv4(ctx, &eth, &ip))
+				return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
+		}
+	}
+	return local_delivery(ctx, dir, eth, ip, ep, 0);
 }
 
 SEC("tc")

@@ -24,6 +24,27 @@ type HostroutingConfig struct {
 	LxcMask       uint32
 }
 
+type HostroutingCt4Key struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Dir   uint8
+	Pad   uint16
+}
+
+type HostroutingCtEntry struct {
+	_           structs.HostLayout
+	Expires     uint32
+	BackendId   uint32
+	RevNatIndex uint16
+	Flags       uint16
+	Pad         uint32
+	Packets     uint64
+}
+
 type HostroutingEndpointInfo struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -59,6 +80,42 @@ type HostroutingIn6Addr struct {
 	}
 }
 
+type HostroutingLb4Backend struct {
+	_       structs.HostLayout
+	Address uint32
+	Port    uint16
+	Proto   uint8
+	State   uint8
+}
+
+type HostroutingLb4Key struct {
+	_           structs.HostLayout
+	Address     uint32
+	Dport       uint16
+	BackendSlot uint16
+	Proto       uint8
+	Scope       uint8
+	Pad         uint16
+}
+
+type HostroutingLb4ReverseNat struct {
+	_       structs.HostLayout
+	Address uint32
+	Port    uint16
+	Pad     uint16
+}
+
+type HostroutingLb4Service struct {
+	_               structs.HostLayout
+	BackendId       uint32
+	Count           uint16
+	Qcount          uint16
+	RevNatIndex     uint16
+	Flags           uint16
+	AffinityTimeout uint16
+	Pad             uint16
+}
+
 type HostroutingMetricValue struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -90,12 +147,17 @@ type HostroutingNodeInfo struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	HostroutingMapHrCalls                = "hr_calls"
+	HostroutingMapHrCt4                  = "hr_ct4"
 	HostroutingMapHrDevices              = "hr_devices"
 	HostroutingMapHrEndpoints            = "hr_endpoints"
 	HostroutingMapHrEndpoints6           = "hr_endpoints6"
 	HostroutingMapHrEpMeta               = "hr_ep_meta"
 	HostroutingMapHrEpStats              = "hr_ep_stats"
 	HostroutingMapHrInfo                 = "hr_info"
+	HostroutingMapHrLb4Backends          = "hr_lb4_backends"
+	HostroutingMapHrLb4Revnat            = "hr_lb4_revnat"
+	HostroutingMapHrLb4Services          = "hr_lb4_services"
+	HostroutingMapHrLbOn                 = "hr_lb_on"
 	HostroutingMapHrLxc                  = "hr_lxc"
 	HostroutingMapHrMetrics              = "hr_metrics"
 	HostroutingMapHrNodes                = "hr_nodes"
@@ -105,6 +167,8 @@ const (
 	HostroutingProgFromNetdev            = "from_netdev"
 	HostroutingProgTailArpFromContainer  = "tail_arp_from_container"
 	HostroutingProgTailIpv4FromContainer = "tail_ipv4_from_container"
+	HostroutingProgTailIpv4Lb            = "tail_ipv4_lb"
+	HostroutingProgTailIpv4Revnat        = "tail_ipv4_revnat"
 	HostroutingProgTailIpv6FromContainer = "tail_ipv6_from_container"
 	HostroutingProgTailPolicyAllow       = "tail_policy_allow"
 	HostroutingProgTailPolicyDeny        = "tail_policy_deny"
@@ -159,6 +223,8 @@ type HostroutingProgramSpecs struct {
 	FromNetdev            *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	TailArpFromContainer  *ebpf.ProgramSpec `ebpf:"tail_arp_from_container"`
 	TailIpv4FromContainer *ebpf.ProgramSpec `ebpf:"tail_ipv4_from_container"`
+	TailIpv4Lb            *ebpf.ProgramSpec `ebpf:"tail_ipv4_lb"`
+	TailIpv4Revnat        *ebpf.ProgramSpec `ebpf:"tail_ipv4_revnat"`
 	TailIpv6FromContainer *ebpf.ProgramSpec `ebpf:"tail_ipv6_from_container"`
 	TailPolicyAllow       *ebpf.ProgramSpec `ebpf:"tail_policy_allow"`
 	TailPolicyDeny        *ebpf.ProgramSpec `ebpf:"tail_policy_deny"`
@@ -170,18 +236,23 @@ type HostroutingProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HostroutingMapSpecs struct {
-	HrCalls      *ebpf.MapSpec `ebpf:"hr_calls"`
-	HrDevices    *ebpf.MapSpec `ebpf:"hr_devices"`
-	HrEndpoints  *ebpf.MapSpec `ebpf:"hr_endpoints"`
-	HrEndpoints6 *ebpf.MapSpec `ebpf:"hr_endpoints6"`
-	HrEpMeta     *ebpf.MapSpec `ebpf:"hr_ep_meta"`
-	HrEpStats    *ebpf.MapSpec `ebpf:"hr_ep_stats"`
-	HrInfo       *ebpf.MapSpec `ebpf:"hr_info"`
-	HrLxc        *ebpf.MapSpec `ebpf:"hr_lxc"`
-	HrMetrics    *ebpf.MapSpec `ebpf:"hr_metrics"`
-	HrNodes      *ebpf.MapSpec `ebpf:"hr_nodes"`
-	HrPolicy     *ebpf.MapSpec `ebpf:"hr_policy"`
-	HrPolicyRet  *ebpf.MapSpec `ebpf:"hr_policy_ret"`
+	HrCalls       *ebpf.MapSpec `ebpf:"hr_calls"`
+	HrCt4         *ebpf.MapSpec `ebpf:"hr_ct4"`
+	HrDevices     *ebpf.MapSpec `ebpf:"hr_devices"`
+	HrEndpoints   *ebpf.MapSpec `ebpf:"hr_endpoints"`
+	HrEndpoints6  *ebpf.MapSpec `ebpf:"hr_endpoints6"`
+	HrEpMeta      *ebpf.MapSpec `ebpf:"hr_ep_meta"`
+	HrEpStats     *ebpf.MapSpec `ebpf:"hr_ep_stats"`
+	HrInfo        *ebpf.MapSpec `ebpf:"hr_info"`
+	HrLb4Backends *ebpf.MapSpec `ebpf:"hr_lb4_backends"`
+	HrLb4Revnat   *ebpf.MapSpec `ebpf:"hr_lb4_revnat"`
+	HrLb4Services *ebpf.MapSpec `ebpf:"hr_lb4_services"`
+	HrLbOn        *ebpf.MapSpec `ebpf:"hr_lb_on"`
+	HrLxc         *ebpf.MapSpec `ebpf:"hr_lxc"`
+	HrMetrics     *ebpf.MapSpec `ebpf:"hr_metrics"`
+	HrNodes       *ebpf.MapSpec `ebpf:"hr_nodes"`
+	HrPolicy      *ebpf.MapSpec `ebpf:"hr_policy"`
+	HrPolicyRet   *ebpf.MapSpec `ebpf:"hr_policy_ret"`
 }
 
 // HostroutingVariableSpecs contains global variables before they are loaded into the kernel.
@@ -211,29 +282,39 @@ func (o *HostroutingObjects) Close() error {
 //
 // It can be passed to LoadHostroutingObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HostroutingMaps struct {
-	HrCalls      *ebpf.Map `ebpf:"hr_calls"`
-	HrDevices    *ebpf.Map `ebpf:"hr_devices"`
-	HrEndpoints  *ebpf.Map `ebpf:"hr_endpoints"`
-	HrEndpoints6 *ebpf.Map `ebpf:"hr_endpoints6"`
-	HrEpMeta     *ebpf.Map `ebpf:"hr_ep_meta"`
-	HrEpStats    *ebpf.Map `ebpf:"hr_ep_stats"`
-	HrInfo       *ebpf.Map `ebpf:"hr_info"`
-	HrLxc        *ebpf.Map `ebpf:"hr_lxc"`
-	HrMetrics    *ebpf.Map `ebpf:"hr_metrics"`
-	HrNodes      *ebpf.Map `ebpf:"hr_nodes"`
-	HrPolicy     *ebpf.Map `ebpf:"hr_policy"`
-	HrPolicyRet  *ebpf.Map `ebpf:"hr_policy_ret"`
+	HrCalls       *ebpf.Map `ebpf:"hr_calls"`
+	HrCt4         *ebpf.Map `ebpf:"hr_ct4"`
+	HrDevices     *ebpf.Map `ebpf:"hr_devices"`
+	HrEndpoints   *ebpf.Map `ebpf:"hr_endpoints"`
+	HrEndpoints6  *ebpf.Map `ebpf:"hr_endpoints6"`
+	HrEpMeta      *ebpf.Map `ebpf:"hr_ep_meta"`
+	HrEpStats     *ebpf.Map `ebpf:"hr_ep_stats"`
+	HrInfo        *ebpf.Map `ebpf:"hr_info"`
+	HrLb4Backends *ebpf.Map `ebpf:"hr_lb4_backends"`
+	HrLb4Revnat   *ebpf.Map `ebpf:"hr_lb4_revnat"`
+	HrLb4Services *ebpf.Map `ebpf:"hr_lb4_services"`
+	HrLbOn        *ebpf.Map `ebpf:"hr_lb_on"`
+	HrLxc         *ebpf.Map `ebpf:"hr_lxc"`
+	HrMetrics     *ebpf.Map `ebpf:"hr_metrics"`
+	HrNodes       *ebpf.Map `ebpf:"hr_nodes"`
+	HrPolicy      *ebpf.Map `ebpf:"hr_policy"`
+	HrPolicyRet   *ebpf.Map `ebpf:"hr_policy_ret"`
 }
 
 func (m *HostroutingMaps) Close() error {
 	return _HostroutingClose(
 		m.HrCalls,
+		m.HrCt4,
 		m.HrDevices,
 		m.HrEndpoints,
 		m.HrEndpoints6,
 		m.HrEpMeta,
 		m.HrEpStats,
 		m.HrInfo,
+		m.HrLb4Backends,
+		m.HrLb4Revnat,
+		m.HrLb4Services,
+		m.HrLbOn,
 		m.HrLxc,
 		m.HrMetrics,
 		m.HrNodes,
@@ -257,6 +338,8 @@ type HostroutingPrograms struct {
 	FromNetdev            *ebpf.Program `ebpf:"from_netdev"`
 	TailArpFromContainer  *ebpf.Program `ebpf:"tail_arp_from_container"`
 	TailIpv4FromContainer *ebpf.Program `ebpf:"tail_ipv4_from_container"`
+	TailIpv4Lb            *ebpf.Program `ebpf:"tail_ipv4_lb"`
+	TailIpv4Revnat        *ebpf.Program `ebpf:"tail_ipv4_revnat"`
 	TailIpv6FromContainer *ebpf.Program `ebpf:"tail_ipv6_from_container"`
 	TailPolicyAllow       *ebpf.Program `ebpf:"tail_policy_allow"`
 	TailPolicyDeny        *ebpf.Program `ebpf:"tail_policy_deny"`
@@ -270,6 +353,8 @@ func (p *HostroutingPrograms) Close() error {
 		p.FromNetdev,
 		p.TailArpFromContainer,
 		p.TailIpv4FromContainer,
+		p.TailIpv4Lb,
+		p.TailIpv4Revnat,
 		p.TailIpv6FromContainer,
 		p.TailPolicyAllow,
 		p.TailPolicyDeny,

@@ -115,6 +115,7 @@ type Datapath struct {
 	stats     *maps.Stats
 	metrics   *maps.Metrics
 	nodes     *maps.Nodes
+	services  *maps.Services
 }
 
 // New loads the datapath for the node described by cfg, or adopts the one
@@ -221,6 +222,8 @@ func (d *Datapath) use(node *loader.Instance) {
 	d.stats = maps.NewStats(node.Maps.EndpointStats)
 	d.metrics = maps.NewMetrics(node.Maps.Metrics)
 	d.nodes = maps.NewNodes(node.Maps.Nodes)
+	d.services = maps.NewServices(maps.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends,
+		RevNAT: node.Maps.RevNAT, On: node.Maps.ServicesOn})
 }
 
 // read runs fn, which only reads, on an open handle.

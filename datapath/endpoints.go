@@ -91,6 +91,11 @@ func (d *Datapath) addEndpoint(ep Endpoint) (EndpointInfo, error) {
 		}
 		all[i] = EndpointInfo{} // gone: frees its ID
 	}
+	if backend, err := d.isBackend(m.IP); err != nil {
+		return EndpointInfo{}, err
+	} else if backend {
+		m.Flags |= maps.EndpointLBBackend
+	}
 	if existing != nil {
 		if m.ID == 0 {
 			m.ID = existing.ID
@@ -163,6 +168,20 @@ func (d *Datapath) endpointOf(ep Endpoint) (EndpointInfo, error) {
 		m.Flags |= maps.EndpointARPResponder
 	}
 	return m, nil
+}
+
+// isBackend tells whether ip is the address of a service backend.
+func (d *Datapath) isBackend(ip netip.Addr) (bool, error) {
+	backends, err := d.services.Backends()
+	if err != nil {
+		return false, err
+	}
+	for _, b := range backends {
+		if b.Addr.Addr() == ip {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // stale tells whether ep's host device is gone from the node: no device

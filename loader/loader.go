@@ -85,6 +85,11 @@ type Maps struct {
 	Policy        *ebpf.Map // endpoint ID → ingress policy program
 	PolicyReturn  *ebpf.Map // where policies hand their verdict back
 	EndpointMeta  *ebpf.Map // endpoint ID → container ID and interface
+	Services      *ebpf.Map // frontend and backend slot → service entry
+	Backends      *ebpf.Map // backend ID → backend
+	RevNAT        *ebpf.Map // service ID → the frontend its replies come from
+	ServicesOn    *ebpf.Map // whether the node has services
+	Conntrack     *ebpf.Map // translated flows (LRU)
 }
 
 // Instance is the loaded datapath of one node instance. Close releases this
@@ -116,7 +121,9 @@ type Instance struct {
 var mapNames = []string{
 	bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEndpoints6, bpf.HostroutingMapHrDevices, bpf.HostroutingMapHrLxc,
 	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
-	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta, bpf.HostroutingMapHrInfo,
+	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta,
+	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLb4Revnat, bpf.HostroutingMapHrLbOn,
+	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrInfo,
 }
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
@@ -419,13 +426,19 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		Policy:        m[bpf.HostroutingMapHrPolicy],
 		PolicyReturn:  m[bpf.HostroutingMapHrPolicyRet],
 		EndpointMeta:  m[bpf.HostroutingMapHrEpMeta],
+		Services:      m[bpf.HostroutingMapHrLb4Services],
+		Backends:      m[bpf.HostroutingMapHrLb4Backends],
+		RevNAT:        m[bpf.HostroutingMapHrLb4Revnat],
+		ServicesOn:    m[bpf.HostroutingMapHrLbOn],
+		Conntrack:     m[bpf.HostroutingMapHrCt4],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
 
 func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
-		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta, n.info}
+		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
+		n.Maps.Services, n.Maps.Backends, n.Maps.RevNAT, n.Maps.ServicesOn, n.Maps.Conntrack, n.info}
 }
 
 // MapSize is what one of the node's maps takes.

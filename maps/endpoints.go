@@ -34,6 +34,10 @@ const (
 	// EndpointPolicy sends packets into the endpoint through the policy
 	// in its slot of hr_policy (ENDPOINT_F_POLICY).
 	EndpointPolicy EndpointFlags = 1 << 1
+	// EndpointLBBackend marks an endpoint that is a service backend: the
+	// datapath translates its replies back to the service's frontend
+	// (ENDPOINT_F_LB_BACKEND).
+	EndpointLBBackend EndpointFlags = 1 << 2
 )
 
 // Endpoint is what the datapath knows of one endpoint: a pod's interface.

@@ -21,6 +21,9 @@ enum endpoint_flag {
 	/* An ingress policy sits in hr_policy at the endpoint's ID: packets
 	 * into the endpoint pass it. Without the flag the slot costs nothing. */
 	ENDPOINT_F_POLICY = 1 << 1,
+	/* The endpoint is a backend of a service: its replies may need
+	 * translating back to the service's frontend. */
+	ENDPOINT_F_LB_BACKEND = 1 << 2,
 };
 
 /* What the datapath knows of a local endpoint (a pod's interface). The same
@@ -75,6 +78,8 @@ enum metric {
 	METRIC_PASS,            /* let through to where it was going (into the pod, onto the wire) */
 	METRIC_DROP_VLAN,       /* VLAN-tagged frame from a pod (pods have no VLANs) */
 	METRIC_DROP_TAIL_CALL,  /* a stage of the datapath was missing (during a reload) */
+	METRIC_DROP_NO_BACKEND, /* to a service frontend without backends */
+	METRIC_DROP_NAT,        /* a translation failed (packet rewrite) */
 	METRIC_MAX,
 };
 

@@ -1,0 +1,299 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Service load balancing at tc: frontends (ClusterIP, NodePort, external
+ * IPs) translated to backends and back, with the datapath's conntrack. */
+#pragma once
+
+#include "conntrack.h"
+#include "metrics.h"
+#include "parse.h"
+
+/* Frontend scope: a service with externalTrafficPolicy Local has a second
+ * entry per frontend, SCOPE_INTERNAL, whose slots hold every backend,
+ * while SCOPE_EXTERNAL's hold the local ones only. */
+enum lb_scope {
+	LB_SCOPE_EXTERNAL = 0,
+	LB_SCOPE_INTERNAL = 1,
+};
+
+/* A frontend (backend_slot 0) or one of its backends (slot 1..count). */
+struct lb4_key {
+	__be32 address;
+	__be16 dport;
+	__u16 backend_slot;
+	__u8 proto;
+	__u8 scope; /* enum lb_scope */
+	__u16 pad;
+};
+
+/* Service flags (lb4_service.flags). */
+enum lb_flag {
+	LB_F_NODEPORT = 1 << 0,   /* frontend is a node address:nodePort */
+	LB_F_EXTERNAL = 1 << 1,   /* frontend is an external IP */
+	LB_F_LOCAL = 1 << 2,      /* externalTrafficPolicy Local: only local backends, client source kept */
+	LB_F_TWO_SCOPES = 1 << 3, /* has a SCOPE_INTERNAL entry as well (for traffic from this node) */
+	LB_F_AFFINITY = 1 << 4,   /* sessionAffinity ClientIP */
+	LB_F_MAGLEV = 1 << 5,     /* backends chosen by Maglev hashing */
+};
+
+struct lb4_service {
+	__u32 backend_id;       /* slot > 0: the backend in this slot */
+	__u16 count;            /* slot 0: active backends, in slots 1..count */
+	__u16 qcount;           /* slot 0: inactive ones after them, never picked */
+	__u16 rev_nat_index;    /* slot 0: the service's ID, for replies */
+	__u16 flags;            /* slot 0: enum lb_flag */
+	__u16 affinity_timeout; /* slot 0: seconds a client keeps its backend */
+	__u16 pad;
+};
+
+/* Backend states. */
+enum lb_backend_state {
+	BACKEND_ACTIVE = 0,
+	BACKEND_TERMINATING = 1, /* keeps its flows, takes no new ones */
+	BACKEND_MAINTENANCE = 2, /* keeps its flows, takes no new ones */
+};
+
+struct lb4_backend {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 state; /* enum lb_backend_state */
+};
+
+/* What replies of a service's flows are translated back to. */
+struct lb4_reverse_nat {
+	__be32 address;
+	__be16 port;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb4_key);
+	__type(value, struct lb4_service);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_lb4_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb4_backend);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_lb4_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u16);
+	__type(value, struct lb4_reverse_nat);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_lb4_revnat SEC(".maps");
+
+/* Whether the node has services at all (slot 0, set by the Go side with
+ * the first service): without, no packet pays for their lookups. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_lb_on SEC(".maps");
+
+static __always_inline int lb_enabled(void)
+{
+	__u32 zero = 0, *on = bpf_map_lookup_elem(&hr_lb_on, &zero);
+
+	return on && *on;
+}
+
+/* L4 header offsets of an option-less IPv4 packet behind Ethernet. */
+#define IP4_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
+#define IP4_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
+#define IP4_DADDR_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
+#define L4_OFF (ETH_HLEN + sizeof(struct iphdr))
+#define TCP_CSUM_OFF (L4_OFF + 16)
+#define UDP_CSUM_OFF (L4_OFF + 6)
+
+/* A TCP or UDP packet's ports and, for TCP, its flags. */
+struct l4 {
+	__be16 sport;
+	__be16 dport;
+	__u8 tcp_flags;
+};
+
+/* load_l4 reads the ports (and TCP flags) of an option-less, unfragmented
+ * IPv4 packet; 0 for other protocols, fragments and truncated packets. */
+static __always_inline int load_l4(struct __sk_buff *ctx, struct iphdr *ip, struct l4 *l4)
+{
+	__u8 hdr[14];
+
+	if ((ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
+	    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return 0;
+	if (bpf_skb_load_bytes(ctx, L4_OFF, hdr, ip->protocol == IPPROTO_TCP ? 14 : 4) < 0)
+		return 0;
+	__builtin_memcpy(&l4->sport, hdr, 2);
+	__builtin_memcpy(&l4->dport, hdr + 2, 2);
+	l4->tcp_flags = ip->protocol == IPPROTO_TCP ? hdr[13] : 0;
+	return 1;
+}
+
+static __always_inline struct lb4_service *lb4_lookup_service(__be32 addr, __be16 port, __u8 proto, __u8 scope)
+{
+	struct lb4_key key = { .address = addr, .dport = port, .proto = proto, .scope = scope };
+
+	return bpf_map_lookup_elem(&hr_lb4_services, &key);
+}
+
+/* lb4_select picks a backend for a new flow of svc at frontend key: a
+ * random slot among the active ones. Returns the backend ID, 0 if none. */
+static __always_inline __u32 lb4_select(struct lb4_key *key, const struct lb4_service *svc)
+{
+	struct lb4_service *slot;
+
+	if (!svc->count)
+		return 0;
+	key->backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	slot = bpf_map_lookup_elem(&hr_lb4_services, key);
+	return slot ? slot->backend_id : 0;
+}
+
+/* csum_l4 updates the TCP or UDP checksum for from → to at the offset of
+ * a field (size 2 or 4; addresses are in the pseudo header). */
+static __always_inline int csum_l4(struct __sk_buff *ctx, __u8 proto, __be32 from, __be32 to, __u64 flags)
+{
+	__u32 off = proto == IPPROTO_TCP ? TCP_CSUM_OFF : UDP_CSUM_OFF;
+
+	if (proto == IPPROTO_UDP)
+		flags |= BPF_F_MARK_MANGLED_0;
+	return bpf_l4_csum_replace(ctx, off, from, to, flags);
+}
+
+/* rewrite4 replaces an address and a port of the packet (the destination
+ * with dst set, else the source), checksums included. The packet's
+ * pointers are invalid afterwards. */
+static __always_inline int rewrite4(struct __sk_buff *ctx, __u8 proto, int dst, __be32 old_addr, __be32 addr,
+				    __be16 old_port, __be16 port)
+{
+	__u32 addr_off = dst ? IP4_DADDR_OFF : IP4_SADDR_OFF;
+	__u32 port_off = L4_OFF + (dst ? 2 : 0);
+
+	if (csum_l4(ctx, proto, old_addr, addr, BPF_F_PSEUDO_HDR | sizeof(addr)) < 0 ||
+	    bpf_l3_csum_replace(ctx, IP4_CSUM_OFF, old_addr, addr, sizeof(addr)) < 0 ||
+	    bpf_skb_store_bytes(ctx, addr_off, &addr, sizeof(addr), 0) < 0)
+		return -1;
+	if (old_port == port)
+		return 0;
+	if (csum_l4(ctx, proto, old_port, port, sizeof(port)) < 0 ||
+	    bpf_skb_store_bytes(ctx, port_off, &port, sizeof(port), 0) < 0)
+		return -1;
+	return 0;
+}
+
+/* lb4_dnat translates a packet to the frontend at key (svc its entry) to
+ * one of the service's backends: the one its flow took (conntrack), else
+ * a new pick, for which the flow's entry and its reply's are made. The
+ * destination becomes the backend's. Returns 0, or the metric of the drop
+ * (no backend, a failed rewrite). The packet's pointers are invalid
+ * afterwards. */
+static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, const struct l4 *l4,
+				    struct lb4_key *key, const struct lb4_service *svc)
+{
+	struct ct4_key ck = {
+		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
+		.proto = ip->protocol, .dir = CT_SERVICE,
+	};
+	__u8 proto = ip->protocol, flags = l4->tcp_flags;
+	__be32 client = ip->saddr, frontend = ip->daddr;
+	struct lb4_backend *be = NULL;
+	struct ct_entry *e;
+	__u32 id = 0;
+
+	e = bpf_map_lookup_elem(&hr_ct4, &ck);
+	/* A SYN on a closing flow's tuple starts a new connection. */
+	if (e && !((e->flags & CT_F_CLOSING) && (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+		id = e->backend_id;
+		be = bpf_map_lookup_elem(&hr_lb4_backends, &id);
+	}
+	if (be) {
+		ct_refresh(e, proto, flags);
+	} else {
+		struct ct_entry fresh = { .rev_nat_index = svc->rev_nat_index };
+
+		id = lb4_select(key, svc);
+		be = id ? bpf_map_lookup_elem(&hr_lb4_backends, &id) : NULL;
+		if (!be)
+			return METRIC_DROP_NO_BACKEND;
+		fresh.backend_id = id;
+		ct_refresh(&fresh, proto, flags);
+		bpf_map_update_elem(&hr_ct4, &ck, &fresh, BPF_ANY);
+	}
+
+	struct ct4_key rk = {
+		.saddr = be->address, .daddr = client, .sport = be->port, .dport = l4->sport,
+		.proto = proto, .dir = CT_REPLY,
+	};
+	e = bpf_map_lookup_elem(&hr_ct4, &rk);
+	if (!e || e->rev_nat_index != svc->rev_nat_index) {
+		struct ct_entry reply = { .rev_nat_index = svc->rev_nat_index, .backend_id = id };
+
+		reply.expires = now_seconds() + ct_timeout(proto, flags, 0);
+		bpf_map_update_elem(&hr_ct4, &rk, &reply, BPF_ANY);
+	}
+	if (rewrite4(ctx, proto, 1, frontend, be->address, l4->dport, be->port) < 0)
+		return METRIC_DROP_NAT;
+	return 0;
+}
+
+/* lb4_rev_nat translates a reply of a service flow back: its source
+ * becomes the frontend the client asked for. Returns 1 if it did, 0 for a
+ * packet of no service flow, or the negated metric of a drop. The
+ * packet's pointers are invalid after a translation. */
+static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct iphdr *ip, const struct l4 *l4)
+{
+	struct ct4_key rk = {
+		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
+		.proto = ip->protocol, .dir = CT_REPLY,
+	};
+	__u8 proto = ip->protocol;
+	struct lb4_reverse_nat *rn;
+	struct ct_entry *e, *svc;
+	__u16 index;
+
+	e = bpf_map_lookup_elem(&hr_ct4, &rk);
+	if (!e)
+		return 0;
+	index = e->rev_nat_index;
+	rn = bpf_map_lookup_elem(&hr_lb4_revnat, &index);
+	if (!rn)
+		return 0; /* the service is gone: its backend answers as itself */
+	e->flags |= CT_F_SEEN_REPLY;
+	ct_refresh(e, proto, l4->tcp_flags);
+
+	/* The flow is established: its service entry lives as long. */
+	struct ct4_key sk = {
+		.saddr = ip->daddr, .daddr = rn->address, .sport = l4->dport, .dport = rn->port,
+		.proto = proto, .dir = CT_SERVICE,
+	};
+	svc = bpf_map_lookup_elem(&hr_ct4, &sk);
+	if (svc) {
+		svc->flags |= CT_F_SEEN_REPLY;
+		ct_refresh(svc, proto, l4->tcp_flags);
+	}
+	if (rewrite4(ctx, proto, 0, ip->saddr, rn->address, l4->sport, rn->port) < 0)
+		return -METRIC_DROP_NAT;
+	return 1;
+}
+
+/* is_frontend tells whether a TCP or UDP packet goes to a service
+ * frontend. */
+static __always_inline int is_frontend(struct __sk_buff *ctx, struct iphdr *ip)
+{
+	struct l4 l4;
+
+	return load_l4(ctx, ip, &l4) && lb4_lookup_service(ip->daddr, l4.dport, ip->protocol, LB_SCOPE_EXTERNAL);
+}

@@ -1,0 +1,194 @@
+package datapath_test
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/routing"
+)
+
+// nameServer serves p's name on TCP and UDP port 8080 of p's address,
+// until t ends: a backend that says who answered.
+func nameServer(t *testing.T, p *datapathtest.Pod) netip.AddrPort {
+	t.Helper()
+	addr := netip.AddrPortFrom(p.IP, 8080)
+	var ln net.Listener
+	var pc net.PacketConn
+	err := routing.Do(p.Netns, func() (err error) {
+		if ln, err = net.Listen("tcp4", addr.String()); err != nil {
+			return err
+		}
+		pc, err = net.ListenPacket("udp4", addr.String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s: serve its name: %v", p.Name, err)
+	}
+	t.Cleanup(func() { ln.Close(); pc.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(p.Name))
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(p.Name), from)
+		}
+	}()
+	return addr
+}
+
+// askName connects from p to dst over proto ("tcp4" or "udp4") and returns
+// the name the backend answered with. A UDP socket is connected to dst, so
+// it takes only replies that come from dst.
+func askName(p *datapathtest.Pod, proto string, dst netip.AddrPort) (string, error) {
+	var c net.Conn
+	err := routing.Do(p.Netns, func() (err error) {
+		c, err = net.DialTimeout(proto, dst.String(), 2*time.Second)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if proto == "udp4" {
+		if _, err := c.Write([]byte("who")); err != nil {
+			return "", err
+		}
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		return string(buf[:n]), err
+	}
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// TestClusterIP: a pod reaches a ClusterIP over TCP and UDP, spread over a
+// backend on its node and one on another; UDP replies come from the
+// ClusterIP; nf_conntrack sees none of it (with kube-proxy's INVALID-drop
+// rule in place); a removed backend takes no new flows; a deleted service
+// is gone.
+func TestClusterIP(t *testing.T) {
+	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
+	n0, n1 := cn.cluster.Nodes[0], cn.cluster.Nodes[1]
+	client := cn.a
+	local := n0.AddPod(t, "local", n0.PodIP(20))
+	local.AddEndpoint(t, cn.dps[0])
+	remote := cn.b
+	for _, n := range []*datapathtest.Node{n0, n1} {
+		n.Exec(t, "iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+	}
+	vip := netip.MustParseAddrPort("10.96.0.10:80")
+	backends := []datapath.Backend{{Addr: nameServer(t, local)}, {Addr: nameServer(t, remote)}}
+	var ids [2]uint16
+	for i, proto := range []datapath.Protocol{datapath.TCP, datapath.UDP} {
+		for j, dp := range cn.dps {
+			id, err := dp.UpsertService(datapath.Service{Frontend: vip, Protocol: proto, Backends: backends})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if j == 0 {
+				ids[i] = id
+			}
+		}
+	}
+
+	for _, proto := range []string{"tcp4", "udp4"} {
+		seen := map[string]int{}
+		for range 30 {
+			name, err := askName(client, proto, vip)
+			if err != nil {
+				t.Fatalf("%s to %s: %v", proto, vip, err)
+			}
+			seen[name]++
+		}
+		if seen["local"] == 0 || seen["b"] == 0 || len(seen) != 2 {
+			t.Errorf("%s: 30 connections to %s answered by %v: want both backends", proto, vip, seen)
+		}
+	}
+	for _, n := range []*datapathtest.Node{n0, n1} {
+		if out := n.Exec(t, "conntrack", "-L", "-d", vip.Addr().String()); strings.Contains(out, vip.Addr().String()) {
+			t.Errorf("%s: nf_conntrack tracks the service flows:\n%s", n.Name, out)
+		}
+	}
+
+	// The remote backend goes: new flows take the local one.
+	if _, err := cn.dps[0].UpsertService(datapath.Service{ID: ids[0], Frontend: vip, Protocol: datapath.TCP, Backends: backends[:1]}); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		if name, err := askName(client, "tcp4", vip); err != nil || name != "local" {
+			t.Fatalf("after the remote backend left: %q, %v; want local", name, err)
+		}
+	}
+	svcs, err := cn.dps[0].Services()
+	if err != nil || len(svcs) != 2 || len(svcs[0].Backends) != 1 {
+		t.Errorf("services: %v, %v", svcs, err)
+	}
+	if err := cn.dps[0].DeleteService(ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := askName(client, "tcp4", vip); err == nil {
+		t.Error("TCP to a deleted service's frontend was answered")
+	}
+	if err := cn.dps[0].DeleteService(ids[0]); !errors.Is(err, datapath.ErrNotFound) {
+		t.Errorf("second delete: %v, want ErrNotFound", err)
+	}
+}
+
+// TestServiceBadInput refuses services the datapath cannot express, and
+// leaves nothing of them.
+func TestServiceBadInput(t *testing.T) {
+	_, _, b, dp := twoPods(t, datapath.Config{})
+	be := []datapath.Backend{{Addr: netip.AddrPortFrom(b.IP, 80)}}
+	vip := netip.MustParseAddrPort("10.96.0.1:443")
+	for _, c := range []struct {
+		name string
+		svc  datapath.Service
+		want string
+	}{
+		{"port 0", datapath.Service{Frontend: netip.MustParseAddrPort("10.96.0.1:0"), Protocol: datapath.TCP, Backends: be}, "port 0"},
+		{"IPv6 frontend", datapath.Service{Frontend: netip.MustParseAddrPort("[fd00::1]:80"), Protocol: datapath.TCP, Backends: be}, "IPv4"},
+		{"unknown protocol", datapath.Service{Frontend: vip, Protocol: 132, Backends: be}, "TCP or UDP"},
+		{"unknown type", datapath.Service{Frontend: vip, Protocol: datapath.TCP, Type: "LoadBalancer2", Backends: be}, "unknown service type"},
+		{"backend port 0", datapath.Service{Frontend: vip, Protocol: datapath.TCP, Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(b.IP, 0)}}}, "port"},
+		{"backend twice", datapath.Service{Frontend: vip, Protocol: datapath.TCP, Backends: append(be, be...)}, "twice"},
+	} {
+		if _, err := dp.UpsertService(c.svc); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error naming %q", c.name, err, c.want)
+		}
+	}
+	id, err := dp.UpsertService(datapath.Service{Frontend: vip, Protocol: datapath.TCP, Backends: be})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dp.UpsertService(datapath.Service{ID: id + 1, Frontend: vip, Protocol: datapath.TCP}); !errors.Is(err, datapath.ErrServiceExists) {
+		t.Errorf("a second service on the same frontend: %v, want ErrServiceExists", err)
+	}
+	svcs, err := dp.Services()
+	if err != nil || len(svcs) != 1 || svcs[0].ID != id {
+		t.Errorf("services after the refusals: %v, %v; want the one", svcs, err)
+	}
+	if got, want := svcs[0].String(), fmt.Sprintf("%-4d 10.96.0.1:443/TCP          ClusterIP    1 => %s:80/TCP (active)", id, b.IP); got != want {
+		t.Errorf("String() = %q\nwant       %q", got, want)
+	}
+}

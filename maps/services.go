@@ -1,0 +1,329 @@
+package maps
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/hostrouting/hostrouting/bpf"
+)
+
+// Protocol is a frontend's or backend's L4 protocol.
+type Protocol uint8
+
+// The protocols services carry.
+const (
+	TCP Protocol = 6
+	UDP Protocol = 17
+)
+
+// String names p as Kubernetes does: "TCP".
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	}
+	return fmt.Sprintf("proto(%d)", uint8(p))
+}
+
+// Scope of a frontend entry (enum lb_scope): with externalTrafficPolicy
+// Local, ScopeExternal holds the local backends and ScopeInternal all.
+type Scope uint8
+
+// Frontend scopes.
+const (
+	ScopeExternal Scope = 0
+	ScopeInternal Scope = 1
+)
+
+// ServiceFlags are a frontend's switches (enum lb_flag).
+type ServiceFlags uint16
+
+// Service flags.
+const (
+	ServiceNodePort  ServiceFlags = 1 << 0 // frontend is a node address:nodePort
+	ServiceExternal  ServiceFlags = 1 << 1 // frontend is an external IP
+	ServiceLocal     ServiceFlags = 1 << 2 // externalTrafficPolicy Local
+	ServiceTwoScopes ServiceFlags = 1 << 3 // has a ScopeInternal entry too
+	ServiceAffinity  ServiceFlags = 1 << 4 // sessionAffinity ClientIP
+	ServiceMaglev    ServiceFlags = 1 << 5 // backends chosen by Maglev
+)
+
+// Frontend is where a service is reached.
+type Frontend struct {
+	Addr  netip.AddrPort
+	Proto Protocol
+	Scope Scope
+}
+
+// String formats f as `cilium service list` does: "10.96.0.10:53/UDP".
+func (f Frontend) String() string {
+	s := fmt.Sprintf("%s/%s", f.Addr, f.Proto)
+	if f.Scope == ScopeInternal {
+		s += "/i"
+	}
+	return s
+}
+
+// ServiceEntry is a frontend's entry: the backends in its slots, in
+// order, and what replies are translated back with.
+type ServiceEntry struct {
+	Frontend        Frontend
+	RevNAT          uint16   // the service's ID (reverse NAT index)
+	Flags           ServiceFlags
+	AffinityTimeout uint16   // seconds, with ServiceAffinity
+	Backends        []uint32 // active backend IDs, slots 1..len: new flows pick among them
+	Inactive        []uint32 // terminating or in maintenance, in the slots after: never picked
+}
+
+// BackendState is a backend's (enum lb_backend_state).
+type BackendState uint8
+
+// Backend states: only active backends take new flows; the others keep
+// the flows they have.
+const (
+	BackendActive      BackendState = 0
+	BackendTerminating BackendState = 1
+	BackendMaintenance BackendState = 2
+)
+
+// String names s as `cilium service list` does: "active".
+func (s BackendState) String() string {
+	switch s {
+	case BackendActive:
+		return "active"
+	case BackendTerminating:
+		return "terminating"
+	case BackendMaintenance:
+		return "maintenance"
+	}
+	return fmt.Sprintf("state(%d)", uint8(s))
+}
+
+// Backend is a service backend, known by ID in the frontends' slots.
+type Backend struct {
+	ID    uint32
+	Addr  netip.AddrPort
+	Proto Protocol
+	State BackendState
+}
+
+// Services is the frontend map with its backend, reverse NAT and switch
+// maps (hr_lb4_services, hr_lb4_backends, hr_lb4_reverse_nat, hr_lb_on).
+type Services struct {
+	services, backends, revNAT, on *ebpf.Map
+}
+
+// ServiceMaps are the loaded maps of the services (loader.Maps).
+type ServiceMaps struct {
+	Services, Backends, RevNAT, On *ebpf.Map
+}
+
+// NewServices wraps the loaded service maps.
+func NewServices(m ServiceMaps) *Services {
+	return &Services{services: m.Services, backends: m.Backends, revNAT: m.RevNAT, on: m.On}
+}
+
+func lbKey(f Frontend, slot uint16) (bpf.HostroutingLb4Key, error) {
+	if !f.Addr.Addr().Is4() {
+		return bpf.HostroutingLb4Key{}, fmt.Errorf("frontend %s: want an IPv4 address", f.Addr)
+	}
+	a := f.Addr.Addr().As4()
+	return bpf.HostroutingLb4Key{
+		Address:     binary.NativeEndian.Uint32(a[:]),
+		Dport:       htons(f.Addr.Port()),
+		BackendSlot: slot,
+		Proto:       uint8(f.Proto),
+		Scope:       uint8(f.Scope),
+	}, nil
+}
+
+func htons(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+func ntohs(p uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], p)
+	return binary.BigEndian.Uint16(b[:])
+}
+
+// Put writes the frontend entry e: its backend slots first, then its
+// header, then it drops slots a smaller entry left; a packet sees the old
+// entry or the new one, never a slot beyond its count.
+func (s *Services) Put(e ServiceEntry) error {
+	slots := append(slices.Clone(e.Backends), e.Inactive...)
+	if len(slots) > 0xffff {
+		return fmt.Errorf("frontend %s: %d backends, at most 65535", e.Frontend, len(slots))
+	}
+	head, err := lbKey(e.Frontend, 0)
+	if err != nil {
+		return err
+	}
+	var old bpf.HostroutingLb4Service
+	hadOld := s.services.Lookup(head, &old) == nil
+	for i, id := range slots {
+		k := head
+		k.BackendSlot = uint16(i + 1)
+		if err := s.services.Update(k, bpf.HostroutingLb4Service{BackendId: id}, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write frontend %s slot %d: %w", e.Frontend, i+1, mapErr(err, s.services))
+		}
+	}
+	v := bpf.HostroutingLb4Service{Count: uint16(len(e.Backends)), Qcount: uint16(len(e.Inactive)), RevNatIndex: e.RevNAT,
+		Flags: uint16(e.Flags), AffinityTimeout: e.AffinityTimeout}
+	if err := s.services.Update(head, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write frontend %s: %w", e.Frontend, mapErr(err, s.services))
+	}
+	if hadOld {
+		for slot := len(slots) + 1; slot <= int(old.Count)+int(old.Qcount); slot++ {
+			k := head
+			k.BackendSlot = uint16(slot)
+			s.services.Delete(k)
+		}
+	}
+	return s.enable()
+}
+
+// Delete removes the frontend's entry and slots; a missing one is not an
+// error.
+func (s *Services) Delete(f Frontend) error {
+	head, err := lbKey(f, 0)
+	if err != nil {
+		return err
+	}
+	var old bpf.HostroutingLb4Service
+	if err := s.services.Lookup(head, &old); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	if err := s.services.Delete(head); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete frontend %s: %w", f, err)
+	}
+	for slot := 1; slot <= int(old.Count)+int(old.Qcount); slot++ {
+		k := head
+		k.BackendSlot = uint16(slot)
+		s.services.Delete(k)
+	}
+	return nil
+}
+
+// List returns every frontend entry, ordered by frontend.
+func (s *Services) List() ([]ServiceEntry, error) {
+	var (
+		k       bpf.HostroutingLb4Key
+		v       bpf.HostroutingLb4Service
+		heads   = map[bpf.HostroutingLb4Key]bpf.HostroutingLb4Service{}
+		slots   = map[bpf.HostroutingLb4Key]uint32{}
+		entries []ServiceEntry
+	)
+	it := s.services.Iterate()
+	for it.Next(&k, &v) {
+		if k.BackendSlot == 0 {
+			heads[k] = v
+		} else {
+			slots[k] = v.BackendId
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list services: %w", err)
+	}
+	for k, v := range heads {
+		e := ServiceEntry{Frontend: frontendOf(k), RevNAT: v.RevNatIndex, Flags: ServiceFlags(v.Flags), AffinityTimeout: v.AffinityTimeout}
+		for slot := 1; slot <= int(v.Count)+int(v.Qcount); slot++ {
+			sk := k
+			sk.BackendSlot = uint16(slot)
+			if slot <= int(v.Count) {
+				e.Backends = append(e.Backends, slots[sk])
+			} else {
+				e.Inactive = append(e.Inactive, slots[sk])
+			}
+		}
+		entries = append(entries, e)
+	}
+	slices.SortFunc(entries, func(a, b ServiceEntry) int {
+		if c := a.Frontend.Addr.Compare(b.Frontend.Addr); c != 0 {
+			return c
+		}
+		if a.Frontend.Proto != b.Frontend.Proto {
+			return int(a.Frontend.Proto) - int(b.Frontend.Proto)
+		}
+		return int(a.Frontend.Scope) - int(b.Frontend.Scope)
+	})
+	return entries, nil
+}
+
+func frontendOf(k bpf.HostroutingLb4Key) Frontend {
+	return Frontend{Addr: netip.AddrPortFrom(ipv4Addr(k.Address), ntohs(k.Dport)), Proto: Protocol(k.Proto), Scope: Scope(k.Scope)}
+}
+
+// PutBackend writes backend b.
+func (s *Services) PutBackend(b Backend) error {
+	if !b.Addr.Addr().Is4() || b.ID == 0 {
+		return fmt.Errorf("backend %d %s: want an ID and an IPv4 address", b.ID, b.Addr)
+	}
+	a := b.Addr.Addr().As4()
+	v := bpf.HostroutingLb4Backend{Address: binary.NativeEndian.Uint32(a[:]), Port: htons(b.Addr.Port()), Proto: uint8(b.Proto), State: uint8(b.State)}
+	if err := s.backends.Update(b.ID, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write backend %d %s: %w", b.ID, b.Addr, mapErr(err, s.backends))
+	}
+	return nil
+}
+
+// DeleteBackend removes backend id; a missing one is not an error.
+func (s *Services) DeleteBackend(id uint32) error {
+	if err := s.backends.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete backend %d: %w", id, err)
+	}
+	return nil
+}
+
+// Backends returns every backend by ID.
+func (s *Services) Backends() (map[uint32]Backend, error) {
+	var (
+		id  uint32
+		v   bpf.HostroutingLb4Backend
+		all = map[uint32]Backend{}
+	)
+	it := s.backends.Iterate()
+	for it.Next(&id, &v) {
+		all[id] = Backend{ID: id, Addr: netip.AddrPortFrom(ipv4Addr(v.Address), ntohs(v.Port)), Proto: Protocol(v.Proto), State: BackendState(v.State)}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list backends: %w", err)
+	}
+	return all, nil
+}
+
+// PutRevNAT records that replies of service id come from addr.
+func (s *Services) PutRevNAT(id uint16, addr netip.AddrPort) error {
+	a := addr.Addr().As4()
+	v := bpf.HostroutingLb4ReverseNat{Address: binary.NativeEndian.Uint32(a[:]), Port: htons(addr.Port())}
+	if err := s.revNAT.Update(id, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write reverse NAT %d: %w", id, mapErr(err, s.revNAT))
+	}
+	return nil
+}
+
+// DeleteRevNAT forgets service id's reverse NAT; a missing one is not an
+// error.
+func (s *Services) DeleteRevNAT(id uint16) error {
+	if err := s.revNAT.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete reverse NAT %d: %w", id, err)
+	}
+	return nil
+}
+
+// enable turns the datapath's service lookups on (hr_lb_on).
+func (s *Services) enable() error {
+	if err := s.on.Update(uint32(0), uint32(1), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("enable services: %w", err)
+	}
+	return nil
+}
