@@ -26,6 +26,7 @@
 #include "lib/ipv6.h"
 #include "lib/fib.h"
 #include "lib/lb.h"
+#include "lib/nat.h"
 
 /* skb->cb word that carries the sending endpoint's ID from the IPv4
  * stage to the next (the policy's words are 0 to 3). */
@@ -33,16 +34,18 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-/* ipv4_route sends a pod's IPv4 packet of len bytes on its way: into a
- * local endpoint, to another node, or to the stack. */
+/* ipv4_route sends an IPv4 packet of len bytes on its way: into a local
+ * endpoint, or out of the node by the FIB when it goes to another node's
+ * pod, leaves with BPF masquerade, or was translated (a reply the stack
+ * never saw the request of); the rest to the stack. */
 static __always_inline int ipv4_route(struct __sk_buff *ctx, enum direction dir, struct ethhdr *eth,
-				      struct iphdr *ip, __u32 len, __u32 src_id)
+				      struct iphdr *ip, __u32 len, __u32 src_id, int translated)
 {
 	struct endpoint_info *dst = lookup_endpoint4(ip->daddr);
 
 	if (dst)
 		return local_delivery(ctx, dir, eth, ip, dst, src_id);
-	if (CONFIG.fib_lookup && in_native_cidr(ip->daddr))
+	if (CONFIG.fib_lookup && (in_native_cidr(ip->daddr) || CONFIG.masquerade || translated))
 		return fib_redirect(ctx, dir, eth, ip, len);
 	return to_stack(ctx, dir);
 }
@@ -78,7 +81,7 @@ static __always_inline int ipv4_from_container(struct __sk_buff *ctx)
 		if (!lookup_endpoint4(ip->daddr) && is_frontend(ctx, ip))
 			return tail_call(ctx, dir, CALL_IPV4_LB);
 	}
-	return ipv4_route(ctx, dir, eth, ip, len, src->id);
+	return ipv4_route(ctx, dir, eth, ip, len, src->id, 0);
 }
 
 SEC("tc")
@@ -113,7 +116,7 @@ int tail_ipv4_lb(struct __sk_buff *ctx)
 	len = parse_ipv4(ctx, &eth, &ip);
 	if (!len)
 		return drop_endpoint(ctx, dir, METRIC_DROP_NAT, src_id);
-	return ipv4_route(ctx, dir, eth, ip, len, src_id);
+	return ipv4_route(ctx, dir, eth, ip, len, src_id, 0);
 }
 
 SEC("tc")
@@ -130,6 +133,7 @@ int tail_ipv4_revnat(struct __sk_buff *ctx)
 	len = parse_ipv4(ctx, &eth, &ip);
 	if (!len)
 		return drop_endpoint(ctx, dir, METRIC_DROP_INVALID, src_id);
+	ret = 0;
 	if (load_l4(ctx, ip, &l4)) {
 		ret = lb4_rev_nat(ctx, ip, &l4);
 		if (ret < 0)
@@ -140,7 +144,125 @@ int tail_ipv4_revnat(struct __sk_buff *ctx)
 		if (!ret && !lookup_endpoint4(ip->daddr) && is_frontend(ctx, ip))
 			return tail_call(ctx, dir, CALL_IPV4_LB);
 	}
-	return ipv4_route(ctx, dir, eth, ip, len, src_id);
+	return ipv4_route(ctx, dir, eth, ip, len, src_id, ret);
+}
+
+/* ct_inbound notes a flow from outside the native routing CIDR into a
+ * local pod (its reply's tuple), so that its replies leave untranslated:
+ * masquerade is for the pods' own flows. */
+static __always_inline void ct_inbound(struct iphdr *ip, const struct l4 *l4)
+{
+	struct ct4_key rk = {
+		.saddr = ip->daddr, .daddr = ip->saddr, .sport = l4->dport, .dport = l4->sport,
+		.proto = ip->protocol, .dir = CT_INBOUND,
+	};
+	struct ct_entry *e = bpf_map_lookup_elem(&hr_ct4, &rk);
+
+	if (e) {
+		ct_refresh(e, ip->protocol, l4->tcp_flags);
+	} else {
+		struct ct_entry fresh = {};
+
+		ct_refresh(&fresh, ip->protocol, l4->tcp_flags);
+		bpf_map_update_elem(&hr_ct4, &rk, &fresh, BPF_ANY);
+	}
+}
+
+/* is_inbound_reply tells whether a pod's packet answers a flow from
+ * outside (see ct_inbound). */
+static __always_inline int is_inbound_reply(struct iphdr *ip, const struct l4 *l4)
+{
+	struct ct4_key k = {
+		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
+		.proto = ip->protocol, .dir = CT_INBOUND,
+	};
+
+	return bpf_map_lookup_elem(&hr_ct4, &k) != NULL;
+}
+
+/* tail_ipv4_from_netdev takes IPv4 from the wire on a node with services
+ * or masquerade: replies of translated flows are translated back (to a
+ * local pod, or out again to a NodePort client), requests to NodePorts
+ * and external IPs are balanced (to a local backend, or to a remote one
+ * with the node's address as source), and the rest goes as from_netdev
+ * sends it. */
+SEC("tc")
+int tail_ipv4_from_netdev(struct __sk_buff *ctx)
+{
+	const enum direction dir = DIR_FROM_NETDEV;
+	struct endpoint_info *ep;
+	struct lb4_service *svc;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	int have_l4, ret, translated = 0;
+	struct l4 l4;
+	__u32 len;
+	__be32 *nat;
+
+	len = parse_ipv4(ctx, &eth, &ip);
+	if (!len)
+		return to_stack(ctx, dir);
+	have_l4 = load_l4(ctx, ip, &l4);
+	if (have_l4) {
+		ret = snat4_in(ctx, ip, &l4);
+		if (ret < 0)
+			return drop_endpoint(ctx, dir, -ret, 0);
+		if (ret > 0) {
+			translated = 1;
+			if (!(len = parse_ipv4(ctx, &eth, &ip)) || !load_l4(ctx, ip, &l4))
+				return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
+		}
+		ret = lb_enabled() ? lb4_rev_nat(ctx, ip, &l4) : 0;
+		if (ret < 0)
+			return drop_endpoint(ctx, dir, -ret, 0);
+		if (ret > 0) {
+			translated = 1;
+			if (!(len = parse_ipv4(ctx, &eth, &ip)) || !load_l4(ctx, ip, &l4))
+				return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
+		}
+	}
+	ep = lookup_endpoint4(ip->daddr);
+	if (ep) {
+		if (!translated && !in_native_cidr(ip->saddr)) {
+			/* Replies to it go by BPF only with masquerade (else
+			 * the stack takes them: let it see this way too). */
+			if (!CONFIG.masquerade)
+				return to_stack(ctx, dir);
+			if (have_l4)
+				ct_inbound(ip, &l4);
+		}
+		return local_delivery(ctx, dir, eth, ip, ep, 0);
+	}
+	if (translated)
+		return CONFIG.fib_lookup ? fib_redirect(ctx, dir, eth, ip, len) : to_stack(ctx, dir);
+	if (!have_l4 || !lb_enabled())
+		return to_stack(ctx, dir);
+
+	/* A NodePort or an external IP, from outside. */
+	struct lb4_key key = { .address = ip->daddr, .dport = l4.dport, .proto = ip->protocol };
+
+	svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
+	if (!svc || !(svc->flags & (LB_F_NODEPORT | LB_F_EXTERNAL)))
+		return to_stack(ctx, dir);
+	ret = lb4_dnat(ctx, ip, &l4, &key, svc);
+	if (ret)
+		return drop_endpoint(ctx, dir, ret, 0);
+	if (!(len = parse_ipv4(ctx, &eth, &ip)) || !load_l4(ctx, ip, &l4))
+		return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
+	ep = lookup_endpoint4(ip->daddr);
+	if (ep)
+		return local_delivery(ctx, dir, eth, ip, ep, 0);
+	/* A backend on another node: it answers this node, which answers
+	 * the client. */
+	nat = node_addr(ctx->ifindex);
+	if (!nat || !CONFIG.fib_lookup)
+		return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
+	ret = snat4_out(ctx, ip, &l4, *nat);
+	if (ret)
+		return drop_endpoint(ctx, dir, ret, 0);
+	if (!(len = parse_ipv4(ctx, &eth, &ip)))
+		return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
+	return fib_redirect(ctx, dir, eth, ip, len);
 }
 
 SEC("tc")
@@ -240,27 +362,38 @@ int from_netdev(struct __sk_buff *ctx)
 	if (ctx->pkt_type != PACKET_HOST || ctx->vlan_present || ctx->protocol != bpf_htons(ETH_P_IP) ||
 	    !parse_ipv4(ctx, &eth, &ip) || ip->ihl != 5)
 		return to_stack(ctx, dir);
+	if (lb_enabled() || CONFIG.masquerade)
+		return tail_call(ctx, dir, CALL_IPV4_FROM_NETDEV);
 	ep = lookup_endpoint4(ip->daddr);
-	if (!ep)
+	/* From outside the native routing CIDR, replies take the stack:
+	 * let it see this way too (nf_conntrack would drop them). */
+	if (!ep || !in_native_cidr(ip->saddr))
 		return to_stack(ctx, dir);
-	if (lb_enabled()) {
-		struct l4 l4;
-		int ret;
-
-		/* A reply of a remote backend to a local client. */
-		if (load_l4(ctx, ip, &l4) && (ret = lb4_rev_nat(ctx, ip, &l4)) != 0) {
-			if (ret < 0)
-				return drop_endpoint(ctx, dir, -ret, 0);
-			if (!parse_ipv4(ctx, &eth, &ip))
-				return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
-		}
-	}
 	return local_delivery(ctx, dir, eth, ip, ep, 0);
 }
 
 SEC("tc")
 int to_netdev(struct __sk_buff *ctx)
 {
-	count_metric(DIR_TO_NETDEV, METRIC_PASS, ctx->len);
+	const enum direction dir = DIR_TO_NETDEV;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct l4 l4;
+	__be32 *nat;
+	int ret;
+
+	/* BPF masquerade: pods' own flows leaving the native routing CIDR
+	 * take the device's address; the node's own flows keep their ports. */
+	if (CONFIG.masquerade && ctx->protocol == bpf_htons(ETH_P_IP) && parse_ipv4(ctx, &eth, &ip) &&
+	    ip->ihl == 5 && load_l4(ctx, ip, &l4) && (nat = node_addr(ctx->ifindex))) {
+		if (ip->saddr == *nat) {
+			snat4_track_host(ip, &l4);
+		} else if (in_native_cidr(ip->saddr) && !in_native_cidr(ip->daddr) && !is_inbound_reply(ip, &l4)) {
+			ret = snat4_out(ctx, ip, &l4, *nat);
+			if (ret)
+				return drop_endpoint(ctx, dir, ret, 0);
+		}
+	}
+	count_metric(dir, METRIC_PASS, ctx->len);
 	return TC_ACT_OK;
 }

@@ -22,6 +22,11 @@ type HostroutingConfig struct {
 	NativeCidr    uint32
 	NativeMask    uint32
 	LxcMask       uint32
+	Masquerade    uint8
+	Pad           uint8
+	NatPortMin    uint16
+	NatPortMax    uint16
+	_             [2]byte
 }
 
 type HostroutingCt4Key struct {
@@ -122,6 +127,15 @@ type HostroutingMetricValue struct {
 	Bytes   uint64
 }
 
+type HostroutingNat4Entry struct {
+	_       structs.HostLayout
+	ToAddr  uint32
+	ToPort  uint16
+	Flags   uint16
+	Expires uint32
+	Pad     uint32
+}
+
 type HostroutingNodeEntry struct {
 	_    structs.HostLayout
 	Name [64]int8
@@ -139,6 +153,9 @@ type HostroutingNodeInfo struct {
 	MaxEndpoints uint32
 	Devices      [8]uint32
 	OwnQdiscs    uint32
+	NatPortMin   uint16
+	NatPortMax   uint16
+	Masquerade   uint32
 	Pad          uint32
 }
 
@@ -160,13 +177,16 @@ const (
 	HostroutingMapHrLbOn                 = "hr_lb_on"
 	HostroutingMapHrLxc                  = "hr_lxc"
 	HostroutingMapHrMetrics              = "hr_metrics"
+	HostroutingMapHrNodeAddrs            = "hr_node_addrs"
 	HostroutingMapHrNodes                = "hr_nodes"
 	HostroutingMapHrPolicy               = "hr_policy"
 	HostroutingMapHrPolicyRet            = "hr_policy_ret"
+	HostroutingMapHrSnat4                = "hr_snat4"
 	HostroutingProgFromContainer         = "from_container"
 	HostroutingProgFromNetdev            = "from_netdev"
 	HostroutingProgTailArpFromContainer  = "tail_arp_from_container"
 	HostroutingProgTailIpv4FromContainer = "tail_ipv4_from_container"
+	HostroutingProgTailIpv4FromNetdev    = "tail_ipv4_from_netdev"
 	HostroutingProgTailIpv4Lb            = "tail_ipv4_lb"
 	HostroutingProgTailIpv4Revnat        = "tail_ipv4_revnat"
 	HostroutingProgTailIpv6FromContainer = "tail_ipv6_from_container"
@@ -223,6 +243,7 @@ type HostroutingProgramSpecs struct {
 	FromNetdev            *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	TailArpFromContainer  *ebpf.ProgramSpec `ebpf:"tail_arp_from_container"`
 	TailIpv4FromContainer *ebpf.ProgramSpec `ebpf:"tail_ipv4_from_container"`
+	TailIpv4FromNetdev    *ebpf.ProgramSpec `ebpf:"tail_ipv4_from_netdev"`
 	TailIpv4Lb            *ebpf.ProgramSpec `ebpf:"tail_ipv4_lb"`
 	TailIpv4Revnat        *ebpf.ProgramSpec `ebpf:"tail_ipv4_revnat"`
 	TailIpv6FromContainer *ebpf.ProgramSpec `ebpf:"tail_ipv6_from_container"`
@@ -250,9 +271,11 @@ type HostroutingMapSpecs struct {
 	HrLbOn        *ebpf.MapSpec `ebpf:"hr_lb_on"`
 	HrLxc         *ebpf.MapSpec `ebpf:"hr_lxc"`
 	HrMetrics     *ebpf.MapSpec `ebpf:"hr_metrics"`
+	HrNodeAddrs   *ebpf.MapSpec `ebpf:"hr_node_addrs"`
 	HrNodes       *ebpf.MapSpec `ebpf:"hr_nodes"`
 	HrPolicy      *ebpf.MapSpec `ebpf:"hr_policy"`
 	HrPolicyRet   *ebpf.MapSpec `ebpf:"hr_policy_ret"`
+	HrSnat4       *ebpf.MapSpec `ebpf:"hr_snat4"`
 }
 
 // HostroutingVariableSpecs contains global variables before they are loaded into the kernel.
@@ -296,9 +319,11 @@ type HostroutingMaps struct {
 	HrLbOn        *ebpf.Map `ebpf:"hr_lb_on"`
 	HrLxc         *ebpf.Map `ebpf:"hr_lxc"`
 	HrMetrics     *ebpf.Map `ebpf:"hr_metrics"`
+	HrNodeAddrs   *ebpf.Map `ebpf:"hr_node_addrs"`
 	HrNodes       *ebpf.Map `ebpf:"hr_nodes"`
 	HrPolicy      *ebpf.Map `ebpf:"hr_policy"`
 	HrPolicyRet   *ebpf.Map `ebpf:"hr_policy_ret"`
+	HrSnat4       *ebpf.Map `ebpf:"hr_snat4"`
 }
 
 func (m *HostroutingMaps) Close() error {
@@ -317,9 +342,11 @@ func (m *HostroutingMaps) Close() error {
 		m.HrLbOn,
 		m.HrLxc,
 		m.HrMetrics,
+		m.HrNodeAddrs,
 		m.HrNodes,
 		m.HrPolicy,
 		m.HrPolicyRet,
+		m.HrSnat4,
 	)
 }
 
@@ -338,6 +365,7 @@ type HostroutingPrograms struct {
 	FromNetdev            *ebpf.Program `ebpf:"from_netdev"`
 	TailArpFromContainer  *ebpf.Program `ebpf:"tail_arp_from_container"`
 	TailIpv4FromContainer *ebpf.Program `ebpf:"tail_ipv4_from_container"`
+	TailIpv4FromNetdev    *ebpf.Program `ebpf:"tail_ipv4_from_netdev"`
 	TailIpv4Lb            *ebpf.Program `ebpf:"tail_ipv4_lb"`
 	TailIpv4Revnat        *ebpf.Program `ebpf:"tail_ipv4_revnat"`
 	TailIpv6FromContainer *ebpf.Program `ebpf:"tail_ipv6_from_container"`
@@ -353,6 +381,7 @@ func (p *HostroutingPrograms) Close() error {
 		p.FromNetdev,
 		p.TailArpFromContainer,
 		p.TailIpv4FromContainer,
+		p.TailIpv4FromNetdev,
 		p.TailIpv4Lb,
 		p.TailIpv4Revnat,
 		p.TailIpv6FromContainer,

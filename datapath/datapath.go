@@ -20,7 +20,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -57,6 +61,15 @@ type Config struct {
 	// elsewhere take the stack. Invalid (zero) keeps the one a running
 	// node has, or none.
 	NativeRoutingCIDR netip.Prefix
+	// DisableMasquerade turns BPF masquerade off. It is on for a node with
+	// Devices and a NativeRoutingCIDR: pods' traffic leaving the native
+	// routing CIDR takes the address of the device it leaves by, and is
+	// carried by BPF both ways. A config without Devices keeps what the
+	// running node does.
+	DisableMasquerade bool
+	// NATPorts is the range of ports translated sources get; zero keeps
+	// the running node's, or loader.DefaultNATPorts.
+	NATPorts [2]uint16
 }
 
 // Names of the loader and maps packages an embedder uses with a Datapath.
@@ -129,14 +142,22 @@ func New(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("datapath config: %w", err)
 	}
-	if !cfg.NativeRoutingCIDR.IsValid() {
-		if running, err := loader.Open(cfg.PinPath); err == nil {
+	masquerade := len(devices) > 0 && cfg.NativeRoutingCIDR.IsValid()
+	if running, err := loader.Open(cfg.PinPath); err == nil {
+		if !cfg.NativeRoutingCIDR.IsValid() {
 			cfg.NativeRoutingCIDR = running.NativeRoutingCIDR
-			running.Close()
 		}
+		if len(devices) == 0 {
+			masquerade = running.Masquerade
+		}
+		if cfg.NATPorts == [2]uint16{} {
+			cfg.NATPorts = running.NATPorts
+		}
+		running.Close()
 	}
 	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, Netns: cfg.Netns, MaxEndpoints: cfg.MaxEndpoints,
-		Disable: cfg.Disable, NativeRoutingCIDR: cfg.NativeRoutingCIDR})
+		Disable: cfg.Disable, NativeRoutingCIDR: cfg.NativeRoutingCIDR,
+		Masquerade: masquerade && !cfg.DisableMasquerade, NATPorts: cfg.NATPorts})
 	if err != nil {
 		return nil, err
 	}
@@ -146,6 +167,9 @@ func New(cfg Config) (*Datapath, error) {
 			return nil
 		}
 		if err := d.node.SetDevices(devices); err != nil {
+			return err
+		}
+		if err := d.setNodeAddrs(devices); err != nil {
 			return err
 		}
 		return d.attachDevices(devices)
@@ -398,6 +422,41 @@ func Cleanup(pinPath, netns string) error {
 		return nil
 	}
 	return errors.Join(loader.Cleanup(pinPath, netns), routing.DeleteAllNodeRoutes(netns))
+}
+
+// setNodeAddrs records each device's first IPv4 address: what pods'
+// traffic leaving by it is translated to (masquerade, NodePort).
+func (d *Datapath) setNodeAddrs(ifindexes []int) error {
+	h, err := routing.Handle(d.cfg.Netns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	var k uint32
+	var v uint32
+	var stale []uint32
+	for it := d.node.Maps.NodeAddrs.Iterate(); it.Next(&k, &v); {
+		if !slices.Contains(ifindexes, int(k)) {
+			stale = append(stale, k)
+		}
+	}
+	for _, k := range stale {
+		d.node.Maps.NodeAddrs.Delete(k)
+	}
+	for _, ifindex := range ifindexes {
+		link, err := h.LinkByIndex(ifindex)
+		if err != nil {
+			return fmt.Errorf("node device %d: %w", ifindex, err)
+		}
+		addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+		if err != nil || len(addrs) == 0 {
+			continue // nothing to translate to: masquerade by it drops, counted
+		}
+		if err := d.node.Maps.NodeAddrs.Update(uint32(ifindex), addrs[0].IP.To4(), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("node device %s address: %w", link.Attrs().Name, err)
+		}
+	}
+	return nil
 }
 
 // hostDevice finds a device in the node's netns.

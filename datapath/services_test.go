@@ -192,3 +192,131 @@ func TestServiceBadInput(t *testing.T) {
 		t.Errorf("String() = %q\nwant       %q", got, want)
 	}
 }
+
+// peerServer serves, on TCP and UDP addr in the namespace at nsPath, the
+// address each client came from, until t ends.
+func peerServer(t *testing.T, nsPath string, addr netip.AddrPort) {
+	t.Helper()
+	var ln net.Listener
+	var pc net.PacketConn
+	err := routing.Do(nsPath, func() (err error) {
+		if ln, err = net.Listen("tcp4", addr.String()); err != nil {
+			return err
+		}
+		pc, err = net.ListenPacket("udp4", addr.String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("serve peers on %s: %v", addr, err)
+	}
+	t.Cleanup(func() { ln.Close(); pc.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(c.RemoteAddr().String()))
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(from.String()), from)
+		}
+	}()
+}
+
+// askIn is askName from the namespace at nsPath.
+func askIn(nsPath, proto string, dst netip.AddrPort) (string, error) {
+	return askName(&datapathtest.Pod{Netns: nsPath}, proto, dst)
+}
+
+// TestMasquerade: pods reach a host outside the native routing CIDR (on
+// the wire) with their node's address, over TCP and UDP, by BPF both ways
+// (netfilter's FORWARD chain sees nothing); pod-to-pod inside the CIDR
+// keeps pod addresses.
+func TestMasquerade(t *testing.T) {
+	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
+	n0 := cn.cluster.Nodes[0]
+	outside := netip.AddrPortFrom(cn.cluster.Gateway, 9000)
+	peerServer(t, cn.cluster.Wire, outside)
+	fwd := n0.CountForward(t)
+	for _, proto := range []string{"tcp4", "udp4"} {
+		for range 3 {
+			peer, err := askName(cn.a, proto, outside)
+			if err != nil {
+				t.Fatalf("%s from pod a to %s: %v", proto, outside, err)
+			}
+			ap, err := netip.ParseAddrPort(peer)
+			if err != nil || ap.Addr() != n0.IP {
+				t.Errorf("%s: the outside host saw %s, want node %s's address", proto, peer, n0.IP)
+			}
+		}
+	}
+	if f := fwd(); f != 0 {
+		t.Errorf("FORWARD counted %d packets: masqueraded flows went by the stack", f)
+	}
+	// Inside the native routing CIDR: no translation.
+	peerServer(t, cn.b.Netns, netip.AddrPortFrom(cn.b.IP, 9000))
+	if peer, err := askName(cn.a, "tcp4", netip.AddrPortFrom(cn.b.IP, 9000)); err != nil || !strings.HasPrefix(peer, cn.a.IP.String()+":") {
+		t.Errorf("pod to pod across nodes: seen as %q (err %v), want pod a's address %s", peer, err, cn.a.IP)
+	}
+}
+
+// TestNodePort: a client on the wire reaches a NodePort of each node,
+// answered from the address it dialled, by a backend on the node or on the
+// other one; with externalTrafficPolicy Local only the local backend
+// answers and sees the client's own address.
+func TestNodePort(t *testing.T) {
+	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
+	n0, n1 := cn.cluster.Nodes[0], cn.cluster.Nodes[1]
+	local, remote := cn.a, cn.b // backends on node 0 and node 1
+	backends := []datapath.Backend{{Addr: nameServer(t, local)}, {Addr: nameServer(t, remote)}}
+	for i, n := range []*datapathtest.Node{n0, n1} {
+		front := netip.AddrPortFrom(n.IP, 30080)
+		if _, err := cn.dps[i].UpsertService(datapath.Service{Frontend: front, Protocol: datapath.TCP, Type: datapath.NodePort, Backends: backends}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cn.dps[i].UpsertService(datapath.Service{Frontend: front, Protocol: datapath.UDP, Type: datapath.NodePort, Backends: backends}); err != nil {
+			t.Fatal(err)
+		}
+		for _, proto := range []string{"tcp4", "udp4"} {
+			seen := map[string]int{}
+			for range 20 {
+				name, err := askIn(cn.cluster.Wire, proto, front)
+				if err != nil {
+					t.Fatalf("%s from the wire to %s: %v", proto, front, err)
+				}
+				seen[name]++
+			}
+			if len(seen) != 2 {
+				t.Errorf("%s to %s answered by %v: want both backends", proto, front, seen)
+			}
+		}
+	}
+
+	// externalTrafficPolicy Local on node 0: its own backend only, which
+	// sees the client's address.
+	peerServer(t, local.Netns, netip.AddrPortFrom(local.IP, 9000))
+	front := netip.AddrPortFrom(n0.IP, 30090)
+	_, err := cn.dps[0].UpsertService(datapath.Service{Frontend: front, Protocol: datapath.TCP, Type: datapath.NodePort, ExternalTrafficPolicyLocal: true,
+		Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(local.IP, 9000)}, {Addr: netip.AddrPortFrom(remote.IP, 9000)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		peer, err := askIn(cn.cluster.Wire, "tcp4", front)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(peer, cn.cluster.Gateway.String()+":") {
+			t.Fatalf("externalTrafficPolicy Local: backend saw %q, want the client %s", peer, cn.cluster.Gateway)
+		}
+	}
+}

@@ -71,7 +71,21 @@ type Options struct {
 	// not for this node are forwarded by the datapath (bpf_fib_lookup),
 	// others left to the stack. Invalid (zero) for none.
 	NativeRoutingCIDR netip.Prefix
+	// Masquerade translates the source of pods' traffic leaving the native
+	// routing CIDR to the address of the node device it leaves by (BPF
+	// masquerade, on to-netdev), and back on from-netdev. Needs
+	// NativeRoutingCIDR.
+	Masquerade bool
+	// NATPorts is the range of ports translated sources get (masquerade,
+	// and NodePort traffic to other nodes' backends). Default
+	// DefaultNATPorts.
+	NATPorts [2]uint16
 }
+
+// DefaultNATPorts is the port range of translated sources unless
+// Options.NATPorts names another: the node's own flows in it are tracked
+// and never given to a translated one.
+var DefaultNATPorts = [2]uint16{32768, 65535}
 
 // Maps are the datapath's maps of one node.
 type Maps struct {
@@ -90,6 +104,8 @@ type Maps struct {
 	RevNAT        *ebpf.Map // service ID → the frontend its replies come from
 	ServicesOn    *ebpf.Map // whether the node has services
 	Conntrack     *ebpf.Map // translated flows (LRU)
+	SNAT          *ebpf.Map // source-translated flows, both ways (LRU)
+	NodeAddrs     *ebpf.Map // node device ifindex → its IPv4 address
 }
 
 // Instance is the loaded datapath of one node instance. Close releases this
@@ -104,6 +120,9 @@ type Instance struct {
 	// NativeRoutingCIDR is the native routing CIDR the programs were
 	// loaded with; invalid for none.
 	NativeRoutingCIDR netip.Prefix
+	// Masquerade and NATPorts are as the programs were loaded with.
+	Masquerade bool
+	NATPorts   [2]uint16
 	// MaxEndpoints is the node's endpoint limit: the highest endpoint ID.
 	MaxEndpoints uint32
 	// Adopted tells that the programs were found pinned and reused.
@@ -123,7 +142,7 @@ var mapNames = []string{
 	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
 	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta,
 	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLb4Revnat, bpf.HostroutingMapHrLbOn,
-	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrInfo,
+	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrNodeAddrs, bpf.HostroutingMapHrInfo,
 }
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
@@ -142,6 +161,15 @@ func Load(opts Options) (*Instance, error) {
 	cidr := opts.NativeRoutingCIDR
 	if cidr.IsValid() && (!cidr.Addr().Is4() || cidr.Masked() != cidr) {
 		return nil, fmt.Errorf("native routing CIDR %s: want an IPv4 network address such as %s", cidr, cidr.Masked())
+	}
+	if opts.Masquerade && !cidr.IsValid() {
+		return nil, errors.New("masquerade: needs a native routing CIDR (what is not masqueraded)")
+	}
+	if opts.NATPorts == [2]uint16{} {
+		opts.NATPorts = DefaultNATPorts
+	}
+	if p := opts.NATPorts; p[0] == 0 || p[0] > p[1] {
+		return nil, fmt.Errorf("NAT ports %d-%d: want a range within 1-65535", p[0], p[1])
 	}
 	netns, err := routing.Netns(opts.Netns)
 	if err != nil {
@@ -193,7 +221,7 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 	}
 
 	features := ProbeFeatures(opts.Disable)
-	config := configOf(features, opts.NativeRoutingCIDR, opts.MaxEndpoints)
+	config := configOf(features, opts)
 	id := objectID(config, features, opts.MaxEndpoints)
 	if prev.ObjectId == id {
 		return open(path, opts.PinPath)
@@ -210,6 +238,7 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 		info.NativePrefix = uint32(opts.NativeRoutingCIDR.Bits())
 	}
 	info.MaxEndpoints = opts.MaxEndpoints
+	info.NatPortMin, info.NatPortMax, info.Masquerade = config.NatPortMin, config.NatPortMax, uint32(config.Masquerade)
 	return load(path, opts, config, info)
 }
 
@@ -290,6 +319,7 @@ func open(path, given string) (*Instance, error) {
 	}
 	n.id = info.ObjectId
 	n.MaxEndpoints = info.MaxEndpoints
+	n.Masquerade, n.NATPorts = info.Masquerade != 0, [2]uint16{info.NatPortMin, info.NatPortMax}
 	n.Features = featuresFromBits(info.Features)
 	if info.NativePrefix != 0 {
 		var a [4]byte
@@ -329,6 +359,7 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 	defer coll.Close()
 
 	n := &Instance{PinPath: path, Features: ProbeFeatures(opts.Disable), NativeRoutingCIDR: opts.NativeRoutingCIDR,
+		Masquerade: opts.Masquerade, NATPorts: opts.NATPorts,
 		MaxEndpoints: info.MaxEndpoints, id: info.ObjectId, progs: map[Program]*ebpf.Program{}}
 	n.setMaps(coll.Maps)
 	for _, name := range mapNames {
@@ -380,7 +411,7 @@ func lxcSlots(maxEndpoints uint32) uint32 {
 	return slots
 }
 
-func configOf(f Features, native netip.Prefix, maxEndpoints uint32) bpf.HostroutingConfig {
+func configOf(f Features, opts Options) bpf.HostroutingConfig {
 	b := func(f Feature) uint8 {
 		if f.Enabled {
 			return 1
@@ -388,8 +419,11 @@ func configOf(f Features, native netip.Prefix, maxEndpoints uint32) bpf.Hostrout
 		return 0
 	}
 	c := bpf.HostroutingConfig{RedirectPeer: b(f.RedirectPeer), RedirectNeigh: b(f.RedirectNeigh), FibLookup: b(f.FIBLookup), CheckMtu: b(f.CheckMTU),
-		LxcMask: lxcSlots(maxEndpoints) - 1}
-	if native.IsValid() {
+		LxcMask: lxcSlots(opts.MaxEndpoints) - 1, NatPortMin: opts.NATPorts[0], NatPortMax: opts.NATPorts[1]}
+	if opts.Masquerade {
+		c.Masquerade = 1
+	}
+	if native := opts.NativeRoutingCIDR; native.IsValid() {
 		addr := native.Addr().As4()
 		mask := net.CIDRMask(native.Bits(), 32)
 		c.NativeCidr = binary.NativeEndian.Uint32(addr[:])
@@ -431,6 +465,8 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		RevNAT:        m[bpf.HostroutingMapHrLb4Revnat],
 		ServicesOn:    m[bpf.HostroutingMapHrLbOn],
 		Conntrack:     m[bpf.HostroutingMapHrCt4],
+		SNAT:          m[bpf.HostroutingMapHrSnat4],
+		NodeAddrs:     m[bpf.HostroutingMapHrNodeAddrs],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
@@ -438,7 +474,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
-		n.Maps.Services, n.Maps.Backends, n.Maps.RevNAT, n.Maps.ServicesOn, n.Maps.Conntrack, n.info}
+		n.Maps.Services, n.Maps.Backends, n.Maps.RevNAT, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.info}
 }
 
 // MapSize is what one of the node's maps takes.

@@ -15,6 +15,7 @@ enum call {
 	CALL_ARP_FROM_CONTAINER,
 	CALL_IPV4_LB,     /* to a service frontend: DNAT, then on its way */
 	CALL_IPV4_REVNAT, /* from a service backend: replies translated back */
+	CALL_IPV4_FROM_NETDEV, /* from the wire, with services or masquerade */
 	CALL_MAX,
 };
 
@@ -23,6 +24,7 @@ int tail_ipv6_from_container(struct __sk_buff *ctx);
 int tail_arp_from_container(struct __sk_buff *ctx);
 int tail_ipv4_lb(struct __sk_buff *ctx);
 int tail_ipv4_revnat(struct __sk_buff *ctx);
+int tail_ipv4_from_netdev(struct __sk_buff *ctx);
 
 /* One object's stages. Not pinned by name: each load has its own, which
  * the loader pins beside its programs, so that programs of an older load
@@ -39,6 +41,7 @@ struct {
 		[CALL_ARP_FROM_CONTAINER] = (void *)&tail_arp_from_container,
 		[CALL_IPV4_LB] = (void *)&tail_ipv4_lb,
 		[CALL_IPV4_REVNAT] = (void *)&tail_ipv4_revnat,
+		[CALL_IPV4_FROM_NETDEV] = (void *)&tail_ipv4_from_netdev,
 	},
 };
 

@@ -80,6 +80,7 @@ enum metric {
 	METRIC_DROP_TAIL_CALL,  /* a stage of the datapath was missing (during a reload) */
 	METRIC_DROP_NO_BACKEND, /* to a service frontend without backends */
 	METRIC_DROP_NAT,        /* a translation failed (packet rewrite) */
+	METRIC_DROP_NAT_NO_PORT,/* no free port to translate a new flow's source to */
 	METRIC_MAX,
 };
 
@@ -99,6 +100,10 @@ struct config {
 	__be32 native_cidr;  /* pods of all nodes: forwarded by the datapath */
 	__be32 native_mask;  /* 0: no native routing CIDR, the stack forwards */
 	__u32 lxc_mask;      /* hr_lxc's size − 1 (a power of two) */
+	__u8 masquerade;     /* translate pods' sources leaving the native CIDR */
+	__u8 pad;
+	__u16 nat_port_min;  /* the ports sources are translated to */
+	__u16 nat_port_max;
 };
 
 volatile const struct config CONFIG = {};
@@ -116,6 +121,9 @@ struct node_info {
 	__u32 max_endpoints; /* the endpoint limit the maps were sized for */
 	__u32 devices[8];    /* ifindexes of the node's devices, 0 after the last */
 	__u32 own_qdiscs;    /* bit i: the loader made the clsact qdisc on devices[i] */
+	__u16 nat_port_min;  /* as in struct config */
+	__u16 nat_port_max;
+	__u32 masquerade;    /* as in struct config */
 	__u32 pad;
 };
 

@@ -12,6 +12,7 @@
 enum ct_dir {
 	CT_SERVICE = 1, /* client → frontend: which backend the flow took */
 	CT_REPLY = 2,   /* backend → client: the reply, to be reverse-translated */
+	CT_INBOUND = 3, /* pod → outside: the reply of a flow from outside, left as it is */
 };
 
 /* A flow's tuple as its packets carry it (network order). */

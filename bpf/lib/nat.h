@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Source NAT: BPF masquerade of pods' traffic leaving the native routing
+ * CIDR, and NodePort traffic sent to a backend on another node. A flow's
+ * two entries are made together: out (its tuple as the pod sent it → the
+ * node address and port it leaves with) and in (the reply's tuple → the
+ * pod's address and port). */
+#pragma once
+
+#include "conntrack.h"
+#include "lb.h"
+
+enum nat_dir {
+	NAT_OUT = 1,
+	NAT_IN = 2,
+};
+
+struct nat4_entry {
+	__be32 to_addr;
+	__be16 to_port;
+	__u16 flags; /* enum nat_flag */
+	__u32 expires;
+	__u32 pad;
+};
+
+enum nat_flag {
+	NAT_F_HOST = 1 << 0, /* the node's own flow: recorded to keep its port, not translated */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct4_key);
+	__type(value, struct nat4_entry);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_snat4 SEC(".maps");
+
+/* The IPv4 address of each node device, by ifindex: what pods' traffic
+ * leaving by it is translated to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __be32);
+	__uint(max_entries, 8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_node_addrs SEC(".maps");
+
+/* How many random ports a new flow tries before it is a counted drop. */
+#define NAT_RETRIES 32
+
+static __always_inline __be32 *node_addr(__u32 ifindex)
+{
+	return bpf_map_lookup_elem(&hr_node_addrs, &ifindex);
+}
+
+/* snat4_out translates the source of a TCP or UDP packet leaving the node
+ * to nat_addr and a port of CONFIG's range: the one its flow has, else
+ * its own port if free, else a random free one. Returns 0, or the metric
+ * of a drop. The packet's pointers are invalid afterwards. */
+static __always_inline int snat4_out(struct __sk_buff *ctx, struct iphdr *ip, const struct l4 *l4, __be32 nat_addr)
+{
+	struct ct4_key out = {
+		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
+		.proto = ip->protocol, .dir = NAT_OUT,
+	};
+	__u32 expires = now_seconds() + ct_timeout(ip->protocol, l4->tcp_flags, CT_F_SEEN_REPLY);
+	__u16 range = CONFIG.nat_port_max - CONFIG.nat_port_min + 1;
+	__be32 saddr = ip->saddr, daddr = ip->daddr;
+	__u8 proto = ip->protocol;
+	struct nat4_entry *e;
+	__be16 port = 0;
+
+	e = bpf_map_lookup_elem(&hr_snat4, &out);
+	if (e) {
+		e->expires = expires;
+		port = e->to_port;
+	} else {
+		struct nat4_entry rev = { .to_addr = saddr, .to_port = l4->sport, .expires = expires };
+		struct ct4_key in = {
+			.saddr = daddr, .daddr = nat_addr, .sport = l4->dport, .proto = proto, .dir = NAT_IN,
+		};
+		__u16 p = bpf_ntohs(l4->sport);
+
+		for (int i = 0; i < NAT_RETRIES; i++) {
+			if (i > 0 || p < CONFIG.nat_port_min || p > CONFIG.nat_port_max)
+				p = CONFIG.nat_port_min + bpf_get_prandom_u32() % range;
+			in.dport = bpf_htons(p);
+			if (bpf_map_update_elem(&hr_snat4, &in, &rev, BPF_NOEXIST) == 0) {
+				port = in.dport;
+				break;
+			}
+		}
+		if (!port)
+			return METRIC_DROP_NAT_NO_PORT;
+		struct nat4_entry fwd = { .to_addr = nat_addr, .to_port = port, .expires = expires };
+
+		bpf_map_update_elem(&hr_snat4, &out, &fwd, BPF_ANY);
+	}
+	if (rewrite4(ctx, proto, 0, saddr, nat_addr, l4->sport, port) < 0)
+		return METRIC_DROP_NAT;
+	return 0;
+}
+
+/* snat4_in translates the destination of a packet that answers a
+ * translated flow back to the pod (or client) it came from. Returns 1 if
+ * it did, 0 for a packet of no such flow, or the negated metric of a drop.
+ * The packet's pointers are invalid after a translation. */
+static __always_inline int snat4_in(struct __sk_buff *ctx, struct iphdr *ip, const struct l4 *l4)
+{
+	struct ct4_key in = {
+		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
+		.proto = ip->protocol, .dir = NAT_IN,
+	};
+	struct nat4_entry *e = bpf_map_lookup_elem(&hr_snat4, &in);
+
+	if (!e || (e->flags & NAT_F_HOST))
+		return 0;
+	e->expires = now_seconds() + ct_timeout(ip->protocol, l4->tcp_flags, CT_F_SEEN_REPLY);
+	if (rewrite4(ctx, ip->protocol, 1, ip->daddr, e->to_addr, l4->dport, e->to_port) < 0)
+		return -METRIC_DROP_NAT;
+	return 1;
+}
+
+/* snat4_track_host records a flow of the node's own (source nat_addr) so
+ * that no translated flow takes its port. */
+static __always_inline void snat4_track_host(struct iphdr *ip, const struct l4 *l4)
+{
+	struct ct4_key in = {
+		.saddr = ip->daddr, .daddr = ip->saddr, .sport = l4->dport, .dport = l4->sport,
+		.proto = ip->protocol, .dir = NAT_IN,
+	};
+	struct nat4_entry host = {
+		.to_addr = ip->saddr, .to_port = l4->sport, .flags = NAT_F_HOST,
+		.expires = now_seconds() + ct_timeout(ip->protocol, l4->tcp_flags, CT_F_SEEN_REPLY),
+	};
+	struct nat4_entry *e = bpf_map_lookup_elem(&hr_snat4, &in);
+
+	if (e)
+		e->expires = host.expires;
+	else
+		bpf_map_update_elem(&hr_snat4, &in, &host, BPF_NOEXIST);
+}
