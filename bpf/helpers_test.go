@@ -133,10 +133,11 @@ var (
 )
 
 // Configurations of the load-time constant the local-delivery tests run
-// under.
+// under. The native routing CIDR holds every pod of the tests: from_netdev
+// carries only what comes from it (the rest's replies take the stack).
 var (
-	configPeer     = bpf.HostroutingConfig{RedirectPeer: 1}
-	configRedirect = bpf.HostroutingConfig{RedirectPeer: 0}
+	configPeer     = nativeConfig(bpf.HostroutingConfig{RedirectPeer: 1}, fibNativeCIDR)
+	configRedirect = nativeConfig(bpf.HostroutingConfig{RedirectPeer: 0}, fibNativeCIDR)
 )
 
 // datapath is one loaded copy of the hostrouting object with its own maps,

@@ -34,10 +34,20 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+/* ipv4_leave sends an IPv4 packet of len bytes that is for no local
+ * endpoint out of the node by the FIB when it goes to another node's pod,
+ * leaves with BPF masquerade, or was translated (a reply the stack never
+ * saw the request of); the rest to the stack. */
+static __always_inline int ipv4_leave(struct __sk_buff *ctx, enum direction dir, struct ethhdr *eth,
+				      struct iphdr *ip, __u32 len, int translated)
+{
+	if (CONFIG.fib_lookup && (in_native_cidr(ip->daddr) || CONFIG.masquerade || translated))
+		return fib_redirect(ctx, dir, eth, ip, len);
+	return to_stack(ctx, dir);
+}
+
 /* ipv4_route sends an IPv4 packet of len bytes on its way: into a local
- * endpoint, or out of the node by the FIB when it goes to another node's
- * pod, leaves with BPF masquerade, or was translated (a reply the stack
- * never saw the request of); the rest to the stack. */
+ * endpoint, or as ipv4_leave does. */
 static __always_inline int ipv4_route(struct __sk_buff *ctx, enum direction dir, struct ethhdr *eth,
 				      struct iphdr *ip, __u32 len, __u32 src_id, int translated)
 {
@@ -45,15 +55,13 @@ static __always_inline int ipv4_route(struct __sk_buff *ctx, enum direction dir,
 
 	if (dst)
 		return local_delivery(ctx, dir, eth, ip, dst, src_id);
-	if (CONFIG.fib_lookup && (in_native_cidr(ip->daddr) || CONFIG.masquerade || translated))
-		return fib_redirect(ctx, dir, eth, ip, len);
-	return to_stack(ctx, dir);
+	return ipv4_leave(ctx, dir, eth, ip, len, translated);
 }
 
 static __always_inline int ipv4_from_container(struct __sk_buff *ctx)
 {
 	const enum direction dir = DIR_FROM_CONTAINER;
-	struct endpoint_info *src;
+	struct endpoint_info *src, *dst;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	__u32 len;
@@ -71,17 +79,21 @@ static __always_inline int ipv4_from_container(struct __sk_buff *ctx)
 	 * or floods them), and IP options (source routes and the like). */
 	if (ctx->pkt_type != PACKET_HOST || ip->ihl != 5)
 		return to_stack(ctx, dir);
-	if (lb_enabled()) {
+	/* A service backend's replies are translated back first. */
+	if ((src->flags & ENDPOINT_F_LB_BACKEND) && lb_enabled()) {
 		ctx->cb[CB_SRC_ID] = src->id;
-		/* A service backend's replies are translated back first. */
-		if (src->flags & ENDPOINT_F_LB_BACKEND)
-			return tail_call(ctx, dir, CALL_IPV4_REVNAT);
-		/* A pod's own address is never a frontend: only what is not
-		 * for a local endpoint may be for a service. */
-		if (!lookup_endpoint4(ip->daddr) && is_frontend(ctx, ip))
-			return tail_call(ctx, dir, CALL_IPV4_LB);
+		return tail_call(ctx, dir, CALL_IPV4_REVNAT);
 	}
-	return ipv4_route(ctx, dir, eth, ip, len, src->id, 0);
+	dst = lookup_endpoint4(ip->daddr);
+	if (dst)
+		return local_delivery(ctx, dir, eth, ip, dst, src->id);
+	/* A pod's own address is never a frontend: only what is not for a
+	 * local endpoint may be for a service. */
+	if (lb_enabled() && is_frontend(ctx, ip)) {
+		ctx->cb[CB_SRC_ID] = src->id;
+		return tail_call(ctx, dir, CALL_IPV4_LB);
+	}
+	return ipv4_leave(ctx, dir, eth, ip, len, 0);
 }
 
 SEC("tc")

@@ -903,12 +903,13 @@ func TestStrictAlignment(t *testing.T) {
 		{"fib", fibConfig(0)},
 		{"fib without check_mtu", withoutCheckMTU(fibConfig(1))},
 		{"fib redirect fallback", nativeConfig(bpf.HostroutingConfig{FibLookup: 1, CheckMtu: 1}, fibNativeCIDR)},
+		{"masquerade", withMasquerade(fibConfig(1))},
 		{"everything off", bpf.HostroutingConfig{}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			spec := hostroutingSpec(t, c.cfg)
-			if len(spec.Programs) != 9 {
-				t.Errorf("the object has %d programs, the test knows 9", len(spec.Programs))
+			if len(spec.Programs) != 12 {
+				t.Errorf("the object has %d programs, the test knows 12", len(spec.Programs))
 			}
 			for _, p := range spec.Programs {
 				p.Flags |= unix.BPF_F_STRICT_ALIGNMENT
@@ -982,4 +983,10 @@ func misalignedReader() *ebpf.ProgramSpec {
 		},
 		License: "GPL",
 	}
+}
+
+// withMasquerade is cfg with BPF masquerade over the default port range.
+func withMasquerade(cfg bpf.HostroutingConfig) bpf.HostroutingConfig {
+	cfg.Masquerade, cfg.NatPortMin, cfg.NatPortMax = 1, 32768, 65535
+	return cfg
 }

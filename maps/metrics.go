@@ -52,6 +52,9 @@ const (
 	MetricPass                          // let through where it was going (into the pod, onto the wire)
 	MetricDropVLAN                      // VLAN-tagged frame from a pod
 	MetricDropTailCall                  // a datapath stage was missing (during a reload)
+	MetricDropNoBackend                 // to a service frontend without backends
+	MetricDropNAT                       // a translation failed (packet rewrite)
+	MetricDropNATNoPort                 // no free port to translate a new flow's source to
 	// MetricCount is the number of metrics.
 	MetricCount
 )
@@ -60,6 +63,7 @@ var metricNames = [MetricCount]string{
 	"forward-peer", "forward-redirect", "to-stack", "arp-reply",
 	"drop-spoofed", "drop-invalid", "drop-unknown-l3", "drop-policy",
 	"forward-fib", "forward-neigh", "pass", "drop-vlan", "drop-tail-call",
+	"drop-no-backend", "drop-nat", "drop-nat-no-port",
 }
 
 // String names m as hrctl prints it: "drop-spoofed".
