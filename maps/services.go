@@ -75,7 +75,7 @@ func (f Frontend) String() string {
 // order, and what replies are translated back with.
 type ServiceEntry struct {
 	Frontend        Frontend
-	RevNAT          uint16   // the service's ID (reverse NAT index)
+	RevNAT          uint16 // the service's ID (reverse NAT index)
 	Flags           ServiceFlags
 	AffinityTimeout uint16   // seconds, with ServiceAffinity
 	Backends        []uint32 // active backend IDs, slots 1..len: new flows pick among them
