@@ -27,6 +27,7 @@
 #include "lib/fib.h"
 #include "lib/lb.h"
 #include "lib/nat.h"
+#include "lib/sock.h"
 
 /* skb->cb word that carries the sending endpoint's ID from the IPv4
  * stage to the next (the policy's words are 0 to 3). */

@@ -14,19 +14,22 @@ import (
 )
 
 type HostroutingConfig struct {
-	_             structs.HostLayout
-	RedirectPeer  uint8
-	RedirectNeigh uint8
-	FibLookup     uint8
-	CheckMtu      uint8
-	NativeCidr    uint32
-	NativeMask    uint32
-	LxcMask       uint32
-	Masquerade    uint8
-	Pad           uint8
-	NatPortMin    uint16
-	NatPortMax    uint16
-	_             [2]byte
+	_              structs.HostLayout
+	RedirectPeer   uint8
+	RedirectNeigh  uint8
+	FibLookup      uint8
+	CheckMtu       uint8
+	NativeCidr     uint32
+	NativeMask     uint32
+	LxcMask        uint32
+	Masquerade     uint8
+	Pad            uint8
+	NatPortMin     uint16
+	NatPortMax     uint16
+	SockHostnsOnly uint8
+	Pad2           [7]uint8
+	_              [2]byte
+	NetnsCookie    uint64
 }
 
 type HostroutingCt4Key struct {
@@ -142,21 +145,29 @@ type HostroutingNodeEntry struct {
 }
 
 type HostroutingNodeInfo struct {
-	_            structs.HostLayout
-	ObjectId     uint64
-	RenewedId    uint64
-	NetnsIno     uint64
-	NetnsDev     uint64
-	Features     uint32
-	NativeCidr   uint32
-	NativePrefix uint32
-	MaxEndpoints uint32
-	Devices      [8]uint32
-	OwnQdiscs    uint32
-	NatPortMin   uint16
-	NatPortMax   uint16
-	Masquerade   uint32
-	Pad          uint32
+	_              structs.HostLayout
+	ObjectId       uint64
+	RenewedId      uint64
+	NetnsIno       uint64
+	NetnsDev       uint64
+	Features       uint32
+	NativeCidr     uint32
+	NativePrefix   uint32
+	MaxEndpoints   uint32
+	Devices        [8]uint32
+	OwnQdiscs      uint32
+	NatPortMin     uint16
+	NatPortMax     uint16
+	Masquerade     uint32
+	SockHostnsOnly uint32
+}
+
+type HostroutingSock4Key struct {
+	_       structs.HostLayout
+	Cookie  uint64
+	Address uint32
+	Port    uint16
+	Pad     uint16
 }
 
 // Names of all BPF objects in the ELF.
@@ -182,8 +193,14 @@ const (
 	HostroutingMapHrPolicy               = "hr_policy"
 	HostroutingMapHrPolicyRet            = "hr_policy_ret"
 	HostroutingMapHrSnat4                = "hr_snat4"
+	HostroutingMapHrSock4Revnat          = "hr_sock4_revnat"
 	HostroutingProgFromContainer         = "from_container"
 	HostroutingProgFromNetdev            = "from_netdev"
+	HostroutingProgSock4Connect          = "sock4_connect"
+	HostroutingProgSock4Getpeername      = "sock4_getpeername"
+	HostroutingProgSock4PostBind         = "sock4_post_bind"
+	HostroutingProgSock4Recvmsg          = "sock4_recvmsg"
+	HostroutingProgSock4Sendmsg          = "sock4_sendmsg"
 	HostroutingProgTailArpFromContainer  = "tail_arp_from_container"
 	HostroutingProgTailIpv4FromContainer = "tail_ipv4_from_container"
 	HostroutingProgTailIpv4FromNetdev    = "tail_ipv4_from_netdev"
@@ -241,6 +258,11 @@ type HostroutingSpecs struct {
 type HostroutingProgramSpecs struct {
 	FromContainer         *ebpf.ProgramSpec `ebpf:"from_container"`
 	FromNetdev            *ebpf.ProgramSpec `ebpf:"from_netdev"`
+	Sock4Connect          *ebpf.ProgramSpec `ebpf:"sock4_connect"`
+	Sock4Getpeername      *ebpf.ProgramSpec `ebpf:"sock4_getpeername"`
+	Sock4PostBind         *ebpf.ProgramSpec `ebpf:"sock4_post_bind"`
+	Sock4Recvmsg          *ebpf.ProgramSpec `ebpf:"sock4_recvmsg"`
+	Sock4Sendmsg          *ebpf.ProgramSpec `ebpf:"sock4_sendmsg"`
 	TailArpFromContainer  *ebpf.ProgramSpec `ebpf:"tail_arp_from_container"`
 	TailIpv4FromContainer *ebpf.ProgramSpec `ebpf:"tail_ipv4_from_container"`
 	TailIpv4FromNetdev    *ebpf.ProgramSpec `ebpf:"tail_ipv4_from_netdev"`
@@ -276,6 +298,7 @@ type HostroutingMapSpecs struct {
 	HrPolicy      *ebpf.MapSpec `ebpf:"hr_policy"`
 	HrPolicyRet   *ebpf.MapSpec `ebpf:"hr_policy_ret"`
 	HrSnat4       *ebpf.MapSpec `ebpf:"hr_snat4"`
+	HrSock4Revnat *ebpf.MapSpec `ebpf:"hr_sock4_revnat"`
 }
 
 // HostroutingVariableSpecs contains global variables before they are loaded into the kernel.
@@ -324,6 +347,7 @@ type HostroutingMaps struct {
 	HrPolicy      *ebpf.Map `ebpf:"hr_policy"`
 	HrPolicyRet   *ebpf.Map `ebpf:"hr_policy_ret"`
 	HrSnat4       *ebpf.Map `ebpf:"hr_snat4"`
+	HrSock4Revnat *ebpf.Map `ebpf:"hr_sock4_revnat"`
 }
 
 func (m *HostroutingMaps) Close() error {
@@ -347,6 +371,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrPolicy,
 		m.HrPolicyRet,
 		m.HrSnat4,
+		m.HrSock4Revnat,
 	)
 }
 
@@ -363,6 +388,11 @@ type HostroutingVariables struct {
 type HostroutingPrograms struct {
 	FromContainer         *ebpf.Program `ebpf:"from_container"`
 	FromNetdev            *ebpf.Program `ebpf:"from_netdev"`
+	Sock4Connect          *ebpf.Program `ebpf:"sock4_connect"`
+	Sock4Getpeername      *ebpf.Program `ebpf:"sock4_getpeername"`
+	Sock4PostBind         *ebpf.Program `ebpf:"sock4_post_bind"`
+	Sock4Recvmsg          *ebpf.Program `ebpf:"sock4_recvmsg"`
+	Sock4Sendmsg          *ebpf.Program `ebpf:"sock4_sendmsg"`
 	TailArpFromContainer  *ebpf.Program `ebpf:"tail_arp_from_container"`
 	TailIpv4FromContainer *ebpf.Program `ebpf:"tail_ipv4_from_container"`
 	TailIpv4FromNetdev    *ebpf.Program `ebpf:"tail_ipv4_from_netdev"`
@@ -379,6 +409,11 @@ func (p *HostroutingPrograms) Close() error {
 	return _HostroutingClose(
 		p.FromContainer,
 		p.FromNetdev,
+		p.Sock4Connect,
+		p.Sock4Getpeername,
+		p.Sock4PostBind,
+		p.Sock4Recvmsg,
+		p.Sock4Sendmsg,
 		p.TailArpFromContainer,
 		p.TailIpv4FromContainer,
 		p.TailIpv4FromNetdev,

@@ -31,6 +31,9 @@ import (
 const reloadEnv = "HOSTROUTING_TEST_RELOAD"
 
 func TestMain(m *testing.M) {
+	if ask := os.Getenv(askEnv); ask != "" {
+		os.Exit(askMain(ask))
+	}
 	if conf := os.Getenv(reloadEnv); conf != "" {
 		var cfg datapath.Config
 		if err := json.Unmarshal([]byte(conf), &cfg); err != nil {

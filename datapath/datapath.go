@@ -70,6 +70,18 @@ type Config struct {
 	// NATPorts is the range of ports translated sources get; zero keeps
 	// the running node's, or loader.DefaultNATPorts.
 	NATPorts [2]uint16
+	// CgroupPath is the cgroup v2 directory whose processes' sockets get
+	// socket-level load balancing: a socket that connects or sends to a
+	// service frontend gets a backend at connect time, so its packets need
+	// no translation. For a whole node, the cgroup2 root (e.g.
+	// /sys/fs/cgroup, as Cilium attaches); empty leaves it as it is (none
+	// for a new node: the tc load balancer serves every pod).
+	CgroupPath string
+	// SocketLBHostnsOnly limits socket LB to the sockets of the node's own
+	// network namespace, leaving pods to the tc load balancer (Cilium's
+	// bpf-lb-sock-hostns-only, which service meshes need). A config
+	// without Devices keeps what the running node does.
+	SocketLBHostnsOnly bool
 }
 
 // Names of the loader and maps packages an embedder uses with a Datapath.
@@ -143,12 +155,13 @@ func New(cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("datapath config: %w", err)
 	}
 	masquerade := len(devices) > 0 && cfg.NativeRoutingCIDR.IsValid()
+	hostnsOnly := cfg.SocketLBHostnsOnly
 	if running, err := loader.Open(cfg.PinPath); err == nil {
 		if !cfg.NativeRoutingCIDR.IsValid() {
 			cfg.NativeRoutingCIDR = running.NativeRoutingCIDR
 		}
 		if len(devices) == 0 {
-			masquerade = running.Masquerade
+			masquerade, hostnsOnly = running.Masquerade, running.SocketLBHostnsOnly
 		}
 		if cfg.NATPorts == [2]uint16{} {
 			cfg.NATPorts = running.NATPorts
@@ -157,12 +170,17 @@ func New(cfg Config) (*Datapath, error) {
 	}
 	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, Netns: cfg.Netns, MaxEndpoints: cfg.MaxEndpoints,
 		Disable: cfg.Disable, NativeRoutingCIDR: cfg.NativeRoutingCIDR,
-		Masquerade: masquerade && !cfg.DisableMasquerade, NATPorts: cfg.NATPorts})
+		Masquerade: masquerade && !cfg.DisableMasquerade, NATPorts: cfg.NATPorts, SocketLBHostnsOnly: hostnsOnly})
 	if err != nil {
 		return nil, err
 	}
 	d := newDatapath(cfg, node)
 	err = d.locked(func() error {
+		if cfg.CgroupPath != "" {
+			if err := d.node.AttachCgroup(cfg.CgroupPath); err != nil {
+				return err
+			}
+		}
 		if len(devices) == 0 {
 			return nil
 		}
@@ -330,6 +348,9 @@ func (d *Datapath) renew() error {
 		return err
 	}
 	if err := d.attachDevices(devices); err != nil {
+		return err
+	}
+	if err := d.node.RenewCgroup(); err != nil {
 		return err
 	}
 	return d.node.CommitRenewal()

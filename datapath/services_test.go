@@ -60,26 +60,34 @@ func nameServer(t *testing.T, p *datapathtest.Pod) netip.AddrPort {
 // the name the backend answered with. A UDP socket is connected to dst, so
 // it takes only replies that come from dst.
 func askName(p *datapathtest.Pod, proto string, dst netip.AddrPort) (string, error) {
+	name, _, err := askWithPeer(p, proto, dst)
+	return name, err
+}
+
+// askWithPeer is askName that also returns the peer as the socket names it
+// (getpeername).
+func askWithPeer(p *datapathtest.Pod, proto string, dst netip.AddrPort) (name, peer string, err error) {
 	var c net.Conn
-	err := routing.Do(p.Netns, func() (err error) {
+	err = routing.Do(p.Netns, func() (err error) {
 		c, err = net.DialTimeout(proto, dst.String(), 2*time.Second)
 		return err
 	})
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer c.Close()
+	peer = c.RemoteAddr().String()
 	c.SetDeadline(time.Now().Add(2 * time.Second))
 	if proto == "udp4" {
 		if _, err := c.Write([]byte("who")); err != nil {
-			return "", err
+			return "", peer, err
 		}
 		buf := make([]byte, 64)
 		n, err := c.Read(buf)
-		return string(buf[:n]), err
+		return string(buf[:n]), peer, err
 	}
 	b, err := io.ReadAll(c)
-	return string(b), err
+	return string(b), peer, err
 }
 
 // TestClusterIP: a pod reaches a ClusterIP over TCP and UDP, spread over a

@@ -80,6 +80,11 @@ type Options struct {
 	// and NodePort traffic to other nodes' backends). Default
 	// DefaultNATPorts.
 	NATPorts [2]uint16
+	// SocketLBHostnsOnly leaves pods' sockets to the tc load balancer:
+	// socket LB translates only the sockets of the node's own network
+	// namespace (Cilium's bpf-lb-sock-hostns-only, which service meshes
+	// need to see the frontend a pod dials).
+	SocketLBHostnsOnly bool
 }
 
 // DefaultNATPorts is the port range of translated sources unless
@@ -120,9 +125,11 @@ type Instance struct {
 	// NativeRoutingCIDR is the native routing CIDR the programs were
 	// loaded with; invalid for none.
 	NativeRoutingCIDR netip.Prefix
-	// Masquerade and NATPorts are as the programs were loaded with.
-	Masquerade bool
-	NATPorts   [2]uint16
+	// Masquerade, NATPorts and SocketLBHostnsOnly are as the programs
+	// were loaded with.
+	Masquerade         bool
+	NATPorts           [2]uint16
+	SocketLBHostnsOnly bool
 	// MaxEndpoints is the node's endpoint limit: the highest endpoint ID.
 	MaxEndpoints uint32
 	// Adopted tells that the programs were found pinned and reused.
@@ -130,10 +137,11 @@ type Instance struct {
 	// Maps are the node's maps.
 	Maps Maps
 
-	id    uint64 // the object this handle's programs come from
-	tag   string // names this node instance's clsact filters
-	progs map[Program]*ebpf.Program
-	info  *ebpf.Map
+	id        uint64 // the object this handle's programs come from
+	tag       string // names this node instance's clsact filters
+	progs     map[Program]*ebpf.Program
+	sockProgs map[string]*ebpf.Program // socket LB, by name
+	info      *ebpf.Map
 }
 
 // mapNames are the maps pinned by name, kept across reloads.
@@ -222,6 +230,13 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 
 	features := ProbeFeatures(opts.Disable)
 	config := configOf(features, opts)
+	if opts.SocketLBHostnsOnly {
+		cookie, err := netnsCookie(opts.Netns)
+		if err != nil {
+			return nil, err
+		}
+		config.SockHostnsOnly, config.NetnsCookie = 1, cookie
+	}
 	id := objectID(config, features, opts.MaxEndpoints)
 	if prev.ObjectId == id {
 		return open(path, opts.PinPath)
@@ -239,6 +254,7 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 	}
 	info.MaxEndpoints = opts.MaxEndpoints
 	info.NatPortMin, info.NatPortMax, info.Masquerade = config.NatPortMin, config.NatPortMax, uint32(config.Masquerade)
+	info.SockHostnsOnly = uint32(config.SockHostnsOnly)
 	return load(path, opts, config, info)
 }
 
@@ -293,7 +309,7 @@ func open(path, given string) (*Instance, error) {
 			return nil, fmt.Errorf("node at %s: %w", given, err)
 		}
 	}
-	n := &Instance{PinPath: path, Adopted: true, progs: map[Program]*ebpf.Program{}}
+	n := &Instance{PinPath: path, Adopted: true, progs: map[Program]*ebpf.Program{}, sockProgs: map[string]*ebpf.Program{}}
 	pinned := map[string]*ebpf.Map{}
 	for _, name := range mapNames {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(path, name), nil)
@@ -312,6 +328,14 @@ func open(path, given string) (*Instance, error) {
 		}
 		n.progs[p] = prog
 	}
+	for _, h := range socketHooks {
+		prog, err := ebpf.LoadPinnedProgram(filepath.Join(path, "progs", h.name), nil)
+		if err != nil {
+			n.Close()
+			return nil, fmt.Errorf("node at %s: open pinned program %s: %w", given, h.name, err)
+		}
+		n.sockProgs[h.name] = prog
+	}
 	info, err := n.readInfo()
 	if err != nil {
 		n.Close()
@@ -320,6 +344,7 @@ func open(path, given string) (*Instance, error) {
 	n.id = info.ObjectId
 	n.MaxEndpoints = info.MaxEndpoints
 	n.Masquerade, n.NATPorts = info.Masquerade != 0, [2]uint16{info.NatPortMin, info.NatPortMax}
+	n.SocketLBHostnsOnly = info.SockHostnsOnly != 0
 	n.Features = featuresFromBits(info.Features)
 	if info.NativePrefix != 0 {
 		var a [4]byte
@@ -359,8 +384,8 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 	defer coll.Close()
 
 	n := &Instance{PinPath: path, Features: ProbeFeatures(opts.Disable), NativeRoutingCIDR: opts.NativeRoutingCIDR,
-		Masquerade: opts.Masquerade, NATPorts: opts.NATPorts,
-		MaxEndpoints: info.MaxEndpoints, id: info.ObjectId, progs: map[Program]*ebpf.Program{}}
+		Masquerade: opts.Masquerade, NATPorts: opts.NATPorts, SocketLBHostnsOnly: opts.SocketLBHostnsOnly,
+		MaxEndpoints: info.MaxEndpoints, id: info.ObjectId, progs: map[Program]*ebpf.Program{}, sockProgs: map[string]*ebpf.Program{}}
 	n.setMaps(coll.Maps)
 	for _, name := range mapNames {
 		coll.DetachMap(name)
@@ -388,6 +413,14 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 		if err := pinReplacing(prog, n.programPin(p)); err != nil {
 			n.Close()
 			return nil, fmt.Errorf("pin program %s: %w", p, err)
+		}
+	}
+	for _, h := range socketHooks {
+		prog := coll.DetachProgram(h.name)
+		n.sockProgs[h.name] = prog
+		if err := pinReplacing(prog, filepath.Join(path, "progs", h.name)); err != nil {
+			n.Close()
+			return nil, fmt.Errorf("pin program %s: %w", h.name, err)
 		}
 	}
 	// The new object becomes the node's with this write, and the pinned
@@ -524,6 +557,9 @@ func (n *Instance) programPin(p Program) string {
 func (n *Instance) Close() error {
 	var errs []error
 	for _, p := range n.progs {
+		errs = append(errs, p.Close())
+	}
+	for _, p := range n.sockProgs {
 		errs = append(errs, p.Close())
 	}
 	for _, m := range n.allMaps() {

@@ -193,6 +193,10 @@ func (n *Instance) Remove() error {
 	for _, p := range programs {
 		pins = append(pins, n.programPin(p), n.programPin(p)+"_new")
 	}
+	for _, h := range socketHooks {
+		pin := filepath.Join(n.PinPath, "progs", h.name)
+		pins = append(pins, pin, pin+"_new")
+	}
 	stages, _ := filepath.Glob(filepath.Join(n.PinPath, "progs", "hr_calls_*"))
 	pins = append(pins, stages...)
 	for _, pin := range pins {

@@ -104,6 +104,9 @@ struct config {
 	__u8 pad;
 	__u16 nat_port_min;  /* the ports sources are translated to */
 	__u16 nat_port_max;
+	__u8 sock_hostns_only; /* socket LB for the node's own sockets only */
+	__u8 pad2[7];
+	__u64 netns_cookie;  /* the node's network namespace */
 };
 
 volatile const struct config CONFIG = {};
@@ -124,7 +127,7 @@ struct node_info {
 	__u16 nat_port_min;  /* as in struct config */
 	__u16 nat_port_max;
 	__u32 masquerade;    /* as in struct config */
-	__u32 pad;
+	__u32 sock_hostns_only;
 };
 
 /* Who an endpoint belongs to, by endpoint ID, for the Go side (a CNI DEL

@@ -1,0 +1,119 @@
+package datapath_test
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+)
+
+// askEnv makes the test binary ask for a name (see askName) from inside a
+// network namespace and print the answer and the peer's name as its
+// socket sees it: the client process the socket-LB tests start in a cgroup.
+const askEnv = "HOSTROUTING_TEST_ASK"
+
+func askMain(ask string) int {
+	var netns, proto, dst string
+	if _, err := fmt.Sscan(ask, &netns, &proto, &dst); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	name, peer, err := askWithPeer(&datapathtest.Pod{Netns: netns}, proto, netip.MustParseAddrPort(dst))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println(name, peer)
+	return 0
+}
+
+// askFromCgroup runs askName as a process of its own in the cgroup at
+// cgroup, from the namespace at netns, and returns the name and the peer
+// its socket saw (getpeername).
+func askFromCgroup(t *testing.T, cgroup, netns, proto string, dst netip.AddrPort) (name, peer string) {
+	t.Helper()
+	dir, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), askEnv+"="+fmt.Sprint(netns, " ", proto, " ", dst))
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("client in %s: %v\n%s", cgroup, err, out)
+	}
+	if _, err := fmt.Sscan(string(out), &name, &peer); err != nil {
+		t.Fatalf("client said %q: %v", out, err)
+	}
+	return name, peer
+}
+
+// TestSocketLB: a pod's process in the socket-LB cgroup gets a backend at
+// connect time: its SYNs and datagrams leave its eth0 addressed to the
+// backend, and getpeername shows the ClusterIP; in host-namespace-only
+// mode the pod is left to the tc load balancer, whose packets to the
+// ClusterIP are translated on the host side.
+func TestSocketLB(t *testing.T) {
+	for _, hostnsOnly := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hostns-only=%v", hostnsOnly), func(t *testing.T) {
+			cgroup := datapathtest.NewCgroup(t)
+			cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
+			n0 := cn.cluster.Nodes[0]
+			// The first node again, now with socket LB on the cgroup.
+			dp, err := datapath.New(datapath.Config{PinPath: pinPathOf(t, cn.dps[0]), Netns: n0.Netns, Devices: []string{n0.Device},
+				NativeRoutingCIDR: nativeCIDR, CgroupPath: cgroup, SocketLBHostnsOnly: hostnsOnly})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dp.Close()
+			client := n0.AddPod(t, "client", n0.PodIP(30))
+			client.AddEndpoint(t, dp)
+			backends := []datapath.Backend{{Addr: nameServer(t, cn.a)}, {Addr: nameServer(t, cn.b)}}
+			vip := netip.MustParseAddrPort("10.96.0.20:80")
+			for _, proto := range []datapath.Protocol{datapath.TCP, datapath.UDP} {
+				if _, err := dp.UpsertService(datapath.Service{Frontend: vip, Protocol: proto, Backends: backends}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			capture := startCapture(t, client.Netns, "eth0", "client eth0")
+			for _, proto := range []string{"tcp4", "udp4"} {
+				seen := map[string]int{}
+				for range 12 {
+					name, peer := askFromCgroup(t, cgroup, client.Netns, proto, vip)
+					seen[name]++
+					if proto == "tcp4" && peer != vip.String() {
+						t.Errorf("getpeername: %s, want the ClusterIP %s", peer, vip)
+					}
+				}
+				if len(seen) != 2 {
+					t.Errorf("%s to %s answered by %v: want both backends", proto, vip, seen)
+				}
+			}
+			toVIP := capture.count(func(f captured) bool {
+				ip, ok := ipv4Of(f.data)
+				if !ok || !f.outgoing {
+					return false
+				}
+				_, dst := ipv4Addrs(ip)
+				return dst == vip.Addr()
+			})
+			if hostnsOnly && toVIP == 0 {
+				t.Error("hostns-only: no packet left the pod for the ClusterIP: socket LB translated the pod's sockets")
+			}
+			if !hostnsOnly && toVIP != 0 {
+				t.Errorf("%d packets left the pod's eth0 for the ClusterIP: want the backend's address in every one", toVIP)
+			}
+			if out, err := exec.Command("bpftool", "cgroup", "show", cgroup).CombinedOutput(); err != nil || !strings.Contains(string(out), "sock4_connect") {
+				t.Errorf("bpftool cgroup show %s: %v\n%s", cgroup, err, out)
+			}
+		})
+	}
+}

@@ -1,0 +1,108 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/routing"
+)
+
+// socketHooks are the socket-LB programs and the cgroup hooks they take.
+var socketHooks = []struct {
+	name   string
+	attach ebpf.AttachType
+}{
+	{bpf.HostroutingProgSock4Connect, ebpf.AttachCGroupInet4Connect},
+	{bpf.HostroutingProgSock4Sendmsg, ebpf.AttachCGroupUDP4Sendmsg},
+	{bpf.HostroutingProgSock4Recvmsg, ebpf.AttachCGroupUDP4Recvmsg},
+	{bpf.HostroutingProgSock4Getpeername, ebpf.AttachCgroupInet4GetPeername},
+	{bpf.HostroutingProgSock4PostBind, ebpf.AttachCGroupInet4PostBind},
+}
+
+func (n *Instance) cgroupLinkPin(name string) string {
+	return filepath.Join(n.PinPath, "links", "cgroup_"+name)
+}
+
+// AttachCgroup puts the socket load balancer on the cgroup v2 directory
+// at path: sockets of every process in it, or in a cgroup below it, that
+// connect or send to a service frontend get a backend at connect time.
+// The links are pinned; attaching again moves them to path, and a reload
+// renews them (RenewCgroup). Tests attach to a cgroup of their own, never
+// the machine's root.
+func (n *Instance) AttachCgroup(path string) error {
+	if err := n.DetachCgroup(); err != nil {
+		return err
+	}
+	for _, h := range socketHooks {
+		prog := n.sockProgs[h.name]
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: h.attach, Program: prog})
+		if err != nil {
+			n.DetachCgroup()
+			return fmt.Errorf("attach socket LB %s to cgroup %s: %w", h.name, path, err)
+		}
+		os.MkdirAll(filepath.Join(n.PinPath, "links"), 0o700)
+		err = l.Pin(n.cgroupLinkPin(h.name))
+		l.Close()
+		if err != nil {
+			n.DetachCgroup()
+			return fmt.Errorf("pin socket LB link %s: %w", h.name, err)
+		}
+	}
+	return nil
+}
+
+// RenewCgroup puts this load's socket-LB programs on the pinned cgroup
+// links, if there are any.
+func (n *Instance) RenewCgroup() error {
+	for _, h := range socketHooks {
+		l, err := link.LoadPinnedLink(n.cgroupLinkPin(h.name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("open socket LB link %s: %w", h.name, err)
+		}
+		err = l.Update(n.sockProgs[h.name])
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("renew socket LB link %s: %w", h.name, err)
+		}
+	}
+	return nil
+}
+
+// DetachCgroup takes the socket load balancer off its cgroup. Without
+// one attached, it does nothing.
+func (n *Instance) DetachCgroup() error {
+	var errs []error
+	for _, h := range socketHooks {
+		errs = append(errs, unpinLink(n.cgroupLinkPin(h.name)))
+	}
+	return errors.Join(errs...)
+}
+
+// netnsCookie is the cookie of the network namespace at path ("" for
+// this process's), as bpf_get_netns_cookie tells it.
+func netnsCookie(path string) (uint64, error) {
+	var cookie uint64
+	err := routing.Do(path, func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("network namespace cookie of %q: %w", path, err)
+	}
+	return cookie, nil
+}
