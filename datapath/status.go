@@ -30,6 +30,9 @@ type Status struct {
 	PinPath           string            // the node instance's pin directory
 	Metrics           *maps.MetricTable // node-wide counters
 	Maps              []loader.MapSize  // the node's maps and the memory they take
+	Services          int               // service frontends
+	SocketLB          string            // "Enabled", "Enabled (host namespace only)" or "Disabled"
+	Masquerading      bool              // BPF masquerade of what leaves NativeRoutingCIDR
 }
 
 // Device is one of the node's devices toward other nodes.
@@ -65,6 +68,17 @@ func (d *Datapath) status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
+	services, err := d.services.List()
+	if err != nil {
+		return Status{}, err
+	}
+	socketLB := "Disabled"
+	if d.node.CgroupAttached() {
+		socketLB = "Enabled"
+		if d.node.SocketLBHostnsOnly {
+			socketLB += " (host namespace only)"
+		}
+	}
 	s := Status{
 		Features:          d.node.Features,
 		Devices:           devices,
@@ -73,6 +87,9 @@ func (d *Datapath) status() (Status, error) {
 		PinPath:           d.cfg.PinPath,
 		Metrics:           metrics,
 		Maps:              sizes,
+		Services:          countFrontends(services),
+		SocketLB:          socketLB,
+		Masquerading:      d.node.Masquerade,
 		AttachMode:        "tc (clsact + cls_bpf)",
 	}
 	if s.Features.TCX.Enabled {
@@ -142,6 +159,17 @@ func (s Status) String() string {
 	if s.NativeRoutingCIDR.IsValid() {
 		fmt.Fprintf(&b, "Native Routing:   %s\n", s.NativeRoutingCIDR)
 	}
+	devs := make([]string, len(s.Devices))
+	for i, d := range s.Devices {
+		devs[i] = d.Name
+	}
+	fmt.Fprintf(&b, "KubeProxyReplacement: True [%s] (%d services; Socket LB: %s; Backend Selection: Random)\n",
+		strings.Join(devs, ", "), s.Services, s.SocketLB)
+	if s.Masquerading {
+		fmt.Fprintf(&b, "Masquerading:     BPF [%s] %s\n", strings.Join(devs, ", "), s.NativeRoutingCIDR)
+	} else {
+		fmt.Fprintf(&b, "Masquerading:     Disabled\n")
+	}
 	fmt.Fprintf(&b, "Kernel Features:  %s\n", featureList(s.Features))
 	fmt.Fprintf(&b, "Endpoints:        %d\n", s.Endpoints)
 	fmt.Fprintf(&b, "Pin Path:         %s\n", s.PinPath)
@@ -156,6 +184,17 @@ func (s Status) String() string {
 		}
 	}
 	return b.String()
+}
+
+// countFrontends counts the services (frontends of the external scope).
+func countFrontends(entries []maps.ServiceEntry) int {
+	n := 0
+	for _, e := range entries {
+		if e.Frontend.Scope == maps.ScopeExternal {
+			n++
+		}
+	}
+	return n
 }
 
 // bytesString formats n bytes as "1.5 MiB".

@@ -106,3 +106,9 @@ func netnsCookie(path string) (uint64, error) {
 	}
 	return cookie, nil
 }
+
+// CgroupAttached tells whether the socket load balancer is on a cgroup.
+func (n *Instance) CgroupAttached() bool {
+	_, err := os.Stat(n.cgroupLinkPin(socketHooks[0].name))
+	return err == nil
+}

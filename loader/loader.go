@@ -111,6 +111,7 @@ type Maps struct {
 	Conntrack     *ebpf.Map // translated flows (LRU)
 	SNAT          *ebpf.Map // source-translated flows, both ways (LRU)
 	NodeAddrs     *ebpf.Map // node device ifindex → its IPv4 address
+	SockRevNAT    *ebpf.Map // socket and backend → the frontend it was given for (LRU)
 }
 
 // Instance is the loaded datapath of one node instance. Close releases this
@@ -150,7 +151,8 @@ var mapNames = []string{
 	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
 	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta,
 	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLb4Revnat, bpf.HostroutingMapHrLbOn,
-	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrNodeAddrs, bpf.HostroutingMapHrInfo,
+	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrNodeAddrs,
+	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrInfo,
 }
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
@@ -500,6 +502,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		Conntrack:     m[bpf.HostroutingMapHrCt4],
 		SNAT:          m[bpf.HostroutingMapHrSnat4],
 		NodeAddrs:     m[bpf.HostroutingMapHrNodeAddrs],
+		SockRevNAT:    m[bpf.HostroutingMapHrSock4Revnat],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
@@ -507,7 +510,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
-		n.Maps.Services, n.Maps.Backends, n.Maps.RevNAT, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.info}
+		n.Maps.Services, n.Maps.Backends, n.Maps.RevNAT, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.info}
 }
 
 // MapSize is what one of the node's maps takes.

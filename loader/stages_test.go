@@ -1,6 +1,8 @@
 package loader_test
 
 import (
+	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -104,7 +106,7 @@ func TestMapSizes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(sizes) != 18 {
+		if len(sizes) != 19 {
 			t.Errorf("%d maps reported: %+v", len(sizes), sizes)
 		}
 		for _, s := range sizes {
@@ -123,5 +125,25 @@ func TestMapSizes(t *testing.T) {
 	cpus := uint64(ebpf.MustPossibleCPU())
 	if grew := memory[4096] - memory[64]; grew < 4032*48*cpus {
 		t.Errorf("hr_ep_stats grew by %d bytes from 64 to 4096 endpoints, want at least %d", grew, 4032*48*cpus)
+	}
+}
+
+// TestRemoveLeavesNothing: Remove unpins every map, program and stage a
+// load pinned, so that the pin directory goes.
+func TestRemoveLeavesNothing(t *testing.T) {
+	datapathtest.RequireRoot(t)
+	pin := datapathtest.PinPath(t)
+	n, err := loader.Load(loader.Options{PinPath: pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(pin, "*")); len(left) != 0 {
+		t.Errorf("Remove left %v", left)
+	}
+	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin path after Remove: %v", err)
 	}
 }
