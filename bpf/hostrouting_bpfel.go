@@ -88,6 +88,13 @@ type HostroutingIn6Addr struct {
 	}
 }
 
+type HostroutingLb4AffinityKey struct {
+	_           structs.HostLayout
+	Client      uint64
+	RevNatIndex uint16
+	Pad         [3]uint16
+}
+
 type HostroutingLb4Backend struct {
 	_       structs.HostLayout
 	Address uint32
@@ -122,6 +129,12 @@ type HostroutingLb4Service struct {
 	Flags           uint16
 	AffinityTimeout uint16
 	Pad             uint16
+}
+
+type HostroutingLbAffinityVal struct {
+	_         structs.HostLayout
+	BackendId uint32
+	LastUsed  uint32
 }
 
 type HostroutingMetricValue struct {
@@ -182,6 +195,7 @@ const (
 	HostroutingMapHrEpMeta               = "hr_ep_meta"
 	HostroutingMapHrEpStats              = "hr_ep_stats"
 	HostroutingMapHrInfo                 = "hr_info"
+	HostroutingMapHrLb4Affinity          = "hr_lb4_affinity"
 	HostroutingMapHrLb4Backends          = "hr_lb4_backends"
 	HostroutingMapHrLb4Revnat            = "hr_lb4_revnat"
 	HostroutingMapHrLb4Services          = "hr_lb4_services"
@@ -287,6 +301,7 @@ type HostroutingMapSpecs struct {
 	HrEpMeta      *ebpf.MapSpec `ebpf:"hr_ep_meta"`
 	HrEpStats     *ebpf.MapSpec `ebpf:"hr_ep_stats"`
 	HrInfo        *ebpf.MapSpec `ebpf:"hr_info"`
+	HrLb4Affinity *ebpf.MapSpec `ebpf:"hr_lb4_affinity"`
 	HrLb4Backends *ebpf.MapSpec `ebpf:"hr_lb4_backends"`
 	HrLb4Revnat   *ebpf.MapSpec `ebpf:"hr_lb4_revnat"`
 	HrLb4Services *ebpf.MapSpec `ebpf:"hr_lb4_services"`
@@ -336,6 +351,7 @@ type HostroutingMaps struct {
 	HrEpMeta      *ebpf.Map `ebpf:"hr_ep_meta"`
 	HrEpStats     *ebpf.Map `ebpf:"hr_ep_stats"`
 	HrInfo        *ebpf.Map `ebpf:"hr_info"`
+	HrLb4Affinity *ebpf.Map `ebpf:"hr_lb4_affinity"`
 	HrLb4Backends *ebpf.Map `ebpf:"hr_lb4_backends"`
 	HrLb4Revnat   *ebpf.Map `ebpf:"hr_lb4_revnat"`
 	HrLb4Services *ebpf.Map `ebpf:"hr_lb4_services"`
@@ -360,6 +376,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrEpMeta,
 		m.HrEpStats,
 		m.HrInfo,
+		m.HrLb4Affinity,
 		m.HrLb4Backends,
 		m.HrLb4Revnat,
 		m.HrLb4Services,

@@ -112,6 +112,7 @@ type Maps struct {
 	SNAT          *ebpf.Map // source-translated flows, both ways (LRU)
 	NodeAddrs     *ebpf.Map // node device ifindex → its IPv4 address
 	SockRevNAT    *ebpf.Map // socket and backend → the frontend it was given for (LRU)
+	Affinity      *ebpf.Map // client and service → its backend (LRU)
 }
 
 // Instance is the loaded datapath of one node instance. Close releases this
@@ -152,7 +153,7 @@ var mapNames = []string{
 	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta,
 	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLb4Revnat, bpf.HostroutingMapHrLbOn,
 	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrNodeAddrs,
-	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrInfo,
+	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrInfo,
 }
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
@@ -503,6 +504,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		SNAT:          m[bpf.HostroutingMapHrSnat4],
 		NodeAddrs:     m[bpf.HostroutingMapHrNodeAddrs],
 		SockRevNAT:    m[bpf.HostroutingMapHrSock4Revnat],
+		Affinity:      m[bpf.HostroutingMapHrLb4Affinity],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
@@ -510,7 +512,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
-		n.Maps.Services, n.Maps.Backends, n.Maps.RevNAT, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.info}
+		n.Maps.Services, n.Maps.Backends, n.Maps.RevNAT, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.info}
 }
 
 // MapSize is what one of the node's maps takes.

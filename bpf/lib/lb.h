@@ -149,17 +149,65 @@ static __always_inline struct lb4_service *lb4_lookup_service(__be32 addr, __be1
 	return bpf_map_lookup_elem(&hr_lb4_services, &key);
 }
 
-/* lb4_select picks a backend for a new flow of svc at frontend key: a
- * random slot among the active ones. Returns the backend ID, 0 if none. */
-static __always_inline __u32 lb4_select(struct lb4_key *key, const struct lb4_service *svc)
+/* Session affinity (sessionAffinity ClientIP): a client's backend per
+ * service. The client is an address for the tc load balancer and a
+ * network namespace cookie for the socket one. */
+struct lb4_affinity_key {
+	__u64 client;
+	__u16 rev_nat_index;
+	__u16 pad[3];
+};
+
+struct lb_affinity_val {
+	__u32 backend_id;
+	__u32 last_used; /* seconds of CLOCK_MONOTONIC */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_affinity_key);
+	__type(value, struct lb_affinity_val);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_lb4_affinity SEC(".maps");
+
+/* lb4_select picks a backend for a new flow of client to svc at frontend
+ * key: the client's backend while its affinity lasts, else a random slot
+ * among the active ones. Returns the backend and its ID, NULL if none. */
+static __always_inline struct lb4_backend *lb4_select(struct lb4_key *key, const struct lb4_service *svc,
+						      __u64 client, __u32 *id)
 {
+	struct lb4_affinity_key ak = { .client = client, .rev_nat_index = svc->rev_nat_index };
+	__u32 now = (svc->flags & LB_F_AFFINITY) ? now_seconds() : 0;
+	struct lb_affinity_val *av = NULL;
+	struct lb4_backend *be = NULL;
 	struct lb4_service *slot;
 
+	if (svc->flags & LB_F_AFFINITY) {
+		av = bpf_map_lookup_elem(&hr_lb4_affinity, &ak);
+		if (av && now - av->last_used <= svc->affinity_timeout) {
+			*id = av->backend_id;
+			be = bpf_map_lookup_elem(&hr_lb4_backends, id);
+			if (be && be->state == BACKEND_ACTIVE) {
+				av->last_used = now;
+				return be;
+			}
+		}
+	}
 	if (!svc->count)
-		return 0;
+		return NULL;
 	key->backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
 	slot = bpf_map_lookup_elem(&hr_lb4_services, key);
-	return slot ? slot->backend_id : 0;
+	if (!slot)
+		return NULL;
+	*id = slot->backend_id;
+	be = bpf_map_lookup_elem(&hr_lb4_backends, id);
+	if (be && (svc->flags & LB_F_AFFINITY)) {
+		struct lb_affinity_val fresh = { .backend_id = *id, .last_used = now };
+
+		bpf_map_update_elem(&hr_lb4_affinity, &ak, &fresh, BPF_ANY);
+	}
+	return be;
 }
 
 /* csum_l4 updates the TCP or UDP checksum for from → to at the offset of
@@ -224,8 +272,7 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, con
 	} else {
 		struct ct_entry fresh = { .rev_nat_index = svc->rev_nat_index };
 
-		id = lb4_select(key, svc);
-		be = id ? bpf_map_lookup_elem(&hr_lb4_backends, &id) : NULL;
+		be = lb4_select(key, svc, client, &id);
 		if (!be)
 			return METRIC_DROP_NO_BACKEND;
 		fresh.backend_id = id;

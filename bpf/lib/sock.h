@@ -56,8 +56,7 @@ static __always_inline void sock4_xlate(struct bpf_sock_addr *ctx)
 		if (!svc)
 			return;
 	}
-	id = lb4_select(&key, svc);
-	be = id ? bpf_map_lookup_elem(&hr_lb4_backends, &id) : NULL;
+	be = lb4_select(&key, svc, bpf_get_netns_cookie(ctx), &id);
 	if (!be)
 		return; /* the tc load balancer counts the drop */
 
