@@ -267,6 +267,8 @@ func TestMasquerade(t *testing.T) {
 			}
 		}
 	}
+	// ICMP echo, translated by identifier.
+	cn.a.MustPing(t, cn.cluster.Gateway)
 	if f := fwd(); f != 0 {
 		t.Errorf("FORWARD counted %d packets: masqueraded flows went by the stack", f)
 	}

@@ -117,6 +117,8 @@ static __always_inline int lb_enabled(void)
 #define L4_OFF (ETH_HLEN + sizeof(struct iphdr))
 #define TCP_CSUM_OFF (L4_OFF + 16)
 #define UDP_CSUM_OFF (L4_OFF + 6)
+#define ICMP_CSUM_OFF (L4_OFF + 2)
+#define ICMP_ID_OFF (L4_OFF + 4)
 
 /* A TCP or UDP packet's ports and, for TCP, its flags. */
 struct l4 {
@@ -125,20 +127,33 @@ struct l4 {
 	__u8 tcp_flags;
 };
 
+#define IPPROTO_ICMP 1
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+
 /* load_l4 reads the ports (and TCP flags) of an option-less, unfragmented
- * IPv4 packet; 0 for other protocols, fragments and truncated packets. */
+ * IPv4 packet, or an ICMP echo's identifier as both its ports (echoes are
+ * translated by identifier); 0 for other protocols, other ICMP messages,
+ * fragments and truncated packets. */
 static __always_inline int load_l4(struct __sk_buff *ctx, struct iphdr *ip, struct l4 *l4)
 {
 	__u8 hdr[14];
 
-	if ((ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
+	if ((ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_ICMP) ||
 	    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 		return 0;
-	if (bpf_skb_load_bytes(ctx, L4_OFF, hdr, ip->protocol == IPPROTO_TCP ? 14 : 4) < 0)
+	if (bpf_skb_load_bytes(ctx, L4_OFF, hdr, ip->protocol == IPPROTO_TCP ? 14 : ip->protocol == IPPROTO_ICMP ? 6 : 4) < 0)
 		return 0;
+	l4->tcp_flags = ip->protocol == IPPROTO_TCP ? hdr[13] : 0;
+	if (ip->protocol == IPPROTO_ICMP) {
+		if (hdr[0] != ICMP_ECHO && hdr[0] != ICMP_ECHOREPLY)
+			return 0;
+		__builtin_memcpy(&l4->sport, hdr + 4, 2);
+		l4->dport = l4->sport;
+		return 1;
+	}
 	__builtin_memcpy(&l4->sport, hdr, 2);
 	__builtin_memcpy(&l4->dport, hdr + 2, 2);
-	l4->tcp_flags = ip->protocol == IPPROTO_TCP ? hdr[13] : 0;
 	return 1;
 }
 
@@ -214,7 +229,7 @@ static __always_inline struct lb4_backend *lb4_select(struct lb4_key *key, const
  * a field (size 2 or 4; addresses are in the pseudo header). */
 static __always_inline int csum_l4(struct __sk_buff *ctx, __u8 proto, __be32 from, __be32 to, __u64 flags)
 {
-	__u32 off = proto == IPPROTO_TCP ? TCP_CSUM_OFF : UDP_CSUM_OFF;
+	__u32 off = proto == IPPROTO_TCP ? TCP_CSUM_OFF : proto == IPPROTO_UDP ? UDP_CSUM_OFF : ICMP_CSUM_OFF;
 
 	if (proto == IPPROTO_UDP)
 		flags |= BPF_F_MARK_MANGLED_0;
@@ -222,15 +237,16 @@ static __always_inline int csum_l4(struct __sk_buff *ctx, __u8 proto, __be32 fro
 }
 
 /* rewrite4 replaces an address and a port of the packet (the destination
- * with dst set, else the source), checksums included. The packet's
- * pointers are invalid afterwards. */
+ * with dst set, else the source; an ICMP echo's identifier for its port),
+ * checksums included. The packet's pointers are invalid afterwards. */
 static __always_inline int rewrite4(struct __sk_buff *ctx, __u8 proto, int dst, __be32 old_addr, __be32 addr,
 				    __be16 old_port, __be16 port)
 {
 	__u32 addr_off = dst ? IP4_DADDR_OFF : IP4_SADDR_OFF;
-	__u32 port_off = L4_OFF + (dst ? 2 : 0);
+	__u32 port_off = proto == IPPROTO_ICMP ? ICMP_ID_OFF : L4_OFF + (dst ? 2 : 0);
 
-	if (csum_l4(ctx, proto, old_addr, addr, BPF_F_PSEUDO_HDR | sizeof(addr)) < 0 ||
+	/* ICMP's checksum covers no pseudo header. */
+	if ((proto != IPPROTO_ICMP && csum_l4(ctx, proto, old_addr, addr, BPF_F_PSEUDO_HDR | sizeof(addr)) < 0) ||
 	    bpf_l3_csum_replace(ctx, IP4_CSUM_OFF, old_addr, addr, sizeof(addr)) < 0 ||
 	    bpf_skb_store_bytes(ctx, addr_off, &addr, sizeof(addr), 0) < 0)
 		return -1;

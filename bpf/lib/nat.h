@@ -52,7 +52,8 @@ static __always_inline __be32 *node_addr(__u32 ifindex)
 	return bpf_map_lookup_elem(&hr_node_addrs, &ifindex);
 }
 
-/* snat4_out translates the source of a TCP or UDP packet leaving the node
+/* snat4_out translates the source of a TCP or UDP packet or an ICMP echo
+ * request leaving the node
  * to nat_addr and a port of CONFIG's range: the one its flow has, else
  * its own port if free, else a random free one. Returns 0, or the metric
  * of a drop. The packet's pointers are invalid afterwards. */
@@ -84,6 +85,8 @@ static __always_inline int snat4_out(struct __sk_buff *ctx, struct iphdr *ip, co
 			if (i > 0 || p < CONFIG.nat_port_min || p > CONFIG.nat_port_max)
 				p = CONFIG.nat_port_min + bpf_get_prandom_u32() % range;
 			in.dport = bpf_htons(p);
+			if (proto == IPPROTO_ICMP) /* the identifier is both "ports" */
+				in.sport = in.dport;
 			if (bpf_map_update_elem(&hr_snat4, &in, &rev, BPF_NOEXIST) == 0) {
 				port = in.dport;
 				break;
