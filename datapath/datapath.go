@@ -46,6 +46,10 @@ type Config struct {
 	// loader.Options.MaxEndpoints). Zero takes the running node's, or
 	// loader.DefaultMaxEndpoints for a new one.
 	MaxEndpoints uint32
+	// MaxFlows and MaxServices size the tables of translated flows and of
+	// services (see loader.Options). Zero takes the running node's, or the
+	// loader's defaults for a new one.
+	MaxFlows, MaxServices uint32
 	// Disable forces fallbacks the kernel would not need.
 	Disable Disable
 	// RequireBPFHostRouting makes New fail with ErrLegacyHostRouting
@@ -169,6 +173,7 @@ func New(cfg Config) (*Datapath, error) {
 		running.Close()
 	}
 	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, Netns: cfg.Netns, MaxEndpoints: cfg.MaxEndpoints,
+		MaxFlows: cfg.MaxFlows, MaxServices: cfg.MaxServices,
 		Disable: cfg.Disable, NativeRoutingCIDR: cfg.NativeRoutingCIDR,
 		Masquerade: masquerade && !cfg.DisableMasquerade, NATPorts: cfg.NATPorts, SocketLBHostnsOnly: hostnsOnly})
 	if err != nil {

@@ -80,12 +80,28 @@ type Options struct {
 	// and NodePort traffic to other nodes' backends). Default
 	// DefaultNATPorts.
 	NATPorts [2]uint16
+	// MaxFlows sizes the tables of translated flows (conntrack, SNAT,
+	// socket reverse NAT, session affinity): LRU hashes, preallocated,
+	// about 100 bytes an entry each. Default DefaultMaxFlows; fixed at a
+	// node's first load.
+	MaxFlows uint32
+	// MaxServices sizes the service tables (frontends with their backend
+	// slots, backends, reverse NAT): hashes that take memory only for
+	// what they hold. Default DefaultMaxServices; fixed at a node's first
+	// load.
+	MaxServices uint32
 	// SocketLBHostnsOnly leaves pods' sockets to the tc load balancer:
 	// socket LB translates only the sockets of the node's own network
 	// namespace (Cilium's bpf-lb-sock-hostns-only, which service meshes
 	// need to see the frontend a pod dials).
 	SocketLBHostnsOnly bool
 }
+
+// Default table sizes of Options.
+const (
+	DefaultMaxFlows    = 65536
+	DefaultMaxServices = 65536
+)
 
 // DefaultNATPorts is the port range of translated sources unless
 // Options.NATPorts names another: the node's own flows in it are tracked
@@ -179,6 +195,7 @@ func Load(opts Options) (*Instance, error) {
 	if opts.NATPorts == [2]uint16{} {
 		opts.NATPorts = DefaultNATPorts
 	}
+
 	if p := opts.NATPorts; p[0] == 0 || p[0] > p[1] {
 		return nil, fmt.Errorf("NAT ports %d-%d: want a range within 1-65535", p[0], p[1])
 	}
@@ -208,9 +225,22 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 	switch {
 	case err == nil:
 		prev, err = running.readInfo()
+		flows, services := running.Maps.Conntrack.MaxEntries(), running.Maps.Services.MaxEntries()
 		running.Close()
 		if err != nil {
 			return nil, err
+		}
+		for _, size := range []struct {
+			name      string
+			want, has *uint32
+		}{{"MaxFlows", &opts.MaxFlows, &flows}, {"MaxServices", &opts.MaxServices, &services}} {
+			if *size.want == 0 {
+				*size.want = *size.has
+			}
+			if *size.want != *size.has {
+				return nil, fmt.Errorf("%s %d: the node at %s was made with %d, and its maps cannot be resized in place (Remove it first)",
+					size.name, *size.want, opts.PinPath, *size.has)
+			}
 		}
 		if have := (routing.NetnsID{Ino: prev.NetnsIno, Dev: prev.NetnsDev}); have != netns {
 			return nil, fmt.Errorf("%w: pin path %s holds the node of network namespace %s, not %s (%s)",
@@ -226,6 +256,12 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 	case errors.Is(err, ErrNoNode):
 		if opts.MaxEndpoints == 0 {
 			opts.MaxEndpoints = DefaultMaxEndpoints
+		}
+		if opts.MaxFlows == 0 {
+			opts.MaxFlows = DefaultMaxFlows
+		}
+		if opts.MaxServices == 0 {
+			opts.MaxServices = DefaultMaxServices
 		}
 	default:
 		return nil, err
@@ -372,6 +408,12 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 	}
 	spec.Maps[bpf.HostroutingMapHrEpMeta].MaxEntries = opts.MaxEndpoints
 	spec.Maps[bpf.HostroutingMapHrLxc].MaxEntries = config.LxcMask + 1
+	for _, name := range []string{bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity} {
+		spec.Maps[name].MaxEntries = opts.MaxFlows
+	}
+	for _, name := range []string{bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends} {
+		spec.Maps[name].MaxEntries = opts.MaxServices
+	}
 	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(config); err != nil {
 		return nil, fmt.Errorf("set datapath config: %w", err)
 	}

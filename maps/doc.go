@@ -16,11 +16,22 @@
 //	hr_metrics     node-wide counters  per-CPU array            16 B × C × 52
 //	hr_nodes       node IP → name      hash, not preallocated   ~ 150 B per node
 //	hr_ep_meta     ID → container ID   hash, not preallocated   ~ 250 B per endpoint with one
-//	hr_info, hr_calls, hr_policy_ret                            < 1 KiB
+//	hr_info, hr_calls, hr_policy_ret, hr_lb_on, hr_node_addrs   < 2 KiB
+//
+// and with S the service table size (loader.Options.MaxServices, default
+// 65536) and F the flow table size (MaxFlows, default 65536):
+//
+//	hr_lb4_services  frontend, slot → entry  hash, not preallocated   16 B × S, + ~100 B per frontend and slot
+//	hr_lb4_backends  ID → backend            hash, not preallocated   16 B × S, + ~90 B per backend
+//	hr_lb4_revnat    service ID → frontend   hash, not preallocated   1 MiB (65536 IDs), + ~80 B per service
+//	hr_ct4           translated flows        LRU hash, preallocated   ~104 B × F (6.5 MiB)
+//	hr_snat4         source-NATed flows      LRU hash, preallocated   ~96 B × F (6.0 MiB)
+//	hr_sock4_revnat  socket-LB replies       LRU hash, preallocated   ~88 B × F (5.5 MiB)
+//	hr_lb4_affinity  session affinity        LRU hash, preallocated   ~88 B × F (5.5 MiB)
 //
 // Only hr_ep_stats grows with CPUs × endpoints: 4.8 MiB at 1024 endpoints
-// on 128 CPUs. At the default E = 1024 on 2 CPUs the node's maps take
-// about 0.55 MiB, 0.3 MiB of it hr_lxc. Size E by the node's real pod
+// on 128 CPUs. A default node takes about 27 MiB on 2 CPUs, 24 MiB of it
+// the four flow tables: size F by the flows a node carries at once. Size E by the node's real pod
 // limit (kubelet's maxPods and some room for churn); the hashes take
 // memory for what they hold and a bucket array of 16 B per entry they may
 // hold.
