@@ -1,0 +1,374 @@
+package maps
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/hostrouting/hostrouting/bpf"
+)
+
+// ICMP is the protocol of ICMP echoes, which the datapath masquerades by
+// identifier: in conntrack and NAT entries the identifier is both ports.
+const ICMP Protocol = 1
+
+// protoName names p in conntrack and NAT lines: "TCP", "UDP", "ICMP".
+func protoName(p Protocol) string {
+	if p == ICMP {
+		return "ICMP"
+	}
+	return p.String()
+}
+
+// CTDir is which way a conntrack key looks at a flow (enum ct_dir in
+// bpf/lib/conntrack.h).
+type CTDir uint8
+
+// Conntrack directions.
+const (
+	// CTService is a service flow as the client sends it, client →
+	// frontend: which backend the flow took.
+	CTService CTDir = 1
+	// CTReply is its reply as the backend sends it, backend → client:
+	// the flow whose source is translated back to the frontend.
+	CTReply CTDir = 2
+	// CTInbound is the reply of a flow from outside the native routing
+	// CIDR into a local pod, pod → outside: left untranslated by
+	// masquerade.
+	CTInbound CTDir = 3
+)
+
+// String names d as conntrack lines show it: "SVC", "REPLY", "INBOUND".
+func (d CTDir) String() string {
+	switch d {
+	case CTService:
+		return "SVC"
+	case CTReply:
+		return "REPLY"
+	case CTInbound:
+		return "INBOUND"
+	}
+	return fmt.Sprintf("dir(%d)", uint8(d))
+}
+
+// CTFlags are a conntrack entry's flags (enum ct_flag).
+type CTFlags uint16
+
+// Conntrack entry flags.
+const (
+	CTSeenReply CTFlags = 1 << 0 // a reply went the other way: established
+	CTClosing   CTFlags = 1 << 1 // FIN or RST seen
+)
+
+// String lists the flags set, as Cilium does: "[ SeenReply Closing ]".
+func (f CTFlags) String() string {
+	var b strings.Builder
+	b.WriteString("[ ")
+	for _, x := range []struct {
+		f    CTFlags
+		name string
+	}{{CTSeenReply, "SeenReply"}, {CTClosing, "Closing"}} {
+		if f&x.f != 0 {
+			b.WriteString(x.name + " ")
+			f &^= x.f
+		}
+	}
+	if f != 0 {
+		fmt.Fprintf(&b, "%#04x ", uint16(f))
+	}
+	b.WriteString("]")
+	return b.String()
+}
+
+// CTKey is a conntrack entry's key: a flow's tuple as its packets carry
+// it, and the direction the entry looks at it from.
+type CTKey struct {
+	Dir      CTDir
+	Proto    Protocol
+	Src, Dst netip.AddrPort
+}
+
+// String formats k as the start of a conntrack line:
+// "TCP SVC 10.0.0.1:41234 -> 10.96.0.10:80".
+func (k CTKey) String() string {
+	return fmt.Sprintf("%s %s %s -> %s", protoName(k.Proto), k.Dir, k.Src, k.Dst)
+}
+
+// CTEntry is one entry of the datapath's conntrack (hr_ct4).
+type CTEntry struct {
+	Dir      CTDir
+	Proto    Protocol
+	Src, Dst netip.AddrPort
+
+	// Expires is the second of CLOCK_MONOTONIC after which the entry is
+	// garbage: the datapath sets it to now plus the timeout of the
+	// flow's protocol and TCP state with every packet.
+	Expires uint32
+	// Remaining is Expires as time left when the entry was read;
+	// negative for an expired entry. Put ignores it.
+	Remaining time.Duration
+	// BackendID is the backend a CTService flow goes to (and the one
+	// a CTReply flow comes from).
+	BackendID uint32
+	// RevNAT is the service (reverse NAT index) whose frontend the
+	// flow's replies come from; 0 for CTInbound.
+	RevNAT  uint16
+	Flags   CTFlags
+	Packets uint64 // packets seen in this direction
+}
+
+// Key returns e's key.
+func (e CTEntry) Key() CTKey {
+	return CTKey{Dir: e.Dir, Proto: e.Proto, Src: e.Src, Dst: e.Dst}
+}
+
+// String formats e as a line of `cilium bpf ct list global`:
+//
+//	TCP SVC 10.0.0.1:41234 -> 10.96.0.10:80 expires=21590 RevNAT=1 Backend=3 Flags=0x0001 [ SeenReply ] Packets=12
+//
+// Every field is shown, in this order; expires is the CLOCK_MONOTONIC
+// second, as the map holds it.
+func (e CTEntry) String() string {
+	return fmt.Sprintf("%s expires=%d RevNAT=%d Backend=%d Flags=%#04x %s Packets=%d",
+		e.Key(), e.Expires, e.RevNAT, e.BackendID, uint16(e.Flags), e.Flags, e.Packets)
+}
+
+// Conntrack is the datapath's connection tracking of translated flows
+// (hr_ct4, an LRU hash): service flows and their replies, and the
+// replies of flows from outside into pods.
+type Conntrack struct {
+	m *ebpf.Map
+}
+
+// NewConntrack wraps the loaded conntrack map (loader.Maps.Conntrack).
+func NewConntrack(m *ebpf.Map) *Conntrack {
+	return &Conntrack{m: m}
+}
+
+// Map returns the wrapped map.
+func (c *Conntrack) Map() *ebpf.Map { return c.m }
+
+func ctKey(k CTKey) (bpf.HostroutingCt4Key, error) {
+	if !k.Src.Addr().Is4() || !k.Dst.Addr().Is4() {
+		return bpf.HostroutingCt4Key{}, fmt.Errorf("conntrack key %s: want IPv4 addresses", k)
+	}
+	return bpf.HostroutingCt4Key{
+		Saddr: addrKey(k.Src.Addr()), Daddr: addrKey(k.Dst.Addr()),
+		Sport: htons(k.Src.Port()), Dport: htons(k.Dst.Port()),
+		Proto: uint8(k.Proto), Dir: uint8(k.Dir),
+	}, nil
+}
+
+func addrKey(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func ctKeyOf(k *bpf.HostroutingCt4Key) CTKey {
+	return CTKey{
+		Dir: CTDir(k.Dir), Proto: Protocol(k.Proto),
+		Src: netip.AddrPortFrom(ipv4Addr(k.Saddr), ntohs(k.Sport)),
+		Dst: netip.AddrPortFrom(ipv4Addr(k.Daddr), ntohs(k.Dport)),
+	}
+}
+
+func ctEntryOf(k *bpf.HostroutingCt4Key, v *bpf.HostroutingCtEntry, now uint32) CTEntry {
+	key := ctKeyOf(k)
+	return CTEntry{
+		Dir: key.Dir, Proto: key.Proto, Src: key.Src, Dst: key.Dst,
+		Expires: v.Expires, Remaining: Remaining(v.Expires, now),
+		BackendID: v.BackendId, RevNAT: v.RevNatIndex, Flags: CTFlags(v.Flags), Packets: v.Packets,
+	}
+}
+
+// MonotonicSeconds returns the second of CLOCK_MONOTONIC, the clock of
+// the datapath's expiry times (bpf_ktime_get_ns).
+func MonotonicSeconds() uint32 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic(fmt.Sprintf("clock_gettime(CLOCK_MONOTONIC): %v", err)) // cannot fail on Linux
+	}
+	return uint32(ts.Sec)
+}
+
+// Remaining is the time from the monotonic second now to expires: how
+// long an entry has left, negative once it expired.
+func Remaining(expires, now uint32) time.Duration {
+	return time.Duration(int64(expires)-int64(now)) * time.Second
+}
+
+// Put writes entry e (for tests, and to restore entries).
+func (c *Conntrack) Put(e CTEntry) error {
+	k, err := ctKey(e.Key())
+	if err != nil {
+		return err
+	}
+	v := bpf.HostroutingCtEntry{Expires: e.Expires, BackendId: e.BackendID, RevNatIndex: e.RevNAT, Flags: uint16(e.Flags), Packets: e.Packets}
+	if err := c.m.Update(k, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write conntrack entry %s: %w", e.Key(), mapErr(err, c.m))
+	}
+	return nil
+}
+
+// Lookup returns the entry at k, or ErrNotFound.
+func (c *Conntrack) Lookup(k CTKey) (CTEntry, error) {
+	bk, err := ctKey(k)
+	if err != nil {
+		return CTEntry{}, err
+	}
+	var v bpf.HostroutingCtEntry
+	if err := c.m.Lookup(bk, &v); err != nil {
+		return CTEntry{}, fmt.Errorf("conntrack entry %s: %w", k, mapErr(err, c.m))
+	}
+	return ctEntryOf(&bk, &v, MonotonicSeconds()), nil
+}
+
+// Delete removes the entry at k, or returns ErrNotFound.
+func (c *Conntrack) Delete(k CTKey) error {
+	bk, err := ctKey(k)
+	if err != nil {
+		return err
+	}
+	if err := c.m.Delete(bk); err != nil {
+		return fmt.Errorf("delete conntrack entry %s: %w", k, mapErr(err, c.m))
+	}
+	return nil
+}
+
+// DeleteKeys removes the entries at keys in batches where the kernel has
+// them, skipping keys that are gone. It returns how many it removed.
+func (c *Conntrack) DeleteKeys(keys []CTKey) (int, error) {
+	bks := make([]bpf.HostroutingCt4Key, len(keys))
+	for i, k := range keys {
+		var err error
+		if bks[i], err = ctKey(k); err != nil {
+			return 0, err
+		}
+	}
+	n, err := DeleteBatch(c.m, bks)
+	if err != nil {
+		return n, fmt.Errorf("delete conntrack entries: %w", err)
+	}
+	return n, nil
+}
+
+// List returns every entry, read in batches where the kernel has them
+// (one syscall per few thousand entries), in the map's order. Remaining
+// is computed against one reading of the clock. The datapath changes the
+// map meanwhile: an entry made during List may be missing.
+func (c *Conntrack) List() ([]CTEntry, error) {
+	var out []CTEntry
+	now := MonotonicSeconds()
+	err := ListBatch(c.m, func(keys []bpf.HostroutingCt4Key, vals []bpf.HostroutingCtEntry) error {
+		out = slices.Grow(out, len(keys))
+		for i := range keys {
+			out = append(out, ctEntryOf(&keys[i], &vals[i], now))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list conntrack: %w", err)
+	}
+	return out, nil
+}
+
+// DefaultBatchSize is how many entries ListBatch reads per syscall.
+const DefaultBatchSize = 4096
+
+// ListBatch calls fn with every key and value of the hash map m, a batch
+// at a time: read with BPF_MAP_LOOKUP_BATCH, DefaultBatchSize entries per
+// syscall, or by iteration on kernels without batch operations (before
+// 5.6). fn may delete entries it was given (and others already read); it
+// must not keep the slices, which the next batch overwrites. An error from
+// fn ends the listing and is returned.
+func ListBatch[K, V any](m *ebpf.Map, fn func(keys []K, vals []V) error) error {
+	size := DefaultBatchSize
+	keys, vals := make([]K, size), make([]V, size)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		switch {
+		case errors.Is(err, unix.ENOSPC) && n == 0 && size < 1<<20:
+			// A hash bucket holds more entries than the batch.
+			size *= 2
+			keys, vals = make([]K, size), make([]V, size)
+			continue
+		case errors.Is(err, ebpf.ErrNotSupported):
+			return listIterate(m, fn)
+		case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
+			return err
+		}
+		if n > 0 {
+			if err := fn(keys[:n], vals[:n]); err != nil {
+				return err
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil // the end
+		}
+	}
+}
+
+// listIterate is ListBatch by iteration: the whole map first, so that fn
+// may delete entries without upsetting the iterator.
+func listIterate[K, V any](m *ebpf.Map, fn func([]K, []V) error) error {
+	var (
+		keys []K
+		vals []V
+		k    K
+		v    V
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		keys, vals = append(keys, k), append(vals, v)
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), DefaultBatchSize)
+		if err := fn(keys[:n], vals[:n]); err != nil {
+			return err
+		}
+		keys, vals = keys[n:], vals[n:]
+	}
+	return nil
+}
+
+// DeleteBatch removes the entries at keys from m with BPF_MAP_DELETE_BATCH
+// (one syscall per run of keys that exist), or one by one on kernels
+// without batch operations. Keys that are gone are skipped. It returns
+// how many entries it removed.
+func DeleteBatch[K any](m *ebpf.Map, keys []K) (int, error) {
+	deleted := 0
+	for len(keys) > 0 {
+		n, err := m.BatchDelete(keys, nil)
+		deleted += n
+		switch {
+		case err == nil:
+			return deleted, nil
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			keys = keys[n+1:] // keys[n] is gone: skip it
+		case errors.Is(err, ebpf.ErrNotSupported):
+			for i := range keys {
+				err := m.Delete(&keys[i])
+				if err == nil {
+					deleted++
+				} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return deleted, err
+				}
+			}
+			return deleted, nil
+		default:
+			return deleted, err
+		}
+	}
+	return deleted, nil
+}
