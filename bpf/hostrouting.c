@@ -182,15 +182,21 @@ static __always_inline void ct_inbound(struct iphdr *ip, const struct l4 *l4)
 }
 
 /* is_inbound_reply tells whether a pod's packet answers a flow from
- * outside (see ct_inbound). */
+ * outside (see ct_inbound), and keeps that flow's entry alive: an
+ * answered flow is established. */
 static __always_inline int is_inbound_reply(struct iphdr *ip, const struct l4 *l4)
 {
 	struct ct4_key k = {
 		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
 		.proto = ip->protocol, .dir = CT_INBOUND,
 	};
+	struct ct_entry *e = bpf_map_lookup_elem(&hr_ct4, &k);
 
-	return bpf_map_lookup_elem(&hr_ct4, &k) != NULL;
+	if (!e)
+		return 0;
+	e->flags |= CT_F_SEEN_REPLY;
+	ct_refresh(e, ip->protocol, l4->tcp_flags);
+	return 1;
 }
 
 /* tail_ipv4_from_netdev takes IPv4 from the wire on a node with services

@@ -37,8 +37,12 @@ func (d NATDir) String() string {
 	return fmt.Sprintf("dir(%d)", uint8(d))
 }
 
-// natFlagHost is NAT_F_HOST: the node's own flow.
-const natFlagHost = 1 << 0
+// NAT entry flags (enum nat_flag): NAT_F_HOST, the node's own flow, and
+// NAT_F_CLOSING, a FIN or RST went either way.
+const (
+	natFlagHost    = 1 << 0
+	natFlagClosing = 1 << 1
+)
 
 // SNATKey is a source NAT entry's key: a flow's tuple as its packets
 // carry it, and the direction.
@@ -75,6 +79,8 @@ type SNATEntry struct {
 	// Host marks a NATIn entry of the node's own flow, recorded so that no
 	// translated flow takes its port; it is not translated (To is Dst).
 	Host bool
+	// Closing marks a TCP flow that saw a FIN or RST: its short timeout.
+	Closing bool
 }
 
 // Key returns e's key.
@@ -158,7 +164,8 @@ func snatEntryOf(k *bpf.HostroutingCt4Key, v *bpf.HostroutingNat4Entry, now uint
 		Dir: NATDir(k.Dir), Proto: key.Proto, Src: key.Src, Dst: key.Dst,
 		To:      netip.AddrPortFrom(ipv4Addr(v.ToAddr), ntohs(v.ToPort)),
 		Expires: v.Expires, Remaining: Remaining(v.Expires, now),
-		Host: v.Flags&natFlagHost != 0,
+		Host:    v.Flags&natFlagHost != 0,
+		Closing: v.Flags&natFlagClosing != 0,
 	}
 }
 
@@ -172,6 +179,9 @@ func (s *SNAT) Put(e SNATEntry) error {
 		return fmt.Errorf("NAT entry %s: translation %s, want an IPv4 address", e.Key(), e.To)
 	}
 	v := bpf.HostroutingNat4Entry{ToAddr: addrKey(e.To.Addr()), ToPort: htons(e.To.Port()), Expires: e.Expires}
+	if e.Closing {
+		v.Flags |= natFlagClosing
+	}
 	if e.Host {
 		v.Flags |= natFlagHost
 	}

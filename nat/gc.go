@@ -91,16 +91,14 @@ func ctClass(k *ctKey, v *bpf.HostroutingCtEntry) class {
 	return tcpEstablished
 }
 
-// snatClass is the class of a source NAT entry. Its expiry is computed as
-// for an established flow, or a closing one after a FIN or RST, which the
-// entry does not record: an entry with no more than the closing timeout
-// left is taken as closing (an established one that near its end is not
-// cut shorter by that).
-func snatClass(k *ctKey, v *bpf.HostroutingNat4Entry, now uint32) class {
+// snatClass is the class of a source NAT entry: its expiry is computed as
+// for an established flow, or, once a FIN or RST went either way
+// (NAT_F_CLOSING), a closing one.
+func snatClass(k *ctKey, v *bpf.HostroutingNat4Entry) class {
 	switch {
 	case maps.Protocol(k.Proto) != maps.TCP:
 		return other
-	case int64(v.Expires)-int64(now) <= int64(DatapathTimeouts.of(tcpClosing)):
+	case v.Flags&natFlagClosing != 0:
 		return tcpClosing
 	}
 	return tcpEstablished
@@ -303,8 +301,12 @@ func snatReverse(k *ctKey, v *bpf.HostroutingNat4Entry) (ctKey, bool) {
 	return ctKey{}, false
 }
 
-// natFlagHost is NAT_F_HOST (maps.SNATEntry.Host).
-const natFlagHost = 1 << 0
+// NAT entry flags (enum nat_flag): NAT_F_HOST (maps.SNATEntry.Host) and
+// NAT_F_CLOSING (maps.SNATEntry.Closing).
+const (
+	natFlagHost    = 1 << 0
+	natFlagClosing = 1 << 1
+)
 
 // snatMember is one entry of a flow's source NAT entries.
 type snatMember struct {
@@ -322,7 +324,7 @@ func (g *GC) snatGarbage(group []snatMember, now uint32) (garbage, capped bool) 
 	var deadline, expires uint32
 	for i := range group {
 		m := &group[i]
-		deadline = max(deadline, g.timeouts.deadline(m.v.Expires, snatClass(&m.k, &m.v, now)))
+		deadline = max(deadline, g.timeouts.deadline(m.v.Expires, snatClass(&m.k, &m.v)))
 		expires = max(expires, m.v.Expires)
 	}
 	return now > deadline, now > deadline && now <= expires

@@ -118,6 +118,7 @@ func TestCollect(t *testing.T) {
 	pairCapOut, pairCapIn := natPair(maps.TCP, "10.0.0.5:4003", "1.1.1.1:443", "172.18.0.2:40003", now+21600-2*hour, now+21600-3*hour)
 	pairOldOut, pairOldIn := natPair(maps.TCP, "10.0.0.5:4004", "1.1.1.1:443", "172.18.0.2:40004", now+21600-1800, now+21600-1800)
 	pairClosingOut, pairClosingIn := natPair(maps.TCP, "10.0.0.5:4005", "1.1.1.1:443", "172.18.0.2:40005", now+8, now+8)
+	pairClosingOut.Closing, pairClosingIn.Closing = true, true // a FIN went by: the closing bound
 	orphan, _ := natPair(maps.UDP, "10.0.0.5:4006", "1.1.1.1:53", "172.18.0.2:40006", now-1, 0)
 	hostDead := maps.SNATEntry{Dir: maps.NATIn, Proto: maps.TCP, Src: ap("1.1.1.1:443"), Dst: ap("172.18.0.2:50001"), To: ap("172.18.0.2:50001"), Expires: now - 3, Host: true}
 	hostLive := maps.SNATEntry{Dir: maps.NATIn, Proto: maps.TCP, Src: ap("1.1.1.1:443"), Dst: ap("172.18.0.2:50002"), To: ap("172.18.0.2:50002"), Expires: now + 21600 - 60, Host: true}

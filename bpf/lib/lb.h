@@ -278,8 +278,10 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, con
 	__u32 id = 0;
 
 	e = bpf_map_lookup_elem(&hr_ct4, &ck);
-	/* A SYN on a closing flow's tuple starts a new connection. */
-	if (e && !((e->flags & CT_F_CLOSING) && (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+	/* An expired entry not yet collected, or a SYN on a closing flow's
+	 * tuple, starts a new flow. */
+	if (e && e->expires >= now_seconds() &&
+	    !((e->flags & CT_F_CLOSING) && (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
 		id = e->backend_id;
 		be = bpf_map_lookup_elem(&hr_lb4_backends, &id);
 	}

@@ -23,8 +23,10 @@ struct nat4_entry {
 };
 
 enum nat_flag {
-	NAT_F_HOST = 1 << 0, /* the node's own flow: recorded to keep its port, not translated */
+	NAT_F_HOST = 1 << 0,    /* the node's own flow: recorded to keep its port, not translated */
+	NAT_F_CLOSING = 1 << 1, /* TCP FIN or RST seen either way: the short timeout */
 };
+
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -33,6 +35,28 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_snat4 SEC(".maps");
+
+/* nat_refresh renews one direction's entry for a packet with tcp_flags,
+ * and on FIN or RST marks it closing. Returns whether this packet closes
+ * the flow (then the other direction is marked too). */
+static __always_inline int nat_refresh(struct nat4_entry *e, __u8 proto, __u8 tcp_flags)
+{
+	int closing = !(e->flags & NAT_F_CLOSING) && (tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
+
+	if (closing)
+		e->flags |= NAT_F_CLOSING;
+	e->expires = now_seconds() + ct_timeout(proto, tcp_flags, CT_F_SEEN_REPLY | ((e->flags & NAT_F_CLOSING) ? CT_F_CLOSING : 0));
+	return closing;
+}
+
+/* nat_close marks the entry at key closing, if it is there. */
+static __always_inline void nat_close(struct ct4_key *key, __u8 proto)
+{
+	struct nat4_entry *e = bpf_map_lookup_elem(&hr_snat4, key);
+
+	if (e)
+		nat_refresh(e, proto, TCP_FLAG_FIN);
+}
 
 /* The IPv4 address of each node device, by ifindex: what pods' traffic
  * leaving by it is translated to. */
@@ -72,8 +96,17 @@ static __always_inline int snat4_out(struct __sk_buff *ctx, struct iphdr *ip, co
 
 	e = bpf_map_lookup_elem(&hr_snat4, &out);
 	if (e) {
-		e->expires = expires;
 		port = e->to_port;
+		if (nat_refresh(e, proto, l4->tcp_flags)) {
+			struct ct4_key in = {
+				.saddr = daddr, .daddr = nat_addr, .sport = l4->dport, .dport = port,
+				.proto = proto, .dir = NAT_IN,
+			};
+
+			if (proto == IPPROTO_ICMP)
+				in.sport = port;
+			nat_close(&in, proto);
+		}
 	} else {
 		struct nat4_entry rev = { .to_addr = saddr, .to_port = l4->sport, .expires = expires };
 		struct ct4_key in = {
@@ -117,7 +150,16 @@ static __always_inline int snat4_in(struct __sk_buff *ctx, struct iphdr *ip, con
 
 	if (!e || (e->flags & NAT_F_HOST))
 		return 0;
-	e->expires = now_seconds() + ct_timeout(ip->protocol, l4->tcp_flags, CT_F_SEEN_REPLY);
+	if (nat_refresh(e, ip->protocol, l4->tcp_flags)) {
+		struct ct4_key out = {
+			.saddr = e->to_addr, .daddr = ip->saddr, .sport = e->to_port, .dport = l4->sport,
+			.proto = ip->protocol, .dir = NAT_OUT,
+		};
+
+		if (ip->protocol == IPPROTO_ICMP)
+			out.dport = e->to_port;
+		nat_close(&out, ip->protocol);
+	}
 	if (rewrite4(ctx, ip->protocol, 1, ip->daddr, e->to_addr, l4->dport, e->to_port) < 0)
 		return -METRIC_DROP_NAT;
 	return 1;
