@@ -27,8 +27,9 @@ type HostroutingConfig struct {
 	NatPortMin     uint16
 	NatPortMax     uint16
 	SockHostnsOnly uint8
-	Pad2           [7]uint8
+	Pad2           [3]uint8
 	_              [2]byte
+	MaglevM        uint32
 	NetnsCookie    uint64
 }
 
@@ -173,6 +174,8 @@ type HostroutingNodeInfo struct {
 	NatPortMax     uint16
 	Masquerade     uint32
 	SockHostnsOnly uint32
+	MaglevM        uint32
+	MaglevSlots    uint32
 }
 
 type HostroutingSock4Key struct {
@@ -197,6 +200,7 @@ const (
 	HostroutingMapHrInfo                 = "hr_info"
 	HostroutingMapHrLb4Affinity          = "hr_lb4_affinity"
 	HostroutingMapHrLb4Backends          = "hr_lb4_backends"
+	HostroutingMapHrLb4Maglev            = "hr_lb4_maglev"
 	HostroutingMapHrLb4Revnat            = "hr_lb4_revnat"
 	HostroutingMapHrLb4Services          = "hr_lb4_services"
 	HostroutingMapHrLbOn                 = "hr_lb_on"
@@ -303,6 +307,7 @@ type HostroutingMapSpecs struct {
 	HrInfo        *ebpf.MapSpec `ebpf:"hr_info"`
 	HrLb4Affinity *ebpf.MapSpec `ebpf:"hr_lb4_affinity"`
 	HrLb4Backends *ebpf.MapSpec `ebpf:"hr_lb4_backends"`
+	HrLb4Maglev   *ebpf.MapSpec `ebpf:"hr_lb4_maglev"`
 	HrLb4Revnat   *ebpf.MapSpec `ebpf:"hr_lb4_revnat"`
 	HrLb4Services *ebpf.MapSpec `ebpf:"hr_lb4_services"`
 	HrLbOn        *ebpf.MapSpec `ebpf:"hr_lb_on"`
@@ -353,6 +358,7 @@ type HostroutingMaps struct {
 	HrInfo        *ebpf.Map `ebpf:"hr_info"`
 	HrLb4Affinity *ebpf.Map `ebpf:"hr_lb4_affinity"`
 	HrLb4Backends *ebpf.Map `ebpf:"hr_lb4_backends"`
+	HrLb4Maglev   *ebpf.Map `ebpf:"hr_lb4_maglev"`
 	HrLb4Revnat   *ebpf.Map `ebpf:"hr_lb4_revnat"`
 	HrLb4Services *ebpf.Map `ebpf:"hr_lb4_services"`
 	HrLbOn        *ebpf.Map `ebpf:"hr_lb_on"`
@@ -378,6 +384,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrInfo,
 		m.HrLb4Affinity,
 		m.HrLb4Backends,
+		m.HrLb4Maglev,
 		m.HrLb4Revnat,
 		m.HrLb4Services,
 		m.HrLbOn,

@@ -28,6 +28,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
+	"github.com/hostrouting/hostrouting/nat"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -81,6 +82,12 @@ type Config struct {
 	// /sys/fs/cgroup, as Cilium attaches); empty leaves it as it is (none
 	// for a new node: the tc load balancer serves every pod).
 	CgroupPath string
+	// MaglevTableSize makes the node choose service backends by Maglev
+	// hashing, with tables of this prime size (nat.DefaultTableSize,
+	// 16381, as Cilium): every node then sends a flow to the same backend,
+	// and losing one of N backends moves about 1/N of the flows. Zero keeps
+	// the running node's choice, random for a new node.
+	MaglevTableSize uint32
 	// SocketLBHostnsOnly limits socket LB to the sockets of the node's own
 	// network namespace, leaving pods to the tc load balancer (Cilium's
 	// bpf-lb-sock-hostns-only, which service meshes need). A config
@@ -145,6 +152,7 @@ type Datapath struct {
 	metrics   *maps.Metrics
 	nodes     *maps.Nodes
 	services  *maps.Services
+	flows     *nat.GC // flushes the flows of endpoints and backends that go
 }
 
 // New loads the datapath for the node described by cfg, or adopts the one
@@ -160,6 +168,7 @@ func New(cfg Config) (*Datapath, error) {
 	}
 	masquerade := len(devices) > 0 && cfg.NativeRoutingCIDR.IsValid()
 	hostnsOnly := cfg.SocketLBHostnsOnly
+	maglev := cfg.MaglevTableSize
 	if running, err := loader.Open(cfg.PinPath); err == nil {
 		if !cfg.NativeRoutingCIDR.IsValid() {
 			cfg.NativeRoutingCIDR = running.NativeRoutingCIDR
@@ -170,12 +179,16 @@ func New(cfg Config) (*Datapath, error) {
 		if cfg.NATPorts == [2]uint16{} {
 			cfg.NATPorts = running.NATPorts
 		}
+		if maglev == 0 {
+			maglev = running.MaglevTableSize
+		}
 		running.Close()
 	}
 	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, Netns: cfg.Netns, MaxEndpoints: cfg.MaxEndpoints,
 		MaxFlows: cfg.MaxFlows, MaxServices: cfg.MaxServices,
 		Disable: cfg.Disable, NativeRoutingCIDR: cfg.NativeRoutingCIDR,
-		Masquerade: masquerade && !cfg.DisableMasquerade, NATPorts: cfg.NATPorts, SocketLBHostnsOnly: hostnsOnly})
+		Masquerade: masquerade && !cfg.DisableMasquerade, NATPorts: cfg.NATPorts, SocketLBHostnsOnly: hostnsOnly,
+		MaglevTableSize: maglev})
 	if err != nil {
 		return nil, err
 	}
@@ -221,6 +234,11 @@ func (cfg *Config) check() ([]int, error) {
 	}
 	if _, err := routing.Netns(cfg.Netns); err != nil {
 		return nil, err
+	}
+	if cfg.MaglevTableSize != 0 {
+		if _, err := nat.NewMaglev(uint64(cfg.MaglevTableSize), ""); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.RequireBPFHostRouting {
 		if mode, why := hostRouting(loader.ProbeFeatures(cfg.Disable)); mode != HostRoutingBPF {
@@ -271,6 +289,25 @@ func (d *Datapath) use(node *loader.Instance) {
 	d.nodes = maps.NewNodes(node.Maps.Nodes)
 	d.services = maps.NewServices(maps.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends,
 		RevNAT: node.Maps.RevNAT, On: node.Maps.ServicesOn})
+	d.flows = d.newGC(nat.Options{})
+}
+
+func (d *Datapath) newGC(opts nat.Options) *nat.GC {
+	return nat.NewGC(maps.NewConntrack(d.node.Maps.Conntrack), maps.NewSNAT(d.node.Maps.SNAT), opts)
+}
+
+// GC returns a garbage collector of the node's conntrack and SNAT tables
+// (see package nat): an agent runs it, e.g. gc.Start(30 * time.Second),
+// and reads its Stats. Entries of endpoints and backends that go are
+// flushed by the datapath itself. The GC works on this handle's maps: after
+// a reload by another process (which keeps the maps) it goes on working.
+func (d *Datapath) GC(opts nat.Options) *nat.GC {
+	var gc *nat.GC
+	d.read(func() error {
+		gc = d.newGC(opts)
+		return nil
+	})
+	return gc
 }
 
 // read runs fn, which only reads, on an open handle.

@@ -233,8 +233,11 @@ func (d *Datapath) RemoveEndpoint(ip netip.Addr) error {
 	return nil
 }
 
+// removeEndpoint takes ep off: attachments, entries, policy, counters,
+// and the translated flows of its address (pod IPs are reused).
 func (d *Datapath) removeEndpoint(ep EndpointInfo) error {
-	return errors.Join(d.detach(ep.IfIndex), d.endpoints.Delete(ep), d.node.ClearPolicy(ep.ID), d.stats.Reset(ep.ID))
+	_, flushErr := d.flows.FlushEndpoint(ep.IP)
+	return errors.Join(d.detach(ep.IfIndex), d.endpoints.Delete(ep), d.node.ClearPolicy(ep.ID), d.stats.Reset(ep.ID), flushErr)
 }
 
 // EndpointByContainer returns the endpoint that AddEndpoint recorded for

@@ -8,7 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/hostrouting/hostrouting/maps"
+	"github.com/hostrouting/hostrouting/nat"
 )
 
 // ServiceType is how a service frontend is reached, as `cilium service
@@ -228,10 +231,53 @@ func (d *Datapath) upsertService(s *Service) error {
 		return err
 	}
 	entry.Backends = pick(external || internal, local, all)
+	if err := d.putMaglev(s, &entry); err != nil {
+		return err
+	}
 	if err := d.services.Put(entry); err != nil {
 		return err
 	}
 	return d.sweepBackends()
+}
+
+// putMaglev gives entry, on a node that chooses backends by Maglev, the
+// service's lookup table of its active backends (by name, "IP:port/TCP",
+// the same on every node); on other nodes it makes sure there is none.
+func (d *Datapath) putMaglev(s *Service, entry *maps.ServiceEntry) error {
+	m := d.node.MaglevTableSize
+	if m == 0 || len(entry.Backends) == 0 {
+		err := d.node.Maps.Maglev.Delete(uint32(s.ID))
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete Maglev table: %w", err)
+		}
+		return nil
+	}
+	backends, err := d.services.Backends()
+	if err != nil {
+		return err
+	}
+	names := make([]string, len(entry.Backends))
+	for i, id := range entry.Backends {
+		names[i] = fmt.Sprintf("%s/%s", backends[id].Addr, s.Protocol)
+	}
+	slots := nat.Table(names, uint64(m))
+	ids := make([]uint32, len(slots))
+	for i, b := range slots {
+		ids[i] = entry.Backends[b]
+	}
+	inner, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4 * m, MaxEntries: 1})
+	if err != nil {
+		return fmt.Errorf("make Maglev table: %w", err)
+	}
+	defer inner.Close()
+	if err := inner.Update(uint32(0), ids, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write Maglev table: %w", err)
+	}
+	if err := d.node.Maps.Maglev.Update(uint32(s.ID), inner, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("install Maglev table: %w", err)
+	}
+	entry.Flags |= maps.ServiceMaglev
+	return nil
 }
 
 func pick(localOnly bool, local, all []uint32) []uint32 {
@@ -295,7 +341,9 @@ func (d *Datapath) sweepBackends() error {
 	var errs []error
 	for id, b := range backends {
 		if !named[id] {
-			errs = append(errs, d.services.DeleteBackend(id))
+			// Its ID is reused: its flows must not go to the next one.
+			_, flushErr := d.flows.FlushBackend(id)
+			errs = append(errs, d.services.DeleteBackend(id), flushErr)
 			continue
 		}
 		addrs[b.Addr.Addr()] = true
@@ -350,6 +398,9 @@ func (d *Datapath) DeleteService(id uint16) error {
 			return ErrNotFound
 		}
 		errs = append(errs, d.services.DeleteRevNAT(id), d.sweepBackends())
+		if err := d.node.Maps.Maglev.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
 		return errors.Join(errs...)
 	})
 	if err != nil {

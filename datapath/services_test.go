@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -328,5 +331,78 @@ func TestNodePort(t *testing.T) {
 		if !strings.HasPrefix(peer, cn.cluster.Gateway.String()+":") {
 			t.Fatalf("externalTrafficPolicy Local: backend saw %q, want the client %s", peer, cn.cluster.Gateway)
 		}
+	}
+}
+
+// TestMaglev: on a node that chooses backends by Maglev, a service's
+// table gives each backend its share of the slots, flows are spread by
+// it, and the table follows the backends.
+func TestMaglev(t *testing.T) {
+	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{MaglevTableSize: 251})
+	n0 := cn.cluster.Nodes[0]
+	dp := cn.dps[0]
+	if _, err := datapath.New(datapath.Config{PinPath: datapathtest.PinPath(t), Netns: n0.Netns, MaglevTableSize: 250}); err == nil {
+		t.Error("a Maglev table size of 250 (not a prime) was taken")
+	}
+	if _, err := datapath.New(datapath.Config{PinPath: pinPathOf(t, dp), Netns: n0.Netns, MaglevTableSize: 509}); err == nil || !strings.Contains(err.Error(), "made with tables of 251") {
+		t.Errorf("another Maglev table size on a running node: %v, want an error naming both", err)
+	}
+	third := n0.AddPod(t, "third", n0.PodIP(50))
+	third.AddEndpoint(t, dp)
+	backends := []datapath.Backend{{Addr: nameServer(t, cn.a)}, {Addr: nameServer(t, cn.b)}, {Addr: nameServer(t, third)}}
+	vip := netip.MustParseAddrPort("10.96.0.40:80")
+	id, err := dp.UpsertService(datapath.Service{Frontend: vip, Protocol: datapath.TCP, Backends: backends})
+	if err != nil {
+		t.Fatal(err)
+	}
+	share := func() map[uint32]int {
+		t.Helper()
+		node, err := loader.Open(pinPathOf(t, cn.dps[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer node.Close()
+		var inner *ebpf.Map
+		if err := node.Maps.Maglev.Lookup(uint32(id), &inner); err != nil {
+			t.Fatalf("Maglev table of service %d: %v", id, err)
+		}
+		defer inner.Close()
+		table := make([]uint32, 251)
+		if err := inner.Lookup(uint32(0), &table); err != nil {
+			t.Fatal(err)
+		}
+		got := map[uint32]int{}
+		for _, b := range table {
+			got[b]++
+		}
+		return got
+	}
+	if got := share(); len(got) != 3 || got[0] != 0 {
+		t.Errorf("Maglev table slots by backend ID: %v, want 3 backends of about 84 each", got)
+	} else {
+		for b, n := range got {
+			if n < 83 || n > 84 {
+				t.Errorf("backend %d has %d of 251 slots, want 83 or 84", b, n)
+			}
+		}
+	}
+	client := n0.AddPod(t, "client", n0.PodIP(60))
+	client.AddEndpoint(t, dp)
+	seen := map[string]int{}
+	for range 30 {
+		name, err := askName(client, "tcp4", vip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[name]++
+	}
+	if len(seen) < 2 {
+		t.Errorf("30 flows to a Maglev service answered by %v: want them spread", seen)
+	}
+	if _, err := dp.UpsertService(datapath.Service{ID: id, Frontend: vip, Protocol: datapath.TCP, Backends: backends[:2]}); err != nil {
+		t.Fatal(err)
+	}
+	if got := share(); len(got) != 2 {
+		t.Errorf("after a backend left, the table holds %v: want the 2 left", got)
 	}
 }

@@ -32,6 +32,7 @@ type Status struct {
 	Maps              []loader.MapSize  // the node's maps and the memory they take
 	Services          int               // service frontends
 	SocketLB          string            // "Enabled", "Enabled (host namespace only)" or "Disabled"
+	BackendSelection  string            // "Random" or "Maglev (table size M)"
 	Masquerading      bool              // BPF masquerade of what leaves NativeRoutingCIDR
 }
 
@@ -90,10 +91,14 @@ func (d *Datapath) status() (Status, error) {
 		Services:          countFrontends(services),
 		SocketLB:          socketLB,
 		Masquerading:      d.node.Masquerade,
+		BackendSelection:  "Random",
 		AttachMode:        "tc (clsact + cls_bpf)",
 	}
 	if s.Features.TCX.Enabled {
 		s.AttachMode = "tcx"
+	}
+	if m := d.node.MaglevTableSize; m > 0 {
+		s.BackendSelection = fmt.Sprintf("Maglev (table size %d)", m)
 	}
 	s.HostRouting, s.LegacyReason = hostRouting(s.Features)
 	return s, nil
@@ -163,8 +168,8 @@ func (s Status) String() string {
 	for i, d := range s.Devices {
 		devs[i] = d.Name
 	}
-	fmt.Fprintf(&b, "KubeProxyReplacement: True [%s] (%d services; Socket LB: %s; Backend Selection: Random)\n",
-		strings.Join(devs, ", "), s.Services, s.SocketLB)
+	fmt.Fprintf(&b, "KubeProxyReplacement: True [%s] (%d services; Socket LB: %s; Backend Selection: %s)\n",
+		strings.Join(devs, ", "), s.Services, s.SocketLB, s.BackendSelection)
 	if s.Masquerading {
 		fmt.Fprintf(&b, "Masquerading:     BPF [%s] %s\n", strings.Join(devs, ", "), s.NativeRoutingCIDR)
 	} else {

@@ -22,6 +22,7 @@
 package loader
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -90,6 +91,11 @@ type Options struct {
 	// what they hold. Default DefaultMaxServices; fixed at a node's first
 	// load.
 	MaxServices uint32
+	// MaglevTableSize makes services choose backends by Maglev hashing
+	// with tables of this size (a prime such as nat.DefaultTableSize), so
+	// that every node sends a flow to the same backend; 0 chooses at
+	// random.
+	MaglevTableSize uint32
 	// SocketLBHostnsOnly leaves pods' sockets to the tc load balancer:
 	// socket LB translates only the sockets of the node's own network
 	// namespace (Cilium's bpf-lb-sock-hostns-only, which service meshes
@@ -102,6 +108,10 @@ const (
 	DefaultMaxFlows    = 65536
 	DefaultMaxServices = 65536
 )
+
+// defaultMaglevSlots is the Maglev tables' size of a node made without
+// Maglev (as nat.DefaultTableSize): it may switch to Maglev of that size.
+const defaultMaglevSlots = 16381
 
 // DefaultNATPorts is the port range of translated sources unless
 // Options.NATPorts names another: the node's own flows in it are tracked
@@ -129,6 +139,7 @@ type Maps struct {
 	NodeAddrs     *ebpf.Map // node device ifindex → its IPv4 address
 	SockRevNAT    *ebpf.Map // socket and backend → the frontend it was given for (LRU)
 	Affinity      *ebpf.Map // client and service → its backend (LRU)
+	Maglev        *ebpf.Map // service ID → its Maglev table (array of maps)
 }
 
 // Instance is the loaded datapath of one node instance. Close releases this
@@ -143,11 +154,12 @@ type Instance struct {
 	// NativeRoutingCIDR is the native routing CIDR the programs were
 	// loaded with; invalid for none.
 	NativeRoutingCIDR netip.Prefix
-	// Masquerade, NATPorts and SocketLBHostnsOnly are as the programs
-	// were loaded with.
+	// Masquerade, NATPorts, SocketLBHostnsOnly and MaglevTableSize are as
+	// the programs were loaded with.
 	Masquerade         bool
 	NATPorts           [2]uint16
 	SocketLBHostnsOnly bool
+	MaglevTableSize    uint32
 	// MaxEndpoints is the node's endpoint limit: the highest endpoint ID.
 	MaxEndpoints uint32
 	// Adopted tells that the programs were found pinned and reused.
@@ -169,7 +181,7 @@ var mapNames = []string{
 	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta,
 	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLb4Revnat, bpf.HostroutingMapHrLbOn,
 	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrNodeAddrs,
-	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrInfo,
+	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrLb4Maglev, bpf.HostroutingMapHrInfo,
 }
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
@@ -246,6 +258,10 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 			return nil, fmt.Errorf("%w: pin path %s holds the node of network namespace %s, not %s (%s)",
 				ErrOtherNetns, opts.PinPath, have, netns, cmpOr(opts.Netns, "this process's"))
 		}
+		if opts.MaglevTableSize != 0 && prev.MaglevSlots != 0 && opts.MaglevTableSize != prev.MaglevSlots {
+			return nil, fmt.Errorf("Maglev table size %d: the node at %s was made with tables of %d, fixed at its first load (Remove it first)",
+				opts.MaglevTableSize, opts.PinPath, prev.MaglevSlots)
+		}
 		if opts.MaxEndpoints == 0 {
 			opts.MaxEndpoints = prev.MaxEndpoints
 		}
@@ -269,6 +285,7 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 
 	features := ProbeFeatures(opts.Disable)
 	config := configOf(features, opts)
+	config.MaglevM = opts.MaglevTableSize
 	if opts.SocketLBHostnsOnly {
 		cookie, err := netnsCookie(opts.Netns)
 		if err != nil {
@@ -293,7 +310,10 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 	}
 	info.MaxEndpoints = opts.MaxEndpoints
 	info.NatPortMin, info.NatPortMax, info.Masquerade = config.NatPortMin, config.NatPortMax, uint32(config.Masquerade)
-	info.SockHostnsOnly = uint32(config.SockHostnsOnly)
+	info.SockHostnsOnly, info.MaglevM = uint32(config.SockHostnsOnly), config.MaglevM
+	if info.MaglevSlots == 0 { // a new node: its tables' size for good
+		info.MaglevSlots = cmp.Or(config.MaglevM, defaultMaglevSlots)
+	}
 	return load(path, opts, config, info)
 }
 
@@ -383,7 +403,7 @@ func open(path, given string) (*Instance, error) {
 	n.id = info.ObjectId
 	n.MaxEndpoints = info.MaxEndpoints
 	n.Masquerade, n.NATPorts = info.Masquerade != 0, [2]uint16{info.NatPortMin, info.NatPortMax}
-	n.SocketLBHostnsOnly = info.SockHostnsOnly != 0
+	n.SocketLBHostnsOnly, n.MaglevTableSize = info.SockHostnsOnly != 0, info.MaglevM
 	n.Features = featuresFromBits(info.Features)
 	if info.NativePrefix != 0 {
 		var a [4]byte
@@ -408,6 +428,7 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 	}
 	spec.Maps[bpf.HostroutingMapHrEpMeta].MaxEntries = opts.MaxEndpoints
 	spec.Maps[bpf.HostroutingMapHrLxc].MaxEntries = config.LxcMask + 1
+	spec.Maps[bpf.HostroutingMapHrLb4Maglev].InnerMap.ValueSize = 4 * info.MaglevSlots
 	for _, name := range []string{bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity} {
 		spec.Maps[name].MaxEntries = opts.MaxFlows
 	}
@@ -430,7 +451,8 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 
 	n := &Instance{PinPath: path, Features: ProbeFeatures(opts.Disable), NativeRoutingCIDR: opts.NativeRoutingCIDR,
 		Masquerade: opts.Masquerade, NATPorts: opts.NATPorts, SocketLBHostnsOnly: opts.SocketLBHostnsOnly,
-		MaxEndpoints: info.MaxEndpoints, id: info.ObjectId, progs: map[Program]*ebpf.Program{}, sockProgs: map[string]*ebpf.Program{}}
+		MaglevTableSize: opts.MaglevTableSize,
+		MaxEndpoints:    info.MaxEndpoints, id: info.ObjectId, progs: map[Program]*ebpf.Program{}, sockProgs: map[string]*ebpf.Program{}}
 	n.setMaps(coll.Maps)
 	for _, name := range mapNames {
 		coll.DetachMap(name)
@@ -547,6 +569,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		NodeAddrs:     m[bpf.HostroutingMapHrNodeAddrs],
 		SockRevNAT:    m[bpf.HostroutingMapHrSock4Revnat],
 		Affinity:      m[bpf.HostroutingMapHrLb4Affinity],
+		Maglev:        m[bpf.HostroutingMapHrLb4Maglev],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
@@ -554,7 +577,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
-		n.Maps.Services, n.Maps.Backends, n.Maps.RevNAT, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.info}
+		n.Maps.Services, n.Maps.Backends, n.Maps.RevNAT, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev, n.info}
 }
 
 // MapSize is what one of the node's maps takes.

@@ -105,7 +105,8 @@ struct config {
 	__u16 nat_port_min;  /* the ports sources are translated to */
 	__u16 nat_port_max;
 	__u8 sock_hostns_only; /* socket LB for the node's own sockets only */
-	__u8 pad2[7];
+	__u8 pad2[3];
+	__u32 maglev_m;      /* Maglev table size; 0: random backend selection */
 	__u64 netns_cookie;  /* the node's network namespace */
 };
 
@@ -128,6 +129,8 @@ struct node_info {
 	__u16 nat_port_max;
 	__u32 masquerade;    /* as in struct config */
 	__u32 sock_hostns_only;
+	__u32 maglev_m;
+	__u32 maglev_slots;  /* the Maglev tables' size, fixed at the first load */
 };
 
 /* Who an endpoint belongs to, by endpoint ID, for the Go side (a CNI DEL

@@ -164,6 +164,60 @@ static __always_inline struct lb4_service *lb4_lookup_service(__be32 addr, __be1
 	return bpf_map_lookup_elem(&hr_lb4_services, &key);
 }
 
+/* Maglev: each Maglev service's lookup table, by service ID, an inner
+ * array of one value of CONFIG.maglev_m backend IDs (the inner value size
+ * is set at load). A flow's hash picks its slot: every node with the same
+ * backends picks the same backend for it. */
+struct lb4_maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32) * 16381);
+	__uint(max_entries, 1);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(key_size, sizeof(__u32));
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct lb4_maglev_inner);
+} hr_lb4_maglev SEC(".maps");
+
+/* hash_tuple mixes a flow's tuple into 32 bits the same way on every
+ * node (murmur3's finaliser over the words). */
+static __always_inline __u32 hash_tuple(__be32 saddr, __be32 daddr, __be16 sport, __be16 dport, __u8 proto)
+{
+	__u32 h = saddr ^ (daddr * 0x9e3779b1) ^ (((__u32)sport << 16 | dport) * 0x85ebca6b) ^ proto;
+
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* lb4_maglev returns the backend ID that svc's Maglev table gives a flow
+ * of hash h, 0 if it has none. */
+static __always_inline __u32 lb4_maglev(const struct lb4_service *svc, __u32 h)
+{
+	__u32 index = svc->rev_nat_index, zero = 0, slot, *table;
+	void *inner;
+
+	if (!CONFIG.maglev_m)
+		return 0;
+	slot = h % CONFIG.maglev_m;
+	if (slot >= CONFIG.maglev_m) /* the verifier does not bound a modulo */
+		return 0;
+	inner = bpf_map_lookup_elem(&hr_lb4_maglev, &index);
+	if (!inner)
+		return 0;
+	table = bpf_map_lookup_elem(inner, &zero);
+	if (!table)
+		return 0;
+	return table[slot];
+}
+
 /* Session affinity (sessionAffinity ClientIP): a client's backend per
  * service. The client is an address for the tc load balancer and a
  * network namespace cookie for the socket one. */
@@ -187,10 +241,11 @@ struct {
 } hr_lb4_affinity SEC(".maps");
 
 /* lb4_select picks a backend for a new flow of client to svc at frontend
- * key: the client's backend while its affinity lasts, else a random slot
- * among the active ones. Returns the backend and its ID, NULL if none. */
+ * key: the client's backend while its affinity lasts, else the Maglev
+ * table's for the flow's hash, or a random slot among the active ones.
+ * Returns the backend and its ID, NULL if none. */
 static __always_inline struct lb4_backend *lb4_select(struct lb4_key *key, const struct lb4_service *svc,
-						      __u64 client, __u32 *id)
+						      __u64 client, __u32 hash, __u32 *id)
 {
 	struct lb4_affinity_key ak = { .client = client, .rev_nat_index = svc->rev_nat_index };
 	__u32 now = (svc->flags & LB_F_AFFINITY) ? now_seconds() : 0;
@@ -211,11 +266,14 @@ static __always_inline struct lb4_backend *lb4_select(struct lb4_key *key, const
 	}
 	if (!svc->count)
 		return NULL;
-	key->backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
-	slot = bpf_map_lookup_elem(&hr_lb4_services, key);
-	if (!slot)
-		return NULL;
-	*id = slot->backend_id;
+	*id = (svc->flags & LB_F_MAGLEV) ? lb4_maglev(svc, hash) : 0;
+	if (!*id) {
+		key->backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
+		slot = bpf_map_lookup_elem(&hr_lb4_services, key);
+		if (!slot)
+			return NULL;
+		*id = slot->backend_id;
+	}
 	be = bpf_map_lookup_elem(&hr_lb4_backends, id);
 	if (be && (svc->flags & LB_F_AFFINITY)) {
 		struct lb_affinity_val fresh = { .backend_id = *id, .last_used = now };
@@ -290,7 +348,7 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, con
 	} else {
 		struct ct_entry fresh = { .rev_nat_index = svc->rev_nat_index };
 
-		be = lb4_select(key, svc, client, &id);
+		be = lb4_select(key, svc, client, hash_tuple(client, frontend, l4->sport, l4->dport, proto), &id);
 		if (!be)
 			return METRIC_DROP_NO_BACKEND;
 		fresh.backend_id = id;

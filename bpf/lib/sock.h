@@ -56,7 +56,7 @@ static __always_inline void sock4_xlate(struct bpf_sock_addr *ctx)
 		if (!svc)
 			return;
 	}
-	be = lb4_select(&key, svc, bpf_get_netns_cookie(ctx), &id);
+	be = lb4_select(&key, svc, bpf_get_netns_cookie(ctx), bpf_get_prandom_u32(), &id);
 	if (!be)
 		return; /* the tc load balancer counts the drop */
 
