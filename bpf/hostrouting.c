@@ -221,6 +221,17 @@ int tail_ipv4_from_netdev(struct __sk_buff *ctx)
 	len = parse_ipv4(ctx, &eth, &ip);
 	if (!len)
 		return to_stack(ctx, dir);
+	/* An ICMP error about a masqueraded flow (fragmentation needed on the
+	 * way out, say) goes to its pod with the quoted packet as it sent it. */
+	ret = CONFIG.masquerade ? snat4_icmp_error(ctx, ip) : 0;
+	if (ret < 0)
+		return drop_endpoint(ctx, dir, -ret, 0);
+	if (ret > 0) {
+		if (!(len = parse_ipv4(ctx, &eth, &ip)))
+			return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
+		ep = lookup_endpoint4(ip->daddr);
+		return ep ? local_delivery(ctx, dir, eth, ip, ep, 0) : to_stack(ctx, dir);
+	}
 	have_l4 = load_l4(ctx, ip, &l4);
 	if (have_l4) {
 		ret = snat4_in(ctx, ip, &l4);

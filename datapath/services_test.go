@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -405,4 +407,73 @@ func TestMaglev(t *testing.T) {
 	if got := share(); len(got) != 2 {
 		t.Errorf("after a backend left, the table holds %v: want the 2 left", got)
 	}
+}
+
+// TestMasqueradePMTU: a router between the node and the outside host has
+// a smaller MTU; its fragmentation-needed about a masqueraded packet
+// reaches the pod with the quoted packet translated back (the pod's own
+// address and port), so the pod's path MTU drops and its flow gets through.
+func TestMasqueradePMTU(t *testing.T) {
+	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
+	wire := cn.cluster.WireName
+	outsideName, outsidePath := datapathtest.NewNetns(t, "outside")
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	// wire (router) ──veth, MTU 1280── outside 192.0.2.10
+	ip("-n", wire, "link", "add", "to-out", "mtu", "1280", "type", "veth", "peer", "name", "eth0", "netns", outsideName, "mtu", "1280")
+	ip("-n", wire, "addr", "add", "192.0.2.1/24", "dev", "to-out")
+	ip("-n", wire, "link", "set", "to-out", "up")
+	ip("-n", outsideName, "addr", "add", "192.0.2.10/24", "dev", "eth0")
+	ip("-n", outsideName, "link", "set", "eth0", "up")
+	ip("-n", outsideName, "link", "set", "lo", "up")
+	ip("-n", outsideName, "route", "add", "default", "via", "192.0.2.1")
+	if out, err := exec.Command("ip", "netns", "exec", wire, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
+		t.Fatalf("forwarding on the wire: %v\n%s", err, out)
+	}
+	outside := netip.MustParseAddrPort("192.0.2.10:9000")
+	peerServer(t, outsidePath, outside)
+	// A small request first: the path works at all.
+	if peer, err := askName(cn.a, "tcp4", outside); err != nil || !strings.HasPrefix(peer, cn.cluster.Nodes[0].IP.String()+":") {
+		t.Fatalf("pod a to %s: seen as %q, %v: want node 0's address", outside, peer, err)
+	}
+	// A 1400-byte DF datagram does not fit the router's link: the pod
+	// learns the path MTU from the translated fragmentation-needed.
+	err := routing.Do(cn.a.Netns, func() error {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(outside))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		raw, _ := c.SyscallConn()
+		raw.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_MTU_DISCOVER, syscall.IP_PMTUDISC_DO)
+		})
+		c.Write(make([]byte, 1400-28))
+		deadline := time.Now().Add(3 * time.Second)
+		for time.Now().Before(deadline) {
+			mtu, err := syscall.GetsockoptInt(int(fdOf(c)), syscall.IPPROTO_IP, syscall.IP_MTU)
+			if err == nil && mtu == 1280 {
+				return nil
+			}
+			c.Write(make([]byte, 1400-28))
+			time.Sleep(50 * time.Millisecond)
+		}
+		mtu, err := syscall.GetsockoptInt(int(fdOf(c)), syscall.IPPROTO_IP, syscall.IP_MTU)
+		return fmt.Errorf("the pod's path MTU to %s is %d (%v), want 1280", outside, mtu, err)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fdOf returns c's file descriptor.
+func fdOf(c *net.UDPConn) uintptr {
+	var fd uintptr
+	raw, _ := c.SyscallConn()
+	raw.Control(func(f uintptr) { fd = f })
+	return fd
 }

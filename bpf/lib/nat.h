@@ -184,3 +184,75 @@ static __always_inline void snat4_track_host(struct iphdr *ip, const struct l4 *
 	else
 		bpf_map_update_elem(&hr_snat4, &in, &host, BPF_NOEXIST);
 }
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+/* Offsets of the packet an ICMP error quotes (option-less). */
+#define INNER_IP_OFF (L4_OFF + 8)
+#define INNER_CSUM_OFF (INNER_IP_OFF + offsetof(struct iphdr, check))
+#define INNER_SADDR_OFF (INNER_IP_OFF + offsetof(struct iphdr, saddr))
+#define INNER_L4_OFF (INNER_IP_OFF + sizeof(struct iphdr))
+
+/* snat4_icmp_error translates an ICMP error (destination unreachable,
+ * fragmentation needed included, or time exceeded) about a translated
+ * flow back to the pod that sent it: the destination, and the source
+ * address and port of the packet it quotes, with the IP and ICMP
+ * checksums (the quoted L4 checksum is left, as the kernel does not check
+ * it). Returns 1 if it did, 0 for an error about no such flow, or the
+ * negated metric of a drop. The packet's pointers are invalid afterwards. */
+static __always_inline int snat4_icmp_error(struct __sk_buff *ctx, struct iphdr *ip)
+{
+	struct {
+		__u8 type, code;
+		__be16 csum;
+		__u32 rest;
+		struct iphdr in;
+		__be16 ports[2];
+	} __attribute__((packed)) q;
+	__be32 outer_daddr = ip->daddr;
+	__be16 port, new_csum;
+	__u32 port_off;
+	struct nat4_entry *e;
+
+	if (ip->protocol != IPPROTO_ICMP || bpf_skb_load_bytes(ctx, L4_OFF, &q, sizeof(q)) < 0 ||
+	    (q.type != ICMP_DEST_UNREACH && q.type != ICMP_TIME_EXCEEDED) || q.in.ihl != 5 ||
+	    q.in.saddr != outer_daddr)
+		return 0;
+	/* The quoted packet left translated: its reply's tuple is the NAT_IN
+	 * key. An ICMP echo quotes its identifier where ports would be. */
+	port = q.ports[0];
+	port_off = INNER_L4_OFF;
+	if (q.in.protocol == IPPROTO_ICMP) {
+		if (bpf_skb_load_bytes(ctx, INNER_L4_OFF + 4, &port, sizeof(port)) < 0)
+			return 0;
+		port_off = INNER_L4_OFF + 4;
+	}
+	struct ct4_key in = {
+		.saddr = q.in.daddr, .daddr = q.in.saddr, .sport = q.in.protocol == IPPROTO_ICMP ? port : q.ports[1],
+		.dport = port, .proto = q.in.protocol, .dir = NAT_IN,
+	};
+
+	e = bpf_map_lookup_elem(&hr_snat4, &in);
+	if (!e || (e->flags & NAT_F_HOST))
+		return 0;
+	/* The quoted header's checksum changes with its source. */
+	new_csum = q.in.check;
+	{
+		__u32 sum = (__u16)~new_csum + (__u16)~(q.in.saddr & 0xffff) + (__u16)~(q.in.saddr >> 16) +
+			    (e->to_addr & 0xffff) + (e->to_addr >> 16);
+
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		new_csum = ~sum;
+	}
+	if (bpf_l3_csum_replace(ctx, IP4_CSUM_OFF, outer_daddr, e->to_addr, 4) < 0 ||
+	    bpf_skb_store_bytes(ctx, IP4_DADDR_OFF, &e->to_addr, 4, 0) < 0 ||
+	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, q.in.saddr, e->to_addr, 4) < 0 ||
+	    bpf_skb_store_bytes(ctx, INNER_SADDR_OFF, &e->to_addr, 4, 0) < 0 ||
+	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, q.in.check, new_csum, 2) < 0 ||
+	    bpf_skb_store_bytes(ctx, INNER_CSUM_OFF, &new_csum, 2, 0) < 0 ||
+	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, port, e->to_port, 2) < 0 ||
+	    bpf_skb_store_bytes(ctx, port_off, &e->to_port, 2, 0) < 0)
+		return -METRIC_DROP_NAT;
+	return 1;
+}
