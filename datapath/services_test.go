@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/loader"
+	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -476,4 +478,161 @@ func fdOf(c *net.UDPConn) uintptr {
 	raw, _ := c.SyscallConn()
 	raw.Control(func(f uintptr) { fd = f })
 	return fd
+}
+
+// TestInboundFromOutside: a host on the wire, outside the native routing
+// CIDR, reaches a pod with kube-proxy's `FORWARD -m conntrack --ctstate
+// INVALID -j DROP` in the node: with masquerade (BPF both ways) and
+// without (the stack both ways; it used to see only the replies and drop
+// them as INVALID).
+func TestInboundFromOutside(t *testing.T) {
+	for _, masquerade := range []bool{true, false} {
+		t.Run(fmt.Sprintf("masquerade=%v", masquerade), func(t *testing.T) {
+			cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{DisableMasquerade: !masquerade})
+			n1 := cn.cluster.Nodes[1]
+			n1.Exec(t, "iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+			if out, err := exec.Command("ip", "-n", cn.cluster.WireName, "route", "add", n1.PodCIDR.String(), "via", n1.IP.String()).CombinedOutput(); err != nil {
+				t.Fatalf("route to the pods: %v\n%s", err, out)
+			}
+			target := nameServer(t, cn.b)
+			for range 5 {
+				if name, err := askIn(cn.cluster.Wire, "tcp4", target); err != nil || name != "b" {
+					t.Fatalf("from the wire to pod b %s: %q, %v", target, name, err)
+				}
+			}
+			st, err := cn.dps[1].Status()
+			if err != nil || st.Masquerading != masquerade {
+				t.Errorf("status: masquerading %v (err %v), want %v", st.Masquerading, err, masquerade)
+			}
+		})
+	}
+}
+
+// TestTerminatingBackend: a backend set terminating keeps the flows it has
+// and takes no new ones.
+func TestTerminatingBackend(t *testing.T) {
+	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
+	n0 := cn.cluster.Nodes[0]
+	client := n0.AddPod(t, "client", n0.PodIP(70))
+	client.AddEndpoint(t, cn.dps[0])
+	a := netip.AddrPortFrom(cn.a.IP, 9100)
+	b := netip.AddrPortFrom(cn.b.IP, 9100)
+	// Echo servers that count the connections they accept.
+	var accepted [2]atomic.Int32
+	echo := func(p *datapathtest.Pod, addr netip.AddrPort, n *atomic.Int32) {
+		var ln net.Listener
+		if err := routing.Do(p.Netns, func() (err error) { ln, err = net.Listen("tcp4", addr.String()); return err }); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				n.Add(1)
+				go func() { io.Copy(c, c); c.Close() }()
+			}
+		}()
+	}
+	echo(cn.a, a, &accepted[0])
+	echo(cn.b, b, &accepted[1])
+	vip := netip.MustParseAddrPort("10.96.0.50:80")
+	id, err := cn.dps[0].UpsertService(datapath.Service{Frontend: vip, Protocol: datapath.TCP, Backends: []datapath.Backend{{Addr: a}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c net.Conn
+	if err := routing.Do(client.Netns, func() (err error) { c, err = net.DialTimeout("tcp4", vip.String(), 2*time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	roundTrip := func(msg string) {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo %q over the established flow: %q, %v", msg, buf, err)
+		}
+	}
+	roundTrip("before")
+	if _, err := cn.dps[0].UpsertService(datapath.Service{ID: id, Frontend: vip, Protocol: datapath.TCP,
+		Backends: []datapath.Backend{{Addr: a, State: datapath.BackendTerminating}, {Addr: b}}}); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip("after a went terminating")
+	svcs, err := cn.dps[0].Services()
+	if err != nil || len(svcs) != 1 || len(svcs[0].Backends) != 2 {
+		t.Fatalf("services: %v, %v", svcs, err)
+	}
+	// New flows go to b only.
+	for range 10 {
+		var nc net.Conn
+		if err := routing.Do(client.Netns, func() (err error) { nc, err = net.DialTimeout("tcp4", vip.String(), 2*time.Second); return err }); err != nil {
+			t.Fatal(err)
+		}
+		nc.SetDeadline(time.Now().Add(2 * time.Second))
+		nc.Write([]byte("x"))
+		buf := make([]byte, 1)
+		_, err := io.ReadFull(nc, buf)
+		local := nc.RemoteAddr()
+		nc.Close()
+		if err != nil {
+			t.Fatalf("a new flow to %s (%s): %v", vip, local, err)
+		}
+	}
+	if a, b := accepted[0].Load(), accepted[1].Load(); a != 1 || b != 10 {
+		t.Errorf("connections accepted: a %d, b %d; want 1 (the established flow) and 10", a, b)
+	}
+	roundTrip("still")
+}
+
+// TestNATPortExhaustion: with a translation range of two ports, a third
+// flow to the same remote address and port finds none: a counted drop,
+// never a wrong translation.
+func TestNATPortExhaustion(t *testing.T) {
+	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{NATPorts: [2]uint16{40000, 40001}})
+	outside := netip.AddrPortFrom(cn.cluster.Gateway, 9000)
+	peerServer(t, cn.cluster.Wire, outside)
+	before := metric(t, cn.dps[0], maps.MetricDropNATNoPort)
+	seen := map[string]bool{}
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	answered := 0
+	for i := range 3 {
+		var c net.Conn
+		if err := routing.Do(cn.a.Netns, func() (err error) { c, err = net.Dial("udp4", outside.String()); return err }); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		c.SetDeadline(time.Now().Add(time.Second))
+		c.Write([]byte("who"))
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Logf("flow %d: no answer (%v)", i, err)
+			continue
+		}
+		answered++
+		seen[string(buf[:n])] = true
+	}
+	if answered != 2 || len(seen) != 2 {
+		t.Errorf("%d flows answered, seen as %v: want 2, from two ports of the range", answered, seen)
+	}
+	for peer := range seen {
+		if ap, err := netip.ParseAddrPort(peer); err != nil || ap.Port() < 40000 || ap.Port() > 40001 {
+			t.Errorf("a flow left as %s: want a port of 40000-40001", peer)
+		}
+	}
+	if d := metric(t, cn.dps[0], maps.MetricDropNATNoPort) - before; d < 1 {
+		t.Errorf("drop-nat-no-port moved by %d: want the third flow's datagram counted", d)
+	}
 }
