@@ -121,6 +121,12 @@ int tail_ipv4_lb(struct __sk_buff *ctx)
 	struct lb4_key key = { .address = ip->daddr, .dport = l4.dport, .proto = ip->protocol };
 
 	svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
+	/* A pod is inside traffic: the internal scope, where a service has
+	 * one (externalTrafficPolicy and internalTrafficPolicy differ). */
+	if (svc && (svc->flags & LB_F_TWO_SCOPES)) {
+		key.scope = LB_SCOPE_INTERNAL;
+		svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
+	}
 	if (!svc)
 		return to_stack(ctx, dir); /* deleted meanwhile */
 	ret = lb4_dnat(ctx, ip, &l4, &key, svc);
@@ -268,10 +274,16 @@ int tail_ipv4_from_netdev(struct __sk_buff *ctx)
 	if (!have_l4 || !lb_enabled())
 		return to_stack(ctx, dir);
 
-	/* A NodePort or an external IP, from outside. */
+	/* A NodePort or an external IP, from outside; a NodePort of every
+	 * node address has the address 0. */
 	struct lb4_key key = { .address = ip->daddr, .dport = l4.dport, .proto = ip->protocol };
 
 	svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
+	nat = node_addr(ctx->ifindex);
+	if (!svc && nat && *nat == ip->daddr) {
+		key.address = 0;
+		svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
+	}
 	if (!svc || !(svc->flags & (LB_F_NODEPORT | LB_F_EXTERNAL)))
 		return to_stack(ctx, dir);
 	ret = lb4_dnat(ctx, ip, &l4, &key, svc);

@@ -50,7 +50,10 @@ type HostroutingCtEntry struct {
 	BackendId   uint32
 	RevNatIndex uint16
 	Flags       uint16
-	Pad         uint32
+	NatAddr     uint32
+	NatPort     uint16
+	Pad         uint16
+	Pad2        uint32
 	Packets     uint64
 }
 
@@ -201,7 +204,6 @@ const (
 	HostroutingMapHrLb4Affinity          = "hr_lb4_affinity"
 	HostroutingMapHrLb4Backends          = "hr_lb4_backends"
 	HostroutingMapHrLb4Maglev            = "hr_lb4_maglev"
-	HostroutingMapHrLb4Revnat            = "hr_lb4_revnat"
 	HostroutingMapHrLb4Services          = "hr_lb4_services"
 	HostroutingMapHrLbOn                 = "hr_lb_on"
 	HostroutingMapHrLxc                  = "hr_lxc"
@@ -308,7 +310,6 @@ type HostroutingMapSpecs struct {
 	HrLb4Affinity *ebpf.MapSpec `ebpf:"hr_lb4_affinity"`
 	HrLb4Backends *ebpf.MapSpec `ebpf:"hr_lb4_backends"`
 	HrLb4Maglev   *ebpf.MapSpec `ebpf:"hr_lb4_maglev"`
-	HrLb4Revnat   *ebpf.MapSpec `ebpf:"hr_lb4_revnat"`
 	HrLb4Services *ebpf.MapSpec `ebpf:"hr_lb4_services"`
 	HrLbOn        *ebpf.MapSpec `ebpf:"hr_lb_on"`
 	HrLxc         *ebpf.MapSpec `ebpf:"hr_lxc"`
@@ -359,7 +360,6 @@ type HostroutingMaps struct {
 	HrLb4Affinity *ebpf.Map `ebpf:"hr_lb4_affinity"`
 	HrLb4Backends *ebpf.Map `ebpf:"hr_lb4_backends"`
 	HrLb4Maglev   *ebpf.Map `ebpf:"hr_lb4_maglev"`
-	HrLb4Revnat   *ebpf.Map `ebpf:"hr_lb4_revnat"`
 	HrLb4Services *ebpf.Map `ebpf:"hr_lb4_services"`
 	HrLbOn        *ebpf.Map `ebpf:"hr_lb_on"`
 	HrLxc         *ebpf.Map `ebpf:"hr_lxc"`
@@ -385,7 +385,6 @@ func (m *HostroutingMaps) Close() error {
 		m.HrLb4Affinity,
 		m.HrLb4Backends,
 		m.HrLb4Maglev,
-		m.HrLb4Revnat,
 		m.HrLb4Services,
 		m.HrLbOn,
 		m.HrLxc,

@@ -288,7 +288,7 @@ func (d *Datapath) use(node *loader.Instance) {
 	d.metrics = maps.NewMetrics(node.Maps.Metrics)
 	d.nodes = maps.NewNodes(node.Maps.Nodes)
 	d.services = maps.NewServices(maps.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends,
-		RevNAT: node.Maps.RevNAT, On: node.Maps.ServicesOn})
+		On: node.Maps.ServicesOn})
 	d.flows = d.newGC(nat.Options{})
 }
 

@@ -49,7 +49,10 @@ type Service struct {
 	// ID names the service in the datapath (Cilium's service ID, the
 	// reverse NAT index of its replies); 0 picks the lowest free one.
 	ID uint16
-	// Frontend is the address and port clients connect to.
+	// Frontend is the address and port clients connect to. For a
+	// NodePort, address 0.0.0.0 stands for every address of the node's
+	// devices (Cilium's surrogate frontend); replies come from the one
+	// the client dialled.
 	Frontend netip.AddrPort
 	// Protocol is TCP or UDP.
 	Protocol Protocol
@@ -103,6 +106,8 @@ func (s *Service) check() error {
 		return fmt.Errorf("frontend %s: want an IPv4 address", s.Frontend)
 	case s.Frontend.Port() == 0:
 		return fmt.Errorf("frontend %s: port 0", s.Frontend)
+	case s.Frontend.Addr().IsUnspecified() && s.Type != NodePort:
+		return fmt.Errorf("frontend %s: address 0.0.0.0 stands for every node address, for a NodePort only", s.Frontend)
 	case s.Protocol != TCP && s.Protocol != UDP:
 		return fmt.Errorf("frontend %s: protocol %s, want TCP or UDP", s.Frontend, s.Protocol)
 	case !slices.Contains([]ServiceType{ClusterIP, NodePort, ExternalIP}, s.Type):
@@ -183,9 +188,6 @@ func (d *Datapath) upsertService(s *Service) error {
 	if err != nil {
 		return err
 	}
-	if err := d.services.PutRevNAT(s.ID, s.Frontend); err != nil {
-		return err
-	}
 	locals, err := d.localAddrs()
 	if err != nil {
 		return err
@@ -214,15 +216,20 @@ func (d *Datapath) upsertService(s *Service) error {
 		entry.AffinityTimeout = uint16(s.SessionAffinity / time.Second)
 	}
 	// The scopes: traffic from outside takes the external entry, the
-	// node's pods the internal one where the policies differ.
-	external, internal := s.ExternalTrafficPolicyLocal && s.Type != ClusterIP, s.InternalTrafficPolicyLocal
-	if external {
+	// node's own (pods, sockets) the internal one where the policies
+	// differ. A ClusterIP is reached from the node's own only.
+	external := pick(s.ExternalTrafficPolicyLocal && s.Type != ClusterIP, local, all)
+	internal := pick(s.InternalTrafficPolicyLocal, local, all)
+	if s.Type == ClusterIP {
+		external = internal
+	}
+	if s.ExternalTrafficPolicyLocal && s.Type != ClusterIP {
 		entry.Flags |= maps.ServiceLocal
 	}
-	if external != internal {
+	if !slices.Equal(external, internal) {
 		inner := entry
 		inner.Frontend.Scope = maps.ScopeInternal
-		inner.Backends = pick(internal, local, all)
+		inner.Backends = internal
 		if err := d.services.Put(inner); err != nil {
 			return err
 		}
@@ -230,7 +237,7 @@ func (d *Datapath) upsertService(s *Service) error {
 	} else if err := d.services.Delete(maps.Frontend{Addr: front.Addr, Proto: front.Proto, Scope: maps.ScopeInternal}); err != nil {
 		return err
 	}
-	entry.Backends = pick(external || internal, local, all)
+	entry.Backends = external
 	if err := d.putMaglev(s, &entry); err != nil {
 		return err
 	}
@@ -397,7 +404,7 @@ func (d *Datapath) DeleteService(id uint16) error {
 		if !found {
 			return ErrNotFound
 		}
-		errs = append(errs, d.services.DeleteRevNAT(id), d.sweepBackends())
+		errs = append(errs, d.sweepBackends())
 		if err := d.node.Maps.Maglev.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
 		}

@@ -318,6 +318,23 @@ func TestNodePort(t *testing.T) {
 		}
 	}
 
+	// A NodePort of every node address (0.0.0.0), answered from the
+	// address dialled.
+	every := netip.AddrPortFrom(netip.IPv4Unspecified(), 30100)
+	for _, proto := range []datapath.Protocol{datapath.TCP, datapath.UDP} {
+		if _, err := cn.dps[1].UpsertService(datapath.Service{Frontend: every, Protocol: proto, Type: datapath.NodePort, Backends: backends}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, proto := range []string{"tcp4", "udp4"} {
+		if _, err := askIn(cn.cluster.Wire, proto, netip.AddrPortFrom(n1.IP, 30100)); err != nil {
+			t.Errorf("%s to the NodePort of every address at %s: %v", proto, n1.IP, err)
+		}
+	}
+	if _, err := cn.dps[1].UpsertService(datapath.Service{Frontend: netip.AddrPortFrom(netip.IPv4Unspecified(), 80), Protocol: datapath.TCP}); err == nil {
+		t.Error("a ClusterIP of 0.0.0.0 was taken")
+	}
+
 	// externalTrafficPolicy Local on node 0: its own backend only, which
 	// sees the client's address.
 	peerServer(t, local.Netns, netip.AddrPortFrom(local.IP, 9000))
@@ -634,5 +651,46 @@ func TestNATPortExhaustion(t *testing.T) {
 	}
 	if d := metric(t, cn.dps[0], maps.MetricDropNATNoPort) - before; d < 1 {
 		t.Errorf("drop-nat-no-port moved by %d: want the third flow's datagram counted", d)
+	}
+}
+
+// TestTrafficPolicies: externalTrafficPolicy Local limits traffic from
+// outside to local backends while pods keep every backend;
+// internalTrafficPolicy Local limits the node's pods to local backends.
+func TestTrafficPolicies(t *testing.T) {
+	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
+	n0 := cn.cluster.Nodes[0]
+	client := n0.AddPod(t, "client", n0.PodIP(80))
+	client.AddEndpoint(t, cn.dps[0])
+	backends := []datapath.Backend{{Addr: nameServer(t, cn.a)}, {Addr: nameServer(t, cn.b)}}
+	spread := func(from func() (string, error)) map[string]int {
+		t.Helper()
+		seen := map[string]int{}
+		for range 16 {
+			name, err := from()
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[name]++
+		}
+		return seen
+	}
+	node := netip.AddrPortFrom(n0.IP, 30200)
+	if _, err := cn.dps[0].UpsertService(datapath.Service{Frontend: node, Protocol: datapath.TCP, Type: datapath.NodePort,
+		ExternalTrafficPolicyLocal: true, Backends: backends}); err != nil {
+		t.Fatal(err)
+	}
+	if seen := spread(func() (string, error) { return askIn(cn.cluster.Wire, "tcp4", node) }); len(seen) != 1 || seen["a"] == 0 {
+		t.Errorf("externalTrafficPolicy Local from the wire: answered by %v, want the local backend a only", seen)
+	}
+	if seen := spread(func() (string, error) { return askName(client, "tcp4", node) }); len(seen) != 2 {
+		t.Errorf("externalTrafficPolicy Local from a pod of the node: answered by %v, want both backends", seen)
+	}
+	vip := netip.MustParseAddrPort("10.96.0.60:80")
+	if _, err := cn.dps[0].UpsertService(datapath.Service{Frontend: vip, Protocol: datapath.TCP, InternalTrafficPolicyLocal: true, Backends: backends}); err != nil {
+		t.Fatal(err)
+	}
+	if seen := spread(func() (string, error) { return askName(client, "tcp4", vip) }); len(seen) != 1 || seen["a"] == 0 {
+		t.Errorf("internalTrafficPolicy Local from a pod: answered by %v, want the local backend a only", seen)
 	}
 }

@@ -132,7 +132,6 @@ type Maps struct {
 	EndpointMeta  *ebpf.Map // endpoint ID → container ID and interface
 	Services      *ebpf.Map // frontend and backend slot → service entry
 	Backends      *ebpf.Map // backend ID → backend
-	RevNAT        *ebpf.Map // service ID → the frontend its replies come from
 	ServicesOn    *ebpf.Map // whether the node has services
 	Conntrack     *ebpf.Map // translated flows (LRU)
 	SNAT          *ebpf.Map // source-translated flows, both ways (LRU)
@@ -179,7 +178,7 @@ var mapNames = []string{
 	bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEndpoints6, bpf.HostroutingMapHrDevices, bpf.HostroutingMapHrLxc,
 	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
 	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta,
-	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLb4Revnat, bpf.HostroutingMapHrLbOn,
+	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLbOn,
 	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrNodeAddrs,
 	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrLb4Maglev, bpf.HostroutingMapHrInfo,
 }
@@ -562,7 +561,6 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		EndpointMeta:  m[bpf.HostroutingMapHrEpMeta],
 		Services:      m[bpf.HostroutingMapHrLb4Services],
 		Backends:      m[bpf.HostroutingMapHrLb4Backends],
-		RevNAT:        m[bpf.HostroutingMapHrLb4Revnat],
 		ServicesOn:    m[bpf.HostroutingMapHrLbOn],
 		Conntrack:     m[bpf.HostroutingMapHrCt4],
 		SNAT:          m[bpf.HostroutingMapHrSnat4],
@@ -577,7 +575,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
-		n.Maps.Services, n.Maps.Backends, n.Maps.RevNAT, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev, n.info}
+		n.Maps.Services, n.Maps.Backends, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev, n.info}
 }
 
 // MapSize is what one of the node's maps takes.

@@ -119,9 +119,12 @@ type CTEntry struct {
 	BackendID uint32
 	// RevNAT is the service (reverse NAT index) whose frontend the
 	// flow's replies come from; 0 for CTInbound.
-	RevNAT  uint16
-	Flags   CTFlags
-	Packets uint64 // packets seen in this direction
+	RevNAT uint16
+	// Frontend is the address a CTReply flow's replies are translated
+	// back to: the frontend the client dialled.
+	Frontend netip.AddrPort
+	Flags    CTFlags
+	Packets  uint64 // packets seen in this direction
 }
 
 // Key returns e's key.
@@ -132,12 +135,17 @@ func (e CTEntry) Key() CTKey {
 // String formats e as a line of `cilium bpf ct list global`:
 //
 //	TCP SVC 10.0.0.1:41234 -> 10.96.0.10:80 expires=21590 RevNAT=1 Backend=3 Flags=0x0001 [ SeenReply ] Packets=12
+//	TCP REPLY 10.0.1.5:8080 -> 10.0.0.1:41234 expires=21590 RevNAT=1 Backend=3 Frontend=10.96.0.10:80 Flags=0x0001 [ SeenReply ] Packets=11
 //
-// Every field is shown, in this order; expires is the CLOCK_MONOTONIC
-// second, as the map holds it.
+// Every field is shown, in this order (Frontend for replies); expires is
+// the CLOCK_MONOTONIC second, as the map holds it.
 func (e CTEntry) String() string {
-	return fmt.Sprintf("%s expires=%d RevNAT=%d Backend=%d Flags=%#04x %s Packets=%d",
-		e.Key(), e.Expires, e.RevNAT, e.BackendID, uint16(e.Flags), e.Flags, e.Packets)
+	front := ""
+	if e.Frontend.IsValid() {
+		front = " Frontend=" + e.Frontend.String()
+	}
+	return fmt.Sprintf("%s expires=%d RevNAT=%d Backend=%d%s Flags=%#04x %s Packets=%d",
+		e.Key(), e.Expires, e.RevNAT, e.BackendID, front, uint16(e.Flags), e.Flags, e.Packets)
 }
 
 // Conntrack is the datapath's connection tracking of translated flows
@@ -181,11 +189,15 @@ func ctKeyOf(k *bpf.HostroutingCt4Key) CTKey {
 
 func ctEntryOf(k *bpf.HostroutingCt4Key, v *bpf.HostroutingCtEntry, now uint32) CTEntry {
 	key := ctKeyOf(k)
-	return CTEntry{
+	e := CTEntry{
 		Dir: key.Dir, Proto: key.Proto, Src: key.Src, Dst: key.Dst,
 		Expires: v.Expires, Remaining: Remaining(v.Expires, now),
 		BackendID: v.BackendId, RevNAT: v.RevNatIndex, Flags: CTFlags(v.Flags), Packets: v.Packets,
 	}
+	if v.NatAddr != 0 {
+		e.Frontend = netip.AddrPortFrom(ipv4Addr(v.NatAddr), ntohs(v.NatPort))
+	}
+	return e
 }
 
 // MonotonicSeconds returns the second of CLOCK_MONOTONIC, the clock of
@@ -211,6 +223,12 @@ func (c *Conntrack) Put(e CTEntry) error {
 		return err
 	}
 	v := bpf.HostroutingCtEntry{Expires: e.Expires, BackendId: e.BackendID, RevNatIndex: e.RevNAT, Flags: uint16(e.Flags), Packets: e.Packets}
+	if e.Frontend.IsValid() {
+		if !e.Frontend.Addr().Is4() {
+			return fmt.Errorf("conntrack entry %s: frontend %s: want IPv4", e.Key(), e.Frontend)
+		}
+		v.NatAddr, v.NatPort = addrKey(e.Frontend.Addr()), htons(e.Frontend.Port())
+	}
 	if err := c.m.Update(k, v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write conntrack entry %s: %w", e.Key(), mapErr(err, c.m))
 	}

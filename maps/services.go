@@ -117,17 +117,17 @@ type Backend struct {
 // Services is the frontend map with its backend, reverse NAT and switch
 // maps (hr_lb4_services, hr_lb4_backends, hr_lb4_reverse_nat, hr_lb_on).
 type Services struct {
-	services, backends, revNAT, on *ebpf.Map
+	services, backends, on *ebpf.Map
 }
 
 // ServiceMaps are the loaded maps of the services (loader.Maps).
 type ServiceMaps struct {
-	Services, Backends, RevNAT, On *ebpf.Map
+	Services, Backends, On *ebpf.Map
 }
 
 // NewServices wraps the loaded service maps.
 func NewServices(m ServiceMaps) *Services {
-	return &Services{services: m.Services, backends: m.Backends, revNAT: m.RevNAT, on: m.On}
+	return &Services{services: m.Services, backends: m.Backends, on: m.On}
 }
 
 func lbKey(f Frontend, slot uint16) (bpf.HostroutingLb4Key, error) {
@@ -299,25 +299,6 @@ func (s *Services) Backends() (map[uint32]Backend, error) {
 		return nil, fmt.Errorf("list backends: %w", err)
 	}
 	return all, nil
-}
-
-// PutRevNAT records that replies of service id come from addr.
-func (s *Services) PutRevNAT(id uint16, addr netip.AddrPort) error {
-	a := addr.Addr().As4()
-	v := bpf.HostroutingLb4ReverseNat{Address: binary.NativeEndian.Uint32(a[:]), Port: htons(addr.Port())}
-	if err := s.revNAT.Update(id, v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("write reverse NAT %d: %w", id, mapErr(err, s.revNAT))
-	}
-	return nil
-}
-
-// DeleteRevNAT forgets service id's reverse NAT; a missing one is not an
-// error.
-func (s *Services) DeleteRevNAT(id uint16) error {
-	if err := s.revNAT.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete reverse NAT %d: %w", id, err)
-	}
-	return nil
 }
 
 // enable turns the datapath's service lookups on (hr_lb_on).

@@ -37,7 +37,10 @@ struct ct_entry {
 	__u32 backend_id;    /* CT_SERVICE: the backend the flow goes to */
 	__u16 rev_nat_index; /* the service whose frontend replies come from */
 	__u16 flags;         /* enum ct_flag */
-	__u32 pad;
+	__be32 nat_addr;     /* CT_REPLY: the frontend the client dialled, */
+	__be16 nat_port;     /* which replies come from */
+	__u16 pad;
+	__u32 pad2;
 	__u64 packets;       /* packets seen in this direction */
 };
 

@@ -59,7 +59,7 @@ struct lb4_backend {
 	__u8 state; /* enum lb_backend_state */
 };
 
-/* What replies of a service's flows are translated back to. */
+/* A frontend that replies are translated back to (socket LB). */
 struct lb4_reverse_nat {
 	__be32 address;
 	__be16 port;
@@ -83,15 +83,6 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_lb4_backends SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u16);
-	__type(value, struct lb4_reverse_nat);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} hr_lb4_revnat SEC(".maps");
 
 /* Whether the node has services at all (slot 0, set by the Go side with
  * the first service): without, no packet pays for their lookups. */
@@ -361,8 +352,11 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, con
 		.proto = proto, .dir = CT_REPLY,
 	};
 	e = bpf_map_lookup_elem(&hr_ct4, &rk);
-	if (!e || e->rev_nat_index != svc->rev_nat_index) {
-		struct ct_entry reply = { .rev_nat_index = svc->rev_nat_index, .backend_id = id };
+	if (!e || e->rev_nat_index != svc->rev_nat_index || e->nat_addr != frontend) {
+		struct ct_entry reply = {
+			.rev_nat_index = svc->rev_nat_index, .backend_id = id,
+			.nat_addr = frontend, .nat_port = l4->dport,
+		};
 
 		reply.expires = now_seconds() + ct_timeout(proto, flags, 0);
 		bpf_map_update_elem(&hr_ct4, &rk, &reply, BPF_ANY);
@@ -373,7 +367,7 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, con
 }
 
 /* lb4_rev_nat translates a reply of a service flow back: its source
- * becomes the frontend the client asked for. Returns 1 if it did, 0 for a
+ * becomes the frontend the client dialled. Returns 1 if it did, 0 for a
  * packet of no service flow, or the negated metric of a drop. The
  * packet's pointers are invalid after a translation. */
 static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct iphdr *ip, const struct l4 *l4)
@@ -383,23 +377,21 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct iphdr *ip, 
 		.proto = ip->protocol, .dir = CT_REPLY,
 	};
 	__u8 proto = ip->protocol;
-	struct lb4_reverse_nat *rn;
 	struct ct_entry *e, *svc;
-	__u16 index;
+	__be32 front;
+	__be16 port;
 
 	e = bpf_map_lookup_elem(&hr_ct4, &rk);
-	if (!e)
+	if (!e || !e->nat_addr)
 		return 0;
-	index = e->rev_nat_index;
-	rn = bpf_map_lookup_elem(&hr_lb4_revnat, &index);
-	if (!rn)
-		return 0; /* the service is gone: its backend answers as itself */
+	front = e->nat_addr;
+	port = e->nat_port;
 	e->flags |= CT_F_SEEN_REPLY;
 	ct_refresh(e, proto, l4->tcp_flags);
 
 	/* The flow is established: its service entry lives as long. */
 	struct ct4_key sk = {
-		.saddr = ip->daddr, .daddr = rn->address, .sport = l4->dport, .dport = rn->port,
+		.saddr = ip->daddr, .daddr = front, .sport = l4->dport, .dport = port,
 		.proto = proto, .dir = CT_SERVICE,
 	};
 	svc = bpf_map_lookup_elem(&hr_ct4, &sk);
@@ -407,7 +399,7 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct iphdr *ip, 
 		svc->flags |= CT_F_SEEN_REPLY;
 		ct_refresh(svc, proto, l4->tcp_flags);
 	}
-	if (rewrite4(ctx, proto, 0, ip->saddr, rn->address, l4->sport, rn->port) < 0)
+	if (rewrite4(ctx, proto, 0, ip->saddr, front, l4->sport, port) < 0)
 		return -METRIC_DROP_NAT;
 	return 1;
 }
