@@ -1,14 +1,18 @@
 // Command hrctl inspects a hostrouting node through its pin directory, as
 // `cilium status` and `cilium bpf endpoint list` inspect a Cilium node,
-// manages the node's routes to other nodes, and removes endpoints and
-// whole nodes left behind. It runs inside the node's network namespace and
-// adopts the pinned datapath with datapath.Open, which never loads or
-// attaches programs: status, endpoint list, stats and get only read; node
-// add and node del change the direct routes to other nodes' pod CIDRs
-// (datapath.UpsertNode, datapath.DeleteNode); endpoint delete takes an
-// endpoint off the node (datapath.RemoveEndpoint), for a pod that is gone
-// without its CNI DEL; cleanup removes the node, as `cilium-dbg cleanup`
-// does (datapath.Cleanup), also one that no longer opens.
+// manages the node's routes to other nodes and its services, and removes
+// endpoints and whole nodes left behind. It runs inside the node's network
+// namespace and adopts the pinned datapath with datapath.Open, which never
+// loads or attaches programs: status, endpoint list, stats and get, service
+// list, ct list and nat list only read; node add and node del change the
+// direct routes to other nodes' pod CIDRs (datapath.UpsertNode,
+// datapath.DeleteNode); service update and service delete change the
+// node's services (datapath.UpsertService, datapath.DeleteService), as
+// `cilium service update` and `cilium service delete` do; ct flush removes
+// conntrack entries, as `cilium bpf ct flush` does; endpoint delete takes
+// an endpoint off the node (datapath.RemoveEndpoint), for a pod that is
+// gone without its CNI DEL; cleanup removes the node, as `cilium-dbg
+// cleanup` does (datapath.Cleanup), also one that no longer opens.
 //
 // Usage:
 //
@@ -20,15 +24,31 @@
 //	hrctl [--pin-path DIR] node add --name N --ip IP --pod-cidr CIDR[,CIDR...]
 //	hrctl [--pin-path DIR] node del --name N
 //	hrctl [--pin-path DIR] [--json] node list
+//	hrctl [--pin-path DIR] [--json] service list
+//	hrctl [--pin-path DIR] [--json] service update [--id N] --frontend IP:PORT --backends IP:PORT[,IP:PORT...]
+//	      [--type ClusterIP|NodePort|ExternalIP] [--protocol tcp|udp] [--local] [--affinity DURATION]
+//	      [--terminating IP:PORT[,IP:PORT...]]
+//	hrctl [--pin-path DIR] service delete --id N
+//	hrctl [--pin-path DIR] [--json] ct list
+//	hrctl [--pin-path DIR] [--json] ct flush [--ip IP]
+//	hrctl [--pin-path DIR] [--json] nat list
 //	hrctl [--pin-path DIR] cleanup [-f|--force]
 //
-// Flags may also follow the command and its argument; --pod-cidr may
-// repeat. node add is idempotent and converges the node on exactly the pod
-// CIDRs given. cleanup lists what it removes and, when stdin is a
-// terminal and --force is not given, asks before it removes anything; it
-// leaves whatever the node did not make, and finding no node is not an
-// error. Exit codes: 0 on success, 1 when the node cannot be read or
-// refuses a change (or cleanup is declined), 2 on a usage error.
+// Flags may also follow the command and its argument; --pod-cidr,
+// --backends and --terminating may repeat. node add is idempotent and
+// converges the node on exactly the pod CIDRs given. service update
+// creates the service, or replaces the one with its --id or frontend (ID 0
+// or no --id picks the lowest free ID), and prints its ID; --local is
+// externalTrafficPolicy Local (NodePort and ExternalIP services only),
+// --affinity sessionAffinity ClientIP with that timeout, --terminating
+// adds backends that keep their flows and take no new ones. ct flush
+// removes every conntrack entry, or with --ip those whose tuple has that
+// address, and prints how many; the source NAT table stays. cleanup lists
+// what it removes and, when stdin is a terminal and --force is not given,
+// asks before it removes anything; it leaves whatever the node did not
+// make, and finding no node is not an error. Exit codes: 0 on success, 1
+// when the node cannot be read or refuses a change (or cleanup is
+// declined), 2 on a usage error.
 package main
 
 import (
@@ -46,28 +66,34 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
+	"github.com/hostrouting/hostrouting/nat"
 )
 
 // options are hrctl's flags: pinPath and json for every command, node for
-// the node commands that take it, ip for the endpoint commands' argument,
-// force for cleanup.
+// the node commands that take it, ip for the endpoint commands' argument
+// and ct flush's --ip, force for cleanup, svc for service update and
+// delete.
 type options struct {
 	pinPath string
 	json    bool
 	node    datapath.Node
 	ip      netip.Addr
 	force   bool
+	svc     datapath.Service
+	idSet   bool // --id was given
 }
 
-// command is one hrctl command; add new ones (service list) to commands.
+// command is one hrctl command; add new ones to commands.
 type command struct {
 	name    string // the words naming it: "endpoint list"
 	args    string // its argument and own flags, for usage: "--name N", "IP"
@@ -81,6 +107,9 @@ type command struct {
 	check func(o *options) error
 	// run runs the command on the node at --pin-path, opened for it.
 	run func(dp *datapath.Datapath, o options, w io.Writer) error
+	// runMaps, in place of run, runs a command on the node's maps: the
+	// conntrack and NAT commands, which the datapath API does not cover.
+	runMaps func(m loader.Maps, o options, w io.Writer) error
 	// runAt, in place of run, runs a command that opens the node itself:
 	// cleanup, which must also work on a node that does not open.
 	runAt func(o options, s stdio) error
@@ -101,6 +130,21 @@ var commands = []command{
 	{name: "node del", args: "--name N", summary: "remove another node and its routes",
 		flags: nodeNameFlag, check: nodeNameCheck, run: nodeDel},
 	{name: "node list", summary: "the other nodes: name, IP, pod CIDRs", run: nodeList},
+	{name: "service list", summary: "the services, as `cilium service list` prints them", run: serviceList},
+	{name: "service update",
+		args: "[--id N] --frontend IP:PORT --backends IP:PORT[,IP:PORT...] [--type ClusterIP|NodePort|ExternalIP] " +
+			"[--protocol tcp|udp] [--local] [--affinity DURATION] [--terminating IP:PORT[,IP:PORT...]]",
+		summary: "create a service, or replace the one with its ID or frontend, and print its ID (ID 0 or none picks one)",
+		flags:   serviceUpdateFlags, check: serviceUpdateCheck, run: serviceUpdate},
+	{name: "service delete", args: "--id N", summary: "remove a service; its flows end",
+		flags: serviceIDFlag, check: serviceDeleteCheck, run: serviceDelete},
+	{name: "ct list", summary: "the conntrack table of translated flows, as `cilium bpf ct list global` prints it",
+		runMaps: ctList},
+	{name: "ct flush", args: "[--ip IP]",
+		summary: "remove every conntrack entry, or those whose source or destination is IP, and print how many",
+		flags:   ctFlushFlags, runMaps: ctFlush},
+	{name: "nat list", summary: "the source NAT table (BPF masquerade), as `cilium bpf nat list` prints it",
+		runMaps: natList},
 	{name: "cleanup", args: "[-f|--force]",
 		summary: "remove the node at --pin-path, also one that no longer opens (asks first on a terminal)",
 		flags:   cleanupFlags, runAt: cleanup},
@@ -176,9 +220,17 @@ func run(args []string, std stdio) int {
 		}
 	}
 
-	if cmd.runAt != nil {
+	switch {
+	case cmd.runAt != nil:
 		err = cmd.runAt(opts, std)
-	} else {
+	case cmd.runMaps != nil:
+		var node *loader.Instance
+		node, err = openNode(opts.pinPath)
+		if err == nil {
+			err = cmd.runMaps(node.Maps, opts, stdout)
+			node.Close()
+		}
+	default:
 		var dp *datapath.Datapath
 		dp, err = open(opts.pinPath)
 		if err == nil {
@@ -257,25 +309,41 @@ func usage(flags *flag.FlagSet, cmd *command) {
 // not. The datapath is the caller's netns's: hrctl runs in the node's.
 func open(pinPath string) (*datapath.Datapath, error) {
 	dp, err := datapath.Open(pinPath, "")
+	if err != nil {
+		return nil, openError(pinPath, err)
+	}
+	return dp, nil
+}
+
+// openNode opens the maps of the node pinned at pinPath, as open does the
+// datapath: loader.Open, which loads and attaches nothing either.
+func openNode(pinPath string) (*loader.Instance, error) {
+	n, err := loader.Open(pinPath)
+	if err != nil {
+		return nil, openError(pinPath, err)
+	}
+	return n, nil
+}
+
+// openError explains in one line why the node at pinPath does not open.
+func openError(pinPath string, err error) error {
 	switch {
-	case err == nil:
-		return dp, nil
 	case errors.Is(err, loader.ErrNotBPFFS):
-		return nil, fmt.Errorf("pin path %s is not on a bpf filesystem: not a hostrouting node", pinPath)
+		return fmt.Errorf("pin path %s is not on a bpf filesystem: not a hostrouting node", pinPath)
 	case errors.Is(err, loader.ErrPartialPins):
-		return nil, partialNode(pinPath, err)
+		return partialNode(pinPath, err)
 	case errors.Is(err, loader.ErrNoNode):
 		if dir, err := loader.ReadPinDir(pinPath); err == nil && len(dir.Own) > 0 {
-			return nil, fmt.Errorf("pin path %s holds what is left of a hostrouting node (%s) but none of its maps: "+
+			return fmt.Errorf("pin path %s holds what is left of a hostrouting node (%s) but none of its maps: "+
 				"remove it with `hrctl --pin-path %s cleanup`, then start the node again", pinPath, strings.Join(dir.Own, ", "), pinPath)
 		}
-		return nil, fmt.Errorf("pin path %s is not a hostrouting node: %v", pinPath, err)
+		return fmt.Errorf("pin path %s is not a hostrouting node: %v", pinPath, err)
 	case errors.Is(err, fs.ErrNotExist):
 		// Not os.Stat: under `ip netns exec` the machine's bpffs is not
 		// mounted in hrctl's view, and datapath.Open reaches it otherwise.
-		return nil, fmt.Errorf("pin path %s does not exist: no hostrouting node there (see --pin-path)", pinPath)
+		return fmt.Errorf("pin path %s does not exist: no hostrouting node there (see --pin-path)", pinPath)
 	}
-	return nil, fmt.Errorf("pin path %s: %v", pinPath, err)
+	return fmt.Errorf("pin path %s: %v", pinPath, err)
 }
 
 // status prints the node's datapath.Status and its node-wide counters.
@@ -532,6 +600,359 @@ func nodeList(dp *datapath.Datapath, opts options, w io.Writer) error {
 	}
 	for _, n := range nodes {
 		fmt.Fprintln(w, n)
+	}
+	return nil
+}
+
+// serviceHeader is the header of service list, over the columns of
+// datapath.Service.String.
+var serviceHeader = fmt.Sprintf("%-4s %-26s %-12s %s", "ID", "Frontend", "Service Type", "Backend")
+
+// serviceJSON is a datapath.Service with its protocol, states and session
+// affinity as text and seconds.
+type serviceJSON struct {
+	ID                         uint16
+	Frontend                   netip.AddrPort
+	Protocol                   string
+	Type                       datapath.ServiceType
+	Backends                   []backendJSON
+	ExternalTrafficPolicyLocal bool
+	SessionAffinitySeconds     int64 `json:",omitempty"`
+}
+
+type backendJSON struct {
+	Addr  netip.AddrPort
+	State string
+}
+
+// serviceList prints the services as `cilium service list`: a header, then
+// each service's row, a line per backend.
+func serviceList(dp *datapath.Datapath, opts options, w io.Writer) error {
+	svcs, err := dp.Services()
+	if err != nil {
+		return err
+	}
+	if opts.json {
+		out := []serviceJSON{}
+		for _, s := range svcs {
+			j := serviceJSON{ID: s.ID, Frontend: s.Frontend, Protocol: s.Protocol.String(), Type: s.Type,
+				Backends: []backendJSON{}, ExternalTrafficPolicyLocal: s.ExternalTrafficPolicyLocal,
+				SessionAffinitySeconds: int64(s.SessionAffinity / time.Second)}
+			for _, b := range s.Backends {
+				j.Backends = append(j.Backends, backendJSON{b.Addr, b.State.String()})
+			}
+			out = append(out, j)
+		}
+		return writeJSON(w, out)
+	}
+	fmt.Fprintln(w, serviceHeader)
+	for _, s := range svcs {
+		fmt.Fprintln(w, s)
+	}
+	return nil
+}
+
+// serviceIDFlag registers --id, of service update and service delete.
+func serviceIDFlag(fs *flag.FlagSet, o *options) {
+	fs.Func("id", "the service's `ID`, 1 to 65535 (service update: 0 picks the lowest free one)", func(s string) error {
+		id, err := strconv.ParseUint(s, 10, 16)
+		if err != nil {
+			return fmt.Errorf("%q is not a service ID from 0 to 65535", s)
+		}
+		o.svc.ID, o.idSet = uint16(id), true
+		return nil
+	})
+}
+
+// parseAddrPort parses a frontend's or backend's IPv4 address and port.
+func parseAddrPort(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		return netip.AddrPort{}, fmt.Errorf("%q is not an IP:PORT such as 10.96.0.10:80", s)
+	case !ap.Addr().Unmap().Is4():
+		return netip.AddrPort{}, fmt.Errorf("%s: want an IPv4 address", ap)
+	case ap.Port() == 0:
+		return netip.AddrPort{}, fmt.Errorf("%s: port 0", ap)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// backendsFlag parses a comma-separated list of backends in state.
+func backendsFlag(o *options, state datapath.BackendState) func(string) error {
+	return func(s string) error {
+		for b := range strings.SplitSeq(s, ",") {
+			ap, err := parseAddrPort(b)
+			if err != nil {
+				return err
+			}
+			o.svc.Backends = append(o.svc.Backends, datapath.Backend{Addr: ap, State: state})
+		}
+		return nil
+	}
+}
+
+// serviceTypes are the names --type takes, in lower case.
+var serviceTypes = map[string]datapath.ServiceType{
+	"clusterip": datapath.ClusterIP, "nodeport": datapath.NodePort,
+	"externalip": datapath.ExternalIP, "externalips": datapath.ExternalIP,
+}
+
+// serviceUpdateFlags registers service update's flags, parsed as they
+// come, so that a bad value is a usage error naming its flag.
+func serviceUpdateFlags(fs *flag.FlagSet, o *options) {
+	serviceIDFlag(fs, o)
+	o.svc.Protocol, o.svc.Type = datapath.TCP, datapath.ClusterIP
+	fs.Func("frontend", "the `IP:PORT` clients connect to: a ClusterIP, a node IP with its nodePort, an external IP", func(s string) error {
+		ap, err := parseAddrPort(s)
+		o.svc.Frontend = ap
+		return err
+	})
+	fs.Func("backends", "the active backends' `IP:PORT`s, comma-separated; the flag may repeat", backendsFlag(o, datapath.BackendActive))
+	fs.Func("terminating", "backends that keep their flows but take no new ones, `IP:PORT`s as --backends", backendsFlag(o, datapath.BackendTerminating))
+	fs.Func("type", "the service `type`: ClusterIP (default), NodePort or ExternalIP", func(s string) error {
+		t, ok := serviceTypes[strings.ToLower(s)]
+		if !ok {
+			return fmt.Errorf("unknown service type %q: want ClusterIP, NodePort or ExternalIP", s)
+		}
+		o.svc.Type = t
+		return nil
+	})
+	fs.Func("protocol", "the `protocol`: tcp (default) or udp", func(s string) error {
+		switch strings.ToLower(s) {
+		case "tcp":
+			o.svc.Protocol = datapath.TCP
+		case "udp":
+			o.svc.Protocol = datapath.UDP
+		default:
+			return fmt.Errorf("unknown protocol %q: want tcp or udp", s)
+		}
+		return nil
+	})
+	fs.BoolVar(&o.svc.ExternalTrafficPolicyLocal, "local",
+		false, "externalTrafficPolicy Local: traffic from outside the node goes to its own backends only and keeps its source (NodePort, ExternalIP)")
+	fs.Func("affinity", "sessionAffinity ClientIP: keep a client on its backend for `DURATION` after its last packet (e.g. 3h; at most 65535s)", func(s string) error {
+		d, err := time.ParseDuration(s)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%q is not a duration such as 3h or 10800s", s)
+		case d < 0 || d > 0xffff*time.Second:
+			return fmt.Errorf("%s: want 0 (none) to %s", d, 0xffff*time.Second)
+		case d%time.Second != 0:
+			return fmt.Errorf("%s: want whole seconds", d)
+		}
+		o.svc.SessionAffinity = d
+		return nil
+	})
+}
+
+func serviceUpdateCheck(o *options) error {
+	s := &o.svc
+	switch {
+	case !s.Frontend.IsValid():
+		return errors.New("missing --frontend")
+	case len(s.Backends) == 0:
+		return errors.New("missing --backends")
+	case s.ExternalTrafficPolicyLocal && s.Type == datapath.ClusterIP:
+		return errors.New("--local (externalTrafficPolicy Local) is for NodePort and ExternalIP services, not ClusterIP")
+	}
+	seen := map[netip.AddrPort]bool{}
+	for _, b := range s.Backends {
+		if seen[b.Addr] {
+			return fmt.Errorf("backend %s given twice", b.Addr)
+		}
+		seen[b.Addr] = true
+	}
+	return nil
+}
+
+// serviceUpdate creates or replaces the service: datapath.UpsertService.
+func serviceUpdate(dp *datapath.Datapath, opts options, w io.Writer) error {
+	id, err := dp.UpsertService(opts.svc)
+	if err != nil {
+		return err
+	}
+	if opts.json {
+		return writeJSON(w, struct{ ID uint16 }{id})
+	}
+	fmt.Fprintln(w, id)
+	return nil
+}
+
+func serviceDeleteCheck(o *options) error {
+	switch {
+	case !o.idSet:
+		return errors.New("missing --id")
+	case o.svc.ID == 0:
+		return errors.New("--id 0: service IDs run from 1 to 65535")
+	}
+	return nil
+}
+
+// serviceDelete removes the service with --id: datapath.DeleteService.
+func serviceDelete(dp *datapath.Datapath, opts options, w io.Writer) error {
+	err := dp.DeleteService(opts.svc.ID)
+	if errors.Is(err, datapath.ErrNotFound) {
+		return fmt.Errorf("no service with ID %d (see hrctl service list)", opts.svc.ID)
+	}
+	return err
+}
+
+// ctJSON is a maps.CTEntry with its direction, protocol and flags as text.
+type ctJSON struct {
+	Proto            string
+	Dir              string
+	Src, Dst         netip.AddrPort
+	Expires          uint32
+	RemainingSeconds int64
+	RevNAT           uint16
+	BackendID        uint32
+	Flags            []string
+	Packets          uint64
+}
+
+// protoName names p as conntrack and NAT lines do: "TCP", "UDP", "ICMP".
+func protoName(p maps.Protocol) string {
+	if p == maps.ICMP {
+		return "ICMP"
+	}
+	return p.String()
+}
+
+// compareTuples orders entries by protocol, direction, source and
+// destination: list output that does not follow the map's hash order.
+func compareTuples(p1, p2 maps.Protocol, d1, d2 uint8, s1, s2, t1, t2 netip.AddrPort) int {
+	if c := int(p1) - int(p2); c != 0 {
+		return c
+	}
+	if c := int(d1) - int(d2); c != 0 {
+		return c
+	}
+	if c := s1.Compare(s2); c != 0 {
+		return c
+	}
+	return t1.Compare(t2)
+}
+
+// ctList prints the conntrack table as `cilium bpf ct list global`: a
+// line per entry (maps.CTEntry.String).
+func ctList(m loader.Maps, opts options, w io.Writer) error {
+	entries, err := maps.NewConntrack(m.Conntrack).List()
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(entries, func(a, b maps.CTEntry) int {
+		return compareTuples(a.Proto, b.Proto, uint8(a.Dir), uint8(b.Dir), a.Src, b.Src, a.Dst, b.Dst)
+	})
+	if opts.json {
+		out := []ctJSON{}
+		for _, e := range entries {
+			flags := []string{}
+			if e.Flags&maps.CTSeenReply != 0 {
+				flags = append(flags, "SeenReply")
+			}
+			if e.Flags&maps.CTClosing != 0 {
+				flags = append(flags, "Closing")
+			}
+			out = append(out, ctJSON{Proto: protoName(e.Proto), Dir: e.Dir.String(),
+				Src: e.Src, Dst: e.Dst, Expires: e.Expires, RemainingSeconds: int64(e.Remaining / time.Second),
+				RevNAT: e.RevNAT, BackendID: e.BackendID, Flags: flags, Packets: e.Packets})
+		}
+		return writeJSON(w, out)
+	}
+	for _, e := range entries {
+		fmt.Fprintln(w, e)
+	}
+	return nil
+}
+
+// ctFlushFlags registers ct flush's --ip.
+func ctFlushFlags(fs *flag.FlagSet, o *options) {
+	fs.Func("ip", "remove only the entries whose source or destination is this IPv4 `address` (a pod's, for one)", func(s string) error {
+		ip, err := netip.ParseAddr(s)
+		if err != nil || !ip.Unmap().Is4() {
+			return fmt.Errorf("%q is not an IPv4 address such as 10.0.0.10", s)
+		}
+		o.ip = ip.Unmap()
+		return nil
+	})
+}
+
+// ctFlush removes the conntrack entries, all or those of --ip (with the
+// GC's FlushEndpoint, on the conntrack table only), and says how many.
+// Flows whose entries go start again as new ones with their next packet.
+func ctFlush(m loader.Maps, opts options, w io.Writer) error {
+	ct := maps.NewConntrack(m.Conntrack)
+	var (
+		n   int
+		err error
+	)
+	if opts.ip.IsValid() {
+		n, err = nat.NewGC(ct, nil, nat.Options{}).FlushEndpoint(opts.ip)
+	} else {
+		var entries []maps.CTEntry
+		if entries, err = ct.List(); err == nil {
+			keys := make([]maps.CTKey, len(entries))
+			for i, e := range entries {
+				keys[i] = e.Key()
+			}
+			n, err = ct.DeleteKeys(keys)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("flush conntrack (%s removed): %w", nEntries(n), err)
+	}
+	switch {
+	case opts.json:
+		return writeJSON(w, struct{ Flushed int }{n})
+	case opts.ip.IsValid():
+		fmt.Fprintf(w, "Flushed %s of %s from the conntrack table\n", nEntries(n), opts.ip)
+	default:
+		fmt.Fprintf(w, "Flushed %s from the conntrack table\n", nEntries(n))
+	}
+	return nil
+}
+
+// nEntries is "1 entry", "2 entries".
+func nEntries(n int) string {
+	if n == 1 {
+		return "1 entry"
+	}
+	return fmt.Sprintf("%d entries", n)
+}
+
+// natJSON is a maps.SNATEntry with its direction and protocol as text.
+type natJSON struct {
+	Proto            string
+	Dir              string
+	Src, Dst, To     netip.AddrPort
+	Expires          uint32
+	RemainingSeconds int64
+	Host             bool `json:",omitempty"`
+	Closing          bool `json:",omitempty"`
+}
+
+// natList prints the source NAT table as `cilium bpf nat list`: a line per
+// entry (maps.SNATEntry.String), a translated flow's OUT and IN.
+func natList(m loader.Maps, opts options, w io.Writer) error {
+	entries, err := maps.NewSNAT(m.SNAT).List()
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(entries, func(a, b maps.SNATEntry) int {
+		return compareTuples(a.Proto, b.Proto, uint8(a.Dir), uint8(b.Dir), a.Src, b.Src, a.Dst, b.Dst)
+	})
+	if opts.json {
+		out := []natJSON{}
+		for _, e := range entries {
+			out = append(out, natJSON{Proto: protoName(e.Proto), Dir: e.Dir.String(),
+				Src: e.Src, Dst: e.Dst, To: e.To, Expires: e.Expires, RemainingSeconds: int64(e.Remaining / time.Second),
+				Host: e.Host, Closing: e.Closing})
+		}
+		return writeJSON(w, out)
+	}
+	for _, e := range entries {
+		fmt.Fprintln(w, e)
 	}
 	return nil
 }

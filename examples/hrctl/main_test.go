@@ -24,7 +24,9 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/netcheck"
 	"github.com/hostrouting/hostrouting/loader"
+	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -352,7 +354,9 @@ func TestHrctlHelp(t *testing.T) {
 			t.Errorf("hrctl -h lacks %q %q:\n%s", c.name, c.args, stderr)
 		}
 	}
-	for _, want := range []string{"endpoint get IP", "endpoint delete IP", "cleanup [-f|--force]"} {
+	for _, want := range []string{"endpoint get IP", "endpoint delete IP", "cleanup [-f|--force]", "  service list ",
+		"  service update [--id N] --frontend IP:PORT --backends IP:PORT[,IP:PORT...] [--type ClusterIP|NodePort|ExternalIP] [--protocol tcp|udp] [--local] [--affinity DURATION]",
+		"  service delete --id N\n", "  ct list ", "  ct flush [--ip IP]\n", "  nat list "} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("hrctl -h lacks %q:\n%s", want, stderr)
 		}
@@ -916,5 +920,373 @@ func TestHrctlCleanupTerminal(t *testing.T) {
 		if !gone(pin) {
 			t.Errorf("cleanup %s left the node", force)
 		}
+	}
+}
+
+// TestHrctlServiceUsage checks that bad service, conntrack and NAT input
+// is a usage error naming the flag, found before any node is opened (the
+// pin path is missing).
+func TestHrctlServiceUsage(t *testing.T) {
+	bin := buildHrctl(t)
+	pin := filepath.Join(loader.DefaultBPFFS, "hrctl-missing-"+randomHex(6))
+	ok := []string{"--frontend", "10.96.0.10:80", "--backends", "10.0.0.11:8080,10.0.0.12:8080"}
+	with := func(args ...string) []string {
+		return append(append([]string{"service", "update"}, ok...), args...)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"service", "update", "--backends", "10.0.0.11:8080"}, "hrctl service update: missing --frontend"},
+		{[]string{"service", "update", "--frontend", "10.96.0.10:80"}, "hrctl service update: missing --backends"},
+		{[]string{"service", "update", "--frontend", "10.96.0.10", "--backends", "10.0.0.11:8080"}, `-frontend: "10.96.0.10" is not an IP:PORT`},
+		{[]string{"service", "update", "--frontend", "10.96.0.10:0", "--backends", "10.0.0.11:8080"}, "-frontend: 10.96.0.10:0: port 0"},
+		{[]string{"service", "update", "--frontend", "[fd00::10]:80", "--backends", "10.0.0.11:8080"}, "-frontend: [fd00::10]:80: want an IPv4 address"},
+		{[]string{"service", "update", "--frontend", "10.96.0.10:80", "--backends", "10.0.0.11:8080,pod-b:80"}, `-backends: "pod-b:80" is not an IP:PORT`},
+		{[]string{"service", "update", "--frontend", "10.96.0.10:80", "--backends", "10.0.0.11:8080,"}, `-backends: "" is not an IP:PORT`},
+		{[]string{"service", "update", "--frontend", "10.96.0.10:80", "--backends", "10.0.0.11:70000"}, `-backends: "10.0.0.11:70000" is not an IP:PORT`},
+		{with("--terminating", "10.0.0.13"), `-terminating: "10.0.0.13" is not an IP:PORT`},
+		{with("--type", "LoadBalancer"), `-type: unknown service type "LoadBalancer": want ClusterIP, NodePort or ExternalIP`},
+		{with("--protocol", "sctp"), `-protocol: unknown protocol "sctp": want tcp or udp`},
+		{with("--affinity", "10800"), `-affinity: "10800" is not a duration such as 3h`},
+		{with("--affinity", "-1s"), "-affinity: -1s: want 0 (none) to 18h12m15s"},
+		{with("--affinity", "19h"), "-affinity: 19h0m0s: want 0 (none) to 18h12m15s"},
+		{with("--affinity", "1.5s"), "-affinity: 1.5s: want whole seconds"},
+		{with("--id", "65536"), `-id: "65536" is not a service ID from 0 to 65535`},
+		{with("--id", "web"), `-id: "web" is not a service ID`},
+		{with("--local"), "--local (externalTrafficPolicy Local) is for NodePort and ExternalIP services, not ClusterIP"},
+		{with("--terminating", "10.0.0.12:8080", "--type", "NodePort"), "backend 10.0.0.12:8080 given twice"},
+		{with("extra"), `unexpected argument "extra"`},
+		{[]string{"service", "delete"}, "hrctl service delete: missing --id"},
+		{[]string{"service", "delete", "--id", "0"}, "--id 0: service IDs run from 1 to 65535"},
+		{[]string{"service", "delete", "--id", "1", "--frontend", "10.96.0.10:80"}, "flag provided but not defined: -frontend"},
+		{[]string{"service", "list", "--id", "1"}, "flag provided but not defined: -id"},
+		{[]string{"service", "list", "all"}, `unexpected argument "all"`},
+		{[]string{"service"}, `unknown command "service"`},
+		{[]string{"ct", "list", "global"}, `unexpected argument "global"`},
+		{[]string{"ct", "list", "--ip", "10.0.0.10"}, "flag provided but not defined: -ip"},
+		{[]string{"ct", "flush", "--ip", "pod-a"}, `-ip: "pod-a" is not an IPv4 address`},
+		{[]string{"ct", "flush", "--ip", "fd00::10"}, `-ip: "fd00::10" is not an IPv4 address`},
+		{[]string{"nat", "list", "--ip", "10.0.0.10"}, "flag provided but not defined: -ip"},
+		{[]string{"nat"}, `unknown command "nat"`},
+	} {
+		stdout, stderr, code := hrctl(t, bin, append([]string{"--pin-path", pin}, tc.args...)...)
+		if code != 2 || stdout != "" || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "Usage: hrctl") {
+			t.Errorf("hrctl %v: exit %d, stdout %q, stderr:\n%s\nwant exit 2 and usage saying %q", tc.args, code, stdout, stderr, tc.want)
+		}
+	}
+	// Well-formed, in any order and case: the missing node is the error.
+	for _, args := range [][]string{
+		with("--type", "nodeport", "--protocol", "UDP", "--local", "--affinity", "3h", "--terminating", "10.0.0.13:8080", "--id", "0"),
+		{"service", "update", "--backends", "10.0.0.11:8080", "--backends", "10.0.0.12:8080", "--frontend", "10.96.0.10:80", "--type", "ExternalIPs", "--json"},
+		{"service", "update", "--frontend", "10.96.0.10:80", "--terminating", "10.0.0.11:8080"},
+		{"service", "delete", "--id", "65535"}, {"service", "list", "--json"},
+		{"ct", "list"}, {"ct", "flush"}, {"ct", "flush", "--ip", "::ffff:10.0.0.10"}, {"nat", "list", "--json"},
+	} {
+		stdout, stderr, code := hrctl(t, bin, append([]string{"--pin-path", pin}, args...)...)
+		if code != 1 || stdout != "" || !strings.Contains(stderr, "does not exist") {
+			t.Errorf("hrctl %v: exit %d, stdout %q, stderr %q; want exit 1: the pin path does not exist", args, code, stdout, stderr)
+		}
+	}
+}
+
+// TestHrctlServices runs the service, conntrack and NAT commands inside a
+// node's netns: a pod reaches a ClusterIP made with service update over
+// TCP and UDP, whose flows ct list shows and ct flush removes; a pod
+// reaches a host outside the native routing CIDR, masqueraded, whose flow
+// nat list shows; service delete removes a service.
+func TestHrctlServices(t *testing.T) {
+	datapathtest.RequireRoot(t)
+	bin := buildHrctl(t)
+	c := datapathtest.NewCluster(t, 1)
+	n0 := c.Nodes[0]
+	client := n0.AddPod(t, "client", n0.PodIP(10))
+	backend := n0.AddPod(t, "backend", n0.PodIP(11))
+	pin := datapathtest.PinPath(t)
+	dp := n0.NewDatapath(t, datapath.Config{PinPath: pin, Devices: []string{n0.Device},
+		NativeRoutingCIDR: netip.MustParsePrefix("10.0.0.0/8")})
+	client.AddEndpoint(t, dp)
+	backend.AddEndpoint(t, dp)
+	tcpBackend := netip.AddrPortFrom(backend.IP, backend.ServeTCPEcho(t))
+	udpBackend := netip.AddrPortFrom(backend.IP, backend.ServeUDPEcho(t))
+	node, err := loader.Open(pin) // the tables, as the test sees them
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() })
+	ct, snat := maps.NewConntrack(node.Maps.Conntrack), maps.NewSNAT(node.Maps.SNAT)
+
+	run := func(args ...string) (stdout, stderr string, code int) {
+		t.Helper()
+		return hrctlIn(t, bin, n0.NetnsName, append([]string{"--pin-path", pin}, args...)...)
+	}
+	mustRun := func(args ...string) string {
+		t.Helper()
+		stdout, stderr, code := run(args...)
+		if code != 0 || stderr != "" {
+			t.Fatalf("hrctl %v: exit %d, stderr %q", args, code, stderr)
+		}
+		return stdout
+	}
+	const header = "ID   Frontend                   Service Type Backend\n"
+	wantList := func() string {
+		t.Helper()
+		svcs, err := dp.Services()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := header
+		for _, s := range svcs {
+			want += s.String() + "\n"
+		}
+		return want
+	}
+
+	if out := mustRun("service", "list"); out != header {
+		t.Errorf("service list without services:\n%q, want the header %q", out, header)
+	}
+	if out := mustRun("service", "list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("service list --json without services: %q, want []", out)
+	}
+	if out := mustRun("ct", "list"); out != "" {
+		t.Errorf("ct list before any translated flow: %q, want nothing", out)
+	}
+
+	// update: a new service gets the lowest free ID; its frontend again
+	// (no --id) is the same service; --id picks one.
+	vip := netip.MustParseAddrPort("10.96.0.10:80")
+	for i := range 2 {
+		if out := mustRun("service", "update", "--frontend", vip.String(), "--backends", tcpBackend.String()); out != "1\n" {
+			t.Errorf("service update #%d printed %q, want the ID 1", i+1, out)
+		}
+	}
+	dns := netip.MustParseAddrPort("10.96.0.10:53")
+	if out := mustRun("service", "update", "--id", "5", "--frontend", dns.String(), "--protocol", "udp", "--backends", udpBackend.String()); out != "5\n" {
+		t.Errorf("service update --id 5 printed %q, want 5", out)
+	}
+	nodePort := netip.AddrPortFrom(n0.IP, 30080)
+	terminating := netip.MustParseAddrPort("10.0.0.99:8080")
+	var created struct{ ID uint16 }
+	out := mustRun("--json", "service", "update", "--id", "0", "--frontend", nodePort.String(), "--type", "NodePort",
+		"--local", "--affinity", "3h", "--backends", tcpBackend.String(), "--terminating", terminating.String())
+	if err := json.Unmarshal([]byte(out), &created); err != nil || created.ID != 2 {
+		t.Errorf("service update --json: %v, %q; want ID 2", err, out)
+	}
+	svcs, err := dp.Services()
+	if err != nil || len(svcs) != 3 {
+		t.Fatalf("services: %v, %v; want 3", svcs, err)
+	}
+	np := svcs[1]
+	wantNP := datapath.Service{ID: 2, Frontend: nodePort, Protocol: datapath.TCP, Type: datapath.NodePort, ExternalTrafficPolicyLocal: true,
+		SessionAffinity: 3 * time.Hour, Backends: []datapath.Backend{{Addr: tcpBackend}, {Addr: terminating, State: datapath.BackendTerminating}}}
+	if np.String() != wantNP.String() || !np.ExternalTrafficPolicyLocal || np.SessionAffinity != 3*time.Hour {
+		t.Errorf("the NodePort service: %+v, want %+v", np, wantNP)
+	}
+	list := mustRun("service", "list")
+	if want := wantList(); list != want {
+		t.Errorf("service list:\n%swant\n%s", list, want)
+	}
+	// The seed's row shape, a line per backend.
+	for _, want := range []string{
+		fmt.Sprintf("1    10.96.0.10:80/TCP          ClusterIP    1 => %s/TCP (active)\n", tcpBackend),
+		fmt.Sprintf("5    10.96.0.10:53/UDP          ClusterIP    1 => %s/UDP (active)\n", udpBackend),
+		fmt.Sprintf("2    %-26s NodePort     1 => %s/TCP (active)\n%s 2 => %s/TCP (terminating)\n",
+			nodePort.String()+"/TCP", tcpBackend, strings.Repeat(" ", 44), terminating),
+	} {
+		if !strings.Contains(list, want) {
+			t.Errorf("service list lacks %q:\n%s", want, list)
+		}
+	}
+	var listed []struct {
+		ID             uint16
+		Frontend       netip.AddrPort
+		Protocol, Type string
+		Backends       []struct {
+			Addr  netip.AddrPort
+			State string
+		}
+		ExternalTrafficPolicyLocal bool
+		SessionAffinitySeconds     int
+	}
+	if err := json.Unmarshal([]byte(mustRun("service", "list", "--json")), &listed); err != nil || len(listed) != 3 {
+		t.Fatalf("service list --json: %v, %d services", err, len(listed))
+	}
+	if l := listed[1]; l.ID != 2 || l.Frontend != nodePort || l.Protocol != "TCP" || l.Type != "NodePort" || !l.ExternalTrafficPolicyLocal ||
+		l.SessionAffinitySeconds != 10800 || len(l.Backends) != 2 || l.Backends[1].Addr != terminating || l.Backends[1].State != "terminating" {
+		t.Errorf("service list --json, the NodePort service: %+v", l)
+	}
+
+	// Traffic to the ClusterIP: ct list shows each flow's SVC and REPLY
+	// entries, as the tables hold them.
+	client.MustTCPEcho(t, vip.Addr(), vip.Port())
+	client.MustUDPEcho(t, dns.Addr(), dns.Port())
+	ctLines := lines(mustRun("ct", "list"))
+	checkKeys(t, "ct list", ctLines, func() ([]string, error) {
+		entries, err := ct.List()
+		var keys []string
+		for _, e := range entries {
+			keys = append(keys, e.Key().String())
+		}
+		return keys, err
+	})
+	for _, want := range []struct{ prefix, contains string }{
+		{fmt.Sprintf("TCP SVC %s:", client.IP), fmt.Sprintf(" -> %s expires=", vip)},
+		{fmt.Sprintf("TCP REPLY %s -> %s:", tcpBackend, client.IP), " RevNAT=1 "},
+		{fmt.Sprintf("UDP SVC %s:", client.IP), fmt.Sprintf(" -> %s expires=", dns)},
+		{fmt.Sprintf("UDP REPLY %s -> %s:", udpBackend, client.IP), " RevNAT=5 "},
+	} {
+		if !slices.ContainsFunc(ctLines, func(l string) bool {
+			return strings.HasPrefix(l, want.prefix) && strings.Contains(l, want.contains) && strings.Contains(l, "[ SeenReply")
+		}) {
+			t.Errorf("ct list lacks a line %q...%q, seen reply:\n%s", want.prefix, want.contains, strings.Join(ctLines, "\n"))
+		}
+	}
+	type ctRow struct {
+		Proto, Dir string
+		Src, Dst   netip.AddrPort
+		RevNAT     uint16
+		BackendID  uint32
+		Flags      []string
+	}
+	var ctJSON []ctRow
+	if err := json.Unmarshal([]byte(mustRun("ct", "list", "--json")), &ctJSON); err != nil || len(ctJSON) != len(ctLines) {
+		t.Fatalf("ct list --json: %v, %d entries; want %d", err, len(ctJSON), len(ctLines))
+	}
+	if !slices.ContainsFunc(ctJSON, func(e ctRow) bool {
+		return e.Proto == "TCP" && e.Dir == "SVC" && e.Src.Addr() == client.IP && e.Dst == vip && e.RevNAT == 1 &&
+			e.BackendID != 0 && slices.Contains(e.Flags, "SeenReply")
+	}) {
+		t.Errorf("ct list --json lacks the TCP service flow:\n%+v", ctJSON)
+	}
+
+	// ct flush: of an address no flow has, nothing; then everything.
+	if out := mustRun("ct", "flush", "--ip", "10.0.0.99"); out != "Flushed 0 entries of 10.0.0.99 from the conntrack table\n" {
+		t.Errorf("ct flush --ip 10.0.0.99: %q", out)
+	}
+	if out, want := mustRun("ct", "flush"), fmt.Sprintf("Flushed %d entries from the conntrack table\n", len(ctLines)); out != want {
+		t.Errorf("ct flush: %q, want %q", out, want)
+	}
+	if out := mustRun("ct", "list"); out != "" {
+		t.Errorf("ct list after ct flush:\n%s", out)
+	}
+	if entries, err := ct.List(); err != nil || len(entries) != 0 {
+		t.Errorf("conntrack after ct flush: %v, %v; want none", entries, err)
+	}
+	// The service still works, a new flow; flushing the client's address
+	// removes its entries.
+	client.MustTCPEcho(t, vip.Addr(), vip.Port())
+	n := len(lines(mustRun("ct", "list")))
+	if n < 2 {
+		t.Errorf("ct list after a new flow: %d entries, want its SVC and REPLY", n)
+	}
+	if out, want := mustRun("ct", "flush", "--ip", client.IP.String()), fmt.Sprintf("Flushed %d entries of %s from the conntrack table\n", n, client.IP); out != want {
+		t.Errorf("ct flush --ip %s: %q, want %q", client.IP, out, want)
+	}
+	if out := mustRun("--json", "ct", "flush"); strings.Join(strings.Fields(out), "") != `{"Flushed":0}` {
+		t.Errorf("ct flush --json of an empty table: %q", out)
+	}
+
+	// Masquerade: the client reaches the wire's gateway, outside the
+	// native routing CIDR, with the node's address.
+	outside, err := netcheck.ServeTCPEcho(c.Wire, netip.AddrPortFrom(c.Gateway, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { outside.Close() })
+	client.MustTCPEcho(t, c.Gateway, outside.Addr().Port())
+	natLines := lines(mustRun("nat", "list"))
+	checkKeys(t, "nat list", natLines, func() ([]string, error) {
+		entries, err := snat.List()
+		var keys []string
+		for _, e := range entries {
+			keys = append(keys, e.Key().String())
+		}
+		return keys, err
+	})
+	var outLine string
+	for _, l := range natLines {
+		if strings.HasPrefix(l, fmt.Sprintf("TCP OUT %s:", client.IP)) && strings.Contains(l, fmt.Sprintf(" -> %s XLATE_SRC %s:", outside.Addr(), n0.IP)) {
+			outLine = l
+		}
+	}
+	if outLine == "" {
+		t.Fatalf("nat list lacks the client's OUT entry to %s translated to %s:\n%s", outside.Addr(), n0.IP, strings.Join(natLines, "\n"))
+	}
+	f := strings.Fields(outLine) // TCP OUT src -> dst XLATE_SRC to expires=N
+	if wantIn := fmt.Sprintf("TCP IN %s -> %s XLATE_DST %s expires=", f[4], f[6], f[2]); !slices.ContainsFunc(natLines, func(l string) bool {
+		return strings.HasPrefix(l, wantIn)
+	}) {
+		t.Errorf("nat list lacks the reply's IN entry %q...:\n%s", wantIn, strings.Join(natLines, "\n"))
+	}
+	type natRow struct {
+		Proto, Dir   string
+		Src, Dst, To netip.AddrPort
+	}
+	var natJSON []natRow
+	if err := json.Unmarshal([]byte(mustRun("nat", "list", "--json")), &natJSON); err != nil || len(natJSON) != len(natLines) {
+		t.Fatalf("nat list --json: %v, %d entries; want %d", err, len(natJSON), len(natLines))
+	}
+	if !slices.ContainsFunc(natJSON, func(e natRow) bool {
+		return e.Proto == "TCP" && e.Dir == "OUT" && e.Src.Addr() == client.IP && e.Dst == outside.Addr() && e.To.Addr() == n0.IP
+	}) {
+		t.Errorf("nat list --json lacks the client's OUT entry:\n%+v", natJSON)
+	}
+
+	// What the datapath refuses: exit 1, one line.
+	stdout, stderr, code := run("service", "update", "--id", "7", "--frontend", dns.String(), "--protocol", "udp", "--backends", udpBackend.String())
+	if code != 1 || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "is service 5's") {
+		t.Errorf("service update of service 5's frontend under ID 7: exit %d, stdout %q, stderr %q; want exit 1 and one line", code, stdout, stderr)
+	}
+
+	// delete: the service goes, its frontend is not answered; a second
+	// time it is unknown.
+	if out := mustRun("service", "delete", "--id", "1"); out != "" {
+		t.Errorf("service delete printed %q, want nothing", out)
+	}
+	if svcs, err := dp.Services(); err != nil || len(svcs) != 2 || svcs[0].ID != 2 || svcs[1].ID != 5 {
+		t.Errorf("services after service delete --id 1: %v, %v; want 2 and 5", svcs, err)
+	}
+	if out, want := mustRun("service", "list"), wantList(); out != want {
+		t.Errorf("service list after service delete:\n%swant\n%s", out, want)
+	}
+	if err := client.TCPEcho(vip.Addr(), vip.Port(), []byte("ping"), time.Second); err == nil {
+		t.Errorf("TCP to the deleted service's frontend %s was answered", vip)
+	}
+	stdout, stderr, code = run("service", "delete", "--id", "1")
+	if code != 1 || stdout != "" || stderr != "hrctl: no service with ID 1 (see hrctl service list)\n" {
+		t.Errorf("service delete of an unknown ID: exit %d, stdout %q, stderr %q; want exit 1 and one line", code, stdout, stderr)
+	}
+}
+
+// lines splits command output into its lines.
+func lines(out string) []string {
+	if out == "" {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+}
+
+// checkKeys checks that the output lines of cmd begin with the keys of the
+// table's entries, each once: that it listed the whole table as read
+// (expiries and counters may move in between).
+func checkKeys(t *testing.T, cmd string, lines []string, read func() ([]string, error)) {
+	t.Helper()
+	keys, err := read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) < 6 {
+			t.Errorf("%s: line %q is not an entry", cmd, l)
+			continue
+		}
+		got = append(got, strings.Join(f[:5], " "))
+	}
+	slices.Sort(got)
+	slices.Sort(keys)
+	if !slices.Equal(got, keys) {
+		t.Errorf("%s lists\n%s\nthe table holds\n%s", cmd, strings.Join(got, "\n"), strings.Join(keys, "\n"))
 	}
 }
