@@ -137,37 +137,147 @@ func (s *Service) check() error {
 // nf_conntrack entry. Established flows keep their backend while it is
 // there. It returns the service's ID. On error nothing changes.
 func (d *Datapath) UpsertService(s Service) (uint16, error) {
-	if err := s.check(); err != nil {
-		return 0, fmt.Errorf("upsert service: %w", err)
-	}
-	err := d.locked(func() error { return d.upsertService(&s) })
+	ids, err := d.UpsertServices([]Service{s})
 	if err != nil {
-		return 0, fmt.Errorf("upsert service %s/%s: %w", s.Frontend, s.Protocol, err)
+		return 0, err
 	}
-	return s.ID, nil
+	return ids[0], nil
 }
 
-func (d *Datapath) upsertService(s *Service) error {
+// UpsertServices is UpsertService for many services at once, reading the
+// node's service tables once: for an agent that starts with thousands.
+// It stops at the first service in error, after putting those before it.
+func (d *Datapath) UpsertServices(svcs []Service) ([]uint16, error) {
+	for i := range svcs {
+		if err := svcs[i].check(); err != nil {
+			return nil, fmt.Errorf("upsert service: %w", err)
+		}
+	}
+	ids := make([]uint16, len(svcs))
+	err := d.locked(func() error {
+		st, err := d.readServices()
+		if err != nil {
+			return err
+		}
+		for i := range svcs {
+			if err := d.upsertService(st, &svcs[i]); err != nil {
+				return fmt.Errorf("upsert service %s/%s: %w", svcs[i].Frontend, svcs[i].Protocol, err)
+			}
+			ids[i] = svcs[i].ID
+		}
+		return d.sweepBackends(st)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// serviceState is what the node's service tables hold, read once per
+// change and kept up to date by it.
+type serviceState struct {
+	frontends map[uint16][]maps.Frontend // by service ID, every scope
+	owner     map[maps.Frontend]uint16   // the service ID of each frontend
+	backends  map[uint32]maps.Backend
+	byAddr    map[backendKey]uint32
+	named     map[uint32]int // how many frontends name each backend
+	locals    map[netip.Addr]bool
+	next      uint32 // the lowest backend ID that may be free
+}
+
+type backendKey struct {
+	addr  netip.AddrPort
+	proto Protocol
+}
+
+func (d *Datapath) readServices() (*serviceState, error) {
 	entries, err := d.services.List()
 	if err != nil {
+		return nil, err
+	}
+	backends, err := d.services.Backends()
+	if err != nil {
+		return nil, err
+	}
+	locals, err := d.localAddrs()
+	if err != nil {
+		return nil, err
+	}
+	st := &serviceState{frontends: map[uint16][]maps.Frontend{}, owner: map[maps.Frontend]uint16{},
+		backends: backends, byAddr: map[backendKey]uint32{}, named: map[uint32]int{}, locals: locals, next: 1}
+	for _, e := range entries {
+		st.add(e)
+	}
+	for id, b := range backends {
+		st.byAddr[backendKey{b.Addr, b.Proto}] = id
+	}
+	return st, nil
+}
+
+func (st *serviceState) add(e maps.ServiceEntry) {
+	st.frontends[e.RevNAT] = append(st.frontends[e.RevNAT], e.Frontend)
+	st.owner[e.Frontend] = e.RevNAT
+	for _, id := range append(e.Backends, e.Inactive...) {
+		st.named[id]++
+	}
+}
+
+// put writes entry e over the frontend's old one (a packet sees the old
+// entry or the new).
+func (d *Datapath) put(st *serviceState, e maps.ServiceEntry) error {
+	if err := st.forget(d, e.Frontend); err != nil {
 		return err
 	}
+	if err := d.services.Put(e); err != nil {
+		return err
+	}
+	st.add(e)
+	return nil
+}
+
+// drop deletes the entry of frontend f, if there is one.
+func (d *Datapath) drop(st *serviceState, f maps.Frontend) error {
+	if _, ok := st.owner[f]; !ok {
+		return nil
+	}
+	if err := st.forget(d, f); err != nil {
+		return err
+	}
+	return d.services.Delete(f)
+}
+
+// forget takes frontend f's entry, as the map holds it, out of st.
+func (st *serviceState) forget(d *Datapath, f maps.Frontend) error {
+	id, ok := st.owner[f]
+	if !ok {
+		return nil
+	}
+	old, err := d.services.Entry(f)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	for _, b := range append(old.Backends, old.Inactive...) {
+		st.named[b]--
+	}
+	delete(st.owner, f)
+	st.frontends[id] = slices.DeleteFunc(st.frontends[id], func(x maps.Frontend) bool { return x == f })
+	if len(st.frontends[id]) == 0 {
+		delete(st.frontends, id)
+	}
+	return nil
+}
+
+func (d *Datapath) upsertService(st *serviceState, s *Service) error {
 	front := maps.Frontend{Addr: s.Frontend, Proto: s.Protocol}
-	used := map[uint16]bool{}
-	for _, e := range entries {
-		used[e.RevNAT] = true
-		if e.Frontend.Addr == front.Addr && e.Frontend.Proto == front.Proto && e.Frontend.Scope == maps.ScopeExternal {
-			switch {
-			case s.ID == 0:
-				s.ID = e.RevNAT
-			case s.ID != e.RevNAT:
-				return fmt.Errorf("%w: frontend %s is service %d's", ErrServiceExists, front, e.RevNAT)
-			}
-		}
+	switch id, ok := st.owner[front]; {
+	case ok && s.ID == 0:
+		s.ID = id
+	case ok && s.ID != id:
+		return fmt.Errorf("%w: frontend %s is service %d's", ErrServiceExists, front, id)
 	}
 	if s.ID == 0 {
 		for id := uint16(1); id != 0 && s.ID == 0; id++ {
-			if !used[id] {
+			if _, used := st.frontends[id]; !used {
 				s.ID = id
 			}
 		}
@@ -176,19 +286,15 @@ func (d *Datapath) upsertService(s *Service) error {
 		}
 	}
 	// The service's old frontend, if its ID moves to a new one.
-	for _, e := range entries {
-		if e.RevNAT == s.ID && (e.Frontend.Addr != front.Addr || e.Frontend.Proto != front.Proto) {
-			if err := d.services.Delete(e.Frontend); err != nil {
+	for _, f := range slices.Clone(st.frontends[s.ID]) {
+		if f.Addr != front.Addr || f.Proto != front.Proto {
+			if err := d.drop(st, f); err != nil {
 				return err
 			}
 		}
 	}
 
-	ids, err := d.backendIDs(s)
-	if err != nil {
-		return err
-	}
-	locals, err := d.localAddrs()
+	ids, err := d.backendIDs(st, s)
 	if err != nil {
 		return err
 	}
@@ -197,7 +303,7 @@ func (d *Datapath) upsertService(s *Service) error {
 		switch {
 		case b.State != BackendActive:
 			inactive = append(inactive, ids[i])
-		case locals[b.Addr.Addr()]:
+		case st.locals[b.Addr.Addr()]:
 			local = append(local, ids[i])
 			fallthrough
 		default:
@@ -226,31 +332,28 @@ func (d *Datapath) upsertService(s *Service) error {
 	if s.ExternalTrafficPolicyLocal && s.Type != ClusterIP {
 		entry.Flags |= maps.ServiceLocal
 	}
+	inner := maps.Frontend{Addr: front.Addr, Proto: front.Proto, Scope: maps.ScopeInternal}
 	if !slices.Equal(external, internal) {
-		inner := entry
-		inner.Frontend.Scope = maps.ScopeInternal
-		inner.Backends = internal
-		if err := d.services.Put(inner); err != nil {
+		e := entry
+		e.Frontend, e.Backends = inner, internal
+		if err := d.put(st, e); err != nil {
 			return err
 		}
 		entry.Flags |= maps.ServiceTwoScopes
-	} else if err := d.services.Delete(maps.Frontend{Addr: front.Addr, Proto: front.Proto, Scope: maps.ScopeInternal}); err != nil {
+	} else if err := d.drop(st, inner); err != nil {
 		return err
 	}
 	entry.Backends = external
-	if err := d.putMaglev(s, &entry); err != nil {
+	if err := d.putMaglev(s, &entry, st); err != nil {
 		return err
 	}
-	if err := d.services.Put(entry); err != nil {
-		return err
-	}
-	return d.sweepBackends()
+	return d.put(st, entry)
 }
 
 // putMaglev gives entry, on a node that chooses backends by Maglev, the
 // service's lookup table of its active backends (by name, "IP:port/TCP",
 // the same on every node); on other nodes it makes sure there is none.
-func (d *Datapath) putMaglev(s *Service, entry *maps.ServiceEntry) error {
+func (d *Datapath) putMaglev(s *Service, entry *maps.ServiceEntry, st *serviceState) error {
 	m := d.node.MaglevTableSize
 	if m == 0 || len(entry.Backends) == 0 {
 		err := d.node.Maps.Maglev.Delete(uint32(s.ID))
@@ -259,13 +362,9 @@ func (d *Datapath) putMaglev(s *Service, entry *maps.ServiceEntry) error {
 		}
 		return nil
 	}
-	backends, err := d.services.Backends()
-	if err != nil {
-		return err
-	}
 	names := make([]string, len(entry.Backends))
 	for i, id := range entry.Backends {
-		names[i] = fmt.Sprintf("%s/%s", backends[id].Addr, s.Protocol)
+		names[i] = fmt.Sprintf("%s/%s", st.backends[id].Addr, s.Protocol)
 	}
 	slots := nat.Table(names, uint64(m))
 	ids := make([]uint32, len(slots))
@@ -297,63 +396,48 @@ func pick(localOnly bool, local, all []uint32) []uint32 {
 // backendIDs returns the IDs of s's backends, writing them (and their
 // states) to the backend map: an address, port and protocol keeps its ID
 // across services.
-func (d *Datapath) backendIDs(s *Service) ([]uint32, error) {
-	existing, err := d.services.Backends()
-	if err != nil {
-		return nil, err
-	}
-	byAddr := map[netip.AddrPort]uint32{}
-	for id, b := range existing {
-		if b.Proto == s.Protocol {
-			byAddr[b.Addr] = id
-		}
-	}
+func (d *Datapath) backendIDs(st *serviceState, s *Service) ([]uint32, error) {
 	ids := make([]uint32, len(s.Backends))
-	next := uint32(1)
+	var changed []maps.Backend
 	for i, b := range s.Backends {
-		id, ok := byAddr[b.Addr]
+		key := backendKey{b.Addr, s.Protocol}
+		id, ok := st.byAddr[key]
 		if !ok {
-			for ; existing[next].ID != 0; next++ {
+			for ; st.backends[st.next].ID != 0; st.next++ {
 			}
-			id = next
-			existing[id] = maps.Backend{ID: id}
+			id = st.next
+			st.byAddr[key] = id
 		}
-		if err := d.services.PutBackend(maps.Backend{ID: id, Addr: b.Addr, Proto: s.Protocol, State: b.State}); err != nil {
-			return nil, err
+		be := maps.Backend{ID: id, Addr: b.Addr, Proto: s.Protocol, State: b.State}
+		if st.backends[id] != be {
+			changed = append(changed, be)
+			st.backends[id] = be
 		}
 		ids[i] = id
+	}
+	if err := d.services.PutBackends(changed); err != nil {
+		return nil, err
 	}
 	return ids, nil
 }
 
-// sweepBackends deletes backends no frontend names any more, and sets the
-// backend flag of the local endpoints that are backends (their replies
-// are translated back), clearing it on those that are not.
-func (d *Datapath) sweepBackends() error {
-	entries, err := d.services.List()
-	if err != nil {
-		return err
-	}
-	backends, err := d.services.Backends()
-	if err != nil {
-		return err
-	}
-	named := map[uint32]bool{}
+// sweepBackends deletes backends no frontend names any more (their flows
+// flushed: IDs are reused), and sets the backend flag of the local
+// endpoints that are backends (their replies are translated back),
+// clearing it on those that are not.
+func (d *Datapath) sweepBackends(st *serviceState) error {
 	addrs := map[netip.Addr]bool{}
-	for _, e := range entries {
-		for _, id := range append(e.Backends, e.Inactive...) {
-			named[id] = true
-		}
-	}
 	var errs []error
-	for id, b := range backends {
-		if !named[id] {
-			// Its ID is reused: its flows must not go to the next one.
-			_, flushErr := d.flows.FlushBackend(id)
-			errs = append(errs, d.services.DeleteBackend(id), flushErr)
+	for id, b := range st.backends {
+		if st.named[id] > 0 {
+			addrs[b.Addr.Addr()] = true
 			continue
 		}
-		addrs[b.Addr.Addr()] = true
+		_, flushErr := d.flows.FlushBackend(id)
+		errs = append(errs, d.services.DeleteBackend(id), flushErr)
+		delete(st.backends, id)
+		delete(st.byAddr, backendKey{b.Addr, b.Proto})
+		st.next = min(st.next, id)
 	}
 	eps, err := d.endpoints.List()
 	if err != nil {
@@ -389,22 +473,19 @@ func (d *Datapath) localAddrs() (map[netip.Addr]bool, error) {
 // backends unless another service has them. Flows to it end.
 func (d *Datapath) DeleteService(id uint16) error {
 	err := d.locked(func() error {
-		entries, err := d.services.List()
+		st, err := d.readServices()
 		if err != nil {
 			return err
 		}
-		found := false
-		var errs []error
-		for _, e := range entries {
-			if e.RevNAT == id {
-				found = true
-				errs = append(errs, d.services.Delete(e.Frontend))
-			}
-		}
-		if !found {
+		fronts, ok := st.frontends[id]
+		if !ok {
 			return ErrNotFound
 		}
-		errs = append(errs, d.sweepBackends())
+		var errs []error
+		for _, f := range slices.Clone(fronts) {
+			errs = append(errs, d.drop(st, f))
+		}
+		errs = append(errs, d.sweepBackends(st))
 		if err := d.node.Maps.Maglev.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
 		}

@@ -170,11 +170,15 @@ func (s *Services) Put(e ServiceEntry) error {
 	}
 	var old bpf.HostroutingLb4Service
 	hadOld := s.services.Lookup(head, &old) == nil
-	for i, id := range slots {
-		k := head
-		k.BackendSlot = uint16(i + 1)
-		if err := s.services.Update(k, bpf.HostroutingLb4Service{BackendId: id}, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("write frontend %s slot %d: %w", e.Frontend, i+1, mapErr(err, s.services))
+	if len(slots) > 0 {
+		keys := make([]bpf.HostroutingLb4Key, len(slots))
+		values := make([]bpf.HostroutingLb4Service, len(slots))
+		for i, id := range slots {
+			keys[i], values[i] = head, bpf.HostroutingLb4Service{BackendId: id}
+			keys[i].BackendSlot = uint16(i + 1)
+		}
+		if _, err := s.services.BatchUpdate(keys, values, nil); err != nil {
+			return fmt.Errorf("write frontend %s slots: %w", e.Frontend, mapErr(err, s.services))
 		}
 	}
 	v := bpf.HostroutingLb4Service{Count: uint16(len(e.Backends)), Qcount: uint16(len(e.Inactive)), RevNatIndex: e.RevNAT,
@@ -190,6 +194,33 @@ func (s *Services) Put(e ServiceEntry) error {
 		}
 	}
 	return s.enable()
+}
+
+// Entry returns the entry of frontend f, or ErrNotFound.
+func (s *Services) Entry(f Frontend) (ServiceEntry, error) {
+	head, err := lbKey(f, 0)
+	if err != nil {
+		return ServiceEntry{}, err
+	}
+	var v bpf.HostroutingLb4Service
+	if err := s.services.Lookup(head, &v); err != nil {
+		return ServiceEntry{}, fmt.Errorf("frontend %s: %w", f, mapErr(err, nil))
+	}
+	e := ServiceEntry{Frontend: f, RevNAT: v.RevNatIndex, Flags: ServiceFlags(v.Flags), AffinityTimeout: v.AffinityTimeout}
+	for slot := 1; slot <= int(v.Count)+int(v.Qcount); slot++ {
+		k := head
+		k.BackendSlot = uint16(slot)
+		var b bpf.HostroutingLb4Service
+		if err := s.services.Lookup(k, &b); err != nil {
+			return ServiceEntry{}, fmt.Errorf("frontend %s slot %d: %w", f, slot, mapErr(err, nil))
+		}
+		if slot <= int(v.Count) {
+			e.Backends = append(e.Backends, b.BackendId)
+		} else {
+			e.Inactive = append(e.Inactive, b.BackendId)
+		}
+	}
+	return e, nil
 }
 
 // Delete removes the frontend's entry and slots; a missing one is not an
@@ -263,15 +294,23 @@ func frontendOf(k bpf.HostroutingLb4Key) Frontend {
 	return Frontend{Addr: netip.AddrPortFrom(ipv4Addr(k.Address), ntohs(k.Dport)), Proto: Protocol(k.Proto), Scope: Scope(k.Scope)}
 }
 
-// PutBackend writes backend b.
-func (s *Services) PutBackend(b Backend) error {
-	if !b.Addr.Addr().Is4() || b.ID == 0 {
-		return fmt.Errorf("backend %d %s: want an ID and an IPv4 address", b.ID, b.Addr)
+// PutBackends writes backends bs with one batch update.
+func (s *Services) PutBackends(bs []Backend) error {
+	if len(bs) == 0 {
+		return nil
 	}
-	a := b.Addr.Addr().As4()
-	v := bpf.HostroutingLb4Backend{Address: binary.NativeEndian.Uint32(a[:]), Port: htons(b.Addr.Port()), Proto: uint8(b.Proto), State: uint8(b.State)}
-	if err := s.backends.Update(b.ID, v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("write backend %d %s: %w", b.ID, b.Addr, mapErr(err, s.backends))
+	ids := make([]uint32, len(bs))
+	values := make([]bpf.HostroutingLb4Backend, len(bs))
+	for i, b := range bs {
+		if !b.Addr.Addr().Is4() || b.ID == 0 {
+			return fmt.Errorf("backend %d %s: want an ID and an IPv4 address", b.ID, b.Addr)
+		}
+		a := b.Addr.Addr().As4()
+		ids[i] = b.ID
+		values[i] = bpf.HostroutingLb4Backend{Address: binary.NativeEndian.Uint32(a[:]), Port: htons(b.Addr.Port()), Proto: uint8(b.Proto), State: uint8(b.State)}
+	}
+	if _, err := s.backends.BatchUpdate(ids, values, nil); err != nil {
+		return fmt.Errorf("write backends %d %s…: %w", bs[0].ID, bs[0].Addr, mapErr(err, s.backends))
 	}
 	return nil
 }
