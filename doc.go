@@ -31,6 +31,17 @@
 //	                       │   policy slot, bpf_redirect_peer(lxc…); the rest → the stack
 //	                     eth0 [tc egress: to-netdev]          counts what leaves
 //
+// Services (kube-proxy replacement) are a stage of their own, before the
+// routing above: a packet from a pod, or into eth0, for a service
+// frontend gets a backend (random or Maglev, session affinity, traffic
+// policies) and its destination rewritten; the flow is remembered in the
+// datapath's own conntrack (hr_ct4), which turns the replies' source back
+// into the frontend. Pods' flows that leave the native routing CIDR are
+// masqueraded to eth0's address by to-netdev (hr_snat4), and their replies
+// translated back by from-netdev, so neither needs nf_conntrack or an
+// iptables rule. With a cgroup (Config.CgroupPath), sockets get their
+// backend at connect time and their packets need no translation.
+//
 // Every packet a program sees is counted once, by direction and outcome
 // (maps.MetricTable), and per endpoint.
 //
@@ -59,20 +70,26 @@
 //
 //   - datapath: what users embed. New(Config) loads or adopts the node's
 //     datapath (Open adopts without loading); AddEndpoint/RemoveEndpoint
-//     put pods on it, UpsertNode/DeleteNode route to other nodes; Status,
-//     Close (leave it running, pinned) and Remove (tear it down).
+//     put pods on it, UpsertNode/DeleteNode route to other nodes,
+//     UpsertService/DeleteService balance services, GC collects expired
+//     flows; Status, Close (leave it running, pinned) and Remove (tear it
+//     down).
 //   - datapath/datapathtest: network-namespace fixtures (nodes, pods,
 //     traffic, counters) for tests, ours and an embedding CNI's.
 //   - loader: feature probes, loading once per node, pinning under one bpffs
 //     directory per node instance, adoption by a restarted process,
 //     attach/detach in any network namespace.
-//   - maps: typed access to the endpoint, counter and metric maps.
+//   - maps: typed access to the endpoint, counter, metric, service,
+//     conntrack and NAT maps.
+//   - nat: garbage collection of the conntrack and SNAT tables, Maglev
+//     lookup tables.
 //   - routing: netlink/netns helpers a CNI needs: veth pairs with ptp-like
 //     /32 addressing (or Calico-style), node-side routes, sysctls — inside given namespaces.
 //   - bpf: the C datapath and its bpf2go output (committed; regenerate with
 //     `go generate ./bpf` and clang-19).
 //
 // The examples folder holds runnable programs: samenode (the demo),
-// crossnode (three kind-like nodes), cni-hostrouting (a chained CNI
-// plugin) and hrctl (the node admin CLI).
+// crossnode (three kind-like nodes), service (the NodePort demo without
+// kube-proxy), cni-hostrouting (a chained CNI plugin), hrctl (the node
+// admin CLI), policy (an ingress policy in C) and bench.
 package hostrouting

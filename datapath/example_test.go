@@ -19,6 +19,7 @@ import (
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/examples/policy"
+	"github.com/hostrouting/hostrouting/internal/netcheck"
 	"github.com/hostrouting/hostrouting/internal/topology"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -325,6 +326,73 @@ func ExampleDatapath_SetIngressPolicy() {
 	// Output:
 	// denied: 0 of 3 replies <nil>
 	// cleared: 3 of 3 replies <nil>
+}
+
+// A ClusterIP service with two backends on the node, in the datapath:
+// pods connect to the frontend and reach a backend with no iptables rule
+// or nf_conntrack entry (kube-proxy replacement); the service prints as a
+// `cilium service list` row.
+func ExampleDatapath_UpsertService() {
+	c := newExampleCluster()
+	defer c.Close()
+	dp, err := datapath.New(datapath.Config{PinPath: c.PinPath, Netns: c.Node.Netns,
+		Devices: []string{"eth0"}, NativeRoutingCIDR: netip.MustParsePrefix("10.0.0.0/8")})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer dp.Close()
+	client := c.AddPod(c.Node, "client", netip.MustParseAddr("10.0.0.10"), false)
+	pods := []*datapathtest.Pod{client}
+	var backends []datapath.Backend
+	for i, ip := range []string{"10.0.0.21", "10.0.0.22"} {
+		b := c.AddPod(c.Node, fmt.Sprint("b", i), netip.MustParseAddr(ip), false)
+		srv, err := netcheck.ServeTCPEcho(b.Netns, netip.AddrPortFrom(b.IP, 8080))
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		defer srv.Close()
+		pods = append(pods, b)
+		backends = append(backends, datapath.Backend{Addr: netip.AddrPortFrom(b.IP, 8080)})
+	}
+	for _, p := range pods {
+		if _, err := dp.AddEndpoint(p.Endpoint()); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+
+	frontend := netip.MustParseAddrPort("10.96.0.10:80")
+	id, err := dp.UpsertService(datapath.Service{Frontend: frontend, Protocol: datapath.TCP, Backends: backends})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	svcs, err := dp.Services()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(svcs[0])
+	for range 4 {
+		err = client.TCPEcho(frontend.Addr(), frontend.Port(), []byte("hello"), 5*time.Second)
+		fmt.Println("echo through", frontend, err)
+	}
+	if err := dp.DeleteService(id); err != nil {
+		fmt.Println(err)
+		return
+	}
+	err = client.TCPEcho(frontend.Addr(), frontend.Port(), []byte("hello"), 300*time.Millisecond)
+	fmt.Println("after DeleteService:", err != nil)
+	// Output:
+	// 1    10.96.0.10:80/TCP          ClusterIP    1 => 10.0.0.21:8080/TCP (active)
+	//                                              2 => 10.0.0.22:8080/TCP (active)
+	// echo through 10.96.0.10:80 <nil>
+	// echo through 10.96.0.10:80 <nil>
+	// echo through 10.96.0.10:80 <nil>
+	// echo through 10.96.0.10:80 <nil>
+	// after DeleteService: true
 }
 
 // exampleCluster is the examples' throwaway world: two kind-like nodes on

@@ -114,8 +114,8 @@ type Backend struct {
 	State BackendState
 }
 
-// Services is the frontend map with its backend, reverse NAT and switch
-// maps (hr_lb4_services, hr_lb4_backends, hr_lb4_reverse_nat, hr_lb_on).
+// Services is the frontend map with its backend and switch maps
+// (hr_lb4_services, hr_lb4_backends, hr_lb_on).
 type Services struct {
 	services, backends, on *ebpf.Map
 }

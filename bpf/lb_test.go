@@ -1,0 +1,192 @@
+package bpf_test
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"github.com/hostrouting/hostrouting/maps"
+)
+
+// clusterIP is the frontend of the services below: UDP, as ipv4From's
+// packets are (port 53), with backends listening on backendPort.
+var (
+	clusterIP   = netip.MustParseAddrPort("10.96.0.10:53")
+	backendPort = uint16(5353)
+)
+
+// services is the datapath's service table, as package maps writes it.
+func (d *datapath) services() *maps.Services {
+	return maps.NewServices(maps.ServiceMaps{Services: d.objs.HrLb4Services, Backends: d.objs.HrLb4Backends, On: d.objs.HrLbOn})
+}
+
+// addService registers clusterIP (service ID 1) with one active backend
+// per pod, backend IDs from 1, as datapath.UpsertService writes them.
+func (d *datapath) addService(backends ...pod) {
+	d.tb.Helper()
+	var bs []maps.Backend
+	var ids []uint32
+	for i, p := range backends {
+		bs = append(bs, maps.Backend{ID: uint32(i + 1), Addr: netip.AddrPortFrom(p.ip, backendPort), Proto: maps.UDP})
+		ids = append(ids, uint32(i+1))
+	}
+	if err := d.services().PutBackends(bs); err != nil {
+		d.tb.Fatal(err)
+	}
+	f := maps.Frontend{Addr: clusterIP, Proto: maps.UDP}
+	if err := d.services().Put(maps.ServiceEntry{Frontend: f, RevNAT: 1, Backends: ids}); err != nil {
+		d.tb.Fatal(err)
+	}
+}
+
+// removePods deletes each pod's endpoint entries.
+func (d *datapath) removePods(pods ...pod) {
+	d.tb.Helper()
+	for _, p := range pods {
+		if err := d.endpoints().Delete(maps.Endpoint{IP: p.ip, IfIndex: int(p.ifindex), ID: p.id}); err != nil {
+			d.tb.Fatalf("remove endpoint %s: %v", p.ip, err)
+		}
+		delete(d.ids, p.ifindex)
+	}
+}
+
+// withPorts returns p's UDP payload with the ports set; the checksum
+// stays zero (none), which translation keeps.
+func (p ipv4Packet) withPorts(sport, dport uint16) ipv4Packet {
+	p.payload = append([]byte(nil), p.payload...)
+	binary.BigEndian.PutUint16(p.payload[0:], sport)
+	binary.BigEndian.PutUint16(p.payload[2:], dport)
+	return p
+}
+
+// TestLBClusterIP runs a pod's datagram to a ClusterIP through
+// from-container: the tc load balancer rewrites its destination to the
+// only backend, pod B, remembers the flow in hr_ct4 and delivers it with
+// bpf_redirect_peer; B's reply, through B's from-container, leaves with
+// the ClusterIP as its source again and reaches A the same way.
+func TestLBClusterIP(t *testing.T) {
+	d := loadDatapath(t, configPeer)
+	a, b := podA, podB.withFlags(uint16(maps.EndpointLBBackend))
+	d.addPods(a, b)
+	d.addService(b)
+
+	out := ipv4From(a, clusterIP.Addr()).withPorts(40000, clusterIP.Port())
+	verdict, got := d.run(d.objs.FromContainer, a.ifindex, out.frame())
+	if verdict != tcActRedirect {
+		t.Fatalf("to the ClusterIP: verdict %d, want TC_ACT_REDIRECT", verdict)
+	}
+	want := out
+	want.dst = b.ip
+	want = want.withPorts(40000, backendPort).forwarded(b)
+	checkFrame(t, "to the ClusterIP, as B gets it", got, want.frame())
+
+	cts, err := maps.NewConntrack(d.objs.HrCt4).List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := netip.AddrPortFrom(a.ip, 40000)
+	backend := netip.AddrPortFrom(b.ip, backendPort)
+	found := map[maps.CTDir]maps.CTEntry{}
+	for _, e := range cts {
+		found[e.Dir] = e
+	}
+	if svc := found[maps.CTService]; svc.Src != client || svc.Dst != clusterIP || svc.BackendID != 1 || svc.RevNAT != 1 {
+		t.Errorf("SVC entry %v, want %v -> %v backend 1 RevNAT 1 (all: %v)", svc, client, clusterIP, cts)
+	}
+	if rep := found[maps.CTReply]; rep.Src != backend || rep.Dst != client || rep.Frontend != clusterIP {
+		t.Errorf("REPLY entry %v, want %v -> %v frontend %v (all: %v)", rep, backend, client, clusterIP, cts)
+	}
+	if len(cts) != 2 {
+		t.Errorf("%d conntrack entries, want SVC and REPLY: %v", len(cts), cts)
+	}
+
+	// A datagram to B's own address is not a service flow: untouched.
+	direct := ipv4From(a, b.ip).withPorts(40001, backendPort)
+	if verdict, got = d.run(d.objs.FromContainer, a.ifindex, direct.frame()); verdict != tcActRedirect {
+		t.Fatalf("to B directly: verdict %d", verdict)
+	}
+	checkFrame(t, "to B directly", got, direct.forwarded(b).frame())
+
+	// B replies from loopback (frames there are PACKET_HOST), A moves to
+	// another device: conntrack is by tuple, not device.
+	d.removePods(a, b)
+	a, b = a.withIfindex(podC.ifindex), b.withIfindex(loIfindex)
+	b.nodeMAC = mac{}
+	d.addPods(a, b)
+	reply := ipv4From(b, a.ip).withPorts(backendPort, 40000)
+	verdict, got = d.run(d.objs.FromContainer, b.ifindex, reply.frame())
+	if verdict != tcActRedirect {
+		t.Fatalf("B's reply: verdict %d, want TC_ACT_REDIRECT", verdict)
+	}
+	want = reply
+	want.src = clusterIP.Addr()
+	want = want.withPorts(clusterIP.Port(), 40000).forwarded(a)
+	checkFrame(t, "B's reply, as A gets it", got, want.frame())
+
+}
+
+// TestLBNoBackend drops a datagram to a frontend without active backends
+// and counts it, as Cilium's DROP_NO_SERVICE.
+func TestLBNoBackend(t *testing.T) {
+	d := loadDatapath(t, configPeer)
+	d.addPods(podA)
+	d.addService()
+	pkt := ipv4From(podA, clusterIP.Addr()).withPorts(40000, clusterIP.Port())
+	if verdict, _ := d.run(d.objs.FromContainer, podA.ifindex, pkt.frame()); verdict != tcActShot {
+		t.Fatalf("verdict %d, want TC_ACT_SHOT", verdict)
+	}
+	if n, err := maps.NewConntrack(d.objs.HrCt4).List(); err != nil || len(n) != 0 {
+		t.Errorf("conntrack after a dropped packet: %v %v, want empty", n, err)
+	}
+}
+
+// BenchmarkFromContainerService measures a pod's datagram on an
+// established service flow (conntrack hit, DNAT, delivery with
+// bpf_redirect_peer) against the same datagram sent to the backend's own
+// address, with 1 and 10000 services in the table. The translation
+// rewrites the frame, so every test run is one packet, for both.
+func BenchmarkFromContainerService(b *testing.B) {
+	for _, bc := range []struct {
+		name     string
+		services int
+		to       netip.AddrPort
+	}{
+		{"direct", 1, netip.AddrPortFrom(podB.ip, backendPort)},
+		{"service", 1, clusterIP},
+		{"service-10k", 10000, clusterIP},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			d := loadDatapath(b, configPeer)
+			d.addPods(podA, benchPodB)
+			d.addService(benchPodB)
+			d.addOtherServices(bc.services - 1)
+			pkt := ipv4From(podA, bc.to.Addr()).withPorts(40000, bc.to.Port())
+			if v, _ := d.run(d.objs.FromContainer, podA.ifindex, pkt.frame()); v != tcActRedirect {
+				b.Fatalf("first packet: verdict %d", v)
+			}
+			benchmarkVsEmpty(b, d.objs.FromContainer, pkt.frame(), 1, tcActRedirect)
+			if got := d.endpointStats(benchPodB.ifindex).ToPackets; got < uint64(b.N) {
+				b.Errorf("pod B received %d packets, want at least %d", got, b.N)
+			}
+		})
+	}
+}
+
+// addOtherServices registers n more UDP services on 10.97.0.0/16, each with
+// one backend (ID 2, an address nobody has).
+func (d *datapath) addOtherServices(n int) {
+	d.tb.Helper()
+	if n == 0 {
+		return
+	}
+	if err := d.services().PutBackends([]maps.Backend{{ID: 2, Addr: netip.MustParseAddrPort("10.0.9.9:80"), Proto: maps.UDP}}); err != nil {
+		d.tb.Fatal(err)
+	}
+	for i := range n {
+		addr := netip.AddrFrom4([4]byte{10, 97, byte(i >> 8), byte(i)})
+		f := maps.Frontend{Addr: netip.AddrPortFrom(addr, 53), Proto: maps.UDP}
+		if err := d.services().Put(maps.ServiceEntry{Frontend: f, RevNAT: uint16(i + 2), Backends: []uint32{2}}); err != nil {
+			d.tb.Fatal(err)
+		}
+	}
+}
