@@ -184,9 +184,17 @@ func loadError(err error) string {
 // pinning disabled on every map, and closes it when tb ends.
 func loadDatapath(tb testing.TB, cfg bpf.HostroutingConfig) *datapath {
 	tb.Helper()
+	return loadDatapathWith(tb, cfg, func(*ebpf.CollectionSpec) {})
+}
+
+// loadDatapathWith is loadDatapath with the spec changed by edit first
+// (map sizes, as loader.Options would).
+func loadDatapathWith(tb testing.TB, cfg bpf.HostroutingConfig, edit func(*ebpf.CollectionSpec)) *datapath {
+	tb.Helper()
 	datapathtest.RequireRoot(tb)
 
 	spec := hostroutingSpec(tb, cfg)
+	edit(spec)
 	d := &datapath{tb: tb, ids: map[uint32]uint16{}, ran: map[maps.Direction]bool{}}
 	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 		tb.Fatalf("load hostrouting: %s", loadError(err))

@@ -5,6 +5,9 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/hostrouting/hostrouting/bpf"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -143,20 +146,23 @@ func TestLBNoBackend(t *testing.T) {
 // BenchmarkFromContainerService measures a pod's datagram on an
 // established service flow (conntrack hit, DNAT, delivery with
 // bpf_redirect_peer) against the same datagram sent to the backend's own
-// address, with 1 and 10000 services in the table. The translation
-// rewrites the frame, so every test run is one packet, for both.
+// address, with 10 and 100000 services in the table. The translation
+// rewrites the frame, so every test run is one packet, for all.
 func BenchmarkFromContainerService(b *testing.B) {
 	for _, bc := range []struct {
 		name     string
 		services int
 		to       netip.AddrPort
 	}{
-		{"direct", 1, netip.AddrPortFrom(podB.ip, backendPort)},
-		{"service", 1, clusterIP},
-		{"service-10k", 10000, clusterIP},
+		{"direct", 10, netip.AddrPortFrom(podB.ip, backendPort)},
+		{"service-10", 10, clusterIP},
+		{"service-100k", 100000, clusterIP},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			d := loadDatapath(b, configPeer)
+			d := loadDatapathWith(b, configPeer, func(spec *ebpf.CollectionSpec) {
+				// Room for the services' entries and their slots.
+				spec.Maps[bpf.HostroutingMapHrLb4Services].MaxEntries = 2*uint32(bc.services) + 16
+			})
 			d.addPods(podA, benchPodB)
 			d.addService(benchPodB)
 			d.addOtherServices(bc.services - 1)
@@ -172,7 +178,7 @@ func BenchmarkFromContainerService(b *testing.B) {
 	}
 }
 
-// addOtherServices registers n more UDP services on 10.97.0.0/16, each with
+// addOtherServices registers n more UDP services from 10.97.0.0 up, each with
 // one backend (ID 2, an address nobody has).
 func (d *datapath) addOtherServices(n int) {
 	d.tb.Helper()
@@ -183,7 +189,7 @@ func (d *datapath) addOtherServices(n int) {
 		d.tb.Fatal(err)
 	}
 	for i := range n {
-		addr := netip.AddrFrom4([4]byte{10, 97, byte(i >> 8), byte(i)})
+		addr := netip.AddrFrom4([4]byte{10, 97 + byte(i>>16), byte(i >> 8), byte(i)})
 		f := maps.Frontend{Addr: netip.AddrPortFrom(addr, 53), Proto: maps.UDP}
 		if err := d.services().Put(maps.ServiceEntry{Frontend: f, RevNAT: uint16(i + 2), Backends: []uint32{2}}); err != nil {
 			d.tb.Fatal(err)

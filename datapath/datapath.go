@@ -235,6 +235,11 @@ func (cfg *Config) check() ([]int, error) {
 	if _, err := routing.Netns(cfg.Netns); err != nil {
 		return nil, err
 	}
+	if cfg.CgroupPath != "" {
+		if err := loader.CheckCgroup(cfg.CgroupPath); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.MaglevTableSize != 0 {
 		if _, err := nat.NewMaglev(uint64(cfg.MaglevTableSize), ""); err != nil {
 			return nil, err

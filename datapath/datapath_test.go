@@ -455,6 +455,23 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 
+	t.Run("socket LB cgroup", func(t *testing.T) {
+		for _, tc := range []struct{ path, want string }{
+			{"sys/fs/cgroup", "must be an absolute path"},
+			{t.TempDir(), "not a cgroup v2 directory"},
+			{"/sys/fs/cgroup/hr-no-such-cgroup", "no such file or directory"},
+		} {
+			pin := datapathtest.PinPath(t)
+			_, err := datapath.New(datapath.Config{PinPath: pin, Netns: node.Netns, CgroupPath: tc.path})
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.path) {
+				t.Errorf("New with CgroupPath %q = %v: want an error naming it, saying %q", tc.path, err, tc.want)
+			}
+			if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("refused New left %s behind", pin)
+			}
+		}
+	})
+
 	t.Run("require BPF host routing", func(t *testing.T) {
 		pin := datapathtest.PinPath(t)
 		_, err := datapath.New(datapath.Config{PinPath: pin, RequireBPFHostRouting: true, Disable: loader.Disable{RedirectPeer: true}})

@@ -101,6 +101,16 @@ func reach(pinPath string, mayMount bool) (string, error) {
 // another mount namespace that has bpffs at DefaultBPFFS; private tells
 // whether this process's mount namespace differs from an ancestor's.
 func ancestorRoot() (root string, private bool) {
+	return ancestorRootWith(func(root string) bool {
+		ok, err := onBPFFS(root + DefaultBPFFS)
+		return err == nil && ok
+	})
+}
+
+// ancestorRootWith returns "/proc/PID/root" of the nearest ancestor
+// process in another mount namespace whose root has, says has; private
+// tells whether this process's mount namespace differs from an ancestor's.
+func ancestorRootWith(has func(root string) bool) (root string, private bool) {
 	self, _ := os.Readlink("/proc/self/ns/mnt")
 	for pid := os.Getppid(); pid > 0; pid = parentOf(pid) {
 		proc := fmt.Sprintf("/proc/%d", pid)
@@ -108,7 +118,7 @@ func ancestorRoot() (root string, private bool) {
 			continue
 		}
 		private = true
-		if ok, err := onBPFFS(proc + "/root" + DefaultBPFFS); err == nil && ok {
+		if has(proc + "/root") {
 			return proc + "/root", true
 		}
 	}

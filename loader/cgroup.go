@@ -37,12 +37,16 @@ func (n *Instance) cgroupLinkPin(name string) string {
 // renews them (RenewCgroup). Tests attach to a cgroup of their own, never
 // the machine's root.
 func (n *Instance) AttachCgroup(path string) error {
+	reached, err := reachCgroup(path)
+	if err != nil {
+		return err
+	}
 	if err := n.DetachCgroup(); err != nil {
 		return err
 	}
 	for _, h := range socketHooks {
 		prog := n.sockProgs[h.name]
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: h.attach, Program: prog})
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: reached, Attach: h.attach, Program: prog})
 		if err != nil {
 			n.DetachCgroup()
 			return fmt.Errorf("attach socket LB %s to cgroup %s: %w", h.name, path, err)
@@ -56,6 +60,44 @@ func (n *Instance) AttachCgroup(path string) error {
 		}
 	}
 	return nil
+}
+
+// CheckCgroup checks that path is a cgroup v2 directory that
+// AttachCgroup can reach, with an error naming it if not.
+func CheckCgroup(path string) error {
+	_, err := reachCgroup(path)
+	return err
+}
+
+// reachCgroup returns the path by which this process reaches the cgroup
+// v2 directory path: path itself, or, under `ip netns exec` and the like
+// (a private mount namespace with a fresh /sys, where the machine's
+// cgroup mounts are gone), path as an ancestor process sees it, through
+// /proc/PID/root.
+func reachCgroup(path string) (string, error) {
+	if !filepath.IsAbs(path) {
+		return "", fmt.Errorf("socket LB cgroup %q: must be an absolute path", path)
+	}
+	isCgroup2 := func(p string) (bool, error) {
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err != nil {
+			return false, err
+		}
+		return st.Type == unix.CGROUP2_SUPER_MAGIC, nil
+	}
+	ok, err := isCgroup2(path)
+	if errors.Is(err, unix.ENOENT) {
+		if root, _ := ancestorRootWith(func(root string) bool { ok, err := isCgroup2(root + path); return err == nil && ok }); root != "" {
+			return root + path, nil
+		}
+	}
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("socket LB cgroup %s: %w", path, err)
+	case !ok:
+		return "", fmt.Errorf("socket LB cgroup %s: not a cgroup v2 directory", path)
+	}
+	return path, nil
 }
 
 // RenewCgroup puts this load's socket-LB programs on the pinned cgroup

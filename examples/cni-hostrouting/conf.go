@@ -49,6 +49,14 @@ type NetConf struct {
 	// up with ErrTryAgainLater: a Go duration such as "30s". Default
 	// defaultTimeout.
 	Timeout string `json:"timeout,omitempty"`
+	// Masquerade false turns BPF masquerade off; it is on for a node with
+	// a device and a native routing CIDR (datapath.Config.DisableMasquerade).
+	Masquerade *bool `json:"masquerade,omitempty"`
+	// CgroupPath is the cgroup v2 directory whose sockets get socket-level
+	// load balancing ("/sys/fs/cgroup" for the whole node), given to the
+	// first ADD's datapath (datapath.Config.CgroupPath). Empty leaves
+	// services to the tc load balancer.
+	CgroupPath string `json:"cgroupPath,omitempty"`
 
 	timeout time.Duration // Timeout parsed by validate
 }
@@ -126,6 +134,9 @@ func (c *NetConf) validate() error {
 	if _, err := c.nativeRoutingCIDR(); err != nil {
 		return err
 	}
+	if c.CgroupPath != "" && (!filepath.IsAbs(c.CgroupPath) || strings.ContainsRune(c.CgroupPath, 0)) {
+		return cniError(types.ErrInvalidNetworkConfig, "cgroupPath %q is not an absolute path such as /sys/fs/cgroup", trimmed(c.CgroupPath, maxShownPinPath))
+	}
 	return c.checkDevice()
 }
 
@@ -195,6 +206,8 @@ func (c *NetConf) datapathConfig() (datapath.Config, error) {
 			TCX:           c.Disable.TCX,
 		},
 		NativeRoutingCIDR: native,
+		DisableMasquerade: c.Masquerade != nil && !*c.Masquerade,
+		CgroupPath:        c.CgroupPath,
 	}
 	if c.Device != "" {
 		cfg.Devices = []string{c.Device}

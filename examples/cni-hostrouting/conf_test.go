@@ -56,3 +56,40 @@ func TestNodeKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestServiceKeys checks how masquerade and cgroupPath reach the
+// datapath's config, and the error for a bad cgroupPath.
+func TestServiceKeys(t *testing.T) {
+	off, on := false, true
+	for _, tc := range []struct {
+		name        string
+		masquerade  *bool
+		cgroup      string
+		wantDisable bool
+		wantErr     string
+	}{
+		{name: "defaults"},
+		{name: "masquerade off", masquerade: &off, wantDisable: true},
+		{name: "masquerade on", masquerade: &on},
+		{name: "cgroup", cgroup: "/sys/fs/cgroup/kubepods"},
+		{name: "relative cgroup", cgroup: "kubepods", wantErr: `cgroupPath "kubepods" is not an absolute path`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conf := &NetConf{PinPath: loader.DefaultPinPath, Masquerade: tc.masquerade, CgroupPath: tc.cgroup}
+			cfg, err := conf.datapathConfig()
+			if tc.wantErr != "" {
+				var cerr *types.Error
+				if !errors.As(err, &cerr) || cerr.Code != types.ErrInvalidNetworkConfig || !strings.Contains(cerr.Msg, tc.wantErr) {
+					t.Fatalf("error %#v, want code %d saying %q", err, types.ErrInvalidNetworkConfig, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.DisableMasquerade != tc.wantDisable || cfg.CgroupPath != tc.cgroup {
+				t.Errorf("DisableMasquerade %v CgroupPath %q, want %v %q", cfg.DisableMasquerade, cfg.CgroupPath, tc.wantDisable, tc.cgroup)
+			}
+		})
+	}
+}

@@ -164,3 +164,43 @@ func deviceIndex(t *testing.T, n *testNode) int {
 	}
 	return l.Attrs().Index
 }
+
+// TestServiceKeysReachNode checks that masquerade and cgroupPath reach
+// the datapath the first ADD loads: its status says so.
+func TestServiceKeysReachNode(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		masquerade *bool
+		cgroup     bool
+		wantSocket string
+	}{
+		{name: "defaults", wantSocket: "Disabled"},
+		{name: "masquerade off, socket LB", masquerade: new(bool), cgroup: true, wantSocket: "Enabled"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			requireCNI(t)
+			c := datapathtest.NewCluster(t, 1)
+			hr := map[string]any{"device": "eth0", "nativeRoutingCIDR": "10.0.0.0/8"}
+			if tc.masquerade != nil {
+				hr["masquerade"] = *tc.masquerade
+			}
+			if tc.cgroup {
+				hr["cgroupPath"] = datapathtest.NewCgroup(t)
+			}
+			n := newTestNodeOn(t, c.Nodes[0], c.Nodes[0].PodCIDR, hr)
+			n.mustAdd(t, "a")
+			dp, err := datapath.Open(n.pinPath, n.Netns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dp.Close()
+			s, err := dp.Status()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Masquerading != (tc.masquerade == nil) || s.SocketLB != tc.wantSocket {
+				t.Errorf("Masquerading %v, Socket LB %q; want %v, %q:\n%s", s.Masquerading, s.SocketLB, tc.masquerade == nil, tc.wantSocket, s)
+			}
+		})
+	}
+}
