@@ -128,6 +128,48 @@ func TestLBClusterIP(t *testing.T) {
 
 }
 
+// TestLBHairpin runs pod A's datagram to a service whose backend is A
+// itself: it reaches A from 169.254.42.1 (A's stack would drop a packet
+// from its own address), and A's reply to that address goes back to A
+// from the ClusterIP.
+func TestLBHairpin(t *testing.T) {
+	d := loadDatapath(t, configPeer)
+	a := podA.withFlags(uint16(maps.EndpointLBBackend))
+	d.addPods(a)
+	d.addService(a)
+	hairpin := netip.MustParseAddr("169.254.42.1")
+
+	out := ipv4From(a, clusterIP.Addr()).withPorts(40000, clusterIP.Port())
+	verdict, got := d.run(d.objs.FromContainer, a.ifindex, out.frame())
+	if verdict != tcActRedirect {
+		t.Fatalf("to the ClusterIP: verdict %d, want TC_ACT_REDIRECT", verdict)
+	}
+	want := out
+	want.src, want.dst = hairpin, a.ip
+	want = want.withPorts(40000, backendPort).forwarded(a)
+	checkFrame(t, "to its own service, as A gets it", got, want.frame())
+
+	reply := ipv4From(a, hairpin).withPorts(backendPort, 40000)
+	verdict, got = d.run(d.objs.FromContainer, a.ifindex, reply.frame())
+	if verdict != tcActRedirect {
+		t.Fatalf("A's reply: verdict %d, want TC_ACT_REDIRECT", verdict)
+	}
+	want = reply
+	want.src, want.dst = clusterIP.Addr(), a.ip
+	want = want.withPorts(clusterIP.Port(), 40000).forwarded(a)
+	checkFrame(t, "A's reply, as A gets it", got, want.frame())
+
+	cts, err := maps.NewConntrack(d.objs.HrCt4).List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range cts {
+		if e.Dir == maps.CTReply && (e.Dst != netip.AddrPortFrom(hairpin, 40000) || e.Flags&maps.CTHairpin == 0) {
+			t.Errorf("REPLY entry %v, want one to %s:40000 flagged Hairpin", e, hairpin)
+		}
+	}
+}
+
 // TestLBNoBackend drops a datagram to a frontend without active backends
 // and counts it, as Cilium's DROP_NO_SERVICE.
 func TestLBNoBackend(t *testing.T) {

@@ -694,3 +694,26 @@ func TestTrafficPolicies(t *testing.T) {
 		t.Errorf("internalTrafficPolicy Local from a pod: answered by %v, want the local backend a only", seen)
 	}
 }
+
+// TestHairpin: a pod reaches a service whose only backend is itself, over
+// TCP and UDP (the tc load balancer gives the flow the source 169.254.42.1,
+// which the pod's stack accepts, and translates the replies back).
+func TestHairpin(t *testing.T) {
+	node := datapathtest.NewNode(t, "node")
+	a := node.AddPod(t, "a", ipA)
+	dp := node.NewDatapath(t, datapath.Config{})
+	a.AddEndpoint(t, dp)
+	vip := netip.MustParseAddrPort("10.96.0.10:80")
+	backend := nameServer(t, a)
+	for _, proto := range []datapath.Protocol{datapath.TCP, datapath.UDP} {
+		if _, err := dp.UpsertService(datapath.Service{Frontend: vip, Protocol: proto, Backends: []datapath.Backend{{Addr: backend}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, proto := range []string{"tcp4", "udp4"} {
+		name, peer, err := askWithPeer(a, proto, vip)
+		if err != nil || name != "a" || peer != vip.String() {
+			t.Errorf("%s from a to its own service %s: %q from %s, %v; want a from the service", proto, vip, name, peer, err)
+		}
+	}
+}

@@ -65,6 +65,7 @@ type CTFlags uint16
 const (
 	CTSeenReply CTFlags = 1 << 0 // a reply went the other way: established
 	CTClosing   CTFlags = 1 << 1 // FIN or RST seen
+	CTHairpin   CTFlags = 1 << 2 // CTReply: a pod's flow to itself through a service, from 169.254.42.1
 )
 
 // String lists the flags set, as Cilium does: "[ SeenReply Closing ]".
@@ -74,7 +75,7 @@ func (f CTFlags) String() string {
 	for _, x := range []struct {
 		f    CTFlags
 		name string
-	}{{CTSeenReply, "SeenReply"}, {CTClosing, "Closing"}} {
+	}{{CTSeenReply, "SeenReply"}, {CTClosing, "Closing"}, {CTHairpin, "Hairpin"}} {
 		if f&x.f != 0 {
 			b.WriteString(x.name + " ")
 			f &^= x.f

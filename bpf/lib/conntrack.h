@@ -30,6 +30,7 @@ struct ct4_key {
 enum ct_flag {
 	CT_F_SEEN_REPLY = 1 << 0, /* a reply went the other way: established */
 	CT_F_CLOSING = 1 << 1,    /* FIN or RST seen */
+	CT_F_HAIRPIN = 1 << 2,    /* CT_REPLY: a pod's flow to itself through a service */
 };
 
 struct ct_entry {

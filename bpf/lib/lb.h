@@ -102,6 +102,10 @@ static __always_inline int lb_enabled(void)
 }
 
 /* L4 header offsets of an option-less IPv4 packet behind Ethernet. */
+/* The source of a pod's service flow to itself (hairpin), 169.254.42.1,
+ * as Cilium's IPV4_LOOPBACK: link-local, never a pod's. */
+#define LB_HAIRPIN_ADDR bpf_htonl(0xa9fe2a01)
+
 #define IP4_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP4_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
 #define IP4_DADDR_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
@@ -347,8 +351,13 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, con
 		bpf_map_update_elem(&hr_ct4, &ck, &fresh, BPF_ANY);
 	}
 
+	/* Hairpin: a pod that reaches itself through a service would get a
+	 * packet from its own address, which its stack drops as a martian.
+	 * The flow's source becomes LB_HAIRPIN_ADDR instead, and its replies
+	 * to that address go back to the pod (as Cilium's IPV4_LOOPBACK). */
+	__be32 peer = be->address == client ? LB_HAIRPIN_ADDR : client;
 	struct ct4_key rk = {
-		.saddr = be->address, .daddr = client, .sport = be->port, .dport = l4->sport,
+		.saddr = be->address, .daddr = peer, .sport = be->port, .dport = l4->sport,
 		.proto = proto, .dir = CT_REPLY,
 	};
 	e = bpf_map_lookup_elem(&hr_ct4, &rk);
@@ -356,12 +365,15 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, con
 		struct ct_entry reply = {
 			.rev_nat_index = svc->rev_nat_index, .backend_id = id,
 			.nat_addr = frontend, .nat_port = l4->dport,
+			.flags = peer != client ? CT_F_HAIRPIN : 0,
 		};
 
 		reply.expires = now_seconds() + ct_timeout(proto, flags, 0);
 		bpf_map_update_elem(&hr_ct4, &rk, &reply, BPF_ANY);
 	}
 	if (rewrite4(ctx, proto, 1, frontend, be->address, l4->dport, be->port) < 0)
+		return METRIC_DROP_NAT;
+	if (peer != client && rewrite4(ctx, proto, 0, client, peer, l4->sport, l4->sport) < 0)
 		return METRIC_DROP_NAT;
 	return 0;
 }
@@ -378,7 +390,7 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct iphdr *ip, 
 	};
 	__u8 proto = ip->protocol;
 	struct ct_entry *e, *svc;
-	__be32 front;
+	__be32 front, client;
 	__be16 port;
 
 	e = bpf_map_lookup_elem(&hr_ct4, &rk);
@@ -386,12 +398,14 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct iphdr *ip, 
 		return 0;
 	front = e->nat_addr;
 	port = e->nat_port;
+	/* A hairpin flow's client is the backend itself. */
+	client = (e->flags & CT_F_HAIRPIN) ? rk.saddr : rk.daddr;
 	e->flags |= CT_F_SEEN_REPLY;
 	ct_refresh(e, proto, l4->tcp_flags);
 
 	/* The flow is established: its service entry lives as long. */
 	struct ct4_key sk = {
-		.saddr = ip->daddr, .daddr = front, .sport = l4->dport, .dport = port,
+		.saddr = client, .daddr = front, .sport = l4->dport, .dport = port,
 		.proto = proto, .dir = CT_SERVICE,
 	};
 	svc = bpf_map_lookup_elem(&hr_ct4, &sk);
@@ -399,7 +413,9 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct iphdr *ip, 
 		svc->flags |= CT_F_SEEN_REPLY;
 		ct_refresh(svc, proto, l4->tcp_flags);
 	}
-	if (rewrite4(ctx, proto, 0, ip->saddr, front, l4->sport, port) < 0)
+	if (client != rk.daddr && rewrite4(ctx, proto, 1, rk.daddr, client, rk.dport, rk.dport) < 0)
+		return -METRIC_DROP_NAT;
+	if (rewrite4(ctx, proto, 0, rk.saddr, front, rk.sport, port) < 0)
 		return -METRIC_DROP_NAT;
 	return 1;
 }
