@@ -161,7 +161,8 @@ func (d *Datapath) UpsertServices(svcs []Service) ([]uint16, error) {
 		}
 		for i := range svcs {
 			if err := d.upsertService(st, &svcs[i]); err != nil {
-				return fmt.Errorf("upsert service %s/%s: %w", svcs[i].Frontend, svcs[i].Protocol, err)
+				// Backends written for it alone go again.
+				return errors.Join(fmt.Errorf("upsert service %s/%s: %w", svcs[i].Frontend, svcs[i].Protocol, err), d.sweepBackends(st))
 			}
 			ids[i] = svcs[i].ID
 		}
@@ -224,11 +225,20 @@ func (st *serviceState) add(e maps.ServiceEntry) {
 
 // put writes entry e over the frontend's old one (a packet sees the old
 // entry or the new).
+// A failed write leaves the old entry in the map and in st.
 func (d *Datapath) put(st *serviceState, e maps.ServiceEntry) error {
+	old, err := d.services.Entry(e.Frontend)
+	had := err == nil
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
 	if err := st.forget(d, e.Frontend); err != nil {
 		return err
 	}
 	if err := d.services.Put(e); err != nil {
+		if had {
+			st.add(old)
+		}
 		return err
 	}
 	st.add(e)

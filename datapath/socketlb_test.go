@@ -1,7 +1,9 @@
 package datapath_test
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/routing"
 )
 
 // askEnv makes the test binary ask for a name (see askName) from inside a
@@ -24,6 +27,23 @@ func askMain(ask string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	if network, ok := strings.CutPrefix(proto, "bind-"); ok {
+		// Whether the cgroup lets a socket bind dst: "bound -" or
+		// "refused -".
+		err := routing.Do(netns, func() error {
+			ln, err := net.Listen(network, dst)
+			if err == nil {
+				ln.Close()
+			}
+			return err
+		})
+		if err != nil && !errors.Is(err, syscall.EPERM) {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Println(map[bool]string{true: "bound", false: "refused"}[err == nil], "-")
+		return 0
+	}
 	name, peer, err := askWithPeer(&datapathtest.Pod{Netns: netns}, proto, netip.MustParseAddrPort(dst))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -35,7 +55,8 @@ func askMain(ask string) int {
 
 // askFromCgroup runs askName as a process of its own in the cgroup at
 // cgroup, from the namespace at netns, and returns the name and the peer
-// its socket saw (getpeername).
+// its socket saw (getpeername). With proto "bind-tcp4" the process binds
+// dst instead: name is "bound" or "refused".
 func askFromCgroup(t *testing.T, cgroup, netns, proto string, dst netip.AddrPort) (name, peer string) {
 	t.Helper()
 	dir, err := os.Open(cgroup)
@@ -115,5 +136,41 @@ func TestSocketLB(t *testing.T) {
 				t.Errorf("bpftool cgroup show %s: %v\n%s", cgroup, err, out)
 			}
 		})
+	}
+}
+
+// TestSocketLBNodePort: the node's own processes in the socket-LB cgroup
+// reach a NodePort of every node address (0.0.0.0) on the node's address
+// and on 127.0.0.1, translated at connect time, and may not bind the
+// NodePort, on 0.0.0.0 or on the node's address; other ports bind.
+func TestSocketLBNodePort(t *testing.T) {
+	cgroup := datapathtest.NewCgroup(t)
+	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
+	n0 := cn.cluster.Nodes[0]
+	dp, err := datapath.New(datapath.Config{PinPath: pinPathOf(t, cn.dps[0]), Netns: n0.Netns, Devices: []string{n0.Device},
+		NativeRoutingCIDR: nativeCIDR, CgroupPath: cgroup})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	every := netip.AddrPortFrom(netip.IPv4Unspecified(), 30200)
+	backends := []datapath.Backend{{Addr: nameServer(t, cn.a)}}
+	if _, err := dp.UpsertService(datapath.Service{Frontend: every, Protocol: datapath.TCP, Type: datapath.NodePort, Backends: backends}); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []netip.AddrPort{netip.AddrPortFrom(n0.IP, every.Port()), netip.MustParseAddrPort("127.0.0.1:30200")} {
+		if name, peer := askFromCgroup(t, cgroup, n0.Netns, "tcp4", dst); name != cn.a.Name || peer != dst.String() {
+			t.Errorf("node to %s: answered by %q, peer %s; want %s, the address dialled", dst, name, peer, cn.a.Name)
+		}
+	}
+	for dst, want := range map[string]string{
+		"0.0.0.0:30200":                       "refused",
+		n0.IP.String() + ":30200":             "refused",
+		n0.IP.String() + ":30201":             "bound",
+		netip.AddrPortFrom(n0.IP, 0).String(): "bound",
+	} {
+		if got, _ := askFromCgroup(t, cgroup, n0.Netns, "bind-tcp4", netip.MustParseAddrPort(dst)); got != want {
+			t.Errorf("bind %s in the node: %s, want %s", dst, got, want)
+		}
 	}
 }

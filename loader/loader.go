@@ -285,12 +285,16 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 	features := ProbeFeatures(opts.Disable)
 	config := configOf(features, opts)
 	config.MaglevM = opts.MaglevTableSize
+	// The node's namespace: socket LB tells the node's own sockets by it
+	// (hostns-only mode, and NodePorts on 127.0.0.1, which only the
+	// node's sockets reach); without the cookie, only hostns-only fails.
+	cookie, err := netnsCookie(opts.Netns)
+	if err != nil && opts.SocketLBHostnsOnly {
+		return nil, err
+	}
+	config.NetnsCookie = cookie
 	if opts.SocketLBHostnsOnly {
-		cookie, err := netnsCookie(opts.Netns)
-		if err != nil {
-			return nil, err
-		}
-		config.SockHostnsOnly, config.NetnsCookie = 1, cookie
+		config.SockHostnsOnly = 1
 	}
 	id := objectID(config, features, opts.MaxEndpoints)
 	if prev.ObjectId == id {

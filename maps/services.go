@@ -170,20 +170,22 @@ func (s *Services) Put(e ServiceEntry) error {
 	}
 	var old bpf.HostroutingLb4Service
 	hadOld := s.services.Lookup(head, &old) == nil
-	if len(slots) > 0 {
-		keys := make([]bpf.HostroutingLb4Key, len(slots))
-		values := make([]bpf.HostroutingLb4Service, len(slots))
-		for i, id := range slots {
-			keys[i], values[i] = head, bpf.HostroutingLb4Service{BackendId: id}
-			keys[i].BackendSlot = uint16(i + 1)
+	var oldSlots []uint32
+	if hadOld {
+		prev, err := s.Entry(e.Frontend)
+		if err != nil {
+			return err
 		}
-		if _, err := s.services.BatchUpdate(keys, values, nil); err != nil {
-			return fmt.Errorf("write frontend %s slots: %w", e.Frontend, mapErr(err, s.services))
-		}
+		oldSlots = append(prev.Backends, prev.Inactive...)
+	}
+	if err := s.putSlots(head, slots); err != nil {
+		s.undoSlots(head, oldSlots, len(slots))
+		return fmt.Errorf("write frontend %s slots: %w", e.Frontend, mapErr(err, s.services))
 	}
 	v := bpf.HostroutingLb4Service{Count: uint16(len(e.Backends)), Qcount: uint16(len(e.Inactive)), RevNatIndex: e.RevNAT,
 		Flags: uint16(e.Flags), AffinityTimeout: e.AffinityTimeout}
 	if err := s.services.Update(head, v, ebpf.UpdateAny); err != nil {
+		s.undoSlots(head, oldSlots, len(slots))
 		return fmt.Errorf("write frontend %s: %w", e.Frontend, mapErr(err, s.services))
 	}
 	if hadOld {
@@ -194,6 +196,34 @@ func (s *Services) Put(e ServiceEntry) error {
 		}
 	}
 	return s.enable()
+}
+
+// putSlots writes backend IDs into the slots 1..len(ids) of the frontend
+// at head, in one batch.
+func (s *Services) putSlots(head bpf.HostroutingLb4Key, ids []uint32) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	keys := make([]bpf.HostroutingLb4Key, len(ids))
+	values := make([]bpf.HostroutingLb4Service, len(ids))
+	for i, id := range ids {
+		keys[i], values[i] = head, bpf.HostroutingLb4Service{BackendId: id}
+		keys[i].BackendSlot = uint16(i + 1)
+	}
+	_, err := s.services.BatchUpdate(keys, values, nil)
+	return err
+}
+
+// undoSlots puts back the slots a failed Put may have written: the old
+// entry's (none for a new frontend), and no slot beyond them up to
+// written.
+func (s *Services) undoSlots(head bpf.HostroutingLb4Key, old []uint32, written int) {
+	s.putSlots(head, old)
+	for slot := len(old) + 1; slot <= written; slot++ {
+		k := head
+		k.BackendSlot = uint16(slot)
+		s.services.Delete(k)
+	}
 }
 
 // Entry returns the entry of frontend f, or ErrNotFound.

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "lb.h"
+#include "nat.h"
 
 /* A socket's view of a backend it was given, for its replies. */
 struct sock4_key {
@@ -32,6 +33,45 @@ static __always_inline int sock4_skip(void *ctx)
 	return CONFIG.sock_hostns_only && bpf_get_netns_cookie(ctx) != CONFIG.netns_cookie;
 }
 
+struct node_addr_match {
+	__be32 addr;
+	int found;
+};
+
+static long match_node_addr(void *map, const __u32 *ifindex, const __be32 *addr, struct node_addr_match *m)
+{
+	if (*addr != m->addr)
+		return 0;
+	m->found = 1;
+	return 1; /* stop */
+}
+
+/* is_node_addr tells whether a socket addresses this node: an address of
+ * a node device, or loopback in the node's own namespace. */
+static __always_inline int is_node_addr(void *ctx, __be32 addr)
+{
+	struct node_addr_match m = { .addr = addr };
+
+	if ((bpf_ntohl(addr) >> 24) == 127)
+		return bpf_get_netns_cookie(ctx) == CONFIG.netns_cookie;
+	bpf_for_each_map_elem(&hr_node_addrs, match_node_addr, &m, 0);
+	return m.found;
+}
+
+/* sock4_lookup finds the frontend at key: the address itself, or, for an
+ * address of this node, a NodePort of every node address (0.0.0.0), which
+ * key then names. */
+static __always_inline struct lb4_service *sock4_lookup(void *ctx, struct lb4_key *key)
+{
+	struct lb4_service *svc = bpf_map_lookup_elem(&hr_lb4_services, key);
+
+	if (svc || !key->address || !is_node_addr(ctx, key->address))
+		return svc;
+	key->address = 0;
+	svc = bpf_map_lookup_elem(&hr_lb4_services, key);
+	return svc && (svc->flags & LB_F_NODEPORT) ? svc : NULL;
+}
+
 /* sock4_xlate gives a socket that connects or sends to a frontend one of
  * its backends. */
 static __always_inline void sock4_xlate(struct bpf_sock_addr *ctx)
@@ -45,7 +85,7 @@ static __always_inline void sock4_xlate(struct bpf_sock_addr *ctx)
 
 	if (!lb_enabled() || sock4_skip(ctx))
 		return;
-	svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
+	svc = sock4_lookup(ctx, &key);
 	if (!svc)
 		return;
 	/* The node's sockets are inside traffic: the internal scope, where
@@ -115,8 +155,9 @@ int sock4_getpeername(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-/* A NodePort is the datapath's on every node address: the node's own
- * sockets may not bind it. */
+/* A NodePort is the datapath's on the node's addresses: sockets may not
+ * bind it there (on 0.0.0.0 or a node address, for a NodePort of every
+ * address or of that one). */
 SEC("cgroup/post_bind4")
 int sock4_post_bind(struct bpf_sock *ctx)
 {
@@ -127,6 +168,6 @@ int sock4_post_bind(struct bpf_sock *ctx)
 
 	if (!lb_enabled() || sock4_skip(ctx))
 		return 1;
-	svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
+	svc = sock4_lookup(ctx, &key);
 	return !(svc && (svc->flags & LB_F_NODEPORT));
 }
