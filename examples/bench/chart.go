@@ -19,6 +19,12 @@ var modeColors = map[string]color.Color{
 	modeFallback: color.RGBA{0x9e, 0xc9, 0xe8, 0xff},
 	modeLegacy:   color.RGBA{0xd6, 0x62, 0x27, 0xff},
 	modeLimit:    color.RGBA{0x7f, 0x7f, 0x7f, 0xff},
+	// The service scenario's: BPF modes in blues and greens, kube-proxy
+	// in legacy's orange.
+	modeDirect:    color.RGBA{0x1f, 0x77, 0xb4, 0xff},
+	modeTCLB:      color.RGBA{0x9e, 0xc9, 0xe8, 0xff},
+	modeSocketLB:  color.RGBA{0x2c, 0xa0, 0x2c, 0xff},
+	modeKubeProxy: color.RGBA{0xd6, 0x62, 0x27, 0xff},
 }
 
 // writeChart draws one panel per scenario side by side: grouped bars per
@@ -72,8 +78,8 @@ func scenarioPlot(ss scenarioSummary, title string, labels map[string]string) (*
 	p.X.Tick.Label.Font.Size = vg.Points(11)
 	p.X.Min, p.X.Max = -0.5, float64(len(ss.Tests))-0.5
 
-	width := vg.Points(24)
 	n := len(ss.Modes)
+	width := vg.Points(min(24, 96/float64(max(n, 1)))) // a test's bars side by side in 96 points
 	top := 1.0
 	for k, m := range ss.Modes {
 		vals := make(plotter.Values, len(ss.Tests))

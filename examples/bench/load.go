@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -51,17 +52,34 @@ type measured struct {
 	Slowest float64 // seconds the slowest transaction took; 0 for TCP_STREAM
 }
 
-// runTest runs test from client to server.
-func runTest(ctx context.Context, cfg loadConfig, test string, client, server peer) (measured, error) {
+// runTest runs test from s's client to its server: the client dials
+// s.target() from s.Cgroup, the server listens on s.Server.IP.
+func runTest(ctx context.Context, cfg loadConfig, test string, s *setup) (measured, error) {
 	switch test {
 	case testStream:
-		return runStream(ctx, cfg, client, server)
+		return runStream(ctx, cfg, s)
 	case testRR:
-		return runRR(ctx, cfg, false, client, server)
+		return runRR(ctx, cfg, false, s)
 	case testCRR:
-		return runRR(ctx, cfg, true, client, server)
+		return runRR(ctx, cfg, true, s)
 	}
 	return measured{}, fmt.Errorf("unknown test %q", test)
+}
+
+// inCgroup makes cmd start in the cgroup v2 directory dir (clone3 with
+// CLONE_INTO_CGROUP: the process and its children are in it from their
+// first instruction), unless dir is empty. The returned function closes
+// the directory; call it once cmd has started.
+func inCgroup(cmd *exec.Cmd, dir string) (func(), error) {
+	if dir == "" {
+		return func() {}, nil
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open cgroup: %w", err)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd())}
+	return func() { f.Close() }, nil
 }
 
 // streamSeconds is the duration iperf3 runs: it takes whole seconds.
@@ -70,9 +88,10 @@ func streamSeconds(d time.Duration) int {
 }
 
 // runStream runs iperf3: the server once (-1) in the server's namespace,
-// the client in the client's, each pinned with -A, and returns the bits
-// per second the receiver counted.
-func runStream(ctx context.Context, cfg loadConfig, client, server peer) (measured, error) {
+// the client in the client's (and cgroup), each pinned with -A, and
+// returns the bits per second the receiver counted.
+func runStream(ctx context.Context, cfg loadConfig, s *setup) (measured, error) {
+	client, server := s.Client, s.Server
 	secs := streamSeconds(cfg.Duration)
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
 	defer cancel()
@@ -92,10 +111,15 @@ func runStream(ctx context.Context, cfg loadConfig, client, server peer) (measur
 	}
 
 	cli := exec.CommandContext(ctx, "ip", "netns", "exec", client.NetnsName,
-		"iperf3", "-c", server.IP.String(), "-p", port, "-A", strconv.Itoa(cfg.ClientCPU), "-t", strconv.Itoa(secs), "-J")
+		"iperf3", "-c", s.target().String(), "-p", port, "-A", strconv.Itoa(cfg.ClientCPU), "-t", strconv.Itoa(secs), "-J")
 	var stderr bytes.Buffer
 	cli.Stderr = &stderr
+	done, err := inCgroup(cli, s.Cgroup)
+	if err != nil {
+		return measured{}, err
+	}
 	out, err := cli.Output()
+	done()
 	if ctx.Err() != nil {
 		return measured{}, context.Cause(ctx)
 	}
@@ -118,17 +142,17 @@ func runStream(ctx context.Context, cfg loadConfig, client, server peer) (measur
 }
 
 // runRR runs this binary's rr-server in the server's namespace and
-// rr-client in the client's, each pinned with taskset, and returns the
-// client's transactions per second.
-func runRR(ctx context.Context, cfg loadConfig, crr bool, client, server peer) (measured, error) {
+// rr-client in the client's (and cgroup), each pinned with taskset, and
+// returns the client's transactions per second.
+func runRR(ctx context.Context, cfg loadConfig, crr bool, s *setup) (measured, error) {
+	client, server := s.Client, s.Server
 	ctx, cancel := context.WithTimeout(ctx, cfg.Warmup+cfg.Duration+30*time.Second)
 	defer cancel()
 	port := portRR
 	if crr {
 		port = portCRR
 	}
-	addr := netip.AddrPortFrom(server.IP, uint16(port)).String()
-	common := []string{"-addr", addr, "-size", strconv.Itoa(cfg.Size)}
+	common := []string{"-size", strconv.Itoa(cfg.Size)}
 	if crr {
 		common = append(common, "-crr")
 	}
@@ -137,7 +161,8 @@ func runRR(ctx context.Context, cfg loadConfig, crr bool, client, server peer) (
 	}
 
 	srvArgs := append([]string{"netns", "exec", server.NetnsName, "taskset", "-c", strconv.Itoa(cfg.ServerCPU),
-		cfg.Exe, "rr-server", "-timeout", (cfg.Warmup + cfg.Duration + 60*time.Second).String()}, common...)
+		cfg.Exe, "rr-server", "-addr", netip.AddrPortFrom(server.IP, uint16(port)).String(),
+		"-timeout", (cfg.Warmup + cfg.Duration + 60*time.Second).String()}, common...)
 	srv := exec.CommandContext(ctx, "ip", srvArgs...)
 	var srvErr bytes.Buffer
 	srv.Stderr = &srvErr
@@ -172,11 +197,17 @@ func runRR(ctx context.Context, cfg loadConfig, crr bool, client, server peer) (
 	}
 
 	cliArgs := append([]string{"netns", "exec", client.NetnsName, "taskset", "-c", strconv.Itoa(cfg.ClientCPU),
-		cfg.Exe, "rr-client", "-duration", cfg.Duration.String(), "-warmup", cfg.Warmup.String()}, common...)
+		cfg.Exe, "rr-client", "-addr", netip.AddrPortFrom(s.target(), uint16(port)).String(),
+		"-duration", cfg.Duration.String(), "-warmup", cfg.Warmup.String()}, common...)
 	cli := exec.CommandContext(ctx, "ip", cliArgs...)
 	var cliErr bytes.Buffer
 	cli.Stderr = &cliErr
+	done, err := inCgroup(cli, s.Cgroup)
+	if err != nil {
+		return measured{}, err
+	}
 	out, err := cli.Output()
+	done()
 	if ctx.Err() != nil {
 		return measured{}, context.Cause(ctx)
 	}

@@ -1,6 +1,7 @@
-// Command bench measures pod-to-pod throughput and request/response rates
-// with host routing, side by side with the kernel's legacy routing and the
-// limit the topology allows, the way the Cilium CNI benchmark does.
+// Command bench measures pod-to-pod and pod-to-service throughput and
+// request/response rates with host routing, side by side with the
+// kernel's legacy routing (and kube-proxy) and the limit the topology
+// allows, the way the Cilium CNI benchmark does.
 //
 // Scenarios and modes, each built in network namespaces of its own:
 //
@@ -14,29 +15,47 @@
 //     bridge: bpf (bpf_fib_lookup + bpf_redirect_neigh out of the node,
 //     bpf_redirect_peer into the pod), legacy (routes between the nodes,
 //     iptables rules and conntrack on both) and limit (node-to-node over
-//     the same wire).
+//     the same wire);
+//   - same-node pod → ClusterIP service (10.96.0.10, the server pod its
+//     one backend, on each test's port): direct (host routing, the client
+//     dials the server pod's own IP: the baseline), tc-lb (the client
+//     dials the ClusterIP, DNATed at its host veth by the datapath's tc
+//     load balancer with BPF conntrack), socket-lb (the datapath's socket
+//     load balancer on a cgroup of the run's own, hr-bench-<random>-*
+//     below the cgroup2 mount, which the client processes start in: the
+//     socket is connected to the backend at connect(), no packet is
+//     translated), kube-proxy (no datapath: the node's stack with
+//     kube-proxy's rules for 5000 other services and the measured one
+//     last in KUBE-SERVICES, DNAT in PREROUTING and conntrack) and limit
+//     (the two pods on a veth pair). The three BPF modes hold the same
+//     services in their maps as kube-proxy's rules.
 //
 // Tests: TCP_STREAM with iperf3, TCP_RR and TCP_CRR with this binary's own
 // rr-client and rr-server (blocking sockets, one transaction at a time),
 // the same tools in every mode, the client pinned to one CPU and the
 // server to another. Each round runs every test in every mode in turn
 // (A B C D, A B C D, ...); the tables give the median, minimum and maximum
-// over the rounds and the median's ratio to the limit's and to legacy's.
+// over the rounds and the median's ratio to the medians of the scenario's
+// reference modes: the limit's and legacy's, or for services the limit's,
+// direct's (what translating the ClusterIP costs) and kube-proxy's.
 // One more pass with the kernel's BPF statistics on (BPF_ENABLE_STATS,
 // held only while it runs) shows what the programs cost.
 //
 // It is its own module (the chart's gonum/plot stays out of the SDK's
 // module graph). Run it as root, from the repository root:
 //
-//	cd examples/bench && go run .        # 5 rounds of 3s tests, about 7 minutes
+//	cd examples/bench && go run .        # 5 rounds of 3s tests, about 11 minutes
+//	cd examples/bench && go run . --scenarios service --tests TCP_RR,TCP_CRR
 //	cd examples/bench && go run . --tests TCP_RR,TCP_CRR --server-cpu 0   # client and server on one CPU
 //	cd examples/bench && go run . --rounds 1 --duration 1s --scenarios same-node --tests TCP_RR
 //	cd examples/bench && go run . --replot bench.json --png /tmp/bench.png   # tables and chart again
 //
 // The machine's root network namespace is never changed: everything lives
 // in namespaces named hr-bench-<random>-*, pinned under
-// /sys/fs/bpf/hostrouting-bench-<random>-*, and is removed at the end, on
-// failure and on Ctrl-C; the run fails if anything is left.
+// /sys/fs/bpf/hostrouting-bench-<random>-*, with socket-lb's cgroup
+// hr-bench-<random>-* (the only cgroup anything attaches to or moves
+// into), and is removed at the end, on failure and on Ctrl-C; the run
+// fails if anything is left.
 package main
 
 import (
@@ -70,7 +89,7 @@ type options struct {
 	Scenarios []string      `json:"scenarios"`
 	Modes     []string      `json:"modes"`
 	Tests     []string      `json:"tests"`
-	Services  int           `json:"services"` // kube-proxy services in legacy
+	Services  int           `json:"services"` // kube-proxy services in legacy and kube-proxy, BPF services in the service scenario
 	Size      int           `json:"size"`     // TCP_RR and TCP_CRR message bytes
 	ClientCPU int           `json:"client_cpu"`
 	ServerCPU int           `json:"server_cpu"`
@@ -85,7 +104,7 @@ type options struct {
 func defaultOptions() options {
 	return options{
 		Rounds: 5, Duration: 3 * time.Second, Warmup: 200 * time.Millisecond,
-		Scenarios: scenarioNames(), Modes: []string{modeBPF, modeFallback, modeLegacy, modeLimit}, Tests: allTests,
+		Scenarios: scenarioNames(), Modes: allModes, Tests: allTests,
 		Services: 5000, Size: 1, ClientCPU: 0, ServerCPU: 1, BPFStats: true, PNG: "bench.png",
 	}
 }
@@ -112,7 +131,7 @@ func main() {
 	flag.Func("scenarios", "comma-separated scenarios (default "+strings.Join(opts.Scenarios, ",")+")", list(&opts.Scenarios))
 	flag.Func("modes", "comma-separated modes (default "+strings.Join(opts.Modes, ",")+")", list(&opts.Modes))
 	flag.Func("tests", "comma-separated tests (default "+strings.Join(opts.Tests, ",")+")", list(&opts.Tests))
-	flag.IntVar(&opts.Services, "services", opts.Services, "kube-proxy services in the legacy nodes' iptables")
+	flag.IntVar(&opts.Services, "services", opts.Services, "services in the iptables of legacy and kube-proxy nodes (and the service scenario's BPF maps)")
 	flag.IntVar(&opts.Size, "size", opts.Size, "TCP_RR and TCP_CRR request and response bytes")
 	flag.IntVar(&opts.ClientCPU, "client-cpu", opts.ClientCPU, "CPU the client runs on")
 	flag.IntVar(&opts.ServerCPU, "server-cpu", opts.ServerCPU, "CPU the server runs on")
@@ -194,7 +213,7 @@ func (o *options) validate() error {
 		flag  string
 		vals  []string
 		known []string
-	}{{"--scenarios", o.Scenarios, known}, {"--modes", o.Modes, []string{modeBPF, modeFallback, modeLegacy, modeLimit}}, {"--tests", o.Tests, allTests}} {
+	}{{"--scenarios", o.Scenarios, known}, {"--modes", o.Modes, allModes}, {"--tests", o.Tests, allTests}} {
 		if len(l.vals) == 0 {
 			return fmt.Errorf("%s: none given", l.flag)
 		}
@@ -267,7 +286,7 @@ func run(ctx context.Context, opts options, out io.Writer) (res *results, err er
 	if slices.Contains(opts.Tests, testStream) {
 		tools = append(tools, "iperf3")
 	}
-	if slices.Contains(opts.Modes, modeLegacy) {
+	if slices.Contains(opts.Modes, modeLegacy) || slices.Contains(opts.Modes, modeKubeProxy) {
 		tools = append(tools, "iptables", "iptables-restore")
 	}
 	for _, t := range tools {
@@ -276,7 +295,7 @@ func run(ctx context.Context, opts options, out io.Writer) (res *results, err er
 		}
 	}
 	defer func() {
-		if left := names.Leftovers(opts.ID); len(left) > 0 {
+		if left := leftovers(opts.ID); len(left) > 0 {
 			err = errors.Join(err, fmt.Errorf("left behind: %s", strings.Join(left, " ")))
 		}
 	}()
@@ -317,7 +336,7 @@ func report(out io.Writer, res *results, scs []*scenario, opts options) error {
 	titles, labels := map[string]string{}, map[string]map[string]string{}
 	for _, sc := range scs {
 		labels[sc.Name] = sc.Labels
-		ss := summarizeScenario(res.Samples, sc.Name, allTests, sc.Modes)
+		ss := summarizeScenario(res.Samples, sc.Name, allTests, sc.Modes, sc.Refs)
 		if len(ss.Tests) == 0 {
 			continue
 		}
@@ -331,8 +350,10 @@ func report(out io.Writer, res *results, scs []*scenario, opts options) error {
 			fmt.Fprintf(out, "- %s\n", names[m])
 		}
 	}
-	fmt.Fprintf(out, "\n### Targets (issue 4)\n\n")
-	writeTargets(out, res.sums)
+	var tg strings.Builder
+	if writeTargets(&tg, res.sums); tg.Len() > 0 { // none for a run of the service scenario alone
+		fmt.Fprintf(out, "\n### Targets (issue 4)\n\n%s", &tg)
+	}
 	fmt.Fprintf(out, "\nLoad average (1, 5, 15 min, runnable/threads) before the run: %s; after: %s\n", res.Machine.LoadBefore, res.Machine.LoadAfter)
 	if len(res.Profiles) > 0 {
 		fmt.Fprintf(out, "\n### BPF run time (one more pass with BPF_ENABLE_STATS)\n\n")
@@ -391,17 +412,21 @@ func runScenario(ctx context.Context, opts options, cfg loadConfig, sc *scenario
 		if err != nil {
 			return fmt.Errorf("build %s: %w", m, err)
 		}
-		if err := s.check(ctx); err != nil {
+		if err := s.check(ctx, cfg); err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "%s %s: built and checked in %s (%s → %s %s)\n", sc.Name, m, time.Since(start).Round(time.Millisecond), s.Client.NetnsName, s.Server.NetnsName, s.Server.IP)
+		via := ""
+		if s.Target.IsValid() {
+			via = " via " + s.Target.String()
+		}
+		fmt.Fprintf(out, "%s %s: built and checked in %s (%s → %s %s%s)\n", sc.Name, m, time.Since(start).Round(time.Millisecond), s.Client.NetnsName, s.Server.NetnsName, s.Server.IP, via)
 		setups = append(setups, s)
 	}
 
 	for r := 1; r <= opts.Rounds; r++ {
 		for _, t := range opts.Tests {
 			for _, s := range setups {
-				m, err := runTest(ctx, cfg, t, s.Client, s.Server)
+				m, err := runTest(ctx, cfg, t, s)
 				if err != nil {
 					return fmt.Errorf("round %d %s %s: %w", r, t, s.Mode, err)
 				}
@@ -439,7 +464,7 @@ func runScenario(ctx context.Context, opts options, cfg loadConfig, sc *scenario
 			if err != nil {
 				return err
 			}
-			m, err := runTest(ctx, cfg, t, s.Client, s.Server)
+			m, err := runTest(ctx, cfg, t, s)
 			if err != nil {
 				return fmt.Errorf("BPF statistics pass %s %s: %w", t, s.Mode, err)
 			}

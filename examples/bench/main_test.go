@@ -8,6 +8,7 @@ import (
 	"image/png"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,6 +50,9 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.Check(t)
+	if left := leftovers(opts.ID); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
 
 	for _, sc := range scenarios {
 		for _, m := range sc.Modes {
@@ -68,6 +72,9 @@ func TestSmoke(t *testing.T) {
 		"### Cross-node pod → pod, client CPU 0, server CPU 1\n\n", "| TCP_RR (trans/s) | legacy |",
 		"| same-node TCP_RR bpf ÷ legacy |", "| cross-node TCP_STREAM bpf ÷ limit |",
 		"### BPF run time", "| cross-node | bpf | TCP_RR |", "node2/from_netdev",
+		"### Same-node pod → ClusterIP service, client CPU 0, server CPU 1\n\n| Test | Mode | Median | Min | Max | ÷ limit | ÷ direct | ÷ kube-proxy |\n",
+		"| TCP_CRR (trans/s) | socket-lb |", "| TCP_RR (trans/s) | kube-proxy |", "service tc-lb: built and checked", "via 10.96.0.10)",
+		"| service | tc-lb | TCP_CRR |", "| service | socket-lb | TCP_RR |",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q", want)
@@ -79,8 +86,8 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s %s %s: BPF statistics show %d runs, %d ns", p.Scenario, p.Mode, p.Test, runs, ns)
 		}
 	}
-	if len(res.Profiles) != 4*len(allTests) { // bpf and fallback, same-node and cross-node
-		t.Errorf("%d BPF statistics rows, want %d", len(res.Profiles), 4*len(allTests))
+	if len(res.Profiles) != 7*len(allTests) { // bpf and fallback, same-node and cross-node; direct, tc-lb and socket-lb
+		t.Errorf("%d BPF statistics rows, want %d", len(res.Profiles), 7*len(allTests))
 	}
 
 	f, err := os.Open(opts.PNG)
@@ -197,7 +204,7 @@ func testSamples() []sample {
 }
 
 func TestWriteTable(t *testing.T) {
-	ss := summarizeScenario(testSamples(), scenarioSameNode, allTests, []string{modeBPF, modeFallback, modeLegacy, modeLimit})
+	ss := summarizeScenario(testSamples(), scenarioSameNode, allTests, []string{modeBPF, modeFallback, modeLegacy, modeLimit}, []string{modeLimit, modeLegacy})
 	if !slices.Equal(ss.Modes, []string{modeBPF, modeLegacy, modeLimit}) || !slices.Equal(ss.Tests, allTests) {
 		t.Fatalf("modes %v, tests %v", ss.Modes, ss.Tests)
 	}
@@ -215,6 +222,24 @@ func TestWriteTable(t *testing.T) {
 `
 	if b.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", &b, want)
+	}
+
+	// The service scenario's columns: ÷ limit, ÷ direct, ÷ kube-proxy.
+	b.Reset()
+	svc := []sample{
+		{Scenario: scenarioService, Test: testRR, Mode: modeDirect, Value: 40000},
+		{Scenario: scenarioService, Test: testRR, Mode: modeTCLB, Value: 36000},
+		{Scenario: scenarioService, Test: testRR, Mode: modeKubeProxy, Value: 30000},
+		{Scenario: scenarioService, Test: testRR, Mode: modeLimit, Value: 50000},
+	}
+	writeTable(&b, summarizeScenario(svc, scenarioService, allTests, serviceScenario.Modes, serviceScenario.Refs))
+	for _, want := range []string{
+		"| Test | Mode | Median | Min | Max | ÷ limit | ÷ direct | ÷ kube-proxy |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+		"| TCP_RR (trans/s) | tc-lb | 36000 | 36000 | 36000 | 0.72 | 0.90 | 1.20 |\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("service table:\n%s\nlacks:\n%s", &b, want)
+		}
 	}
 
 	b.Reset()
@@ -292,15 +317,37 @@ func TestReplot(t *testing.T) {
 
 func TestKubeProxyRules(t *testing.T) {
 	const services = 300
-	rules := kubeProxyRules(services, "10.0.0.0/8")
-	if n := strings.Count(rules, "\n-A KUBE-SERVICES "); n != services+1 {
-		t.Errorf("%d KUBE-SERVICES rules, want %d", n, services+1)
+	measured := measuredService(netip.MustParseAddr("10.0.0.11"))
+	rules := kubeProxyRules(services, "10.0.0.0/8", measured)
+	if n := strings.Count(rules, "\n-A KUBE-SERVICES "); n != services+len(measured)+1 {
+		t.Errorf("%d KUBE-SERVICES rules, want %d", n, services+len(measured)+1)
+	}
+	// The measured service comes last, before only the NodePort rule: a
+	// new connection to it walks every other service's rule first.
+	var svcRules []string
+	for _, line := range strings.Split(rules, "\n") {
+		if strings.HasPrefix(line, "-A KUBE-SERVICES ") {
+			svcRules = append(svcRules, line)
+		}
+	}
+	for i, m := range measured {
+		want := fmt.Sprintf("-A KUBE-SERVICES -d %s/32 -p tcp -m comment --comment \"%s cluster IP\" -m tcp --dport %d -j %s",
+			m.Frontend.Addr(), m.Name, m.Frontend.Port(), chainName("KUBE-SVC-", m.Name))
+		if got := svcRules[services+i]; got != want {
+			t.Errorf("KUBE-SERVICES rule %d: %s, want %s", services+i, got, want)
+		}
+		if dnat := fmt.Sprintf("-j DNAT --to-destination 10.0.0.11:%d\n", m.Frontend.Port()); !strings.Contains(rules, dnat) {
+			t.Errorf("rules lack %q", dnat)
+		}
+	}
+	if last := svcRules[len(svcRules)-1]; !strings.Contains(last, "-j KUBE-NODEPORTS") {
+		t.Errorf("last KUBE-SERVICES rule: %s, want the NodePort rule", last)
 	}
 	if n := strings.Count(rules, "COMMIT\n"); n != 2 {
 		t.Errorf("%d COMMITs, want 2", n)
 	}
 	chains := map[string]bool{}
-	ips := map[string]bool{}
+	ips := map[string]bool{} // frontends, address:port
 	for _, line := range strings.Split(rules, "\n") {
 		if strings.HasPrefix(line, ":KUBE-SVC-") || strings.HasPrefix(line, ":KUBE-SEP-") {
 			if chains[line] {
@@ -310,14 +357,21 @@ func TestKubeProxyRules(t *testing.T) {
 		}
 		if f := strings.Fields(line); len(f) > 3 && f[1] == "KUBE-SERVICES" && f[2] == "-d" {
 			ip, _, _ := strings.Cut(f[3], "/")
-			if ips[ip] || !strings.HasPrefix(ip, "10.96.") || net.ParseIP(ip) == nil {
-				t.Errorf("service IP %s repeated or outside 10.96.0.0/16", ip)
+			frontend := ip
+			if i := slices.Index(f, "--dport"); i > 0 && i+1 < len(f) {
+				frontend += ":" + f[i+1]
 			}
-			ips[ip] = true
+			if ips[frontend] || !strings.HasPrefix(ip, "10.96.") || net.ParseIP(ip) == nil {
+				t.Errorf("service frontend %s repeated or outside 10.96.0.0/16", frontend)
+			}
+			ips[frontend] = true
 		}
 	}
-	if len(chains) != 3*services { // a KUBE-SVC and two KUBE-SEP per service
-		t.Errorf("%d service chains, want %d", len(chains), 3*services)
+	if want := services + len(measured); len(ips) != want {
+		t.Errorf("%d service frontends, want %d", len(ips), want)
+	}
+	if want := 3*services + 2*len(measured); len(chains) != want { // a KUBE-SVC and a KUBE-SEP per endpoint
+		t.Errorf("%d service chains, want %d", len(chains), want)
 	}
 	for _, want := range []string{"--ctstate RELATED,ESTABLISHED -j ACCEPT", "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES", "-j DNAT --to-destination 10.244."} {
 		if !strings.Contains(rules, want) {
@@ -334,7 +388,8 @@ func TestValidate(t *testing.T) {
 	}{
 		{"defaults", func(*options) {}, true},
 		{"unknown test", func(o *options) { o.Tests = []string{"UDP_RR"} }, false},
-		{"unknown scenario", func(o *options) { o.Scenarios = []string{"service"} }, false},
+		{"unknown scenario", func(o *options) { o.Scenarios = []string{"nodeport"} }, false},
+		{"unknown mode", func(o *options) { o.Modes = []string{"ipvs"} }, false},
 		{"no modes", func(o *options) { o.Modes = nil }, false},
 		{"zero rounds", func(o *options) { o.Rounds = 0 }, false},
 		{"tiny duration", func(o *options) { o.Duration = time.Millisecond }, false},
@@ -353,6 +408,15 @@ func TestValidate(t *testing.T) {
 		got = append(got, sc.Name+":"+strings.Join(sc.Modes, ","))
 	}
 	if want := []string{"same-node:fallback,limit", "cross-node:fallback,limit"}; !slices.Equal(got, want) {
+		t.Errorf("selected %v, want %v", got, want)
+	}
+	o = defaultOptions()
+	o.Modes = []string{modeLimit, modeTCLB}
+	got = nil
+	for _, sc := range o.selected() {
+		got = append(got, sc.Name+":"+strings.Join(sc.Modes, ","))
+	}
+	if want := []string{"same-node:limit", "cross-node:limit", "service:tc-lb,limit"}; !slices.Equal(got, want) {
 		t.Errorf("selected %v, want %v", got, want)
 	}
 }

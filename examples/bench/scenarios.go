@@ -16,6 +16,7 @@ import (
 const (
 	scenarioSameNode  = "same-node"
 	scenarioCrossNode = "cross-node"
+	scenarioService   = "service"
 )
 
 // scenario is a topology measured in several modes.
@@ -25,6 +26,7 @@ type scenario struct {
 	Modes     []string          // in the order each round runs them
 	ModeNames map[string]string // as the list under the table explains them
 	Labels    map[string]string // as the chart's legend names them
+	Refs      []string          // the modes the table's ratio columns divide by
 	build     func(l *lab, mode string, services int) (*setup, error)
 }
 
@@ -40,6 +42,7 @@ var scenarios = []*scenario{
 			modeLimit:    "limit: direct veth pair between the pods",
 		},
 		Labels: map[string]string{modeLimit: "limit (direct veth)"},
+		Refs:   []string{modeLimit, modeLegacy},
 		build:  buildSameNode,
 	},
 	{
@@ -53,12 +56,14 @@ var scenarios = []*scenario{
 			modeLimit:    "limit: node-to-node over the same wire",
 		},
 		Labels: map[string]string{modeLimit: "limit (node-to-node)"},
+		Refs:   []string{modeLimit, modeLegacy},
 		build:  buildCrossNode,
 	},
+	serviceScenario,
 }
 
 // modeNames returns the table names of the scenario's modes, with the
-// number of services legacy runs with.
+// number of services legacy and kube-proxy run with.
 func (sc *scenario) modeNames(services int) map[string]string {
 	m := map[string]string{}
 	for k, v := range sc.ModeNames {
@@ -71,74 +76,100 @@ func (sc *scenario) modeNames(services int) map[string]string {
 // for mode, or for the limit just the two pods joined by a veth pair.
 // Namespaces are named same-<mode>-node, -a and -b.
 func buildSameNode(l *lab, mode string, services int) (*setup, error) {
-	tag := "same-" + mode
-	ipA, ipB := netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("10.0.0.11")
 	s := &setup{Scenario: scenarioSameNode, Mode: mode}
-	if mode == modeLimit {
-		a, err := l.netns(tag + "-a")
-		if err != nil {
-			return nil, err
-		}
-		b, err := l.netns(tag + "-b")
-		if err != nil {
-			return nil, err
-		}
-		if err := l.vethBetween(a, b, netip.PrefixFrom(ipA, 24), netip.PrefixFrom(ipB, 24)); err != nil {
-			return nil, err
-		}
-		if err := l.waitUp([2]string{a.Path, "eth0"}, [2]string{b.Path, "eth0"}); err != nil {
-			return nil, err
-		}
-		a.IP, b.IP = ipA, ipB
-		s.Client, s.Server = a, b
-		return s, nil
-	}
-
-	node, err := l.node(tag + "-node")
+	pp, err := l.podPair("same-"+mode, mode == modeLimit)
 	if err != nil {
 		return nil, err
 	}
-	a, va, err := l.pod(node, tag+"-a", "lxcA", ipA)
-	if err != nil {
-		return nil, err
-	}
-	b, vb, err := l.pod(node, tag+"-b", "lxcB", ipB)
-	if err != nil {
-		return nil, err
-	}
-	if err := l.waitUp([2]string{node.Path, "lxcA"}, [2]string{node.Path, "lxcB"},
-		[2]string{a.Path, va.PodIfName}, [2]string{b.Path, vb.PodIfName}); err != nil {
-		return nil, err
-	}
-	s.Client, s.Server = a, b
+	s.Client, s.Server = pp.a, pp.b
 	switch mode {
+	case modeLimit:
 	case modeBPF, modeFallback:
-		dp, pin, err := l.newDatapath(node, tag, datapath.Config{
+		dp, pin, err := l.newDatapath(pp.node, "same-"+mode, datapath.Config{
 			Disable:               loader.Disable{RedirectPeer: mode == modeFallback},
 			RequireBPFHostRouting: mode == modeBPF,
 		})
 		if err != nil {
 			return nil, err
 		}
-		for _, p := range []struct {
-			ifName string
-			ip     netip.Addr
-			v      *routing.Veth
-		}{{"lxcA", ipA, va}, {"lxcB", ipB, vb}} {
-			if _, err := dp.AddEndpoint(datapath.Endpoint{IfName: p.ifName, IP: p.ip, MAC: p.v.PodMAC}); err != nil {
-				return nil, err
-			}
+		if err := pp.addEndpoints(dp); err != nil {
+			return nil, err
 		}
 		s.dps, s.Pins = []*datapath.Datapath{dp}, []string{pin}
 	case modeLegacy:
-		if err := l.loadKubeProxy(node, services); err != nil {
+		if err := l.loadKubeProxy(pp.node, services, nil); err != nil {
 			return nil, err
 		}
-		s.ctNodes = []peer{node}
+		s.ctNodes = []peer{pp.node}
 	default:
 		return nil, fmt.Errorf("same-node has no mode %q", mode)
 	}
 	return s, nil
+}
+
+// podPair is a node with pods A (10.0.0.10) and B (10.0.0.11), or, for a
+// limit, the two pods alone, joined by a veth pair.
+type podPair struct {
+	node, a, b peer          // no node for a limit
+	va, vb     *routing.Veth // the pods' veths to the node
+}
+
+// podPair makes the namespaces tag-node, tag-a and tag-b of a podPair,
+// or only tag-a and tag-b for a limit, and waits for their devices.
+func (l *lab) podPair(tag string, limit bool) (podPair, error) {
+	ipA, ipB := netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("10.0.0.11")
+	var pp podPair
+	if limit {
+		a, err := l.netns(tag + "-a")
+		if err != nil {
+			return pp, err
+		}
+		b, err := l.netns(tag + "-b")
+		if err != nil {
+			return pp, err
+		}
+		if err := l.vethBetween(a, b, netip.PrefixFrom(ipA, 24), netip.PrefixFrom(ipB, 24)); err != nil {
+			return pp, err
+		}
+		if err := l.waitUp([2]string{a.Path, "eth0"}, [2]string{b.Path, "eth0"}); err != nil {
+			return pp, err
+		}
+		a.IP, b.IP = ipA, ipB
+		pp.a, pp.b = a, b
+		return pp, nil
+	}
+
+	node, err := l.node(tag + "-node")
+	if err != nil {
+		return pp, err
+	}
+	a, va, err := l.pod(node, tag+"-a", "lxcA", ipA)
+	if err != nil {
+		return pp, err
+	}
+	b, vb, err := l.pod(node, tag+"-b", "lxcB", ipB)
+	if err != nil {
+		return pp, err
+	}
+	if err := l.waitUp([2]string{node.Path, "lxcA"}, [2]string{node.Path, "lxcB"},
+		[2]string{a.Path, va.PodIfName}, [2]string{b.Path, vb.PodIfName}); err != nil {
+		return pp, err
+	}
+	return podPair{node: node, a: a, b: b, va: va, vb: vb}, nil
+}
+
+// addEndpoints adds both pods to the node's datapath dp.
+func (pp podPair) addEndpoints(dp *datapath.Datapath) error {
+	for _, p := range []struct {
+		ifName string
+		ip     netip.Addr
+		v      *routing.Veth
+	}{{"lxcA", pp.a.IP, pp.va}, {"lxcB", pp.b.IP, pp.vb}} {
+		if _, err := dp.AddEndpoint(datapath.Endpoint{IfName: p.ifName, IP: p.ip, MAC: p.v.PodMAC}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // crossNodeAddrs are each cross-node mode's nodes' addresses on the shared
@@ -241,7 +272,7 @@ func buildCrossNode(l *lab, mode string, services int) (*setup, error) {
 			if err := routing.UpsertNodeRoutes(n.Path, "eth0", addrs.nodes[o], []netip.Prefix{addrs.pods[o]}); err != nil {
 				return nil, fmt.Errorf("node%d: %w", i+1, err)
 			}
-			if err := l.loadKubeProxy(n, services); err != nil {
+			if err := l.loadKubeProxy(n, services, nil); err != nil {
 				return nil, err
 			}
 		}

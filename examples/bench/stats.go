@@ -18,13 +18,22 @@ const (
 var allTests = []string{testStream, testRR, testCRR}
 
 // The modes a scenario compares. Every scenario has a limit; the ratios in
-// the tables divide by its median and by legacy's.
+// the tables divide by the medians of the scenario's reference modes
+// (scenario.Refs).
 const (
 	modeBPF      = "bpf"
 	modeFallback = "fallback"
 	modeLegacy   = "legacy"
 	modeLimit    = "limit"
+	// The service scenario's modes.
+	modeDirect    = "direct"
+	modeTCLB      = "tc-lb"
+	modeSocketLB  = "socket-lb"
+	modeKubeProxy = "kube-proxy"
 )
+
+// allModes are every scenario's modes, as --modes takes them.
+var allModes = []string{modeBPF, modeFallback, modeLegacy, modeDirect, modeTCLB, modeSocketLB, modeKubeProxy, modeLimit}
 
 // sample is one measurement: one test in one mode of one scenario, in one
 // round.
@@ -73,12 +82,13 @@ type scenarioSummary struct {
 	Scenario string
 	Tests    []string // in table order
 	Modes    []string
+	Refs     []string              // the modes the table's ratio columns divide by
 	Cells    map[[2]string]summary // [test, mode]
 }
 
 // summarizeScenario groups the samples of scenario by test and mode, in
-// the order given.
-func summarizeScenario(samples []sample, scenario string, tests, modes []string) scenarioSummary {
+// the order given; the table's ratio columns divide by the modes refs.
+func summarizeScenario(samples []sample, scenario string, tests, modes, refs []string) scenarioSummary {
 	vals := map[[2]string][]float64{}
 	for _, s := range samples {
 		if s.Scenario == scenario {
@@ -86,7 +96,7 @@ func summarizeScenario(samples []sample, scenario string, tests, modes []string)
 			vals[k] = append(vals[k], s.Value)
 		}
 	}
-	ss := scenarioSummary{Scenario: scenario, Cells: map[[2]string]summary{}}
+	ss := scenarioSummary{Scenario: scenario, Refs: refs, Cells: map[[2]string]summary{}}
 	for _, t := range tests {
 		for _, m := range modes {
 			if v, ok := vals[[2]string{t, m}]; ok {
@@ -140,19 +150,27 @@ func formatRatio(r float64, ok bool) string {
 
 // writeTable writes the scenario's markdown table: a row per test and
 // mode with the median, minimum and maximum over the rounds and the
-// median's ratio to the limit's and to legacy's.
+// median's ratio to the median of each of the scenario's reference modes
+// (ss.Refs: the limit and legacy, or for services the limit, direct and
+// kube-proxy), a column each.
 func writeTable(w io.Writer, ss scenarioSummary) {
-	fmt.Fprintf(w, "| Test | Mode | Median | Min | Max | ÷ limit | ÷ legacy |\n")
-	fmt.Fprintf(w, "|---|---|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| Test | Mode | Median | Min | Max |")
+	for _, r := range ss.Refs {
+		fmt.Fprintf(w, " ÷ %s |", r)
+	}
+	fmt.Fprintf(w, "\n|---|---|---:|---:|---:|%s\n", strings.Repeat("---:|", len(ss.Refs)))
 	for _, t := range ss.Tests {
 		for _, m := range ss.Modes {
 			c, ok := ss.Cells[[2]string{t, m}]
 			if !ok {
 				continue
 			}
-			fmt.Fprintf(w, "| %s (%s) | %s | %s | %s | %s | %s | %s |\n", t, unit(t), m,
-				formatValue(t, c.Median), formatValue(t, c.Min), formatValue(t, c.Max),
-				formatRatio(ss.ratioTo(t, m, modeLimit)), formatRatio(ss.ratioTo(t, m, modeLegacy)))
+			fmt.Fprintf(w, "| %s (%s) | %s | %s | %s | %s |", t, unit(t), m,
+				formatValue(t, c.Median), formatValue(t, c.Min), formatValue(t, c.Max))
+			for _, r := range ss.Refs {
+				fmt.Fprintf(w, " %s |", formatRatio(ss.ratioTo(t, m, r)))
+			}
+			fmt.Fprintln(w)
 		}
 	}
 }

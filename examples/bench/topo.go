@@ -176,10 +176,11 @@ func (l *lab) iptablesRestore(n peer, rules string) error {
 	return nil
 }
 
-// loadKubeProxy loads a kube-proxy rule set of services services into
-// node and checks that it is there.
-func (l *lab) loadKubeProxy(node peer, services int) error {
-	if err := l.iptablesRestore(node, kubeProxyRules(services, nativeRouting.String())); err != nil {
+// loadKubeProxy loads a kube-proxy rule set of services services, and
+// the measured ones last (see kubeProxyRules), into node and checks that
+// it is there.
+func (l *lab) loadKubeProxy(node peer, services int, measured []kubeService) error {
+	if err := l.iptablesRestore(node, kubeProxyRules(services, nativeRouting.String(), measured)); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, time.Minute)
@@ -188,8 +189,8 @@ func (l *lab) loadKubeProxy(node peer, services int) error {
 	if err != nil {
 		return fmt.Errorf("list KUBE-SERVICES in %s: %w\n%s", node.NetnsName, err, out)
 	}
-	if n := strings.Count(string(out), "-A KUBE-SERVICES "); n != services+1 {
-		return fmt.Errorf("%s: KUBE-SERVICES has %d rules, want %d", node.NetnsName, n, services+1)
+	if n, want := strings.Count(string(out), "-A KUBE-SERVICES "), services+len(measured)+1; n != want {
+		return fmt.Errorf("%s: KUBE-SERVICES has %d rules, want %d", node.NetnsName, n, want)
 	}
 	return nil
 }
@@ -289,6 +290,67 @@ func (l *lab) pod(node peer, name, hostIf string, ip netip.Addr) (peer, *routing
 	return p, veth, nil
 }
 
+// cgroup makes the cgroup v2 directory hr-bench-<id>-name below the
+// cgroup2 mount, for the socket load balancer and the client processes it
+// balances (never the machine's root cgroup), and removes it on close,
+// once the processes started into it have exited.
+func (l *lab) cgroup(name string) (string, error) {
+	root, err := cgroup2Mount()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(root, netnsPrefix+l.id+"-"+name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", fmt.Errorf("make cgroup: %w", err)
+	}
+	l.undo = append(l.undo, func() error { return removeCgroup(dir) })
+	return dir, nil
+}
+
+// removeCgroup removes the cgroup dir, waiting up to 5s for the processes
+// in it to be gone (a client killed on failure may still be exiting).
+func removeCgroup(dir string) error {
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err := os.Remove(dir)
+		if err == nil || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return fmt.Errorf("remove cgroup: %w", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cgroup2Mount returns where the cgroup2 filesystem is mounted, from
+// /proc/self/mountinfo: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+// hybrid hierarchy.
+func cgroup2Mount() (string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		mount, fs, ok := strings.Cut(line, " - ")
+		m, f := strings.Fields(mount), strings.Fields(fs)
+		if ok && len(m) >= 5 && len(f) >= 1 && f[0] == "cgroup2" {
+			return m[4], nil
+		}
+	}
+	return "", errors.New("no cgroup2 filesystem mounted")
+}
+
+// leftovers returns what the run id left behind: its namespaces, pin
+// directories and cgroups.
+func leftovers(id string) []string {
+	left := names.Leftovers(id)
+	if root, err := cgroup2Mount(); err == nil {
+		m, _ := filepath.Glob(filepath.Join(root, netnsPrefix+id+"-*"))
+		left = append(left, m...)
+	}
+	return left
+}
+
 // node makes a node namespace with forwarding on and rp_filter off.
 func (l *lab) node(name string) (peer, error) {
 	n, err := l.netns(name)
@@ -313,14 +375,30 @@ func (l *lab) waitUp(devs ...[2]string) error {
 type setup struct {
 	Scenario, Mode string
 	Client, Server peer
-	Pins           []string // pin directories of the datapaths on the path, for BPF stats
-	dps            []*datapath.Datapath
-	ctNodes        []peer       // nodes whose conntrack must track the flows (legacy)
-	pathCheck      func() error // after the connectivity check: did the packets take the mode's path?
+	// Target is the address the client dials, such as a service's
+	// ClusterIP; the zero value dials Server.IP.
+	Target netip.Addr
+	// Cgroup is the cgroup v2 directory the client's processes start in
+	// (the socket load balancer's); empty leaves them in the benchmark's.
+	Cgroup    string
+	Pins      []string // pin directories of the datapaths on the path, for BPF stats
+	dps       []*datapath.Datapath
+	ctNodes   []peer       // nodes whose conntrack must track the flows (legacy)
+	pathCheck func() error // after the connectivity check: did the packets take the mode's path?
 }
 
-// check pings from client to server and checks the path the packets took.
-func (s *setup) check(ctx context.Context) error {
+// target returns the address the client dials.
+func (s *setup) target() netip.Addr {
+	if s.Target.IsValid() {
+		return s.Target
+	}
+	return s.Server.IP
+}
+
+// check pings from client to server and checks the path the packets took;
+// with a Target, it then runs a short TCP_RR to it as the load will (from
+// the Cgroup) before pathCheck looks at how the mode translated it.
+func (s *setup) check(ctx context.Context, cfg loadConfig) error {
 	before, err := s.metrics()
 	if err != nil {
 		return err
@@ -337,6 +415,21 @@ func (s *setup) check(ctx context.Context) error {
 	}
 	if err := s.checkPath(after); err != nil {
 		return fmt.Errorf("%s %s: %w", s.Scenario, s.Mode, err)
+	}
+	if s.Target.IsValid() {
+		cfg.Duration, cfg.Warmup = 200*time.Millisecond, 0
+		m, err := runTest(ctx, cfg, testRR, s)
+		if err == nil && m.Value <= 0 {
+			err = errors.New("no transaction")
+		}
+		if err != nil {
+			return fmt.Errorf("%s %s: TCP_RR %s → %s: %w", s.Scenario, s.Mode, s.Client.NetnsName, s.Target, err)
+		}
+	}
+	if s.pathCheck != nil {
+		if err := s.pathCheck(); err != nil {
+			return fmt.Errorf("%s %s: %w", s.Scenario, s.Mode, err)
+		}
 	}
 	for _, n := range s.ctNodes {
 		c, err := conntrackCount(n)
@@ -370,7 +463,7 @@ func (s *setup) checkPath(d []*maps.MetricTable) error {
 	const least = 3
 	c := func(i int, m maps.Metric) uint64 { return d[i].Total(m).Packets }
 	switch {
-	case s.Mode == modeBPF && len(d) == 1:
+	case (s.Mode == modeBPF || s.Scenario == scenarioService) && len(d) == 1:
 		if c(0, maps.MetricForwardPeer) < 2*least {
 			return fmt.Errorf("forward-peer counted %d packets, want at least %d", c(0, maps.MetricForwardPeer), 2*least)
 		}
