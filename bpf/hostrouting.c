@@ -120,7 +120,7 @@ int tail_ipv4_lb(struct __sk_buff *ctx)
 		return to_stack(ctx, dir);
 	struct lb4_key key = { .address = ip->daddr, .dport = l4.dport, .proto = ip->protocol };
 
-	svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
+	svc = lb4_lookup_frontend(&key, 0);
 	/* A pod is inside traffic: the internal scope, where a service has
 	 * one (externalTrafficPolicy and internalTrafficPolicy differ). */
 	if (svc && (svc->flags & LB_F_TWO_SCOPES)) {

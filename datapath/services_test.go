@@ -331,6 +331,22 @@ func TestNodePort(t *testing.T) {
 			t.Errorf("%s to the NodePort of every address at %s: %v", proto, n1.IP, err)
 		}
 	}
+	// A pod reaches the NodePort of every address on its own node's
+	// address, by the tc load balancer, answered from the address dialled
+	// (the pod is a backend itself: some of its flows are hairpins).
+	for _, proto := range []string{"tcp4", "udp4"} {
+		seen := map[string]int{}
+		for range 12 {
+			name, peer, err := askWithPeer(remote, proto, netip.AddrPortFrom(n1.IP, 30100))
+			if err != nil || peer != netip.AddrPortFrom(n1.IP, 30100).String() {
+				t.Fatalf("%s from pod %s to its node's NodePort %s:30100: %q from %s, %v", proto, remote.Name, n1.IP, name, peer, err)
+			}
+			seen[name]++
+		}
+		if len(seen) != 2 {
+			t.Errorf("%s from a pod to its node's NodePort answered by %v: want both backends", proto, seen)
+		}
+	}
 	if _, err := cn.dps[1].UpsertService(datapath.Service{Frontend: netip.AddrPortFrom(netip.IPv4Unspecified(), 80), Protocol: datapath.TCP}); err == nil {
 		t.Error("a ClusterIP of 0.0.0.0 was taken")
 	}

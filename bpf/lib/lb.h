@@ -420,11 +420,3 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct iphdr *ip, 
 	return 1;
 }
 
-/* is_frontend tells whether a TCP or UDP packet goes to a service
- * frontend. */
-static __always_inline int is_frontend(struct __sk_buff *ctx, struct iphdr *ip)
-{
-	struct l4 l4;
-
-	return load_l4(ctx, ip, &l4) && lb4_lookup_service(ip->daddr, l4.dport, ip->protocol, LB_SCOPE_EXTERNAL);
-}

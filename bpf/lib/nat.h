@@ -7,6 +7,7 @@
 #pragma once
 
 #include "conntrack.h"
+#include "fib.h"
 #include "lb.h"
 
 enum nat_dir {
@@ -67,6 +68,63 @@ struct {
 	__uint(max_entries, 8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_node_addrs SEC(".maps");
+
+struct node_addr_match {
+	__be32 addr;
+	int found;
+};
+
+static long match_node_addr(void *map, const __u32 *ifindex, const __be32 *addr, struct node_addr_match *m)
+{
+	if (*addr != m->addr)
+		return 0;
+	m->found = 1;
+	return 1; /* stop */
+}
+
+/* is_device_addr tells whether addr is the address of a node device. */
+static __always_inline int is_device_addr(__be32 addr)
+{
+	struct node_addr_match m = { .addr = addr };
+
+	bpf_for_each_map_elem(&hr_node_addrs, match_node_addr, &m, 0);
+	return m.found;
+}
+
+/* lb4_lookup_frontend finds the frontend at key as the node's own pods and
+ * sockets address it: the address itself, or, for an address of a node
+ * device (or loopback, if node_loopback: a socket of the node's own
+ * namespace), a NodePort of every node address (0.0.0.0), which key then
+ * names. */
+static __always_inline struct lb4_service *lb4_lookup_frontend(struct lb4_key *key, int node_loopback)
+{
+	struct lb4_service *svc = bpf_map_lookup_elem(&hr_lb4_services, key);
+	struct lb4_key any = *key;
+
+	if (svc || !key->address || in_native_cidr(key->address))
+		return svc;
+	any.address = 0;
+	svc = bpf_map_lookup_elem(&hr_lb4_services, &any);
+	if (!svc || !(svc->flags & LB_F_NODEPORT))
+		return NULL;
+	if (!(node_loopback && (bpf_ntohl(key->address) >> 24) == 127) && !is_device_addr(key->address))
+		return NULL;
+	*key = any;
+	return svc;
+}
+
+/* is_frontend tells whether a pod's TCP or UDP packet goes to a service
+ * frontend. */
+static __always_inline int is_frontend(struct __sk_buff *ctx, struct iphdr *ip)
+{
+	struct lb4_key key = { .address = ip->daddr, .proto = ip->protocol };
+	struct l4 l4;
+
+	if (!load_l4(ctx, ip, &l4))
+		return 0;
+	key.dport = l4.dport;
+	return !!lb4_lookup_frontend(&key, 0);
+}
 
 /* How many random ports a new flow tries before it is a counted drop. */
 #define NAT_RETRIES 32

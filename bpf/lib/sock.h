@@ -33,45 +33,6 @@ static __always_inline int sock4_skip(void *ctx)
 	return CONFIG.sock_hostns_only && bpf_get_netns_cookie(ctx) != CONFIG.netns_cookie;
 }
 
-struct node_addr_match {
-	__be32 addr;
-	int found;
-};
-
-static long match_node_addr(void *map, const __u32 *ifindex, const __be32 *addr, struct node_addr_match *m)
-{
-	if (*addr != m->addr)
-		return 0;
-	m->found = 1;
-	return 1; /* stop */
-}
-
-/* is_node_addr tells whether a socket addresses this node: an address of
- * a node device, or loopback in the node's own namespace. */
-static __always_inline int is_node_addr(void *ctx, __be32 addr)
-{
-	struct node_addr_match m = { .addr = addr };
-
-	if ((bpf_ntohl(addr) >> 24) == 127)
-		return bpf_get_netns_cookie(ctx) == CONFIG.netns_cookie;
-	bpf_for_each_map_elem(&hr_node_addrs, match_node_addr, &m, 0);
-	return m.found;
-}
-
-/* sock4_lookup finds the frontend at key: the address itself, or, for an
- * address of this node, a NodePort of every node address (0.0.0.0), which
- * key then names. */
-static __always_inline struct lb4_service *sock4_lookup(void *ctx, struct lb4_key *key)
-{
-	struct lb4_service *svc = bpf_map_lookup_elem(&hr_lb4_services, key);
-
-	if (svc || !key->address || !is_node_addr(ctx, key->address))
-		return svc;
-	key->address = 0;
-	svc = bpf_map_lookup_elem(&hr_lb4_services, key);
-	return svc && (svc->flags & LB_F_NODEPORT) ? svc : NULL;
-}
-
 /* sock4_xlate gives a socket that connects or sends to a frontend one of
  * its backends. */
 static __always_inline void sock4_xlate(struct bpf_sock_addr *ctx)
@@ -85,7 +46,7 @@ static __always_inline void sock4_xlate(struct bpf_sock_addr *ctx)
 
 	if (!lb_enabled() || sock4_skip(ctx))
 		return;
-	svc = sock4_lookup(ctx, &key);
+	svc = lb4_lookup_frontend(&key, bpf_get_netns_cookie(ctx) == CONFIG.netns_cookie);
 	if (!svc)
 		return;
 	/* The node's sockets are inside traffic: the internal scope, where
@@ -168,6 +129,6 @@ int sock4_post_bind(struct bpf_sock *ctx)
 
 	if (!lb_enabled() || sock4_skip(ctx))
 		return 1;
-	svc = sock4_lookup(ctx, &key);
+	svc = lb4_lookup_frontend(&key, bpf_get_netns_cookie(ctx) == CONFIG.netns_cookie);
 	return !(svc && (svc->flags & LB_F_NODEPORT));
 }
