@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
 )
@@ -542,4 +543,22 @@ func (d *Datapath) Services() ([]Service, error) {
 		return nil
 	})
 	return out, err
+}
+
+// SetSocketLB puts socket-level load balancing on the cgroup v2 directory
+// at cgroupPath, as Config.CgroupPath does at New, moving it from the
+// cgroup it was on; "" takes it off, leaving the node's pods and processes
+// to the tc load balancer. Sockets connected meanwhile keep their backend.
+func (d *Datapath) SetSocketLB(cgroupPath string) error {
+	if cgroupPath != "" {
+		if err := loader.CheckCgroup(cgroupPath); err != nil {
+			return err
+		}
+	}
+	return d.locked(func() error {
+		if cgroupPath == "" {
+			return d.node.DetachCgroup()
+		}
+		return d.node.AttachCgroup(cgroupPath)
+	})
 }

@@ -6,7 +6,8 @@
 // loads or attaches programs: status, endpoint list, stats and get, service
 // list, ct list and nat list only read; node add and node del change the
 // direct routes to other nodes' pod CIDRs (datapath.UpsertNode,
-// datapath.DeleteNode); service update and service delete change the
+// datapath.DeleteNode); socket-lb moves socket-level load balancing
+// (datapath.SetSocketLB); service update and service delete change the
 // node's services (datapath.UpsertService, datapath.DeleteService), as
 // `cilium service update` and `cilium service delete` do; ct flush removes
 // conntrack entries, as `cilium bpf ct flush` does; endpoint delete takes
@@ -29,6 +30,7 @@
 //	      [--type ClusterIP|NodePort|ExternalIP] [--protocol tcp|udp] [--local] [--affinity DURATION]
 //	      [--terminating IP:PORT[,IP:PORT...]]
 //	hrctl [--pin-path DIR] service delete --id N
+//	hrctl [--pin-path DIR] socket-lb --cgroup DIR | --off
 //	hrctl [--pin-path DIR] [--json] ct list
 //	hrctl [--pin-path DIR] [--json] ct flush [--ip IP]
 //	hrctl [--pin-path DIR] [--json] nat list
@@ -41,7 +43,10 @@
 // or no --id picks the lowest free ID), and prints its ID; --local is
 // externalTrafficPolicy Local (NodePort and ExternalIP services only),
 // --affinity sessionAffinity ClientIP with that timeout, --terminating
-// adds backends that keep their flows and take no new ones. ct flush
+// adds backends that keep their flows and take no new ones. socket-lb
+// puts socket-level load balancing on a cgroup v2 directory (the
+// cgroup2 root, e.g. /sys/fs/cgroup, for the whole node), moving it from
+// the one it was on, or takes it off (--off). ct flush
 // removes every conntrack entry, or with --ip those whose tuple has that
 // address, and prints how many; the source NAT table stays. cleanup lists
 // what it removes and, when stdin is a terminal and --force is not given,
@@ -82,7 +87,7 @@ import (
 // options are hrctl's flags: pinPath and json for every command, node for
 // the node commands that take it, ip for the endpoint commands' argument
 // and ct flush's --ip, force for cleanup, svc for service update and
-// delete.
+// delete, cgroup and off for socket-lb.
 type options struct {
 	pinPath string
 	json    bool
@@ -90,7 +95,9 @@ type options struct {
 	ip      netip.Addr
 	force   bool
 	svc     datapath.Service
-	idSet   bool // --id was given
+	idSet   bool   // --id was given
+	cgroup  string // socket-lb --cgroup
+	off     bool   // socket-lb --off
 }
 
 // command is one hrctl command; add new ones to commands.
@@ -138,6 +145,9 @@ var commands = []command{
 		flags:   serviceUpdateFlags, check: serviceUpdateCheck, run: serviceUpdate},
 	{name: "service delete", args: "--id N", summary: "remove a service; its flows end",
 		flags: serviceIDFlag, check: serviceDeleteCheck, run: serviceDelete},
+	{name: "socket-lb", args: "--cgroup DIR | --off",
+		summary: "put socket-level load balancing on a cgroup v2 directory (moving it), or take it off",
+		flags:   socketLBFlags, check: socketLBCheck, run: socketLB},
 	{name: "ct list", summary: "the conntrack table of translated flows, as `cilium bpf ct list global` prints it",
 		runMaps: ctList},
 	{name: "ct flush", args: "[--ip IP]",
@@ -796,6 +806,26 @@ func serviceDelete(dp *datapath.Datapath, opts options, w io.Writer) error {
 		return fmt.Errorf("no service with ID %d (see hrctl service list)", opts.svc.ID)
 	}
 	return err
+}
+
+func socketLBFlags(fs *flag.FlagSet, o *options) {
+	fs.StringVar(&o.cgroup, "cgroup", "", "the cgroup v2 `directory` whose sockets get a backend at connect time")
+	fs.BoolVar(&o.off, "off", false, "take socket LB off its cgroup")
+}
+
+func socketLBCheck(o *options) error {
+	switch {
+	case o.cgroup == "" && !o.off:
+		return errors.New("missing --cgroup or --off")
+	case o.cgroup != "" && o.off:
+		return errors.New("--cgroup and --off: give one")
+	}
+	return nil
+}
+
+// socketLB puts socket LB on --cgroup or takes it off: datapath.SetSocketLB.
+func socketLB(dp *datapath.Datapath, opts options, w io.Writer) error {
+	return dp.SetSocketLB(opts.cgroup)
 }
 
 // ctJSON is a maps.CTEntry with its direction, protocol and flags as text.

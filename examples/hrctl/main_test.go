@@ -1290,3 +1290,63 @@ func checkKeys(t *testing.T, cmd string, lines []string, read func() ([]string, 
 		t.Errorf("%s lists\n%s\nthe table holds\n%s", cmd, strings.Join(got, "\n"), strings.Join(keys, "\n"))
 	}
 }
+
+// TestHrctlSocketLB: socket-lb puts socket-level load balancing on a
+// cgroup (bpftool sees the hooks there, status says Enabled) and takes it
+// off again; bad input is refused with the reason.
+func TestHrctlSocketLB(t *testing.T) {
+	datapathtest.RequireRoot(t)
+	bin := buildHrctl(t)
+	c := datapathtest.NewCluster(t, 1)
+	n0 := c.Nodes[0]
+	pin := datapathtest.PinPath(t)
+	n0.NewDatapath(t, datapath.Config{PinPath: pin, Devices: []string{n0.Device}, NativeRoutingCIDR: netip.MustParsePrefix("10.0.0.0/8")})
+	cgroup := datapathtest.NewCgroup(t)
+	run := func(args ...string) (stdout, stderr string, code int) {
+		t.Helper()
+		return hrctlIn(t, bin, n0.NetnsName, append([]string{"--pin-path", pin}, args...)...)
+	}
+	hooked := func() bool {
+		t.Helper()
+		out, err := exec.Command("bpftool", "cgroup", "show", cgroup).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bpftool cgroup show %s: %v\n%s", cgroup, err, out)
+		}
+		return strings.Contains(string(out), "sock4_connect")
+	}
+	for _, step := range []struct {
+		args   []string
+		hooked bool
+		status string
+	}{
+		{[]string{"socket-lb", "--cgroup", cgroup}, true, "Socket LB: Enabled"},
+		{[]string{"socket-lb", "--off"}, false, "Socket LB: Disabled"},
+	} {
+		if stdout, stderr, code := run(step.args...); code != 0 || stdout != "" || stderr != "" {
+			t.Fatalf("hrctl %v: exit %d, stdout %q, stderr %q", step.args, code, stdout, stderr)
+		}
+		if hooked() != step.hooked {
+			t.Errorf("after hrctl %v: socket LB hooks on %s: %v, want %v", step.args, cgroup, !step.hooked, step.hooked)
+		}
+		if status, _, _ := run("status"); !strings.Contains(status, step.status) {
+			t.Errorf("after hrctl %v: status does not say %q:\n%s", step.args, step.status, status)
+		}
+	}
+	for _, bad := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"socket-lb"}, 2, "missing --cgroup or --off"},
+		{[]string{"socket-lb", "--cgroup", cgroup, "--off"}, 2, "--cgroup and --off: give one"},
+		{[]string{"socket-lb", "--cgroup", "relative/dir"}, 1, `socket LB cgroup "relative/dir": must be an absolute path`},
+		{[]string{"socket-lb", "--cgroup", t.TempDir()}, 1, "not a cgroup v2 directory"},
+	} {
+		if _, stderr, code := run(bad.args...); code != bad.code || !strings.Contains(stderr, bad.want) {
+			t.Errorf("hrctl %v: exit %d, stderr %q; want exit %d saying %q", bad.args, code, stderr, bad.code, bad.want)
+		}
+	}
+	if hooked() {
+		t.Error("a refused socket-lb left hooks on the cgroup")
+	}
+}
