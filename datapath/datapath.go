@@ -78,9 +78,10 @@ type Config struct {
 	// CgroupPath is the cgroup v2 directory whose processes' sockets get
 	// socket-level load balancing: a socket that connects or sends to a
 	// service frontend gets a backend at connect time, so its packets need
-	// no translation. For a whole node, the cgroup2 root (e.g.
-	// /sys/fs/cgroup, as Cilium attaches); empty leaves it as it is (none
-	// for a new node: the tc load balancer serves every pod).
+	// no translation. For a whole node, the cgroup2 root
+	// (loader.Cgroup2Root, as Cilium attaches); empty leaves it as it is
+	// (none for a new node: the tc load balancer serves every pod).
+	// SetSocketLB moves it later.
 	CgroupPath string
 	// MaglevTableSize makes the node choose service backends by Maglev
 	// hashing, with tables of this prime size (nat.DefaultTableSize,

@@ -295,7 +295,7 @@ func (l *lab) pod(node peer, name, hostIf string, ip netip.Addr) (peer, *routing
 // balances (never the machine's root cgroup), and removes it on close,
 // once the processes started into it have exited.
 func (l *lab) cgroup(name string) (string, error) {
-	root, err := cgroup2Mount()
+	root, err := loader.Cgroup2Root()
 	if err != nil {
 		return "", err
 	}
@@ -322,29 +322,11 @@ func removeCgroup(dir string) error {
 	}
 }
 
-// cgroup2Mount returns where the cgroup2 filesystem is mounted, from
-// /proc/self/mountinfo: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a
-// hybrid hierarchy.
-func cgroup2Mount() (string, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		mount, fs, ok := strings.Cut(line, " - ")
-		m, f := strings.Fields(mount), strings.Fields(fs)
-		if ok && len(m) >= 5 && len(f) >= 1 && f[0] == "cgroup2" {
-			return m[4], nil
-		}
-	}
-	return "", errors.New("no cgroup2 filesystem mounted")
-}
-
 // leftovers returns what the run id left behind: its namespaces, pin
 // directories and cgroups.
 func leftovers(id string) []string {
 	left := names.Leftovers(id)
-	if root, err := cgroup2Mount(); err == nil {
+	if root, err := loader.Cgroup2Root(); err == nil {
 		m, _ := filepath.Glob(filepath.Join(root, netnsPrefix+id+"-*"))
 		left = append(left, m...)
 	}
