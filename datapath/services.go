@@ -343,6 +343,9 @@ func (d *Datapath) upsertService(st *serviceState, s *Service) error {
 	if s.ExternalTrafficPolicyLocal && s.Type != ClusterIP {
 		entry.Flags |= maps.ServiceLocal
 	}
+	if s.InternalTrafficPolicyLocal {
+		entry.Flags |= maps.ServiceInternalLocal
+	}
 	inner := maps.Frontend{Addr: front.Addr, Proto: front.Proto, Scope: maps.ScopeInternal}
 	if !slices.Equal(external, internal) {
 		e := entry
@@ -526,6 +529,7 @@ func (d *Datapath) Services() ([]Service, error) {
 			}
 			s := Service{ID: e.RevNAT, Frontend: e.Frontend.Addr, Protocol: e.Frontend.Proto, Type: ClusterIP,
 				ExternalTrafficPolicyLocal: e.Flags&maps.ServiceLocal != 0,
+				InternalTrafficPolicyLocal: e.Flags&maps.ServiceInternalLocal != 0,
 				SessionAffinity:            time.Duration(e.AffinityTimeout) * time.Second}
 			switch {
 			case e.Flags&maps.ServiceNodePort != 0:

@@ -709,6 +709,16 @@ func TestTrafficPolicies(t *testing.T) {
 	if seen := spread(func() (string, error) { return askName(client, "tcp4", vip) }); len(seen) != 1 || seen["a"] == 0 {
 		t.Errorf("internalTrafficPolicy Local from a pod: answered by %v, want the local backend a only", seen)
 	}
+	svcs, err := cn.dps[0].Services()
+	if err != nil || len(svcs) != 2 {
+		t.Fatalf("services: %v, %v", svcs, err)
+	}
+	for _, s := range svcs {
+		if s.ExternalTrafficPolicyLocal != (s.Frontend == node) || s.InternalTrafficPolicyLocal != (s.Frontend == vip) {
+			t.Errorf("service %s lists externalTrafficPolicy Local %v, internalTrafficPolicy Local %v", s.Frontend,
+				s.ExternalTrafficPolicyLocal, s.InternalTrafficPolicyLocal)
+		}
+	}
 }
 
 // TestHairpin: a pod reaches a service whose only backend is itself, over

@@ -53,6 +53,9 @@ const (
 	ServiceTwoScopes ServiceFlags = 1 << 3 // has a ScopeInternal entry too
 	ServiceAffinity  ServiceFlags = 1 << 4 // sessionAffinity ClientIP
 	ServiceMaglev    ServiceFlags = 1 << 5 // backends chosen by Maglev
+	// ServiceInternalLocal records internalTrafficPolicy Local, which the
+	// scopes' backends carry out.
+	ServiceInternalLocal ServiceFlags = 1 << 6
 )
 
 // Frontend is where a service is reached.

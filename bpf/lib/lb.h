@@ -33,6 +33,7 @@ enum lb_flag {
 	LB_F_TWO_SCOPES = 1 << 3, /* has a SCOPE_INTERNAL entry as well (for traffic from this node) */
 	LB_F_AFFINITY = 1 << 4,   /* sessionAffinity ClientIP */
 	LB_F_MAGLEV = 1 << 5,     /* backends chosen by Maglev hashing */
+	LB_F_INTERNAL_LOCAL = 1 << 6, /* internalTrafficPolicy Local (for the control plane: the scopes carry it out) */
 };
 
 struct lb4_service {

@@ -27,7 +27,7 @@
 //	hrctl [--pin-path DIR] [--json] node list
 //	hrctl [--pin-path DIR] [--json] service list
 //	hrctl [--pin-path DIR] [--json] service update [--id N] --frontend IP:PORT --backends IP:PORT[,IP:PORT...]
-//	      [--type ClusterIP|NodePort|ExternalIP] [--protocol tcp|udp] [--local] [--affinity DURATION]
+//	      [--type ClusterIP|NodePort|ExternalIP] [--protocol tcp|udp] [--local] [--internal-local] [--affinity DURATION]
 //	      [--terminating IP:PORT[,IP:PORT...]]
 //	hrctl [--pin-path DIR] service delete --id N
 //	hrctl [--pin-path DIR] socket-lb --cgroup DIR | --off
@@ -42,6 +42,7 @@
 // creates the service, or replaces the one with its --id or frontend (ID 0
 // or no --id picks the lowest free ID), and prints its ID; --local is
 // externalTrafficPolicy Local (NodePort and ExternalIP services only),
+// --internal-local internalTrafficPolicy Local,
 // --affinity sessionAffinity ClientIP with that timeout, --terminating
 // adds backends that keep their flows and take no new ones. socket-lb
 // puts socket-level load balancing on a cgroup v2 directory (the
@@ -140,7 +141,7 @@ var commands = []command{
 	{name: "service list", summary: "the services, as `cilium service list` prints them", run: serviceList},
 	{name: "service update",
 		args: "[--id N] --frontend IP:PORT --backends IP:PORT[,IP:PORT...] [--type ClusterIP|NodePort|ExternalIP] " +
-			"[--protocol tcp|udp] [--local] [--affinity DURATION] [--terminating IP:PORT[,IP:PORT...]]",
+			"[--protocol tcp|udp] [--local] [--internal-local] [--affinity DURATION] [--terminating IP:PORT[,IP:PORT...]]",
 		summary: "create a service, or replace the one with its ID or frontend, and print its ID (ID 0 or none picks one)",
 		flags:   serviceUpdateFlags, check: serviceUpdateCheck, run: serviceUpdate},
 	{name: "service delete", args: "--id N", summary: "remove a service; its flows end",
@@ -741,6 +742,8 @@ func serviceUpdateFlags(fs *flag.FlagSet, o *options) {
 	})
 	fs.BoolVar(&o.svc.ExternalTrafficPolicyLocal, "local",
 		false, "externalTrafficPolicy Local: traffic from outside the node goes to its own backends only and keeps its source (NodePort, ExternalIP)")
+	fs.BoolVar(&o.svc.InternalTrafficPolicyLocal, "internal-local",
+		false, "internalTrafficPolicy Local: the node's own pods and processes go to its own backends only")
 	fs.Func("affinity", "sessionAffinity ClientIP: keep a client on its backend for `DURATION` after its last packet (e.g. 3h; at most 65535s)", func(s string) error {
 		d, err := time.ParseDuration(s)
 		switch {

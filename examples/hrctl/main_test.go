@@ -355,8 +355,8 @@ func TestHrctlHelp(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"endpoint get IP", "endpoint delete IP", "cleanup [-f|--force]", "  service list ",
-		"  service update [--id N] --frontend IP:PORT --backends IP:PORT[,IP:PORT...] [--type ClusterIP|NodePort|ExternalIP] [--protocol tcp|udp] [--local] [--affinity DURATION]",
-		"  service delete --id N\n", "  ct list ", "  ct flush [--ip IP]\n", "  nat list "} {
+		"  service update [--id N] --frontend IP:PORT --backends IP:PORT[,IP:PORT...] [--type ClusterIP|NodePort|ExternalIP] [--protocol tcp|udp] [--local] [--internal-local] [--affinity DURATION]",
+		"  service delete --id N\n", "  socket-lb --cgroup DIR | --off", "  ct list ", "  ct flush [--ip IP]\n", "  nat list "} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("hrctl -h lacks %q:\n%s", want, stderr)
 		}
@@ -977,7 +977,7 @@ func TestHrctlServiceUsage(t *testing.T) {
 	}
 	// Well-formed, in any order and case: the missing node is the error.
 	for _, args := range [][]string{
-		with("--type", "nodeport", "--protocol", "UDP", "--local", "--affinity", "3h", "--terminating", "10.0.0.13:8080", "--id", "0"),
+		with("--type", "nodeport", "--protocol", "UDP", "--local", "--internal-local", "--affinity", "3h", "--terminating", "10.0.0.13:8080", "--id", "0"),
 		{"service", "update", "--backends", "10.0.0.11:8080", "--backends", "10.0.0.12:8080", "--frontend", "10.96.0.10:80", "--type", "ExternalIPs", "--json"},
 		{"service", "update", "--frontend", "10.96.0.10:80", "--terminating", "10.0.0.11:8080"},
 		{"service", "delete", "--id", "65535"}, {"service", "list", "--json"},
@@ -1068,7 +1068,7 @@ func TestHrctlServices(t *testing.T) {
 	terminating := netip.MustParseAddrPort("10.0.0.99:8080")
 	var created struct{ ID uint16 }
 	out := mustRun("--json", "service", "update", "--id", "0", "--frontend", nodePort.String(), "--type", "NodePort",
-		"--local", "--affinity", "3h", "--backends", tcpBackend.String(), "--terminating", terminating.String())
+		"--local", "--internal-local", "--affinity", "3h", "--backends", tcpBackend.String(), "--terminating", terminating.String())
 	if err := json.Unmarshal([]byte(out), &created); err != nil || created.ID != 2 {
 		t.Errorf("service update --json: %v, %q; want ID 2", err, out)
 	}
@@ -1079,7 +1079,7 @@ func TestHrctlServices(t *testing.T) {
 	np := svcs[1]
 	wantNP := datapath.Service{ID: 2, Frontend: nodePort, Protocol: datapath.TCP, Type: datapath.NodePort, ExternalTrafficPolicyLocal: true,
 		SessionAffinity: 3 * time.Hour, Backends: []datapath.Backend{{Addr: tcpBackend}, {Addr: terminating, State: datapath.BackendTerminating}}}
-	if np.String() != wantNP.String() || !np.ExternalTrafficPolicyLocal || np.SessionAffinity != 3*time.Hour {
+	if np.String() != wantNP.String() || !np.ExternalTrafficPolicyLocal || !np.InternalTrafficPolicyLocal || np.SessionAffinity != 3*time.Hour {
 		t.Errorf("the NodePort service: %+v, want %+v", np, wantNP)
 	}
 	list := mustRun("service", "list")
