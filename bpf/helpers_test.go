@@ -41,9 +41,10 @@ const (
 
 // IPv4 header bits used by the fragment tests.
 const (
-	ipFlagMF   = 0x2000 // more fragments
-	ipFlagDF   = 0x4000 // don't fragment
-	ipProtoUDP = 17
+	ipFlagMF    = 0x2000 // more fragments
+	ipFlagDF    = 0x4000 // don't fragment
+	ipProtoUDP  = 17
+	ipProtoICMP = 1
 )
 
 // Endpoint flags (enum endpoint_flag in lib/common.h).

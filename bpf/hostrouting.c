@@ -162,6 +162,13 @@ int tail_ipv4_revnat(struct __sk_buff *ctx)
 		/* A backend that is a client itself: its requests to services. */
 		if (!ret && !lookup_endpoint4(ip->daddr) && is_frontend(ctx, ip))
 			return tail_call(ctx, dir, CALL_IPV4_LB);
+	} else if (ip->protocol == IPPROTO_ICMP) {
+		/* Its errors about a service flow, e.g. no listener. */
+		ret = lb4_icmp_error(ctx, ip);
+		if (ret < 0)
+			return drop_endpoint(ctx, dir, -ret, src_id);
+		if (ret > 0 && !(len = parse_ipv4(ctx, &eth, &ip)))
+			return drop_endpoint(ctx, dir, METRIC_DROP_NAT, src_id);
 	}
 	return ipv4_route(ctx, dir, eth, ip, len, src_id, ret);
 }

@@ -126,6 +126,30 @@ func TestLBClusterIP(t *testing.T) {
 	want = want.withPorts(clusterIP.Port(), 40000).forwarded(a)
 	checkFrame(t, "B's reply, as A gets it", got, want.frame())
 
+	// B's port unreachable about the datagram it got: A gets it from the
+	// ClusterIP, quoting the datagram as A sent it.
+	gotByB := ipv4From(podA, b.ip).withPorts(40000, backendPort).forwarded(b)
+	sentByA := ipv4From(podA, clusterIP.Addr()).withPorts(40000, clusterIP.Port())
+	unreach := ipv4From(b, a.ip)
+	unreach.proto, unreach.payload = ipProtoICMP, icmpUnreachable(gotByB.frame())
+	verdict, got = d.run(d.objs.FromContainer, b.ifindex, unreach.frame())
+	if verdict != tcActRedirect {
+		t.Fatalf("B's port unreachable: verdict %d, want TC_ACT_REDIRECT", verdict)
+	}
+	quoted := gotByB
+	quoted.src, quoted.dst = sentByA.src, sentByA.dst
+	quoted = quoted.withPorts(40000, clusterIP.Port())
+	want = unreach
+	want.src, want.payload = clusterIP.Addr(), icmpUnreachable(quoted.frame())
+	checkFrame(t, "B's port unreachable, as A gets it", got, want.forwarded(a).frame())
+}
+
+// icmpUnreachable returns an ICMP port unreachable quoting the IPv4 header
+// and 8 bytes of the packet in frame, checksum computed.
+func icmpUnreachable(frame []byte) []byte {
+	msg := append([]byte{3, 3, 0, 0, 0, 0, 0, 0}, frame[14:14+20+8]...)
+	binary.BigEndian.PutUint16(msg[2:], ^onesSum(msg))
+	return msg
 }
 
 // TestLBHairpin runs pod A's datagram to a service whose backend is A

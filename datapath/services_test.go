@@ -790,3 +790,32 @@ func TestServiceMapFull(t *testing.T) {
 	}
 	a.MustTCPEcho(t, b.IP, b.ServeTCPEcho(t))
 }
+
+// TestServiceICMPError: a UDP datagram to a ClusterIP whose backend has
+// no listener fails with ECONNREFUSED at the client, as without a
+// service: the backend's port unreachable reaches the client's socket
+// from the ClusterIP, quoting the datagram as the client sent it.
+func TestServiceICMPError(t *testing.T) {
+	_, a, b, dp := twoPods(t, datapath.Config{})
+	vip := netip.MustParseAddrPort("10.96.0.53:53")
+	if _, err := dp.UpsertService(datapath.Service{Frontend: vip, Protocol: datapath.UDP,
+		Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(b.IP, 9999)}}}); err != nil {
+		t.Fatal(err)
+	}
+	err := routing.Do(a.Netns, func() error {
+		c, err := net.Dial("udp4", vip.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte("who")); err != nil {
+			return err
+		}
+		_, err = c.Read(make([]byte, 16))
+		return err
+	})
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("UDP to %s with no listener behind it: %v, want ECONNREFUSED", vip, err)
+	}
+}

@@ -251,6 +251,64 @@ static __always_inline void snat4_track_host(struct iphdr *ip, const struct l4 *
 #define INNER_SADDR_OFF (INNER_IP_OFF + offsetof(struct iphdr, saddr))
 #define INNER_L4_OFF (INNER_IP_OFF + sizeof(struct iphdr))
 
+#define INNER_DADDR_OFF (INNER_IP_OFF + offsetof(struct iphdr, daddr))
+
+/* lb4_icmp_error translates an ICMP error (destination unreachable, or
+ * time exceeded) that a backend sends about a packet of a service flow
+ * back to the client: its source, and the destination address and port
+ * of the packet it quotes, become the frontend the client dialled, so
+ * that the client's socket sees the error (e.g. ECONNREFUSED from a UDP
+ * service without a listener). Returns 1 if it did, 0 for an error about
+ * no service flow, or the negated metric of a drop. The packet's pointers
+ * are invalid afterwards. */
+static __always_inline int lb4_icmp_error(struct __sk_buff *ctx, struct iphdr *ip)
+{
+	struct {
+		__u8 type, code;
+		__be16 csum;
+		__u32 rest;
+		struct iphdr in;
+		__be16 ports[2];
+	} __attribute__((packed)) q;
+	__be32 backend = ip->saddr;
+	__be16 new_csum;
+	struct ct_entry *e;
+
+	if (ip->protocol != IPPROTO_ICMP || bpf_skb_load_bytes(ctx, L4_OFF, &q, sizeof(q)) < 0 ||
+	    (q.type != ICMP_DEST_UNREACH && q.type != ICMP_TIME_EXCEEDED) || q.in.ihl != 5 ||
+	    q.in.daddr != backend || (q.in.protocol != IPPROTO_TCP && q.in.protocol != IPPROTO_UDP))
+		return 0;
+	/* The quoted packet is the flow's, as the backend got it: its
+	 * reply's tuple is the CT_REPLY key. */
+	struct ct4_key rk = {
+		.saddr = q.in.daddr, .daddr = q.in.saddr, .sport = q.ports[1], .dport = q.ports[0],
+		.proto = q.in.protocol, .dir = CT_REPLY,
+	};
+
+	e = bpf_map_lookup_elem(&hr_ct4, &rk);
+	if (!e || !e->nat_addr || (e->flags & CT_F_HAIRPIN))
+		return 0;
+	new_csum = q.in.check;
+	{
+		__u32 sum = (__u16)~new_csum + (__u16)~(backend & 0xffff) + (__u16)~(backend >> 16) +
+			    (e->nat_addr & 0xffff) + (e->nat_addr >> 16);
+
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		new_csum = ~sum;
+	}
+	if (bpf_l3_csum_replace(ctx, IP4_CSUM_OFF, backend, e->nat_addr, 4) < 0 ||
+	    bpf_skb_store_bytes(ctx, IP4_SADDR_OFF, &e->nat_addr, 4, 0) < 0 ||
+	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, backend, e->nat_addr, 4) < 0 ||
+	    bpf_skb_store_bytes(ctx, INNER_DADDR_OFF, &e->nat_addr, 4, 0) < 0 ||
+	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, q.in.check, new_csum, 2) < 0 ||
+	    bpf_skb_store_bytes(ctx, INNER_CSUM_OFF, &new_csum, 2, 0) < 0 ||
+	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, q.ports[1], e->nat_port, 2) < 0 ||
+	    bpf_skb_store_bytes(ctx, INNER_L4_OFF + 2, &e->nat_port, 2, 0) < 0)
+		return -METRIC_DROP_NAT;
+	return 1;
+}
+
 /* snat4_icmp_error translates an ICMP error (destination unreachable,
  * fragmentation needed included, or time exceeded) about a translated
  * flow back to the pod that sent it: the destination, and the source
