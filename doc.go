@@ -74,6 +74,8 @@
 //     UpsertService/DeleteService balance services, GC collects expired
 //     flows; Status, Close (leave it running, pinned) and Remove (tear it
 //     down).
+//   - datapath/metrics: a Prometheus collector of a node's counters, map
+//     pressure and garbage collection.
 //   - datapath/datapathtest: network-namespace fixtures (nodes, pods,
 //     traffic, counters) for tests, ours and an embedding CNI's.
 //   - loader: feature probes, loading once per node, pinning under one bpffs

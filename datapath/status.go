@@ -227,3 +227,15 @@ func featureList(f loader.Features) string {
 	}
 	return "[" + strings.Join(parts, ", ") + "]"
 }
+
+// MapUsage reports the node's maps with their memory and how full each
+// is (loader.MapSize.Pressure): hash maps counted key by key, one system
+// call per entry (Status leaves it out).
+func (d *Datapath) MapUsage() ([]loader.MapSize, error) {
+	var sizes []loader.MapSize
+	err := d.read(func() (err error) {
+		sizes, err = d.node.MapUsage()
+		return err
+	})
+	return sizes, err
+}

@@ -585,8 +585,21 @@ func (n *Instance) allMaps() []*ebpf.Map {
 // MapSize is what one of the node's maps takes.
 type MapSize struct {
 	Name       string
+	Type       ebpf.MapType
 	MaxEntries uint32
 	Memory     uint64 // bytes charged to the map (memlock), as the kernel reports it
+	// Entries is how many entries a hash map holds, as MapUsage counts
+	// them (an array always holds MaxEntries); 0 from MapSizes.
+	Entries uint32
+}
+
+// Pressure is how full the map is, from 0 to 1 (Cilium's map pressure):
+// Entries of MaxEntries.
+func (s MapSize) Pressure() float64 {
+	if s.MaxEntries == 0 {
+		return 0
+	}
+	return float64(s.Entries) / float64(s.MaxEntries)
 }
 
 // MapSizes reports the node's maps, in the order of Maps, and the memory
@@ -599,9 +612,54 @@ func (n *Instance) MapSizes() ([]MapSize, error) {
 			return nil, fmt.Errorf("map info: %w", err)
 		}
 		mem, _ := info.Memlock()
-		sizes = append(sizes, MapSize{Name: info.Name, MaxEntries: m.MaxEntries(), Memory: mem})
+		sizes = append(sizes, MapSize{Name: info.Name, Type: m.Type(), MaxEntries: m.MaxEntries(), Memory: mem})
 	}
 	return sizes, nil
+}
+
+// MapUsage is MapSizes with each map's entries counted: hash maps key by
+// key (one system call per entry), arrays as full.
+func (n *Instance) MapUsage() ([]MapSize, error) {
+	sizes, err := n.MapSizes()
+	if err != nil {
+		return nil, err
+	}
+	for i, m := range n.allMaps() {
+		switch m.Type() {
+		case ebpf.Hash, ebpf.LRUHash, ebpf.PerCPUHash, ebpf.LRUCPUHash:
+			c, err := countKeys(m)
+			if err != nil {
+				return nil, fmt.Errorf("count %s entries: %w", sizes[i].Name, err)
+			}
+			sizes[i].Entries = c
+		default:
+			sizes[i].Entries = sizes[i].MaxEntries
+		}
+	}
+	return sizes, nil
+}
+
+// countKeys counts the keys of a hash map, walking them with NextKey.
+func countKeys(m *ebpf.Map) (uint32, error) {
+	key, next := make([]byte, m.KeySize()), make([]byte, m.KeySize())
+	var n uint32
+	var prev any // nil: the first key
+	for {
+		err := m.NextKey(prev, &next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		// Keys deleted meanwhile restart the walk: never count past the
+		// map's size.
+		if n++; n == m.MaxEntries() {
+			return n, nil
+		}
+		copy(key, next)
+		prev = key
+	}
 }
 
 func (n *Instance) callsPin(id uint64) string {

@@ -30,6 +30,9 @@
 //	      [--type ClusterIP|NodePort|ExternalIP] [--protocol tcp|udp] [--local] [--internal-local] [--affinity DURATION]
 //	      [--terminating IP:PORT[,IP:PORT...]]
 //	hrctl [--pin-path DIR] service delete --id N
+//	hrctl [--pin-path DIR] [--json] metrics
+//	hrctl [--pin-path DIR] [--json] map list
+//	hrctl [--pin-path DIR] serve-metrics --listen ADDR [--endpoints]
 //	hrctl [--pin-path DIR] socket-lb --cgroup DIR | --off
 //	hrctl [--pin-path DIR] [--json] ct list
 //	hrctl [--pin-path DIR] [--json] ct flush [--ip IP]
@@ -47,7 +50,10 @@
 // adds backends that keep their flows and take no new ones. socket-lb
 // puts socket-level load balancing on a cgroup v2 directory (the
 // cgroup2 root, e.g. /sys/fs/cgroup, for the whole node), moving it from
-// the one it was on, or takes it off (--off). ct flush
+// the one it was on, or takes it off (--off). metrics prints the
+// datapath's counters by reason and direction, map list each map's fill
+// level and memory; serve-metrics serves them to Prometheus (package
+// datapath/metrics) until interrupted. ct flush
 // removes every conntrack entry, or with --ip those whose tuple has that
 // address, and prints how many; the source NAT table stays. cleanup lists
 // what it removes and, when stdin is a terminal and --force is not given,
@@ -67,19 +73,26 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/datapath/metrics"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
@@ -99,6 +112,8 @@ type options struct {
 	idSet   bool   // --id was given
 	cgroup  string // socket-lb --cgroup
 	off     bool   // socket-lb --off
+	listen  string // serve-metrics --listen
+	perEP   bool   // serve-metrics --endpoints
 }
 
 // command is one hrctl command; add new ones to commands.
@@ -146,6 +161,12 @@ var commands = []command{
 		flags:   serviceUpdateFlags, check: serviceUpdateCheck, run: serviceUpdate},
 	{name: "service delete", args: "--id N", summary: "remove a service; its flows end",
 		flags: serviceIDFlag, check: serviceDeleteCheck, run: serviceDelete},
+	{name: "metrics", summary: "the datapath's counters by reason and direction, as `cilium bpf metrics list` prints them",
+		run: metricsList},
+	{name: "map list", summary: "the node's maps: type, entries, fill level (pressure) and memory", run: mapList},
+	{name: "serve-metrics", args: "--listen ADDR [--endpoints]",
+		summary: "serve the node's counters to Prometheus at http://ADDR/metrics until interrupted",
+		flags:   serveMetricsFlags, check: serveMetricsCheck, run: serveMetrics},
 	{name: "socket-lb", args: "--cgroup DIR | --off",
 		summary: "put socket-level load balancing on a cgroup v2 directory (moving it), or take it off",
 		flags:   socketLBFlags, check: socketLBCheck, run: socketLB},
@@ -809,6 +830,98 @@ func serviceDelete(dp *datapath.Datapath, opts options, w io.Writer) error {
 		return fmt.Errorf("no service with ID %d (see hrctl service list)", opts.svc.ID)
 	}
 	return err
+}
+
+// metricsList prints every counter that moved, a line per reason and
+// direction: "forward-peer  from-container  12  1176".
+func metricsList(dp *datapath.Datapath, opts options, w io.Writer) error {
+	t, err := dp.Metrics()
+	if err != nil {
+		return err
+	}
+	type row struct {
+		Reason, Direction string
+		maps.Counter
+	}
+	rows := []row{}
+	t.Each(func(d maps.Direction, m maps.Metric, c maps.Counter) {
+		rows = append(rows, row{m.String(), d.String(), c})
+	})
+	if opts.json {
+		return writeJSON(w, rows)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "REASON\tDIRECTION\tPACKETS\tBYTES")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", r.Reason, r.Direction, r.Packets, r.Bytes)
+	}
+	return tw.Flush()
+}
+
+// mapList prints the node's maps with their fill levels.
+func mapList(dp *datapath.Datapath, opts options, w io.Writer) error {
+	sizes, err := dp.MapUsage()
+	if err != nil {
+		return err
+	}
+	if opts.json {
+		type row struct {
+			Name                string
+			Type                string
+			Entries, MaxEntries uint32
+			Pressure            float64
+			Memory              uint64
+		}
+		rows := []row{}
+		for _, s := range sizes {
+			rows = append(rows, row{s.Name, s.Type.String(), s.Entries, s.MaxEntries, s.Pressure(), s.Memory})
+		}
+		return writeJSON(w, rows)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tTYPE\tENTRIES\tMAX\tFILL\tMEMORY")
+	for _, s := range sizes {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f%%\t%d\n", s.Name, s.Type, s.Entries, s.MaxEntries, 100*s.Pressure(), s.Memory)
+	}
+	return tw.Flush()
+}
+
+func serveMetricsFlags(fs *flag.FlagSet, o *options) {
+	fs.StringVar(&o.listen, "listen", "", "the `ADDR` (host:port) to serve /metrics on, e.g. 127.0.0.1:9962")
+	fs.BoolVar(&o.perEP, "endpoints", false, "add per-endpoint counters (6 series per endpoint)")
+}
+
+func serveMetricsCheck(o *options) error {
+	if o.listen == "" {
+		return errors.New("missing --listen")
+	}
+	return nil
+}
+
+// serveMetrics serves the node's collector (package datapath/metrics) on
+// --listen until SIGINT or SIGTERM.
+func serveMetrics(dp *datapath.Datapath, opts options, w io.Writer) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.NewCollector(dp, metrics.Options{Endpoints: opts.perEP}))
+	ln, err := net.Listen("tcp", opts.listen)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(w, "serving http://%s/metrics\n", ln.Addr())
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(stop)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case err := <-done:
+		return err
+	case <-stop:
+		return srv.Close()
+	}
 }
 
 func socketLBFlags(fs *flag.FlagSet, o *options) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -13,8 +14,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1348,5 +1351,64 @@ func TestHrctlSocketLB(t *testing.T) {
 	}
 	if hooked() {
 		t.Error("a refused socket-lb left hooks on the cgroup")
+	}
+}
+
+// TestHrctlMetrics: after pod-to-pod pings, metrics lists the
+// bpf_redirect_peer deliveries, map list the two endpoints in
+// hr_endpoints, and serve-metrics serves them to a Prometheus scrape
+// (curl inside the node's namespace) until SIGTERM ends it cleanly.
+func TestHrctlMetrics(t *testing.T) {
+	datapathtest.RequireRoot(t)
+	bin := buildHrctl(t)
+	c := datapathtest.NewCluster(t, 1)
+	n0 := c.Nodes[0]
+	a, b := n0.AddPod(t, "a", n0.PodIP(10)), n0.AddPod(t, "b", n0.PodIP(11))
+	pin := datapathtest.PinPath(t)
+	dp := n0.NewDatapath(t, datapath.Config{PinPath: pin, MaxEndpoints: 64})
+	a.AddEndpoint(t, dp)
+	b.AddEndpoint(t, dp)
+	a.MustPing(t, b.IP)
+	run := func(args ...string) string {
+		t.Helper()
+		stdout, stderr, code := hrctlIn(t, bin, n0.NetnsName, append([]string{"--pin-path", pin}, args...)...)
+		if code != 0 || stderr != "" {
+			t.Fatalf("hrctl %v: exit %d, stderr %q", args, code, stderr)
+		}
+		return stdout
+	}
+	if out := run("metrics"); !regexp.MustCompile(`(?m)^forward-peer\s+from-container\s+[1-9]\d*\s+\d+$`).MatchString(out) {
+		t.Errorf("hrctl metrics has no forward-peer line for from-container:\n%s", out)
+	}
+	if out := run("map", "list"); !regexp.MustCompile(`(?m)^hr_endpoints\s+Hash\s+2\s+64\s+3\.1%\s+\d+$`).MatchString(out) {
+		t.Errorf("hrctl map list: hr_endpoints not at 2 of 64 entries:\n%s", out)
+	}
+
+	cmd := exec.Command("ip", "netns", "exec", n0.NetnsName, bin, "--pin-path", pin, "serve-metrics", "--listen", "127.0.0.1:0")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	url, ok := strings.CutPrefix(strings.TrimSpace(line), "serving ")
+	if err != nil || !ok {
+		t.Fatalf("serve-metrics said %q, %v; stderr %s", line, err, stderr.String())
+	}
+	body := n0.Exec(t, "curl", "-sf", url)
+	for _, want := range []string{`hostrouting_forward_count_total{direction="from_container",path="redirect_peer"}`,
+		`hostrouting_bpf_map_entries{map_name="hr_endpoints"} 2`, "hostrouting_endpoints 2"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape of %s lacks %q:\n%s", url, want, body)
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("serve-metrics after SIGTERM: %v; stderr %s", err, stderr.String())
 	}
 }

@@ -1,0 +1,30 @@
+package metrics_test
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/datapath/metrics"
+	"github.com/hostrouting/hostrouting/nat"
+)
+
+// An agent serves its node's datapath counters, with its conntrack
+// garbage collector's, next to its own metrics.
+func ExampleNewCollector() {
+	dp, err := datapath.Open("/sys/fs/bpf/hostrouting", "")
+	if err != nil {
+		panic(err)
+	}
+	defer dp.Close()
+	gc := dp.GC(nat.Options{})
+	stop := gc.Start(30 * time.Second)
+	defer stop()
+
+	prometheus.MustRegister(metrics.NewCollector(dp, metrics.Options{GC: gc}))
+	http.Handle("/metrics", promhttp.Handler())
+	http.ListenAndServe("127.0.0.1:9962", nil)
+}
