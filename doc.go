@@ -43,7 +43,9 @@
 // backend at connect time and their packets need no translation.
 //
 // Every packet a program sees is counted once, by direction and outcome
-// (maps.MetricTable), and per endpoint.
+// (maps.MetricTable), and per endpoint; when the monitor asks
+// (Datapath.SetMonitor), the decision is also reported as an event with
+// the packet's first bytes (Datapath.OpenMonitor, hrctl monitor).
 //
 // An embedder's ingress policy is a tail call too (Datapath.SetIngressPolicy,
 // bpf/include/hostrouting/policy.h): no trampolines, so it runs on every

@@ -366,7 +366,7 @@ int to_container(struct __sk_buff *ctx)
 
 	ep = lookup_device(ctx->ifindex);
 	if (!ep) { /* not an endpoint's device (any more) */
-		count_metric(dir, METRIC_PASS, ctx->len);
+		count_metric(ctx, dir, METRIC_PASS);
 		return TC_ACT_OK;
 	}
 	/* IP goes through the endpoint's policy, ARP does not. */
@@ -443,6 +443,6 @@ int to_netdev(struct __sk_buff *ctx)
 				return drop_endpoint(ctx, dir, ret, 0);
 		}
 	}
-	count_metric(dir, METRIC_PASS, ctx->len);
+	count_metric(ctx, dir, METRIC_PASS);
 	return TC_ACT_OK;
 }

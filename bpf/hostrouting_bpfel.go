@@ -147,6 +147,12 @@ type HostroutingMetricValue struct {
 	Bytes   uint64
 }
 
+type HostroutingMonitorConfig struct {
+	_      structs.HostLayout
+	Level  uint32
+	CapLen uint32
+}
+
 type HostroutingNat4Entry struct {
 	_       structs.HostLayout
 	ToAddr  uint32
@@ -200,6 +206,7 @@ const (
 	HostroutingMapHrEndpoints6           = "hr_endpoints6"
 	HostroutingMapHrEpMeta               = "hr_ep_meta"
 	HostroutingMapHrEpStats              = "hr_ep_stats"
+	HostroutingMapHrEvents               = "hr_events"
 	HostroutingMapHrInfo                 = "hr_info"
 	HostroutingMapHrLb4Affinity          = "hr_lb4_affinity"
 	HostroutingMapHrLb4Backends          = "hr_lb4_backends"
@@ -208,6 +215,7 @@ const (
 	HostroutingMapHrLbOn                 = "hr_lb_on"
 	HostroutingMapHrLxc                  = "hr_lxc"
 	HostroutingMapHrMetrics              = "hr_metrics"
+	HostroutingMapHrMonitor              = "hr_monitor"
 	HostroutingMapHrNodeAddrs            = "hr_node_addrs"
 	HostroutingMapHrNodes                = "hr_nodes"
 	HostroutingMapHrPolicy               = "hr_policy"
@@ -306,6 +314,7 @@ type HostroutingMapSpecs struct {
 	HrEndpoints6  *ebpf.MapSpec `ebpf:"hr_endpoints6"`
 	HrEpMeta      *ebpf.MapSpec `ebpf:"hr_ep_meta"`
 	HrEpStats     *ebpf.MapSpec `ebpf:"hr_ep_stats"`
+	HrEvents      *ebpf.MapSpec `ebpf:"hr_events"`
 	HrInfo        *ebpf.MapSpec `ebpf:"hr_info"`
 	HrLb4Affinity *ebpf.MapSpec `ebpf:"hr_lb4_affinity"`
 	HrLb4Backends *ebpf.MapSpec `ebpf:"hr_lb4_backends"`
@@ -314,6 +323,7 @@ type HostroutingMapSpecs struct {
 	HrLbOn        *ebpf.MapSpec `ebpf:"hr_lb_on"`
 	HrLxc         *ebpf.MapSpec `ebpf:"hr_lxc"`
 	HrMetrics     *ebpf.MapSpec `ebpf:"hr_metrics"`
+	HrMonitor     *ebpf.MapSpec `ebpf:"hr_monitor"`
 	HrNodeAddrs   *ebpf.MapSpec `ebpf:"hr_node_addrs"`
 	HrNodes       *ebpf.MapSpec `ebpf:"hr_nodes"`
 	HrPolicy      *ebpf.MapSpec `ebpf:"hr_policy"`
@@ -356,6 +366,7 @@ type HostroutingMaps struct {
 	HrEndpoints6  *ebpf.Map `ebpf:"hr_endpoints6"`
 	HrEpMeta      *ebpf.Map `ebpf:"hr_ep_meta"`
 	HrEpStats     *ebpf.Map `ebpf:"hr_ep_stats"`
+	HrEvents      *ebpf.Map `ebpf:"hr_events"`
 	HrInfo        *ebpf.Map `ebpf:"hr_info"`
 	HrLb4Affinity *ebpf.Map `ebpf:"hr_lb4_affinity"`
 	HrLb4Backends *ebpf.Map `ebpf:"hr_lb4_backends"`
@@ -364,6 +375,7 @@ type HostroutingMaps struct {
 	HrLbOn        *ebpf.Map `ebpf:"hr_lb_on"`
 	HrLxc         *ebpf.Map `ebpf:"hr_lxc"`
 	HrMetrics     *ebpf.Map `ebpf:"hr_metrics"`
+	HrMonitor     *ebpf.Map `ebpf:"hr_monitor"`
 	HrNodeAddrs   *ebpf.Map `ebpf:"hr_node_addrs"`
 	HrNodes       *ebpf.Map `ebpf:"hr_nodes"`
 	HrPolicy      *ebpf.Map `ebpf:"hr_policy"`
@@ -381,6 +393,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrEndpoints6,
 		m.HrEpMeta,
 		m.HrEpStats,
+		m.HrEvents,
 		m.HrInfo,
 		m.HrLb4Affinity,
 		m.HrLb4Backends,
@@ -389,6 +402,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrLbOn,
 		m.HrLxc,
 		m.HrMetrics,
+		m.HrMonitor,
 		m.HrNodeAddrs,
 		m.HrNodes,
 		m.HrPolicy,

@@ -395,6 +395,60 @@ func ExampleDatapath_UpsertService() {
 	// after DeleteService: true
 }
 
+// The monitor shows what host routing does with a ping, which tcpdump on
+// the destination's host veth would not see: each packet's decision,
+// with its bytes.
+func ExampleDatapath_OpenMonitor() {
+	c := newExampleCluster()
+	defer c.Close()
+	dp, err := datapath.New(datapath.Config{PinPath: c.PinPath, Netns: c.Node.Netns})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer dp.Close()
+	a := c.AddPod(c.Node, "a", netip.MustParseAddr("10.0.0.10"), false)
+	b := c.AddPod(c.Node, "b", netip.MustParseAddr("10.0.0.11"), false)
+	for _, p := range []*datapathtest.Pod{a, b} {
+		if _, err := dp.AddEndpoint(p.Endpoint()); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	mon, err := dp.OpenMonitor()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer mon.Close()
+	if err := dp.SetMonitor(datapath.MonitorAll, 0); err != nil {
+		fmt.Println(err)
+		return
+	}
+	pinged := make(chan struct{})
+	go func() {
+		defer close(pinged)
+		a.Ping(b.IP, 1, time.Second)
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	seen := 0
+	mon.Run(ctx, func(e datapath.Event) {
+		if e.Reason != maps.MetricForwardPeer { // the ARP for the gateway
+			return
+		}
+		fmt.Printf("%s %s, %d of %d bytes\n", e.Direction, e.Reason, len(e.Data), e.Len)
+		if seen++; seen == 2 {
+			cancel()
+		}
+	})
+	<-pinged
+	// Output:
+	// from-container forward-peer, 98 of 98 bytes
+	// from-container forward-peer, 98 of 98 bytes
+}
+
 // exampleCluster is the examples' throwaway world: two kind-like nodes on
 // a wire (internal/topology), Node ("control-plane", eth0 172.18.0.2/16)
 // and Worker (172.18.0.3), pod namespaces made with routing.CreateNetns,

@@ -139,6 +139,8 @@ type Maps struct {
 	SockRevNAT    *ebpf.Map // socket and backend → the frontend it was given for (LRU)
 	Affinity      *ebpf.Map // client and service → its backend (LRU)
 	Maglev        *ebpf.Map // service ID → its Maglev table (array of maps)
+	Monitor       *ebpf.Map // which decisions are reported as events
+	Events        *ebpf.Map // the events (perf event array, one ring per CPU)
 }
 
 // Instance is the loaded datapath of one node instance. Close releases this
@@ -180,7 +182,8 @@ var mapNames = []string{
 	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta,
 	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLbOn,
 	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrNodeAddrs,
-	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrLb4Maglev, bpf.HostroutingMapHrInfo,
+	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrLb4Maglev,
+	bpf.HostroutingMapHrMonitor, bpf.HostroutingMapHrEvents, bpf.HostroutingMapHrInfo,
 }
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
@@ -572,6 +575,8 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		SockRevNAT:    m[bpf.HostroutingMapHrSock4Revnat],
 		Affinity:      m[bpf.HostroutingMapHrLb4Affinity],
 		Maglev:        m[bpf.HostroutingMapHrLb4Maglev],
+		Monitor:       m[bpf.HostroutingMapHrMonitor],
+		Events:        m[bpf.HostroutingMapHrEvents],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
@@ -579,7 +584,8 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
-		n.Maps.Services, n.Maps.Backends, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev, n.info}
+		n.Maps.Services, n.Maps.Backends, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev,
+		n.Maps.Monitor, n.Maps.Events, n.info}
 }
 
 // MapSize is what one of the node's maps takes.

@@ -2,6 +2,7 @@ package maps
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/cilium/ebpf"
 
@@ -73,6 +74,9 @@ func (m Metric) String() string {
 	}
 	return fmt.Sprintf("metric(%d)", uint32(m))
 }
+
+// IsDrop tells whether m counts dropped packets.
+func (m Metric) IsDrop() bool { return m < MetricCount && strings.HasPrefix(metricNames[m], "drop-") }
 
 // Counter is a packet and byte count.
 type Counter struct {

@@ -71,6 +71,6 @@ static __always_inline int arp_from_container(struct __sk_buff *ctx)
 	arp->sip = tip;
 	mac_copy(eth->h_dest, eth->h_source);
 	mac_copy(eth->h_source, ep->node_mac);
-	count_metric(dir, METRIC_ARP_REPLY, ctx->len);
+	count_metric(ctx, dir, METRIC_ARP_REPLY);
 	return bpf_redirect(ctx->ifindex, 0);
 }

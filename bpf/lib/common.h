@@ -205,6 +205,51 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_ep_stats SEC(".maps");
 
+/* The drop metrics, as a bit mask of enum metric. */
+#define METRIC_DROPS ((1u << METRIC_DROP_SPOOFED) | (1u << METRIC_DROP_INVALID) | (1u << METRIC_DROP_UNKNOWN_L3) | \
+		      (1u << METRIC_DROP_POLICY) | (1u << METRIC_DROP_VLAN) | (1u << METRIC_DROP_TAIL_CALL) |   \
+		      (1u << METRIC_DROP_NO_BACKEND) | (1u << METRIC_DROP_NAT) | (1u << METRIC_DROP_NAT_NO_PORT))
+
+/* Monitor: which counted packets are also reported as events (hr_events),
+ * set at run time in hr_monitor without a reload. */
+enum monitor_level {
+	MONITOR_OFF,   /* none (the default) */
+	MONITOR_DROPS, /* drops only */
+	MONITOR_ALL,   /* every decision: a trace of each packet */
+};
+
+struct monitor_config {
+	__u32 level;   /* enum monitor_level */
+	__u32 cap_len; /* bytes of the packet each event carries, at most */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct monitor_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_monitor SEC(".maps");
+
+/* An event: what a program did with a packet, followed in the perf
+ * record by the packet's first cap_len bytes. */
+struct monitor_event {
+	__u64 time;     /* CLOCK_MONOTONIC, ns */
+	__u32 ifindex;  /* the device the program runs on */
+	__u32 len;      /* the packet's length */
+	__u32 cap_len;  /* bytes of it that follow */
+	__u8 direction; /* enum direction */
+	__u8 metric;    /* enum metric: the decision */
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_events SEC(".maps");
+
 /* Node-wide counters by direction × metric. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

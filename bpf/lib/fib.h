@@ -86,7 +86,7 @@ static __always_inline int fib_redirect(struct __sk_buff *ctx, enum direction di
 		};
 
 		ipv4_decrease_ttl(ip);
-		count_metric(dir, METRIC_FWD_NEIGH, ctx->len);
+		count_metric(ctx, dir, METRIC_FWD_NEIGH);
 		return bpf_redirect_neigh(params.ifindex, &nh, sizeof(nh), 0);
 	}
 	if (ret != BPF_FIB_LKUP_RET_SUCCESS)
@@ -95,6 +95,6 @@ static __always_inline int fib_redirect(struct __sk_buff *ctx, enum direction di
 	/* The stack copy may not be read unaligned: byte-wise here. */
 	__builtin_memcpy(eth->h_dest, params.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, params.smac, ETH_ALEN);
-	count_metric(dir, METRIC_FWD_FIB, ctx->len);
+	count_metric(ctx, dir, METRIC_FWD_FIB);
 	return bpf_redirect(params.ifindex, 0);
 }

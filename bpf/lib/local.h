@@ -35,10 +35,10 @@ static __always_inline int deliver(struct __sk_buff *ctx, enum direction dir, en
 {
 	count_to(id, ctx->len);
 	if (CONFIG.redirect_peer && how == DELIVER_PEER) {
-		count_metric(dir, METRIC_FWD_PEER, ctx->len);
+		count_metric(ctx, dir, METRIC_FWD_PEER);
 		return bpf_redirect_peer(ifindex, 0);
 	}
-	count_metric(dir, METRIC_PASS, ctx->len);
+	count_metric(ctx, dir, METRIC_PASS);
 	return TC_ACT_OK;
 }
 
@@ -90,7 +90,7 @@ static __always_inline int local_delivery(struct __sk_buff *ctx, enum direction 
 	mac_copy(eth->h_source, ep->node_mac);
 
 	if (!CONFIG.redirect_peer) {
-		count_metric(dir, METRIC_FWD_REDIRECT, ctx->len);
+		count_metric(ctx, dir, METRIC_FWD_REDIRECT);
 		return bpf_redirect(ep->ifindex, 0);
 	}
 	return to_endpoint(ctx, dir, DELIVER_PEER, ep, src_id);

@@ -5,15 +5,34 @@
 
 #include "common.h"
 
-static __always_inline void count_metric(enum direction dir, enum metric m, __u32 bytes)
+/* monitor_event reports the packet's decision m to hr_events with the
+ * packet's first bytes (at most cap_len, at most 0xffff). */
+static __always_inline void monitor_event(struct __sk_buff *ctx, enum direction dir, enum metric m, __u32 cap_len)
 {
-	__u32 key = dir * METRIC_MAX + m;
+	struct monitor_event ev = {
+		.time = bpf_ktime_get_ns(), .ifindex = ctx->ifindex, .len = ctx->len, .direction = dir, .metric = m,
+	};
+	__u64 cap = ctx->len < cap_len ? ctx->len : cap_len;
+
+	cap &= 0xffff;
+	ev.cap_len = cap;
+	bpf_perf_event_output(ctx, &hr_events, (cap << 32) | BPF_F_CURRENT_CPU, &ev, sizeof(ev));
+}
+
+/* count_metric counts the packet's decision m, and reports it as an event
+ * when the monitor asks for it. */
+static __always_inline void count_metric(struct __sk_buff *ctx, enum direction dir, enum metric m)
+{
+	__u32 key = dir * METRIC_MAX + m, zero = 0;
 	struct metric_value *v = bpf_map_lookup_elem(&hr_metrics, &key);
+	struct monitor_config *mon = bpf_map_lookup_elem(&hr_monitor, &zero);
 
 	if (v) {
 		v->packets++;
-		v->bytes += bytes;
+		v->bytes += ctx->len;
 	}
+	if (mon && (mon->level == MONITOR_ALL || (mon->level == MONITOR_DROPS && ((1u << m) & METRIC_DROPS))))
+		monitor_event(ctx, dir, m, mon->cap_len);
 }
 
 static __always_inline struct endpoint_stats *endpoint_stats(__u32 id)
@@ -51,7 +70,7 @@ static __always_inline int drop_endpoint(struct __sk_buff *ctx, enum direction d
 		s->drop_packets++;
 		s->drop_bytes += ctx->len;
 	}
-	count_metric(dir, reason, ctx->len);
+	count_metric(ctx, dir, reason);
 	return TC_ACT_SHOT;
 }
 
@@ -66,6 +85,6 @@ static __always_inline int drop(struct __sk_buff *ctx, enum direction dir, enum 
 
 static __always_inline int to_stack(struct __sk_buff *ctx, enum direction dir)
 {
-	count_metric(dir, METRIC_TO_STACK, ctx->len);
+	count_metric(ctx, dir, METRIC_TO_STACK);
 	return TC_ACT_OK;
 }

@@ -30,6 +30,7 @@
 //	      [--type ClusterIP|NodePort|ExternalIP] [--protocol tcp|udp] [--local] [--internal-local] [--affinity DURATION]
 //	      [--terminating IP:PORT[,IP:PORT...]]
 //	hrctl [--pin-path DIR] service delete --id N
+//	hrctl [--pin-path DIR] monitor [--type all|drop|trace] [--from ID] [--pcap FILE] [--capture N] [--count N] [-v]
 //	hrctl [--pin-path DIR] [--json] metrics
 //	hrctl [--pin-path DIR] [--json] map list
 //	hrctl [--pin-path DIR] serve-metrics --listen ADDR [--endpoints]
@@ -50,7 +51,11 @@
 // adds backends that keep their flows and take no new ones. socket-lb
 // puts socket-level load balancing on a cgroup v2 directory (the
 // cgroup2 root, e.g. /sys/fs/cgroup, for the whole node), moving it from
-// the one it was on, or takes it off (--off). metrics prints the
+// the one it was on, or takes it off (--off). monitor turns the node's
+// event reports on (every decision, or drops only), prints them until
+// interrupted or --count events, with --pcap writes their packets for
+// tcpdump -r — those host routing moves past tcpdump on the veths — and
+// puts the reports back as they were. metrics prints the
 // datapath's counters by reason and direction, map list each map's fill
 // level and memory; serve-metrics serves them to Prometheus (package
 // datapath/metrics) until interrupted. ct flush
@@ -114,6 +119,7 @@ type options struct {
 	off     bool   // socket-lb --off
 	listen  string // serve-metrics --listen
 	perEP   bool   // serve-metrics --endpoints
+	mon     monitorOptions
 }
 
 // command is one hrctl command; add new ones to commands.
@@ -161,6 +167,9 @@ var commands = []command{
 		flags:   serviceUpdateFlags, check: serviceUpdateCheck, run: serviceUpdate},
 	{name: "service delete", args: "--id N", summary: "remove a service; its flows end",
 		flags: serviceIDFlag, check: serviceDeleteCheck, run: serviceDelete},
+	{name: "monitor", args: "[--type all|drop|trace] [--from ID] [--pcap FILE] [--capture N] [--count N] [-v]",
+		summary: "print the datapath's decisions on packets as they happen, as `cilium monitor` does (and write the packets as pcap)",
+		flags:   monitorFlags, check: monitorCheck, run: monitor},
 	{name: "metrics", summary: "the datapath's counters by reason and direction, as `cilium bpf metrics list` prints them",
 		run: metricsList},
 	{name: "map list", summary: "the node's maps: type, entries, fill level (pressure) and memory", run: mapList},

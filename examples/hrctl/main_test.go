@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -1411,4 +1412,90 @@ func TestHrctlMetrics(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("serve-metrics after SIGTERM: %v; stderr %s", err, stderr.String())
 	}
+}
+
+// TestHrctlMonitor: monitor prints a pod-to-pod ping's decisions in the
+// shape of `cilium monitor` and a spoofed datagram's drop with --type
+// drop; the packets it writes with --pcap are read back by tcpdump -r;
+// on exit the node's monitor is off again.
+func TestHrctlMonitor(t *testing.T) {
+	datapathtest.RequireRoot(t)
+	bin := buildHrctl(t)
+	c := datapathtest.NewCluster(t, 1)
+	n0 := c.Nodes[0]
+	a, b := n0.AddPod(t, "a", n0.PodIP(10)), n0.AddPod(t, "b", n0.PodIP(11))
+	pin := datapathtest.PinPath(t)
+	dp := n0.NewDatapath(t, datapath.Config{PinPath: pin})
+	epA := a.AddEndpoint(t, dp)
+	b.AddEndpoint(t, dp)
+	pcap := filepath.Join(t.TempDir(), "trace.pcap")
+
+	// start runs hrctl monitor with args while traffic runs, until it
+	// has printed count lines (0: until SIGTERM, once the traffic is
+	// done); it returns its output.
+	start := func(traffic func(), count int, args ...string) string {
+		t.Helper()
+		cmd := exec.Command("ip", append([]string{"netns", "exec", n0.NetnsName, bin, "--pin-path", pin, "monitor",
+			"--count", strconv.Itoa(count)}, args...)...)
+		var out, errOut bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for level, _, _ := dp.MonitorSettings(); level == datapath.MonitorOff && time.Now().Before(deadline); level, _, _ = dp.MonitorSettings() {
+			time.Sleep(20 * time.Millisecond)
+		}
+		traffic()
+		wait := 10 * time.Second
+		if count == 0 {
+			wait = 500 * time.Millisecond
+		}
+		timer := time.AfterFunc(wait, func() { cmd.Process.Signal(syscall.SIGTERM) })
+		defer timer.Stop()
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("hrctl monitor %v: %v\n%s%s", args, err, out.String(), errOut.String())
+		}
+		return out.String()
+	}
+
+	out := start(func() { a.MustPing(t, b.IP) }, 0, "--type", "trace", "--from", strconv.Itoa(int(epA.ID)), "--pcap", pcap)
+	want := regexp.MustCompile(fmt.Sprintf(`(?m)^-> endpoint %d flow %s -> %s ICMPv4 EchoRequest, forward-peer \(from-container, ifindex \d+\)$`, epA.ID, a.IP, b.IP))
+	if n := len(want.FindAllString(out, -1)); n != 3 {
+		t.Errorf("hrctl monitor --type trace --from %d: %d echo request lines, want 3:\n%s", epA.ID, n, out)
+	}
+	dump, err := exec.Command("tcpdump", "-n", "-r", pcap).CombinedOutput()
+	if err != nil || strings.Count(string(dump), fmt.Sprintf("%s > %s: ICMP echo request", a.IP, b.IP)) != 3 {
+		t.Errorf("tcpdump -r of monitor's pcap: %v, want the 3 echo requests:\n%s", err, dump)
+	}
+
+	spoof := netip.MustParseAddr("10.0.0.99")
+	out = start(func() {
+		if err := a.Do(func() error { return sendFrom(spoof, b.IP) }); err != nil {
+			t.Fatal(err)
+		}
+	}, 1, "--type", "drop")
+	if want := fmt.Sprintf("xx drop (drop-spoofed) flow %s:9 -> %s:9 UDP to endpoint %d", spoof, b.IP, epA.ID); !strings.HasPrefix(out, want) {
+		t.Errorf("hrctl monitor --type drop:\n%s\nwant a line starting %q", out, want)
+	}
+	if level, _, err := dp.MonitorSettings(); err != nil || level != datapath.MonitorOff {
+		t.Errorf("after hrctl monitor the node's monitor is %v (%v), want off", level, err)
+	}
+}
+
+// sendFrom sends a UDP datagram to dst port 9 from src, an address this
+// namespace does not own (a transparent socket).
+func sendFrom(src, dst netip.Addr) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
+		return err
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4(), Port: 9}); err != nil {
+		return err
+	}
+	return unix.Sendto(fd, []byte("spoofed"), 0, &unix.SockaddrInet4{Addr: dst.As4(), Port: 9})
 }

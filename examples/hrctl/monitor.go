@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
+	"golang.org/x/sys/unix"
+
+	"github.com/hostrouting/hostrouting/datapath"
+)
+
+// monitorOptions are monitor's flags.
+type monitorOptions struct {
+	typ     string // all, drop or trace
+	from    uint   // endpoint ID, 0 for every device
+	pcap    string // file to write the packets to
+	capture int    // bytes of each packet
+	count   int    // events to print before exiting, 0 for no limit
+	verbose bool
+}
+
+func monitorFlags(fs *flag.FlagSet, o *options) {
+	o.mon.typ = "all"
+	fs.StringVar(&o.mon.typ, "type", "all", "which events: `all`, drop or trace")
+	fs.UintVar(&o.mon.from, "from", 0, "only events on the device of endpoint `ID`")
+	fs.StringVar(&o.mon.pcap, "pcap", "", "also write the events' packets to `FILE` (pcap, as tcpdump -r reads)")
+	fs.IntVar(&o.mon.capture, "capture", datapath.DefaultCaptureLength, "bytes of each packet the events carry")
+	fs.IntVar(&o.mon.count, "count", 0, "exit after `N` events (0: until interrupted)")
+	fs.BoolVar(&o.mon.verbose, "v", false, "add the event's time, CPU and length, and a hex dump of its bytes")
+}
+
+func monitorCheck(o *options) error {
+	switch {
+	case o.mon.typ != "all" && o.mon.typ != "drop" && o.mon.typ != "trace":
+		return fmt.Errorf("--type %q: want all, drop or trace", o.mon.typ)
+	case o.mon.capture < 1 || o.mon.capture > 0xffff:
+		return fmt.Errorf("--capture %d: want 1 to 65535 bytes", o.mon.capture)
+	case o.mon.count < 0:
+		return fmt.Errorf("--count %d: want 0 or more", o.mon.count)
+	}
+	return nil
+}
+
+// monitor turns the node's monitor on for the events asked for, prints
+// them until interrupted (or --count), and puts the node's monitor back
+// as it was.
+func monitor(dp *datapath.Datapath, opts options, w io.Writer) error {
+	o := opts.mon
+	var ifindex int
+	if o.from != 0 {
+		eps, err := dp.Endpoints()
+		if err != nil {
+			return err
+		}
+		for _, ep := range eps {
+			if uint(ep.ID) == o.from {
+				ifindex = ep.IfIndex
+			}
+		}
+		if ifindex == 0 {
+			return fmt.Errorf("no endpoint with ID %d (see hrctl endpoint list)", o.from)
+		}
+	}
+	endpointOf, err := endpointsByDevice(dp)
+	if err != nil {
+		return err
+	}
+	var pcap *pcapgo.Writer
+	if o.pcap != "" {
+		f, err := os.Create(o.pcap)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		pcap = pcapgo.NewWriter(f)
+		if err := pcap.WriteFileHeader(uint32(o.capture), layers.LinkTypeEthernet); err != nil {
+			return err
+		}
+	}
+	prevLevel, prevCapture, err := dp.MonitorSettings()
+	if err != nil {
+		return err
+	}
+	level := datapath.MonitorAll
+	if o.typ == "drop" {
+		level = datapath.MonitorDrops
+	}
+	mon, err := dp.OpenMonitor()
+	if err != nil {
+		return err
+	}
+	defer mon.Close()
+	if err := dp.SetMonitor(level, o.capture); err != nil {
+		return err
+	}
+	defer dp.SetMonitor(prevLevel, prevCapture)
+
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	boot := bootTime()
+	var printed int
+	var werr error
+	err = mon.Run(ctx, func(e datapath.Event) {
+		if (o.typ == "trace" && e.IsDrop()) || (o.typ == "drop" && !e.IsDrop()) || (ifindex != 0 && e.IfIndex != ifindex) || werr != nil {
+			return
+		}
+		werr = printEvent(w, e, endpointOf[e.IfIndex], o.verbose)
+		if pcap != nil && werr == nil {
+			werr = pcap.WritePacket(gopacket.CaptureInfo{Timestamp: boot.Add(e.Time), CaptureLength: len(e.Data),
+				Length: max(e.Len, len(e.Data))}, e.Data)
+		}
+		if printed++; o.count > 0 && printed == o.count {
+			cancel()
+		}
+	})
+	if lost := mon.Lost(); lost > 0 {
+		fmt.Fprintf(w, "%d events lost\n", lost)
+	}
+	return errors.Join(err, werr)
+}
+
+// endpointsByDevice maps the node's endpoints' host devices to their IDs.
+func endpointsByDevice(dp *datapath.Datapath) (map[int]uint16, error) {
+	eps, err := dp.Endpoints()
+	if err != nil {
+		return nil, err
+	}
+	m := map[int]uint16{}
+	for _, ep := range eps {
+		m[ep.IfIndex] = ep.ID
+	}
+	return m, nil
+}
+
+// bootTime is when CLOCK_MONOTONIC was zero, for the events' times.
+func bootTime() time.Time {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Now().Add(-time.Duration(ts.Nano()))
+}
+
+// printEvent prints e as `cilium monitor` does:
+//
+//	-> endpoint 12 flow 10.0.0.10 -> 10.0.0.11 ICMPv4 EchoRequest, forward-peer (from-container, ifindex 5)
+//	xx drop (drop-spoofed) flow 10.0.0.99:9 -> 10.0.0.11:9 UDP to endpoint 12, ifindex 5 (from-container)
+func printEvent(w io.Writer, e datapath.Event, endpoint uint16, verbose bool) error {
+	var err error
+	if e.IsDrop() {
+		_, err = fmt.Fprintf(w, "xx drop (%s) flow %s to endpoint %d, ifindex %d (%s)\n", e.Reason, summary(e.Data), endpoint, e.IfIndex, e.Direction)
+	} else {
+		_, err = fmt.Fprintf(w, "-> endpoint %d flow %s, %s (%s, ifindex %d)\n", endpoint, summary(e.Data), e.Reason, e.Direction, e.IfIndex)
+	}
+	if err == nil && verbose {
+		_, err = fmt.Fprintf(w, "   time %v cpu %d length %d captured %d\n%s", e.Time, e.CPU, e.Len, len(e.Data), hexDump(e.Data))
+	}
+	return err
+}
+
+// summary describes a captured frame: "10.0.0.10 -> 10.0.0.11 ICMPv4
+// EchoRequest", "10.0.0.10:40000 -> 10.96.0.10:80 TCP SYN".
+func summary(data []byte) string {
+	p := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.DecodeOptions{Lazy: true, NoCopy: true})
+	if arp, ok := p.Layer(layers.LayerTypeARP).(*layers.ARP); ok {
+		op := "request"
+		if arp.Operation == layers.ARPReply {
+			op = "reply"
+		}
+		return fmt.Sprintf("ARP %s %v -> %v", op, net.IP(arp.SourceProtAddress), net.IP(arp.DstProtAddress))
+	}
+	nl := p.NetworkLayer()
+	if nl == nil {
+		return "unknown frame"
+	}
+	src, dst := nl.NetworkFlow().Endpoints()
+	switch l := p.TransportLayer().(type) {
+	case *layers.TCP:
+		var flags []string
+		for _, f := range []struct {
+			set  bool
+			name string
+		}{{l.SYN, "SYN"}, {l.ACK, "ACK"}, {l.FIN, "FIN"}, {l.RST, "RST"}, {l.PSH, "PSH"}} {
+			if f.set {
+				flags = append(flags, f.name)
+			}
+		}
+		return fmt.Sprintf("%v:%d -> %v:%d TCP %s", src, l.SrcPort, dst, l.DstPort, strings.Join(flags, " "))
+	case *layers.UDP:
+		return fmt.Sprintf("%v:%d -> %v:%d UDP", src, l.SrcPort, dst, l.DstPort)
+	}
+	if icmp, ok := p.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4); ok {
+		return fmt.Sprintf("%v -> %v ICMPv4 %s", src, dst, icmp.TypeCode)
+	}
+	if icmp, ok := p.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6); ok {
+		return fmt.Sprintf("%v -> %v ICMPv6 %s", src, dst, icmp.TypeCode)
+	}
+	return fmt.Sprintf("%v -> %v", src, dst)
+}
+
+// hexDump formats data 16 bytes to a line, indented.
+func hexDump(data []byte) string {
+	var b strings.Builder
+	for i := 0; i < len(data); i += 16 {
+		fmt.Fprintf(&b, "   %04x  % x\n", i, data[i:min(i+16, len(data))])
+	}
+	return b.String()
+}
