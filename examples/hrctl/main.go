@@ -30,7 +30,7 @@
 //	      [--type ClusterIP|NodePort|ExternalIP] [--protocol tcp|udp] [--local] [--internal-local] [--affinity DURATION]
 //	      [--terminating IP:PORT[,IP:PORT...]]
 //	hrctl [--pin-path DIR] service delete --id N
-//	hrctl [--pin-path DIR] monitor [--type all|drop|trace] [--from ID] [--pcap FILE] [--capture N] [--count N] [-v]
+//	hrctl [--pin-path DIR] [--json] monitor [--type all|drop|trace] [--from ID] [--pcap FILE] [--capture N] [--count N] [-v]
 //	hrctl [--pin-path DIR] [--json] metrics
 //	hrctl [--pin-path DIR] [--json] map list
 //	hrctl [--pin-path DIR] serve-metrics --listen ADDR [--endpoints]
@@ -55,7 +55,8 @@
 // event reports on (every decision, or drops only), prints them until
 // interrupted or --count events, with --pcap writes their packets for
 // tcpdump -r — those host routing moves past tcpdump on the veths — and
-// puts the reports back as they were. metrics prints the
+// puts the reports back as they were (--json: an object per event and
+// line). metrics prints the
 // datapath's counters by reason and direction, map list each map's fill
 // level and memory; serve-metrics serves them to Prometheus (package
 // datapath/metrics) until interrupted. ct flush

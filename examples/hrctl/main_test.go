@@ -1478,6 +1478,21 @@ func TestHrctlMonitor(t *testing.T) {
 	if want := fmt.Sprintf("xx drop (drop-spoofed) flow %s:9 -> %s:9 UDP to endpoint %d", spoof, b.IP, epA.ID); !strings.HasPrefix(out, want) {
 		t.Errorf("hrctl monitor --type drop:\n%s\nwant a line starting %q", out, want)
 	}
+	out = start(func() {
+		if err := a.Do(func() error { return sendFrom(spoof, b.IP) }); err != nil {
+			t.Fatal(err)
+		}
+	}, 1, "--json", "--type", "drop")
+	var ev struct {
+		Endpoint                   uint16
+		Drop                       bool
+		Direction, Reason, Summary string
+		Data                       []byte
+	}
+	if err := json.Unmarshal([]byte(out), &ev); err != nil || ev.Endpoint != epA.ID || !ev.Drop || ev.Direction != "from-container" ||
+		ev.Reason != "drop-spoofed" || ev.Summary != fmt.Sprintf("%s:9 -> %s:9 UDP", spoof, b.IP) || len(ev.Data) < 34 {
+		t.Errorf("hrctl monitor --json: %v, %+v from\n%s", err, ev, out)
+	}
 	if level, _, err := dp.MonitorSettings(); err != nil || level != datapath.MonitorOff {
 		t.Errorf("after hrctl monitor the node's monitor is %v (%v), want off", level, err)
 	}

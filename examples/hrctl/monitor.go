@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -116,7 +117,12 @@ func monitor(dp *datapath.Datapath, opts options, w io.Writer) error {
 		if (o.typ == "trace" && e.IsDrop()) || (o.typ == "drop" && !e.IsDrop()) || (ifindex != 0 && e.IfIndex != ifindex) || werr != nil {
 			return
 		}
-		werr = printEvent(w, e, endpointOf[e.IfIndex], o.verbose)
+		if opts.json {
+			werr = json.NewEncoder(w).Encode(eventJSON{Event: e, Endpoint: endpointOf[e.IfIndex], Drop: e.IsDrop(),
+				Direction: e.Direction.String(), Reason: e.Reason.String(), Summary: summary(e.Data)})
+		} else {
+			werr = printEvent(w, e, endpointOf[e.IfIndex], o.verbose)
+		}
 		if pcap != nil && werr == nil {
 			werr = pcap.WritePacket(gopacket.CaptureInfo{Timestamp: boot.Add(e.Time), CaptureLength: len(e.Data),
 				Length: max(e.Len, len(e.Data))}, e.Data)
@@ -129,6 +135,16 @@ func monitor(dp *datapath.Datapath, opts options, w io.Writer) error {
 		fmt.Fprintf(w, "%d events lost\n", lost)
 	}
 	return errors.Join(err, werr)
+}
+
+// eventJSON is an event as monitor --json prints it, one object per
+// line: its packet bytes in base64 (Data), and what they hold (Summary).
+type eventJSON struct {
+	datapath.Event
+	Endpoint          uint16 // the endpoint whose device it is, 0 for a node device
+	Drop              bool
+	Direction, Reason string
+	Summary           string
 }
 
 // endpointsByDevice maps the node's endpoints' host devices to their IDs.
