@@ -102,6 +102,15 @@ func TestEcho(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer idle.Close()
+	// An echo first: the server has taken the connection (one still in
+	// the listen queue would be reset by Close, not ended).
+	idle.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := idle.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(idle, make([]byte, 1)); err != nil {
+		t.Fatalf("echo on the idle connection: %v", err)
+	}
 	for _, s := range []*netcheck.Server{tcp, udp} {
 		if err := s.Close(); err != nil {
 			t.Error(err)
