@@ -12,22 +12,55 @@ import (
 )
 
 // collect runs a monitor of dp until the returned stop is called, and
-// returns the events it read and the count of lost ones.
-func collect(t *testing.T, dp *datapath.Datapath) (stop func() ([]datapath.Event, uint64)) {
+// returns the events it read and the count of lost ones. stop waits for
+// an event for which last is true (at most 5 s), or, with last nil, for
+// three flush periods of the monitor, then until none comes for two.
+func collect(t *testing.T, dp *datapath.Datapath) (stop func(last func(datapath.Event) bool) ([]datapath.Event, uint64)) {
 	t.Helper()
 	mon, err := dp.OpenMonitor()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var events []datapath.Event
-	done := make(chan error)
+	read := make(chan datapath.Event, 1024)
+	done := make(chan error, 1)
 	go func() {
-		done <- mon.Run(context.Background(), func(e datapath.Event) { events = append(events, e) })
+		done <- mon.Run(context.Background(), func(e datapath.Event) { read <- e })
+		close(read)
 	}()
-	return func() ([]datapath.Event, uint64) {
+	return func(last func(datapath.Event) bool) ([]datapath.Event, uint64) {
 		t.Helper()
-		time.Sleep(300 * time.Millisecond) // the last events' flush
+		wait := time.After(300 * time.Millisecond)
+		if last != nil {
+			wait = time.After(5 * time.Second)
+		}
+	loop:
+		for {
+			select {
+			case e := <-read:
+				events = append(events, e)
+				if last != nil && last(e) {
+					break loop
+				}
+			case <-wait:
+				break loop
+			}
+		}
+		// Events of other CPUs' rings come with the same flush: take
+		// what arrives until the monitor is quiet.
+	quiet:
+		for {
+			select {
+			case e := <-read:
+				events = append(events, e)
+			case <-time.After(200 * time.Millisecond):
+				break quiet
+			}
+		}
 		mon.Close()
+		for e := range read {
+			events = append(events, e)
+		}
 		if err := <-done; err != nil {
 			t.Fatalf("Monitor: %v", err)
 		}
@@ -70,7 +103,13 @@ func TestMonitor(t *testing.T) {
 				t.Fatalf("ping: %d of 3, %v", n, err)
 			}
 			sendSpoofedUDP(t, a, spoof, b.IP, 9, 1)
-			events, lost := stop()
+			// The spoofed datagram's drop is the last event, where
+			// drops are reported.
+			var last func(datapath.Event) bool
+			if tc.wantDrop {
+				last = func(e datapath.Event) bool { return e.Reason == maps.MetricDropSpoofed }
+			}
+			events, lost := stop(last)
 			var requests, replies, drops int
 			for _, e := range events {
 				src, dst, ok := eventAddrs(e)

@@ -253,30 +253,68 @@ static __always_inline void snat4_track_host(struct iphdr *ip, const struct l4 *
 
 #define INNER_DADDR_OFF (INNER_IP_OFF + offsetof(struct iphdr, daddr))
 
-/* lb4_icmp_error translates an ICMP error (destination unreachable, or
- * time exceeded) that a backend sends about a packet of a service flow
- * back to the client: its source, and the destination address and port
- * of the packet it quotes, become the frontend the client dialled, so
- * that the client's socket sees the error (e.g. ECONNREFUSED from a UDP
- * service without a listener). Returns 1 if it did, 0 for an error about
- * no service flow, or the negated metric of a drop. The packet's pointers
- * are invalid afterwards. */
+/* An ICMP error's header and the start of the packet it quotes. */
+struct icmp_quote {
+	__u8 type, code;
+	__be16 csum;
+	__u32 rest;
+	struct iphdr in;  /* the quoted IPv4 header (option-less) */
+	__be16 ports[2];  /* the quoted L4 header's first 4 bytes */
+} __attribute__((packed));
+
+/* load_icmp_error loads the ICMP error (destination unreachable,
+ * fragmentation needed included, or time exceeded) an IPv4 packet
+ * carries; 0 if it carries none, or one quoting IP options. */
+static __always_inline int load_icmp_error(struct __sk_buff *ctx, const struct iphdr *ip, struct icmp_quote *q)
+{
+	return ip->protocol == IPPROTO_ICMP && bpf_skb_load_bytes(ctx, L4_OFF, q, sizeof(*q)) == 0 &&
+	       (q->type == ICMP_DEST_UNREACH || q->type == ICMP_TIME_EXCEEDED) && q->in.ihl == 5;
+}
+
+/* icmp_error_xlate translates an ICMP error: old_addr becomes addr in the
+ * outer header (at outer_off) and in the quoted one (at inner_off), and
+ * the quoted port at port_off becomes port, with the outer IP, quoted IP
+ * and ICMP checksums (the quoted L4 checksum is left, as the kernel does
+ * not check it). Returns 0, or -1 if a rewrite failed. */
+static __always_inline int icmp_error_xlate(struct __sk_buff *ctx, const struct icmp_quote *q, __u32 outer_off,
+					    __u32 inner_off, __be32 old_addr, __be32 addr, __u32 port_off,
+					    __be16 old_port, __be16 port)
+{
+	/* The quoted header's checksum changes with its address. */
+	__u32 sum = (__u16)~q->in.check + (__u16)~(old_addr & 0xffff) + (__u16)~(old_addr >> 16) + (addr & 0xffff) +
+		    (addr >> 16);
+	__be16 csum;
+
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	csum = ~sum;
+	if (bpf_l3_csum_replace(ctx, IP4_CSUM_OFF, old_addr, addr, 4) < 0 ||
+	    bpf_skb_store_bytes(ctx, outer_off, &addr, 4, 0) < 0 ||
+	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, old_addr, addr, 4) < 0 ||
+	    bpf_skb_store_bytes(ctx, inner_off, &addr, 4, 0) < 0 ||
+	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, q->in.check, csum, 2) < 0 ||
+	    bpf_skb_store_bytes(ctx, INNER_CSUM_OFF, &csum, 2, 0) < 0 ||
+	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, old_port, port, 2) < 0 ||
+	    bpf_skb_store_bytes(ctx, port_off, &port, 2, 0) < 0)
+		return -1;
+	return 0;
+}
+
+/* lb4_icmp_error translates an ICMP error that a backend sends about a
+ * packet of a service flow back to the client: its source, and the
+ * destination address and port of the packet it quotes, become the
+ * frontend the client dialled, so that the client's socket sees the error
+ * (e.g. ECONNREFUSED from a UDP service without a listener). Returns 1 if
+ * it did, 0 for an error about no service flow, or the negated metric of
+ * a drop. The packet's pointers are invalid afterwards. */
 static __always_inline int lb4_icmp_error(struct __sk_buff *ctx, struct iphdr *ip)
 {
-	struct {
-		__u8 type, code;
-		__be16 csum;
-		__u32 rest;
-		struct iphdr in;
-		__be16 ports[2];
-	} __attribute__((packed)) q;
 	__be32 backend = ip->saddr;
-	__be16 new_csum;
+	struct icmp_quote q;
 	struct ct_entry *e;
 
-	if (ip->protocol != IPPROTO_ICMP || bpf_skb_load_bytes(ctx, L4_OFF, &q, sizeof(q)) < 0 ||
-	    (q.type != ICMP_DEST_UNREACH && q.type != ICMP_TIME_EXCEEDED) || q.in.ihl != 5 ||
-	    q.in.daddr != backend || (q.in.protocol != IPPROTO_TCP && q.in.protocol != IPPROTO_UDP))
+	if (!load_icmp_error(ctx, ip, &q) || q.in.daddr != backend ||
+	    (q.in.protocol != IPPROTO_TCP && q.in.protocol != IPPROTO_UDP))
 		return 0;
 	/* The quoted packet is the flow's, as the backend got it: its
 	 * reply's tuple is the CT_REPLY key. */
@@ -288,51 +326,26 @@ static __always_inline int lb4_icmp_error(struct __sk_buff *ctx, struct iphdr *i
 	e = bpf_map_lookup_elem(&hr_ct4, &rk);
 	if (!e || !e->nat_addr || (e->flags & CT_F_HAIRPIN))
 		return 0;
-	new_csum = q.in.check;
-	{
-		__u32 sum = (__u16)~new_csum + (__u16)~(backend & 0xffff) + (__u16)~(backend >> 16) +
-			    (e->nat_addr & 0xffff) + (e->nat_addr >> 16);
-
-		sum = (sum & 0xffff) + (sum >> 16);
-		sum = (sum & 0xffff) + (sum >> 16);
-		new_csum = ~sum;
-	}
-	if (bpf_l3_csum_replace(ctx, IP4_CSUM_OFF, backend, e->nat_addr, 4) < 0 ||
-	    bpf_skb_store_bytes(ctx, IP4_SADDR_OFF, &e->nat_addr, 4, 0) < 0 ||
-	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, backend, e->nat_addr, 4) < 0 ||
-	    bpf_skb_store_bytes(ctx, INNER_DADDR_OFF, &e->nat_addr, 4, 0) < 0 ||
-	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, q.in.check, new_csum, 2) < 0 ||
-	    bpf_skb_store_bytes(ctx, INNER_CSUM_OFF, &new_csum, 2, 0) < 0 ||
-	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, q.ports[1], e->nat_port, 2) < 0 ||
-	    bpf_skb_store_bytes(ctx, INNER_L4_OFF + 2, &e->nat_port, 2, 0) < 0)
+	if (icmp_error_xlate(ctx, &q, IP4_SADDR_OFF, INNER_DADDR_OFF, backend, e->nat_addr, INNER_L4_OFF + 2,
+			     q.ports[1], e->nat_port) < 0)
 		return -METRIC_DROP_NAT;
 	return 1;
 }
 
-/* snat4_icmp_error translates an ICMP error (destination unreachable,
- * fragmentation needed included, or time exceeded) about a translated
- * flow back to the pod that sent it: the destination, and the source
- * address and port of the packet it quotes, with the IP and ICMP
- * checksums (the quoted L4 checksum is left, as the kernel does not check
- * it). Returns 1 if it did, 0 for an error about no such flow, or the
- * negated metric of a drop. The packet's pointers are invalid afterwards. */
+/* snat4_icmp_error translates an ICMP error about a translated flow back
+ * to the pod that sent it: the destination, and the source address and
+ * port of the packet it quotes. Returns 1 if it did, 0 for an error about
+ * no such flow, or the negated metric of a drop. The packet's pointers are
+ * invalid afterwards. */
 static __always_inline int snat4_icmp_error(struct __sk_buff *ctx, struct iphdr *ip)
 {
-	struct {
-		__u8 type, code;
-		__be16 csum;
-		__u32 rest;
-		struct iphdr in;
-		__be16 ports[2];
-	} __attribute__((packed)) q;
 	__be32 outer_daddr = ip->daddr;
-	__be16 port, new_csum;
+	struct icmp_quote q;
 	__u32 port_off;
 	struct nat4_entry *e;
+	__be16 port;
 
-	if (ip->protocol != IPPROTO_ICMP || bpf_skb_load_bytes(ctx, L4_OFF, &q, sizeof(q)) < 0 ||
-	    (q.type != ICMP_DEST_UNREACH && q.type != ICMP_TIME_EXCEEDED) || q.in.ihl != 5 ||
-	    q.in.saddr != outer_daddr)
+	if (!load_icmp_error(ctx, ip, &q) || q.in.saddr != outer_daddr)
 		return 0;
 	/* The quoted packet left translated: its reply's tuple is the NAT_IN
 	 * key. An ICMP echo quotes its identifier where ports would be. */
@@ -351,24 +364,8 @@ static __always_inline int snat4_icmp_error(struct __sk_buff *ctx, struct iphdr 
 	e = bpf_map_lookup_elem(&hr_snat4, &in);
 	if (!e || (e->flags & NAT_F_HOST))
 		return 0;
-	/* The quoted header's checksum changes with its source. */
-	new_csum = q.in.check;
-	{
-		__u32 sum = (__u16)~new_csum + (__u16)~(q.in.saddr & 0xffff) + (__u16)~(q.in.saddr >> 16) +
-			    (e->to_addr & 0xffff) + (e->to_addr >> 16);
-
-		sum = (sum & 0xffff) + (sum >> 16);
-		sum = (sum & 0xffff) + (sum >> 16);
-		new_csum = ~sum;
-	}
-	if (bpf_l3_csum_replace(ctx, IP4_CSUM_OFF, outer_daddr, e->to_addr, 4) < 0 ||
-	    bpf_skb_store_bytes(ctx, IP4_DADDR_OFF, &e->to_addr, 4, 0) < 0 ||
-	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, q.in.saddr, e->to_addr, 4) < 0 ||
-	    bpf_skb_store_bytes(ctx, INNER_SADDR_OFF, &e->to_addr, 4, 0) < 0 ||
-	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, q.in.check, new_csum, 2) < 0 ||
-	    bpf_skb_store_bytes(ctx, INNER_CSUM_OFF, &new_csum, 2, 0) < 0 ||
-	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, port, e->to_port, 2) < 0 ||
-	    bpf_skb_store_bytes(ctx, port_off, &e->to_port, 2, 0) < 0)
+	if (icmp_error_xlate(ctx, &q, IP4_DADDR_OFF, INNER_SADDR_OFF, outer_daddr, e->to_addr, port_off, port,
+			     e->to_port) < 0)
 		return -METRIC_DROP_NAT;
 	return 1;
 }
