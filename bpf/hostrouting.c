@@ -129,7 +129,7 @@ int tail_ipv4_lb(struct __sk_buff *ctx)
 	}
 	if (!svc)
 		return to_stack(ctx, dir); /* deleted meanwhile */
-	ret = lb4_dnat(ctx, ip, &l4, &key, svc);
+	ret = lb4_dnat(ctx, dir, ip, &l4, &key, svc);
 	if (ret)
 		return drop_endpoint(ctx, dir, ret, src_id);
 	len = parse_ipv4(ctx, &eth, &ip);
@@ -154,7 +154,7 @@ int tail_ipv4_revnat(struct __sk_buff *ctx)
 		return drop_endpoint(ctx, dir, METRIC_DROP_INVALID, src_id);
 	ret = 0;
 	if (load_l4(ctx, ip, &l4)) {
-		ret = lb4_rev_nat(ctx, ip, &l4);
+		ret = lb4_rev_nat(ctx, dir, ip, &l4);
 		if (ret < 0)
 			return drop_endpoint(ctx, dir, -ret, src_id);
 		if (ret > 0 && !(len = parse_ipv4(ctx, &eth, &ip)))
@@ -247,7 +247,7 @@ int tail_ipv4_from_netdev(struct __sk_buff *ctx)
 	}
 	have_l4 = load_l4(ctx, ip, &l4);
 	if (have_l4) {
-		ret = snat4_in(ctx, ip, &l4);
+		ret = snat4_in(ctx, dir, ip, &l4);
 		if (ret < 0)
 			return drop_endpoint(ctx, dir, -ret, 0);
 		if (ret > 0) {
@@ -255,7 +255,7 @@ int tail_ipv4_from_netdev(struct __sk_buff *ctx)
 			if (!(len = parse_ipv4(ctx, &eth, &ip)) || !load_l4(ctx, ip, &l4))
 				return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
 		}
-		ret = lb_enabled() ? lb4_rev_nat(ctx, ip, &l4) : 0;
+		ret = lb_enabled() ? lb4_rev_nat(ctx, dir, ip, &l4) : 0;
 		if (ret < 0)
 			return drop_endpoint(ctx, dir, -ret, 0);
 		if (ret > 0) {
@@ -293,7 +293,7 @@ int tail_ipv4_from_netdev(struct __sk_buff *ctx)
 	}
 	if (!svc || !(svc->flags & (LB_F_NODEPORT | LB_F_EXTERNAL)))
 		return to_stack(ctx, dir);
-	ret = lb4_dnat(ctx, ip, &l4, &key, svc);
+	ret = lb4_dnat(ctx, dir, ip, &l4, &key, svc);
 	if (ret)
 		return drop_endpoint(ctx, dir, ret, 0);
 	if (!(len = parse_ipv4(ctx, &eth, &ip)) || !load_l4(ctx, ip, &l4))
@@ -306,7 +306,7 @@ int tail_ipv4_from_netdev(struct __sk_buff *ctx)
 	nat = node_addr(ctx->ifindex);
 	if (!nat || !CONFIG.fib_lookup)
 		return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
-	ret = snat4_out(ctx, ip, &l4, *nat);
+	ret = snat4_out(ctx, dir, ip, &l4, *nat);
 	if (ret)
 		return drop_endpoint(ctx, dir, ret, 0);
 	if (!(len = parse_ipv4(ctx, &eth, &ip)))
@@ -438,7 +438,7 @@ int to_netdev(struct __sk_buff *ctx)
 		if (ip->saddr == *nat) {
 			snat4_track_host(ip, &l4);
 		} else if (in_native_cidr(ip->saddr) && !in_native_cidr(ip->daddr) && !is_inbound_reply(ip, &l4)) {
-			ret = snat4_out(ctx, ip, &l4, *nat);
+			ret = snat4_out(ctx, dir, ip, &l4, *nat);
 			if (ret)
 				return drop_endpoint(ctx, dir, ret, 0);
 		}

@@ -84,6 +84,17 @@ type HostroutingEndpointStats struct {
 	DropBytes   uint64
 }
 
+type HostroutingGcStatus struct {
+	_            structs.HostLayout
+	LastRun      uint64
+	LastDuration uint64
+	Runs         uint64
+	Errors       uint64
+	CtRemoved    uint64
+	SnatRemoved  uint64
+	LastError    [96]int8
+}
+
 type HostroutingIn6Addr struct {
 	_    structs.HostLayout
 	In6U struct {
@@ -207,6 +218,7 @@ const (
 	HostroutingMapHrEpMeta               = "hr_ep_meta"
 	HostroutingMapHrEpStats              = "hr_ep_stats"
 	HostroutingMapHrEvents               = "hr_events"
+	HostroutingMapHrGc                   = "hr_gc"
 	HostroutingMapHrInfo                 = "hr_info"
 	HostroutingMapHrLb4Affinity          = "hr_lb4_affinity"
 	HostroutingMapHrLb4Backends          = "hr_lb4_backends"
@@ -315,6 +327,7 @@ type HostroutingMapSpecs struct {
 	HrEpMeta      *ebpf.MapSpec `ebpf:"hr_ep_meta"`
 	HrEpStats     *ebpf.MapSpec `ebpf:"hr_ep_stats"`
 	HrEvents      *ebpf.MapSpec `ebpf:"hr_events"`
+	HrGc          *ebpf.MapSpec `ebpf:"hr_gc"`
 	HrInfo        *ebpf.MapSpec `ebpf:"hr_info"`
 	HrLb4Affinity *ebpf.MapSpec `ebpf:"hr_lb4_affinity"`
 	HrLb4Backends *ebpf.MapSpec `ebpf:"hr_lb4_backends"`
@@ -367,6 +380,7 @@ type HostroutingMaps struct {
 	HrEpMeta      *ebpf.Map `ebpf:"hr_ep_meta"`
 	HrEpStats     *ebpf.Map `ebpf:"hr_ep_stats"`
 	HrEvents      *ebpf.Map `ebpf:"hr_events"`
+	HrGc          *ebpf.Map `ebpf:"hr_gc"`
 	HrInfo        *ebpf.Map `ebpf:"hr_info"`
 	HrLb4Affinity *ebpf.Map `ebpf:"hr_lb4_affinity"`
 	HrLb4Backends *ebpf.Map `ebpf:"hr_lb4_backends"`
@@ -394,6 +408,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrEpMeta,
 		m.HrEpStats,
 		m.HrEvents,
+		m.HrGc,
 		m.HrInfo,
 		m.HrLb4Affinity,
 		m.HrLb4Backends,

@@ -304,12 +304,27 @@ func (d *Datapath) newGC(opts nat.Options) *nat.GC {
 
 // GC returns a garbage collector of the node's conntrack and SNAT tables
 // (see package nat): an agent runs it, e.g. gc.Start(30 * time.Second),
-// and reads its Stats. Entries of endpoints and backends that go are
-// flushed by the datapath itself. The GC works on this handle's maps: after
-// a reload by another process (which keeps the maps) it goes on working.
+// and reads its Stats. After each pass of Run or Start its totals are
+// recorded in the node for Status (of any process: hrctl status).
+// Entries of endpoints and backends that go are flushed by the datapath
+// itself. The GC works on this handle's maps: after a reload by another
+// process (which keeps the maps) it goes on working.
 func (d *Datapath) GC(opts nat.Options) *nat.GC {
 	var gc *nat.GC
 	d.read(func() error {
+		status, onPass := d.node.Maps.GCStatus, opts.OnPass
+		opts.OnPass = func(pass nat.Stats) {
+			t := gc.Stats()
+			s := maps.GCStatus{LastRun: t.LastRun, LastDuration: t.LastDuration, Runs: t.Runs, Errors: t.Errors,
+				CTRemoved: t.Conntrack.Removed, SNATRemoved: t.SNAT.Removed}
+			if t.LastError != nil {
+				s.LastError = t.LastError.Error()
+			}
+			maps.WriteGCStatus(status, s) // best effort: the pass itself is done
+			if onPass != nil {
+				onPass(pass)
+			}
+		}
 		gc = d.newGC(opts)
 		return nil
 	})

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -16,17 +18,23 @@ import (
 )
 
 // MonitorLevel says which packets the datapath reports as events, besides
-// counting them (Cilium's monitor aggregation, without per-connection).
+// counting them (Cilium's monitor aggregation).
 type MonitorLevel uint32
 
 // Monitor levels.
 const (
 	MonitorOff   MonitorLevel = iota // no events (a new node's level)
 	MonitorDrops                     // an event per dropped packet
-	MonitorAll                       // an event per packet and program: a trace of every decision
+	MonitorAll                       // an event per packet and program, and per translation: a trace of every decision
+	// MonitorConnections reports drops, and of each connection its first
+	// packets and state changes: translations that start or close a flow
+	// the datapath tracks (services, masquerade), and TCP segments with
+	// SYN, FIN or RST. Untracked packets of other protocols are counted,
+	// not reported (Cilium's aggregation "medium").
+	MonitorConnections
 )
 
-// String names l as hrctl monitor's --type does: "off", "drop", "all".
+// String names l as hrctl monitor does: "off", "drop", "all", "connection".
 func (l MonitorLevel) String() string {
 	switch l {
 	case MonitorOff:
@@ -35,6 +43,8 @@ func (l MonitorLevel) String() string {
 		return "drop"
 	case MonitorAll:
 		return "all"
+	case MonitorConnections:
+		return "connection"
 	}
 	return fmt.Sprintf("level(%d)", uint32(l))
 }
@@ -54,8 +64,8 @@ const maxCaptureLength = 0xffff
 // when nobody reads them: a full per-CPU ring drops events, counted as
 // lost by Monitor.
 func (d *Datapath) SetMonitor(level MonitorLevel, capture int) error {
-	if level > MonitorAll {
-		return fmt.Errorf("monitor level %d: want MonitorOff, MonitorDrops or MonitorAll", uint32(level))
+	if level > MonitorConnections {
+		return fmt.Errorf("monitor level %d: want MonitorOff, MonitorDrops, MonitorAll or MonitorConnections", uint32(level))
 	}
 	if capture < 0 || capture > maxCaptureLength {
 		return fmt.Errorf("monitor capture length %d: want 0 to %d bytes", capture, maxCaptureLength)
@@ -76,7 +86,9 @@ func (d *Datapath) MonitorSettings() (MonitorLevel, int, error) {
 	return MonitorLevel(cfg.Level), int(cfg.CapLen), err
 }
 
-// Event is what a program did with one packet (struct monitor_event).
+// Event is what a program did with one packet (struct monitor_event), or
+// a translation of it (struct monitor_xlate), reported before the
+// decision on the same packet.
 type Event struct {
 	// Time is when the program ran, as CLOCK_MONOTONIC.
 	Time time.Duration
@@ -86,29 +98,119 @@ type Event struct {
 	// device, or a node device.
 	IfIndex   int
 	Direction maps.Direction
-	// Reason is the decision: a forward path or a drop reason.
+	// Reason is the decision: a forward path or a drop reason; or the
+	// kind of translation (Reason.IsTranslation()).
 	Reason maps.Metric
 	// Len is the packet's length; Data its first bytes, from the
-	// Ethernet header on, as the program left them.
+	// Ethernet header on, as the program left them (none for a
+	// translation).
 	Len  int
 	Data []byte
+	// Translation is a translation's flow, nil for a decision.
+	Translation *Translation
+}
+
+// Translation is what a translation event tells of its packet's flow.
+type Translation struct {
+	// Protocol is the flow's: TCP, UDP or maps.ICMP (echoes, translated
+	// by identifier, which stands in both ports).
+	Protocol maps.Protocol
+	// From and To are the packet's addresses and ports before and after.
+	// For a service (MetricXlateDNAT), the backend chosen is To.Dst.
+	From, To Tuple
+	// CT is conntrack's verdict on the packet.
+	CT CTVerdict
+	// Service is the service's ID (its reverse NAT index) for service
+	// translations, 0 for masquerade.
+	Service uint16
+}
+
+// Tuple is a packet's source and destination.
+type Tuple struct{ Src, Dst netip.AddrPort }
+
+// String formats t as "10.0.0.5:40000 -> 10.96.0.10:80".
+func (t Tuple) String() string { return t.Src.String() + " -> " + t.Dst.String() }
+
+// CTVerdict is what conntrack made of a translated packet (enum
+// ct_verdict), as Cilium's monitor prints it.
+type CTVerdict uint8
+
+// Conntrack verdicts.
+const (
+	CTNew         CTVerdict = 1 + iota // the flow's first packet: an entry was made
+	CTEstablished                      // a packet of a known flow, the way it started
+	CTReply                            // a reply of a known flow
+)
+
+// String names v: "New", "Established", "Reply".
+func (v CTVerdict) String() string {
+	switch v {
+	case CTNew:
+		return "New"
+	case CTEstablished:
+		return "Established"
+	case CTReply:
+		return "Reply"
+	}
+	return fmt.Sprintf("verdict(%d)", uint8(v))
+}
+
+// Steps are a translation's lines in `cilium monitor -v`'s words:
+// "CT verdict: New, revnat=1" and "Service backend 10.0.2.5:80 selected",
+// "SNAT 10.0.0.5:40000 -> 172.18.0.2:33000", "Reverse NAT ..."; none for
+// a decision.
+func (e Event) Steps() []string {
+	x := e.Translation
+	if x == nil {
+		return nil
+	}
+	ct := "CT verdict: " + x.CT.String()
+	if x.Service != 0 {
+		ct += fmt.Sprintf(", revnat=%d", x.Service)
+	}
+	var step string
+	switch e.Reason {
+	case maps.MetricXlateDNAT:
+		step = fmt.Sprintf("Service backend %s selected for %s %s", x.To.Dst, x.From, x.Protocol)
+		if x.To.Src != x.From.Src {
+			step += fmt.Sprintf(", source %s (hairpin)", x.To.Src.Addr())
+		}
+	case maps.MetricXlateSNAT:
+		step = fmt.Sprintf("SNAT %s -> %s to %s %s", x.From.Src, x.To.Src, x.From.Dst, x.Protocol)
+	case maps.MetricXlateRevDNAT:
+		step = fmt.Sprintf("Reverse NAT %s -> %s to %s %s", x.From.Src, x.To.Src, x.To.Dst, x.Protocol)
+	case maps.MetricXlateRevSNAT:
+		step = fmt.Sprintf("Reverse SNAT %s -> %s from %s %s", x.From.Dst, x.To.Dst, x.From.Src, x.Protocol)
+	}
+	return []string{ct, step}
 }
 
 // IsDrop tells whether the packet was dropped.
 func (e Event) IsDrop() bool { return e.Reason.IsDrop() }
 
 // String formats e as a line of `cilium monitor`, without the packet:
-// "xx drop (drop-spoofed) from-container ifindex 5, 98 bytes" or
-// "-> forward-peer from-container ifindex 5, 98 bytes".
+// "xx drop (drop-spoofed) from-container ifindex 5, 98 bytes",
+// "-> forward-peer from-container ifindex 5, 98 bytes" or, for a
+// translation, "~~ xlate-dnat from-container ifindex 5: CT verdict: New,
+// revnat=1; Service backend 10.0.0.21:8080 selected for ...".
 func (e Event) String() string {
+	if e.Translation != nil {
+		return fmt.Sprintf("~~ %s %s ifindex %d: %s", e.Reason, e.Direction, e.IfIndex, strings.Join(e.Steps(), "; "))
+	}
 	if e.IsDrop() {
 		return fmt.Sprintf("xx drop (%s) %s ifindex %d, %d bytes", e.Reason, e.Direction, e.IfIndex, e.Len)
 	}
 	return fmt.Sprintf("-> %s %s ifindex %d, %d bytes", e.Reason, e.Direction, e.IfIndex, e.Len)
 }
 
-// eventHeaderLen is sizeof(struct monitor_event).
-const eventHeaderLen = 24
+// Sizes of struct monitor_event and struct monitor_xlate, and the values
+// of enum event_type.
+const (
+	eventHeaderLen = 24
+	eventXlateLen  = 52
+	eventDecision  = 0
+	eventXlate     = 1
+)
 
 // parseEvent decodes a perf record: the struct, then the packet's bytes.
 func parseEvent(raw []byte, cpu int) (Event, error) {
@@ -123,12 +225,35 @@ func parseEvent(raw []byte, cpu int) (Event, error) {
 		Direction: maps.Direction(raw[20]),
 		Reason:    maps.Metric(raw[21]),
 	}
+	switch raw[22] {
+	case eventDecision:
+	case eventXlate:
+		if len(raw) < eventXlateLen {
+			return Event{}, fmt.Errorf("translation event of %d bytes, want %d", len(raw), eventXlateLen)
+		}
+		e.Translation = &Translation{
+			Service: binary.NativeEndian.Uint16(raw[24:]), Protocol: maps.Protocol(raw[26]), CT: CTVerdict(raw[27]),
+			From: parseTuple(raw[28:40]), To: parseTuple(raw[40:52]),
+		}
+		return e, nil
+	default:
+		return Event{}, fmt.Errorf("monitor event of type %d", raw[22])
+	}
 	capLen := int(binary.NativeEndian.Uint32(raw[16:]))
 	if capLen > len(raw)-eventHeaderLen {
 		return Event{}, fmt.Errorf("monitor event carries %d packet bytes, says %d", len(raw)-eventHeaderLen, capLen)
 	}
 	e.Data = raw[eventHeaderLen : eventHeaderLen+capLen]
 	return e, nil
+}
+
+// parseTuple decodes a struct tuple4: addresses and ports in network order.
+func parseTuple(b []byte) Tuple {
+	src, dst := netip.AddrFrom4([4]byte(b[0:4])), netip.AddrFrom4([4]byte(b[4:8]))
+	return Tuple{
+		Src: netip.AddrPortFrom(src, binary.BigEndian.Uint16(b[8:])),
+		Dst: netip.AddrPortFrom(dst, binary.BigEndian.Uint16(b[10:])),
+	}
 }
 
 // Monitor reads a node's events (OpenMonitor). Its methods may be called

@@ -3,11 +3,19 @@ package datapath_test
 import (
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -143,9 +151,237 @@ func TestMonitor(t *testing.T) {
 	for _, bad := range []struct {
 		level   datapath.MonitorLevel
 		capture int
-	}{{3, 0}, {datapath.MonitorAll, -1}, {datapath.MonitorAll, 70000}} {
+	}{{datapath.MonitorConnections + 1, 0}, {datapath.MonitorAll, -1}, {datapath.MonitorAll, 70000}} {
 		if err := dp.SetMonitor(bad.level, bad.capture); err == nil {
 			t.Errorf("SetMonitor(%d, %d) took it", bad.level, bad.capture)
 		}
+	}
+}
+
+// TestMonitorService: a pod's TCP connection to a ClusterIP, with the
+// monitor per connection, is reported as the service translation with its
+// conntrack verdict and backend (then the SYN's and FIN's decisions), its
+// replies as reverse translations; mid-connection segments are counted,
+// not reported; the translations are counted besides the forwards.
+func TestMonitorService(t *testing.T) {
+	_, a, b, dp := twoPods(t, datapath.Config{})
+	backend := nameServer(t, b)
+	vip := netip.MustParseAddrPort("10.96.0.10:80")
+	id, err := dp.UpsertService(datapath.Service{Frontend: vip, Protocol: datapath.TCP, Backends: []datapath.Backend{{Addr: backend}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.SetMonitor(datapath.MonitorConnections, 0); err != nil {
+		t.Fatal(err)
+	}
+	before, err := dp.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := collect(t, dp)
+	if name, err := askName(a, "tcp4", vip); err != nil || name != "b" {
+		t.Fatalf("TCP to %s: %q, %v", vip, name, err)
+	}
+	events, lost := stop(nil)
+	var dnat, revnat, decisions int
+	for _, e := range events {
+		switch x := e.Translation; {
+		case x == nil:
+			decisions++
+		case e.Reason == maps.MetricXlateDNAT && dnat > 0: // the FIN's, closing the flow
+			dnat++
+			if x.CT != datapath.CTEstablished || x.To.Dst != backend {
+				t.Errorf("DNAT event %v after the first: want CT Established to %s", e, backend)
+			}
+		case e.Reason == maps.MetricXlateDNAT:
+			dnat++
+			if x.CT != datapath.CTNew || x.Service != id || x.To.Dst != backend || x.From.Dst != vip || x.From.Src.Addr() != a.IP {
+				t.Errorf("DNAT event %v: want CT New, service %d, %s to backend %s", e, id, vip, backend)
+			}
+			if steps := e.Steps(); len(steps) != 2 || steps[0] != fmt.Sprintf("CT verdict: New, revnat=%d", id) ||
+				!strings.HasPrefix(steps[1], "Service backend "+backend.String()+" selected") {
+				t.Errorf("DNAT steps %q", steps)
+			}
+		case e.Reason == maps.MetricXlateRevDNAT:
+			revnat++
+			if x.CT != datapath.CTReply || x.To.Src != vip || x.From.Src != backend {
+				t.Errorf("reverse NAT event %v: want a reply from %s as %s", e, backend, vip)
+			}
+		}
+	}
+	// The SYN is reported (a new flow), and so are the FINs and their
+	// translations (the flow closes); the data segments are not.
+	if dnat < 1 || revnat < 1 || decisions < 2 {
+		t.Errorf("%d DNAT, %d reverse NAT and %d decision events (%d lost): want one of each at least: %v", dnat, revnat, decisions, lost, events)
+	}
+	after, err := dp.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := after.Sub(before)
+	xlated, forwarded := d.Total(maps.MetricXlateDNAT).Packets, d.Total(maps.MetricForwardPeer).Packets
+	if xlated < 3 || d.Total(maps.MetricXlateRevDNAT).Packets < 3 || forwarded < 2*xlated || uint64(decisions) >= forwarded {
+		t.Errorf("%d DNATs, %d reverse, %d forward-peer, %d decision events: want a handshake's worth each way, and fewer events than packets",
+			xlated, d.Total(maps.MetricXlateRevDNAT).Packets, forwarded, decisions)
+	}
+}
+
+// flood sends n UDP datagrams from pod a to b's port 9 as fast as one
+// socket can, and returns how long the sends took. b has a socket there
+// that never reads: its stack drops what does not fit, quietly.
+func flood(tb testing.TB, a, b *datapathtest.Pod, n int) time.Duration {
+	tb.Helper()
+	var sink int
+	if err := b.Do(func() (err error) {
+		sink, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		if err == nil {
+			err = unix.Bind(sink, &unix.SockaddrInet4{Addr: b.IP.As4(), Port: 9})
+		}
+		return err
+	}); err != nil {
+		tb.Fatalf("flood sink: %v", err)
+	}
+	defer unix.Close(sink)
+	var took time.Duration
+	err := a.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: b.IP.As4(), Port: 9}); err != nil {
+			return err
+		}
+		payload := make([]byte, 64)
+		start := time.Now()
+		for range n {
+			if _, err := unix.Write(fd, payload); err != nil && !errors.Is(err, unix.ECONNREFUSED) {
+				return err
+			}
+		}
+		took = time.Since(start)
+		return nil
+	})
+	if err != nil {
+		tb.Fatalf("flood %s → %s: %v", a.IP, b.IP, err)
+	}
+	return took
+}
+
+// slowReader runs a monitor of dp whose reader takes a millisecond per
+// event until fast is set; stop ends it and returns the events it read.
+func slowReader(tb testing.TB, dp *datapath.Datapath, fast *atomic.Bool) (mon *datapath.Monitor, stop func() []datapath.Event) {
+	tb.Helper()
+	mon, err := dp.OpenMonitor()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var mu sync.Mutex
+	var events []datapath.Event
+	done := make(chan error, 1)
+	go func() {
+		done <- mon.Run(context.Background(), func(e datapath.Event) {
+			if !fast.Load() {
+				time.Sleep(time.Millisecond)
+			}
+			mu.Lock()
+			events = append(events, e)
+			mu.Unlock()
+		})
+	}()
+	return mon, func() []datapath.Event {
+		mon.Close()
+		if err := <-done; err != nil {
+			tb.Errorf("Monitor.Run: %v", err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return events
+	}
+}
+
+// TestMonitorFlood: a flood of 200000 datagrams traced to a reader that
+// takes a millisecond per event: every datagram is still delivered and
+// counted, the events that found the rings full are counted as lost, and
+// once the reader keeps up it reports new packets again.
+func TestMonitorFlood(t *testing.T) {
+	_, a, b, dp := twoPods(t, datapath.Config{})
+	if err := dp.SetMonitor(datapath.MonitorAll, 0); err != nil {
+		t.Fatal(err)
+	}
+	var fast atomic.Bool
+	mon, stop := slowReader(t, dp, &fast)
+	before, err := dp.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 200000
+	took := flood(t, a, b, n)
+	after, err := dp.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := after.Sub(before)[maps.FromContainer][maps.MetricForwardPeer].Packets; got != n {
+		t.Errorf("%d datagrams delivered by redirect_peer, want %d", got, n)
+	}
+	fast.Store(true)
+	deadline := time.Now().Add(10 * time.Second)
+	for mon.Lost() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	lost := mon.Lost()
+	// Recovered: a ping's request is reported.
+	var seen bool
+	for !seen && time.Now().Before(deadline) {
+		a.MustPing(t, b.IP)
+		time.Sleep(300 * time.Millisecond) // past the monitor's 100 ms flush
+		events := stop()
+		for _, e := range events[max(0, len(events)-50):] {
+			if src, dst, ok := eventAddrs(e); ok && src == a.IP && dst == b.IP && len(e.Data) > 34 && e.Data[23] == 1 /* ICMP */ {
+				seen = true
+			}
+		}
+		if !seen {
+			_, stop = slowReader(t, dp, &fast)
+		}
+	}
+	t.Logf("%d datagrams in %v (%.0f ns each), %d events lost", n, took, float64(took.Nanoseconds())/n, lost)
+	if lost == 0 || !seen {
+		t.Errorf("after the flood: %d events lost, ping reported: %v; want some lost and the ping reported", lost, seen)
+	}
+}
+
+// BenchmarkMonitorFlood measures a pod's UDP flood to another pod on the
+// node (10000 datagrams per op, one socket) with the monitor off, per
+// connection (the datagrams are untracked: not reported), and tracing
+// every packet to a reader that takes a millisecond per event (its rings
+// full, almost every event lost).
+func BenchmarkMonitorFlood(b *testing.B) {
+	node := datapathtest.NewNode(b, "node")
+	pa, pb := node.AddPod(b, "a", ipA), node.AddPod(b, "b", ipB)
+	dp := node.NewDatapath(b, datapath.Config{})
+	pa.AddEndpoint(b, dp)
+	pb.AddEndpoint(b, dp)
+	const perOp = 10000
+	for _, bc := range []struct {
+		name   string
+		level  datapath.MonitorLevel
+		reader bool
+	}{{"off", datapath.MonitorOff, false}, {"connection", datapath.MonitorConnections, false}, {"all-slow-reader", datapath.MonitorAll, true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			if err := dp.SetMonitor(bc.level, 0); err != nil {
+				b.Fatal(err)
+			}
+			if bc.reader {
+				var fast atomic.Bool
+				_, stop := slowReader(b, dp, &fast)
+				defer stop()
+			}
+			var took time.Duration
+			for b.Loop() {
+				took += flood(b, pa, pb, perOp)
+			}
+			b.ReportMetric(float64(took.Nanoseconds())/float64(b.N*perOp), "ns/datagram")
+		})
 	}
 }

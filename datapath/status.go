@@ -4,8 +4,13 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/hostrouting/hostrouting/bpf"
 
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -29,11 +34,15 @@ type Status struct {
 	Endpoints         int               // endpoints on the node
 	PinPath           string            // the node instance's pin directory
 	Metrics           *maps.MetricTable // node-wide counters
-	Maps              []loader.MapSize  // the node's maps and the memory they take
+	Maps              []loader.MapSize  // the node's maps: memory, entries and pressure
 	Services          int               // service frontends
 	SocketLB          string            // "Enabled", "Enabled (host namespace only)" or "Disabled"
 	BackendSelection  string            // "Random" or "Maglev (table size M)"
 	Masquerading      bool              // BPF masquerade of what leaves NativeRoutingCIDR
+	Kernel            string            // the kernel's release (uname -r)
+	Monitor           MonitorLevel      // which decisions are reported as events
+	MonitorCapture    int               // bytes of each packet they carry
+	GC                maps.GCStatus     // the conntrack GC's last pass (run by an agent: Datapath.GC)
 }
 
 // Device is one of the node's devices toward other nodes.
@@ -65,9 +74,17 @@ func (d *Datapath) status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	sizes, err := d.node.MapSizes()
+	sizes, err := d.node.MapUsage()
 	if err != nil {
 		return Status{}, err
+	}
+	gc, err := maps.ReadGCStatus(d.node.Maps.GCStatus)
+	if err != nil {
+		return Status{}, err
+	}
+	var mon bpf.HostroutingMonitorConfig
+	if err := d.node.Maps.Monitor.Lookup(uint32(0), &mon); err != nil {
+		return Status{}, fmt.Errorf("read monitor settings: %w", err)
 	}
 	services, err := d.services.List()
 	if err != nil {
@@ -93,6 +110,10 @@ func (d *Datapath) status() (Status, error) {
 		Masquerading:      d.node.Masquerade,
 		BackendSelection:  "Random",
 		AttachMode:        "tc (clsact + cls_bpf)",
+		Kernel:            kernelRelease(),
+		Monitor:           MonitorLevel(mon.Level),
+		MonitorCapture:    int(mon.CapLen),
+		GC:                gc,
 	}
 	if s.Features.TCX.Enabled {
 		s.AttachMode = "tcx"
@@ -145,8 +166,16 @@ func hostRouting(f loader.Features) (mode, reason string) {
 	return HostRoutingBPF, ""
 }
 
-// String formats s in the shape of `cilium status`.
-func (s Status) String() string {
+// String formats s in the shape of `cilium status`; Verbose adds a line
+// per feature and per map.
+func (s Status) String() string { return s.format(false) }
+
+// Verbose formats s as `cilium status --verbose`: String, with each
+// kernel feature on a line of its own with the reason it is off, and
+// each map with its entries, pressure and memory.
+func (s Status) Verbose() string { return s.format(true) }
+
+func (s Status) format(verbose bool) string {
 	var b strings.Builder
 	mode := s.HostRouting
 	if s.LegacyReason != "" {
@@ -154,6 +183,7 @@ func (s Status) String() string {
 	}
 	fmt.Fprintf(&b, "Host Routing:     %s\n", mode)
 	fmt.Fprintf(&b, "Attach Mode:      %s\n", s.AttachMode)
+	fmt.Fprintf(&b, "Kernel:           %s\n", s.Kernel)
 	if len(s.Devices) > 0 {
 		devs := make([]string, len(s.Devices))
 		for i, d := range s.Devices {
@@ -175,20 +205,85 @@ func (s Status) String() string {
 	} else {
 		fmt.Fprintf(&b, "Masquerading:     Disabled\n")
 	}
-	fmt.Fprintf(&b, "Kernel Features:  %s\n", featureList(s.Features))
+	features := features(s.Features)
+	if verbose {
+		fmt.Fprintf(&b, "Kernel Features:\n")
+		for _, f := range features {
+			fmt.Fprintf(&b, "  %-20s %s\n", f.name+":", f.state())
+		}
+	} else {
+		parts := make([]string, len(features))
+		for i, f := range features {
+			parts[i] = f.name + ": " + f.state()
+		}
+		fmt.Fprintf(&b, "Kernel Features:  [%s]\n", strings.Join(parts, ", "))
+	}
 	fmt.Fprintf(&b, "Endpoints:        %d\n", s.Endpoints)
+	fmt.Fprintf(&b, "Monitor:          %s\n", s.monitor())
+	fmt.Fprintf(&b, "Conntrack GC:     %s\n", s.gc())
 	fmt.Fprintf(&b, "Pin Path:         %s\n", s.PinPath)
 	if len(s.Maps) > 0 {
 		var total uint64
+		var fullest loader.MapSize
 		for _, m := range s.Maps {
 			total += m.Memory
+			if isHash(m.Type) && m.Pressure() >= fullest.Pressure() {
+				fullest = m
+			}
 		}
-		fmt.Fprintf(&b, "BPF Maps:         %s\n", bytesString(total))
-		for _, m := range s.Maps {
-			fmt.Fprintf(&b, "  %-16s %10s  %6d entries\n", m.Name, bytesString(m.Memory), m.MaxEntries)
+		fmt.Fprintf(&b, "BPF Maps:         %s in %d maps; fullest %s %.1f%% (%d of %d)\n",
+			bytesString(total), len(s.Maps), fullest.Name, 100*fullest.Pressure(), fullest.Entries, fullest.MaxEntries)
+		if verbose {
+			for _, m := range s.Maps {
+				fill := "-"
+				if isHash(m.Type) {
+					fill = fmt.Sprintf("%.1f%%", 100*m.Pressure())
+				}
+				fmt.Fprintf(&b, "  %-16s %10s  %8d of %8d entries  %6s\n", m.Name, bytesString(m.Memory), m.Entries, m.MaxEntries, fill)
+			}
 		}
 	}
 	return b.String()
+}
+
+// monitor says which events the node reports: "off", "drop (128 bytes
+// of each packet)".
+func (s Status) monitor() string {
+	if s.Monitor == MonitorOff {
+		return "off"
+	}
+	return fmt.Sprintf("%s (%d bytes of each packet)", s.Monitor, s.MonitorCapture)
+}
+
+// gc says how the conntrack GC fares: "12 passes, the last 4s ago (took
+// 2ms), 340 entries removed, 0 failed".
+func (s Status) gc() string {
+	g := s.GC
+	if g.Runs == 0 {
+		return "never run (an agent runs Datapath.GC)"
+	}
+	line := fmt.Sprintf("%d passes, the last %s ago (took %s), %d entries removed, %d failed",
+		g.Runs, time.Since(g.LastRun).Round(time.Second), g.LastDuration.Round(time.Microsecond),
+		g.CTRemoved+g.SNATRemoved, g.Errors)
+	if g.LastError != "" {
+		line += "; last error: " + g.LastError
+	}
+	return line
+}
+
+// isHash tells whether maps of type t hold what is put in them (their
+// pressure means something; arrays are always full).
+func isHash(t ebpf.MapType) bool {
+	return t == ebpf.Hash || t == ebpf.LRUHash || t == ebpf.PerCPUHash || t == ebpf.LRUCPUHash
+}
+
+// kernelRelease is uname -r.
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }
 
 // countFrontends counts the services (frontends of the external scope).
@@ -213,19 +308,22 @@ func bytesString(n uint64) string {
 	return fmt.Sprintf("%d B", n)
 }
 
-func featureList(f loader.Features) string {
-	var parts []string
-	for _, x := range []struct {
-		name string
-		f    loader.Feature
-	}{{"bpf_redirect_peer", f.RedirectPeer}, {"bpf_redirect_neigh", f.RedirectNeigh}, {"bpf_fib_lookup", f.FIBLookup}, {"bpf_check_mtu", f.CheckMTU}, {"tcx", f.TCX}} {
-		state := "Enabled"
-		if !x.f.Enabled {
-			state = "Disabled (" + x.f.Reason + ")"
-		}
-		parts = append(parts, x.name+": "+state)
+// feature is a kernel feature as status prints it.
+type feature struct {
+	name string
+	loader.Feature
+}
+
+func (f feature) state() string {
+	if f.Enabled {
+		return "Enabled"
 	}
-	return "[" + strings.Join(parts, ", ") + "]"
+	return "Disabled (" + f.Reason + ")"
+}
+
+func features(f loader.Features) []feature {
+	return []feature{{"bpf_redirect_peer", f.RedirectPeer}, {"bpf_redirect_neigh", f.RedirectNeigh},
+		{"bpf_fib_lookup", f.FIBLookup}, {"bpf_check_mtu", f.CheckMTU}, {"tcx", f.TCX}}
 }
 
 // MapUsage reports the node's maps with their memory and how full each

@@ -8,7 +8,7 @@
 //
 //	hr_endpoints hr_endpoints6 hr_devices hr_lxc           maps, kept across
 //	hr_ep_stats hr_metrics hr_nodes hr_policy              reloads of new code
-//	hr_policy_ret hr_info
+//	hr_policy_ret hr_info hr_gc ...
 //	progs/from_container progs/to_container ...            entry programs
 //	hr_ep_meta
 //	progs/from_container progs/to_container ...            entry programs
@@ -141,6 +141,7 @@ type Maps struct {
 	Maglev        *ebpf.Map // service ID → its Maglev table (array of maps)
 	Monitor       *ebpf.Map // which decisions are reported as events
 	Events        *ebpf.Map // the events (perf event array, one ring per CPU)
+	GCStatus      *ebpf.Map // the conntrack GC's last pass, for status (programs never read it)
 }
 
 // Instance is the loaded datapath of one node instance. Close releases this
@@ -183,7 +184,7 @@ var mapNames = []string{
 	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLbOn,
 	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrNodeAddrs,
 	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrLb4Maglev,
-	bpf.HostroutingMapHrMonitor, bpf.HostroutingMapHrEvents, bpf.HostroutingMapHrInfo,
+	bpf.HostroutingMapHrMonitor, bpf.HostroutingMapHrEvents, bpf.HostroutingMapHrGc, bpf.HostroutingMapHrInfo,
 }
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
@@ -577,6 +578,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		Maglev:        m[bpf.HostroutingMapHrLb4Maglev],
 		Monitor:       m[bpf.HostroutingMapHrMonitor],
 		Events:        m[bpf.HostroutingMapHrEvents],
+		GCStatus:      m[bpf.HostroutingMapHrGc],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
@@ -585,7 +587,7 @@ func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
 		n.Maps.Services, n.Maps.Backends, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev,
-		n.Maps.Monitor, n.Maps.Events, n.info}
+		n.Maps.Monitor, n.Maps.Events, n.Maps.GCStatus, n.info}
 }
 
 // MapSize is what one of the node's maps takes.

@@ -13,10 +13,11 @@
 //	hr_lxc         ifindex slot → endpoint  array               40 B × S, S = 8×E rounded up to a power of two, ≤ 65536
 //	hr_ep_stats    ID → counters       per-CPU array            48 B × C × (E+1)
 //	hr_policy      ID → policy         program array            8 B × (E+1)
-//	hr_metrics     node-wide counters  per-CPU array            16 B × C × 52
+//	hr_metrics     node-wide counters  per-CPU array            16 B × C × 80 (4 directions × 20 metrics)
 //	hr_nodes       node IP → name      hash, not preallocated   ~ 150 B per node
 //	hr_ep_meta     ID → container ID   hash, not preallocated   ~ 250 B per endpoint with one
-//	hr_info, hr_calls, hr_policy_ret, hr_lb_on, hr_node_addrs   < 2 KiB
+//	hr_info, hr_gc, hr_calls, hr_policy_ret, hr_lb_on, hr_node_addrs, hr_monitor   < 2 KiB
+//	hr_events      monitor events      perf event array         a ring of 64 pages per CPU per reader (OpenMonitor)
 //
 // and with S the service table size (loader.Options.MaxServices, default
 // 65536) and F the flow table size (MaxFlows, default 65536):

@@ -37,8 +37,9 @@ func (d Direction) String() string {
 // bpf/lib/common.h, in the same order. The numbers are stable.
 type Metric uint32
 
-// The datapath's outcomes. Every packet a program sees is counted under
-// exactly one.
+// The datapath's outcomes, and its translations. Every packet a program
+// sees is counted under exactly one outcome, and once more under each
+// translation it undergoes (IsTranslation).
 const (
 	MetricForwardPeer     Metric = iota // delivered to a local pod with bpf_redirect_peer
 	MetricForwardRedirect               // delivered with bpf_redirect to the host device
@@ -56,6 +57,10 @@ const (
 	MetricDropNoBackend                 // to a service frontend without backends
 	MetricDropNAT                       // a translation failed (packet rewrite)
 	MetricDropNATNoPort                 // no free port to translate a new flow's source to
+	MetricXlateDNAT                     // translated to a service backend (destination NAT)
+	MetricXlateSNAT                     // source translated to the node's address (masquerade, NodePort to another node)
+	MetricXlateRevDNAT                  // a service reply translated back to come from the frontend
+	MetricXlateRevSNAT                  // a masqueraded flow's reply translated back to its pod
 	// MetricCount is the number of metrics.
 	MetricCount
 )
@@ -65,6 +70,7 @@ var metricNames = [MetricCount]string{
 	"drop-spoofed", "drop-invalid", "drop-unknown-l3", "drop-policy",
 	"forward-fib", "forward-neigh", "pass", "drop-vlan", "drop-tail-call",
 	"drop-no-backend", "drop-nat", "drop-nat-no-port",
+	"xlate-dnat", "xlate-snat", "xlate-rev-dnat", "xlate-rev-snat",
 }
 
 // String names m as hrctl prints it: "drop-spoofed".
@@ -77,6 +83,11 @@ func (m Metric) String() string {
 
 // IsDrop tells whether m counts dropped packets.
 func (m Metric) IsDrop() bool { return m < MetricCount && strings.HasPrefix(metricNames[m], "drop-") }
+
+// IsTranslation tells whether m counts translations rather than outcomes.
+func (m Metric) IsTranslation() bool {
+	return m < MetricCount && strings.HasPrefix(metricNames[m], "xlate-")
+}
 
 // Counter is a packet and byte count.
 type Counter struct {

@@ -124,8 +124,9 @@ type Options struct {
 	// Timeouts bound entries' lifetimes; zero fields take
 	// DatapathTimeouts'.
 	Timeouts Timeouts
-	// OnPass, if set, is called after each pass of Run and Start with
-	// that pass's figures (and its error in LastError).
+	// OnPass, if set, is called after each pass (Collect, Run, Start)
+	// with that pass's figures (and its error in LastError), once the
+	// GC's totals (Stats) count it.
 	OnPass func(pass Stats)
 }
 
@@ -235,6 +236,9 @@ func (g *GC) Collect() (Stats, error) {
 		pass.Errors = 1
 	}
 	g.record(pass, false)
+	if g.onPass != nil {
+		g.onPass(pass)
+	}
 	return pass, pass.LastError
 }
 
@@ -493,10 +497,7 @@ func (g *GC) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for ctx.Err() == nil {
-		pass, _ := g.Collect()
-		if g.onPass != nil {
-			g.onPass(pass)
-		}
+		g.Collect()
 		select {
 		case <-ctx.Done():
 		case <-t.C:

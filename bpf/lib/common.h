@@ -81,6 +81,12 @@ enum metric {
 	METRIC_DROP_NO_BACKEND, /* to a service frontend without backends */
 	METRIC_DROP_NAT,        /* a translation failed (packet rewrite) */
 	METRIC_DROP_NAT_NO_PORT,/* no free port to translate a new flow's source to */
+	/* Translations, counted besides the packet's outcome (which is one of
+	 * the above). */
+	METRIC_XLATE_DNAT,      /* to a service backend instead of its frontend */
+	METRIC_XLATE_SNAT,      /* from the node's address (masquerade, NodePort to another node) */
+	METRIC_XLATE_REV_DNAT,  /* a service reply, from its frontend again */
+	METRIC_XLATE_REV_SNAT,  /* a reply of a masqueraded flow, to its pod again */
 	METRIC_MAX,
 };
 
@@ -205,6 +211,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_ep_stats SEC(".maps");
 
+/* TCP flags as they sit in byte 13 of the TCP header. */
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
 /* The drop metrics, as a bit mask of enum metric. */
 #define METRIC_DROPS ((1u << METRIC_DROP_SPOOFED) | (1u << METRIC_DROP_INVALID) | (1u << METRIC_DROP_UNKNOWN_L3) | \
 		      (1u << METRIC_DROP_POLICY) | (1u << METRIC_DROP_VLAN) | (1u << METRIC_DROP_TAIL_CALL) |   \
@@ -215,7 +227,9 @@ struct {
 enum monitor_level {
 	MONITOR_OFF,   /* none (the default) */
 	MONITOR_DROPS, /* drops only */
-	MONITOR_ALL,   /* every decision: a trace of each packet */
+	MONITOR_ALL,   /* every decision: a trace of each packet, and every translation */
+	MONITOR_CONNECTIONS, /* drops, and per connection its first packets and state changes:
+			      * new or closing tracked flows, TCP SYN, FIN and RST */
 };
 
 struct monitor_config {
@@ -231,6 +245,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_monitor SEC(".maps");
 
+enum event_type {
+	EVENT_DECISION, /* struct monitor_event: what a program did with a packet */
+	EVENT_XLATE,    /* struct monitor_xlate: a translation and its conntrack verdict */
+};
+
 /* An event: what a program did with a packet, followed in the perf
  * record by the packet's first cap_len bytes. */
 struct monitor_event {
@@ -239,8 +258,35 @@ struct monitor_event {
 	__u32 len;      /* the packet's length */
 	__u32 cap_len;  /* bytes of it that follow */
 	__u8 direction; /* enum direction */
-	__u8 metric;    /* enum metric: the decision */
-	__u16 pad;
+	__u8 metric;    /* enum metric: the decision, or the translation */
+	__u8 type;      /* enum event_type */
+	__u8 pad;
+};
+
+/* What conntrack made of a translated packet. */
+enum ct_verdict {
+	CT_VERDICT_NEW = 1,     /* the first packet: a flow entry was made */
+	CT_VERDICT_ESTABLISHED, /* a packet of a known flow, its original way */
+	CT_VERDICT_REPLY,       /* a reply of a known flow */
+};
+
+/* A flow's addresses and ports (network order). */
+struct tuple4 {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+};
+
+/* A translation (EVENT_XLATE, metric METRIC_XLATE_*), reported before the
+ * decision on the packet; it carries no packet bytes. */
+struct monitor_xlate {
+	struct monitor_event hdr;
+	__u16 rev_nat;        /* the service (its ID) of a service flow, else 0 */
+	__u8 proto;
+	__u8 ct;              /* enum ct_verdict */
+	struct tuple4 from;   /* the packet's tuple before */
+	struct tuple4 to;     /* and after: for DNAT, the backend is to.daddr:to.dport */
 };
 
 struct {
@@ -266,6 +312,27 @@ struct {
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_info SEC(".maps");
+
+/* The conntrack garbage collector's health, as the agent's GC (package
+ * nat) leaves it after each pass, for the status any process reports;
+ * the programs never read it. */
+struct gc_status {
+	__u64 last_run;      /* when the last pass started, Unix ns; 0 for never */
+	__u64 last_duration; /* ns */
+	__u64 runs;          /* passes */
+	__u64 errors;        /* passes that failed */
+	__u64 ct_removed;    /* entries removed as expired, conntrack */
+	__u64 snat_removed;  /* and source NAT */
+	char last_error[96]; /* the last pass's error, empty if it succeeded */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct gc_status);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_gc SEC(".maps");
 
 /* Other nodes, by node IP, for the Go side's node registry: their pod
  * CIDRs live in the kernel's routes. */

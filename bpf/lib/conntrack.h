@@ -65,12 +65,6 @@ static __always_inline __u32 now_seconds(void)
 	return bpf_ktime_get_ns() / NSEC_PER_SEC;
 }
 
-/* TCP flags as they sit in byte 13 of the TCP header. */
-#define TCP_FLAG_FIN 0x01
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_RST 0x04
-#define TCP_FLAG_ACK 0x10
-
 /* ct_timeout is the lifetime a packet gives its flow's entry. */
 static __always_inline __u32 ct_timeout(__u8 proto, __u8 tcp_flags, __u16 entry_flags)
 {

@@ -318,8 +318,8 @@ static __always_inline int rewrite4(struct __sk_buff *ctx, __u8 proto, int dst, 
  * destination becomes the backend's. Returns 0, or the metric of the drop
  * (no backend, a failed rewrite). The packet's pointers are invalid
  * afterwards. */
-static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, const struct l4 *l4,
-				    struct lb4_key *key, const struct lb4_service *svc)
+static __always_inline int lb4_dnat(struct __sk_buff *ctx, enum direction dir, struct iphdr *ip,
+				    const struct l4 *l4, struct lb4_key *key, const struct lb4_service *svc)
 {
 	struct ct4_key ck = {
 		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
@@ -328,6 +328,7 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, con
 	__u8 proto = ip->protocol, flags = l4->tcp_flags;
 	__be32 client = ip->saddr, frontend = ip->daddr;
 	struct lb4_backend *be = NULL;
+	__u8 verdict = CT_VERDICT_ESTABLISHED;
 	struct ct_entry *e;
 	__u32 id = 0;
 
@@ -350,6 +351,7 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, con
 		fresh.backend_id = id;
 		ct_refresh(&fresh, proto, flags);
 		bpf_map_update_elem(&hr_ct4, &ck, &fresh, BPF_ANY);
+		verdict = CT_VERDICT_NEW;
 	}
 
 	/* Hairpin: a pod that reaches itself through a service would get a
@@ -376,6 +378,11 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, con
 		return METRIC_DROP_NAT;
 	if (peer != client && rewrite4(ctx, proto, 0, client, peer, l4->sport, l4->sport) < 0)
 		return METRIC_DROP_NAT;
+
+	struct tuple4 from = { .saddr = client, .daddr = frontend, .sport = l4->sport, .dport = l4->dport };
+	struct tuple4 to = { .saddr = peer, .daddr = be->address, .sport = l4->sport, .dport = be->port };
+
+	count_xlate(ctx, dir, METRIC_XLATE_DNAT, proto, flags, verdict, svc->rev_nat_index, &from, &to);
 	return 0;
 }
 
@@ -383,7 +390,8 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, struct iphdr *ip, con
  * becomes the frontend the client dialled. Returns 1 if it did, 0 for a
  * packet of no service flow, or the negated metric of a drop. The
  * packet's pointers are invalid after a translation. */
-static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct iphdr *ip, const struct l4 *l4)
+static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, enum direction dir, struct iphdr *ip,
+				       const struct l4 *l4)
 {
 	struct ct4_key rk = {
 		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
@@ -418,6 +426,12 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, struct iphdr *ip, 
 		return -METRIC_DROP_NAT;
 	if (rewrite4(ctx, proto, 0, rk.saddr, front, rk.sport, port) < 0)
 		return -METRIC_DROP_NAT;
+
+	struct tuple4 from = { .saddr = rk.saddr, .daddr = rk.daddr, .sport = rk.sport, .dport = rk.dport };
+	struct tuple4 to = { .saddr = front, .daddr = client, .sport = port, .dport = rk.dport };
+
+	count_xlate(ctx, dir, METRIC_XLATE_REV_DNAT, proto, l4->tcp_flags, CT_VERDICT_REPLY, e->rev_nat_index,
+		    &from, &to);
 	return 1;
 }
 

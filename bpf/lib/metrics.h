@@ -1,38 +1,101 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Counters: node-wide by direction and outcome, and per endpoint. Each
- * packet a program sees is counted once, under the outcome it got. */
+ * packet a program sees is counted once, under the outcome it got, and
+ * once more per translation it undergoes. The monitor reports them as
+ * events (hr_events) as hr_monitor asks. */
 #pragma once
 
-#include "common.h"
+#include "parse.h"
 
-/* monitor_event reports the packet's decision m to hr_events with the
- * packet's first bytes (at most cap_len, at most 0xffff). */
-static __always_inline void monitor_event(struct __sk_buff *ctx, enum direction dir, enum metric m, __u32 cap_len)
+static __always_inline void count(struct __sk_buff *ctx, enum direction dir, enum metric m)
 {
-	struct monitor_event ev = {
-		.time = bpf_ktime_get_ns(), .ifindex = ctx->ifindex, .len = ctx->len, .direction = dir, .metric = m,
-	};
-	__u64 cap = ctx->len < cap_len ? ctx->len : cap_len;
-
-	cap &= 0xffff;
-	ev.cap_len = cap;
-	bpf_perf_event_output(ctx, &hr_events, (cap << 32) | BPF_F_CURRENT_CPU, &ev, sizeof(ev));
-}
-
-/* count_metric counts the packet's decision m, and reports it as an event
- * when the monitor asks for it. */
-static __always_inline void count_metric(struct __sk_buff *ctx, enum direction dir, enum metric m)
-{
-	__u32 key = dir * METRIC_MAX + m, zero = 0;
+	__u32 key = dir * METRIC_MAX + m;
 	struct metric_value *v = bpf_map_lookup_elem(&hr_metrics, &key);
-	struct monitor_config *mon = bpf_map_lookup_elem(&hr_monitor, &zero);
 
 	if (v) {
 		v->packets++;
 		v->bytes += ctx->len;
 	}
-	if (mon && (mon->level == MONITOR_ALL || (mon->level == MONITOR_DROPS && ((1u << m) & METRIC_DROPS))))
-		monitor_event(ctx, dir, m, mon->cap_len);
+}
+
+static __always_inline struct monitor_config *monitor_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&hr_monitor, &zero);
+}
+
+/* tcp_state_change tells whether an IPv4 packet is a TCP segment that
+ * opens or closes its connection (SYN, FIN or RST). */
+static __always_inline int tcp_state_change(struct __sk_buff *ctx)
+{
+	__u8 ip[10], flags;
+
+	if (ctx->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(ctx, ETH_HLEN, ip, sizeof(ip)) < 0 ||
+	    ip[9] != IPPROTO_TCP || (ip[6] & 0x3f) || ip[7])
+		return 0;
+	if (bpf_skb_load_bytes(ctx, ETH_HLEN + (ip[0] & 0xf) * 4 + 13, &flags, 1) < 0)
+		return 0;
+	return flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST);
+}
+
+/* monitor_wants tells whether the monitor's level asks for an event on a
+ * packet whose decision is m. */
+static __always_inline int monitor_wants(struct __sk_buff *ctx, const struct monitor_config *mon, enum metric m)
+{
+	switch (mon->level) {
+	case MONITOR_ALL:
+		return 1;
+	case MONITOR_DROPS:
+		return (1u << m) & METRIC_DROPS;
+	case MONITOR_CONNECTIONS:
+		return ((1u << m) & METRIC_DROPS) || tcp_state_change(ctx);
+	}
+	return 0;
+}
+
+/* count_metric counts the packet's decision m, and reports it to
+ * hr_events with the packet's first bytes (at most cap_len, at most
+ * 0xffff) when the monitor asks for it. */
+static __always_inline void count_metric(struct __sk_buff *ctx, enum direction dir, enum metric m)
+{
+	struct monitor_config *mon = monitor_config();
+
+	count(ctx, dir, m);
+	if (mon && mon->level != MONITOR_OFF && monitor_wants(ctx, mon, m)) {
+		struct monitor_event ev = {
+			.time = bpf_ktime_get_ns(), .ifindex = ctx->ifindex, .len = ctx->len, .direction = dir, .metric = m,
+		};
+		__u64 cap = ctx->len < mon->cap_len ? ctx->len : mon->cap_len;
+
+		cap &= 0xffff;
+		ev.cap_len = cap;
+		bpf_perf_event_output(ctx, &hr_events, (cap << 32) | BPF_F_CURRENT_CPU, &ev, sizeof(ev));
+	}
+}
+
+/* count_xlate counts a translation (kind, one of METRIC_XLATE_*), besides
+ * the packet's decision, and reports it with its tuples before and after
+ * and conntrack's verdict when the monitor asks: at MONITOR_ALL always,
+ * at MONITOR_CONNECTIONS when it starts or closes a flow. */
+static __always_inline void count_xlate(struct __sk_buff *ctx, enum direction dir, enum metric kind,
+					__u8 proto, __u8 tcp_flags, __u8 ct, __u16 rev_nat,
+					const struct tuple4 *from, const struct tuple4 *to)
+{
+	struct monitor_config *mon = monitor_config();
+
+	count(ctx, dir, kind);
+	if (mon && (mon->level == MONITOR_ALL ||
+		    (mon->level == MONITOR_CONNECTIONS &&
+		     (ct == CT_VERDICT_NEW || (tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))))) {
+		struct monitor_xlate ev = {
+			.hdr = { .time = bpf_ktime_get_ns(), .ifindex = ctx->ifindex, .len = ctx->len,
+				 .direction = dir, .metric = kind, .type = EVENT_XLATE },
+			.rev_nat = rev_nat, .proto = proto, .ct = ct, .from = *from, .to = *to,
+		};
+
+		bpf_perf_event_output(ctx, &hr_events, BPF_F_CURRENT_CPU, &ev, sizeof(ev));
+	}
 }
 
 static __always_inline struct endpoint_stats *endpoint_stats(__u32 id)

@@ -139,7 +139,8 @@ static __always_inline __be32 *node_addr(__u32 ifindex)
  * to nat_addr and a port of CONFIG's range: the one its flow has, else
  * its own port if free, else a random free one. Returns 0, or the metric
  * of a drop. The packet's pointers are invalid afterwards. */
-static __always_inline int snat4_out(struct __sk_buff *ctx, struct iphdr *ip, const struct l4 *l4, __be32 nat_addr)
+static __always_inline int snat4_out(struct __sk_buff *ctx, enum direction dir, struct iphdr *ip,
+				     const struct l4 *l4, __be32 nat_addr)
 {
 	struct ct4_key out = {
 		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
@@ -148,7 +149,7 @@ static __always_inline int snat4_out(struct __sk_buff *ctx, struct iphdr *ip, co
 	__u32 expires = now_seconds() + ct_timeout(ip->protocol, l4->tcp_flags, CT_F_SEEN_REPLY);
 	__u16 range = CONFIG.nat_port_max - CONFIG.nat_port_min + 1;
 	__be32 saddr = ip->saddr, daddr = ip->daddr;
-	__u8 proto = ip->protocol;
+	__u8 proto = ip->protocol, verdict = CT_VERDICT_ESTABLISHED;
 	struct nat4_entry *e;
 	__be16 port = 0;
 
@@ -188,9 +189,15 @@ static __always_inline int snat4_out(struct __sk_buff *ctx, struct iphdr *ip, co
 		struct nat4_entry fwd = { .to_addr = nat_addr, .to_port = port, .expires = expires };
 
 		bpf_map_update_elem(&hr_snat4, &out, &fwd, BPF_ANY);
+		verdict = CT_VERDICT_NEW;
 	}
 	if (rewrite4(ctx, proto, 0, saddr, nat_addr, l4->sport, port) < 0)
 		return METRIC_DROP_NAT;
+
+	struct tuple4 from = { .saddr = saddr, .daddr = daddr, .sport = l4->sport, .dport = l4->dport };
+	struct tuple4 to = { .saddr = nat_addr, .daddr = daddr, .sport = port, .dport = l4->dport };
+
+	count_xlate(ctx, dir, METRIC_XLATE_SNAT, proto, l4->tcp_flags, verdict, 0, &from, &to);
 	return 0;
 }
 
@@ -198,7 +205,8 @@ static __always_inline int snat4_out(struct __sk_buff *ctx, struct iphdr *ip, co
  * translated flow back to the pod (or client) it came from. Returns 1 if
  * it did, 0 for a packet of no such flow, or the negated metric of a drop.
  * The packet's pointers are invalid after a translation. */
-static __always_inline int snat4_in(struct __sk_buff *ctx, struct iphdr *ip, const struct l4 *l4)
+static __always_inline int snat4_in(struct __sk_buff *ctx, enum direction dir, struct iphdr *ip,
+				    const struct l4 *l4)
 {
 	struct ct4_key in = {
 		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
@@ -218,8 +226,13 @@ static __always_inline int snat4_in(struct __sk_buff *ctx, struct iphdr *ip, con
 			out.dport = e->to_port;
 		nat_close(&out, ip->protocol);
 	}
-	if (rewrite4(ctx, ip->protocol, 1, ip->daddr, e->to_addr, l4->dport, e->to_port) < 0)
+	struct tuple4 from = { .saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport };
+	struct tuple4 to = { .saddr = ip->saddr, .daddr = e->to_addr, .sport = l4->sport, .dport = e->to_port };
+	__u8 proto = ip->protocol;
+
+	if (rewrite4(ctx, proto, 1, ip->daddr, e->to_addr, l4->dport, e->to_port) < 0)
 		return -METRIC_DROP_NAT;
+	count_xlate(ctx, dir, METRIC_XLATE_REV_SNAT, proto, l4->tcp_flags, CT_VERDICT_REPLY, 0, &from, &to);
 	return 1;
 }
 

@@ -12,8 +12,9 @@ import (
 	"github.com/hostrouting/hostrouting/nat"
 )
 
-// An agent serves its node's datapath counters, with its conntrack
-// garbage collector's, next to its own metrics.
+// An agent serves its node's datapath counters next to its own metrics;
+// its conntrack garbage collector's passes are among them (the GC
+// records them in the node).
 func ExampleNewCollector() {
 	dp, err := datapath.Open("/sys/fs/bpf/hostrouting", "")
 	if err != nil {
@@ -24,7 +25,7 @@ func ExampleNewCollector() {
 	stop := gc.Start(30 * time.Second)
 	defer stop()
 
-	prometheus.MustRegister(metrics.NewCollector(dp, metrics.Options{GC: gc}))
+	prometheus.MustRegister(metrics.NewCollector(dp, metrics.Options{}))
 	http.Handle("/metrics", promhttp.Handler())
 	http.ListenAndServe("127.0.0.1:9962", nil)
 }

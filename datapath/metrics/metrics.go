@@ -2,7 +2,7 @@
 // prometheus.Collector that an agent embedding the SDK registers in one
 // line,
 //
-//	prometheus.MustRegister(metrics.NewCollector(dp, metrics.Options{GC: gc}))
+//	prometheus.MustRegister(metrics.NewCollector(dp, metrics.Options{}))
 //
 // and that `hrctl serve-metrics` serves on its own. Every scrape reads the
 // datapath's counters afresh; nothing is cached between scrapes.
@@ -13,15 +13,19 @@
 //	hostrouting_forward_bytes_total{direction,path}    redirect, fib_redirect, redirect_neigh, stack, pass, arp_reply)
 //	hostrouting_drop_count_total{direction,reason}     packets it dropped (reason: spoofed, invalid, unknown_l3,
 //	hostrouting_drop_bytes_total{direction,reason}     policy, vlan, tail_call, no_backend, nat, nat_no_port)
+//	hostrouting_translation_count_total{direction,kind}  packets translated (kind: dnat, snat, rev_dnat,
+//	hostrouting_translation_bytes_total{direction,kind}  rev_snat), besides their forward or drop
 //	hostrouting_bpf_map_pressure{map_name}             how full each map is, 0 to 1
 //	hostrouting_bpf_map_entries{map_name}              entries in each map (hash maps counted, arrays full)
 //	hostrouting_endpoints                              endpoints on the node
 //	hostrouting_services                               service frontends
 //	hostrouting_host_routing_info{mode,attach_mode}    1: "BPF" or "Legacy", "tcx" or clsact
-//	hostrouting_ct_gc_runs_total, _errors_total         with Options.GC: its passes and failed passes
-//	hostrouting_ct_gc_entries_removed_total{table}     entries it removed as expired (conntrack, snat)
+//	hostrouting_ct_gc_runs_total, _errors_total         the node's conntrack GC (Datapath.GC, run by an
+//	hostrouting_ct_gc_entries_removed_total{table}     agent): passes, failed passes, entries it removed as
+//	hostrouting_ct_gc_last_run_timestamp_seconds       expired (conntrack, snat), when it last ran
 //	hostrouting_endpoint_packets_total{endpoint,ip,direction}   with Options.Endpoints: per endpoint,
 //	hostrouting_endpoint_bytes_total{endpoint,ip,direction}     direction rx (into the pod), tx, drop
+//	hostrouting_monitor_lost_events_total              with Options.Monitor: events it lost (reader behind)
 //
 // Per-endpoint series are off by default: they are 6 per endpoint (a
 // node of 100 pods adds 600 series).
@@ -41,11 +45,14 @@ import (
 
 // Options choose the optional series.
 type Options struct {
-	// GC, the node's conntrack garbage collector (datapath.GC), adds its
-	// runs and removals.
+	// GC is ignored: the GC series come from the node (Status.GC), as
+	// every Datapath.GC records them. TODO(integration): remove.
 	GC *nat.GC
 	// Endpoints adds per-endpoint packet and byte counters.
 	Endpoints bool
+	// Monitor, the agent's event reader (Datapath.OpenMonitor), adds the
+	// events it lost.
+	Monitor *datapath.Monitor
 }
 
 // Collector is a prometheus.Collector of one node's datapath.
@@ -69,6 +76,9 @@ var (
 	forwardBytes = desc("forward_bytes_total", "Bytes the datapath moved, by program direction and path.", "direction", "path")
 	dropCount    = desc("drop_count_total", "Packets the datapath dropped, by program direction and reason.", "direction", "reason")
 	dropBytes    = desc("drop_bytes_total", "Bytes the datapath dropped, by program direction and reason.", "direction", "reason")
+	xlateCount   = desc("translation_count_total", "Packets the datapath translated, by program direction and kind.", "direction", "kind")
+	xlateBytes   = desc("translation_bytes_total", "Bytes the datapath translated, by program direction and kind.", "direction", "kind")
+	lostEvents   = desc("monitor_lost_events_total", "Monitor events lost because the reader fell behind.")
 	mapPressure  = desc("bpf_map_pressure", "How full a datapath map is, 0 to 1.", "map_name")
 	mapEntries   = desc("bpf_map_entries", "Entries in a datapath map (arrays count as full).", "map_name")
 	endpoints    = desc("endpoints", "Endpoints on the node.")
@@ -77,39 +87,40 @@ var (
 	gcRuns       = desc("ct_gc_runs_total", "Passes of the conntrack and NAT garbage collector.")
 	gcErrors     = desc("ct_gc_errors_total", "Passes of the conntrack and NAT garbage collector that failed.")
 	gcRemoved    = desc("ct_gc_entries_removed_total", "Entries the garbage collector removed as expired, by table.", "table")
+	gcLastRun    = desc("ct_gc_last_run_timestamp_seconds", "When the garbage collector's last pass started, Unix time.")
 	epPackets    = desc("endpoint_packets_total", "Packets of an endpoint: rx into the pod, tx from it, drop.", "endpoint", "ip", "direction")
 	epBytes      = desc("endpoint_bytes_total", "Bytes of an endpoint: rx into the pod, tx from it, drop.", "endpoint", "ip", "direction")
 )
 
 // paths are the labels of the metrics that move a packet on; every other
-// metric is a drop.
+// metric is a drop or a translation.
 var paths = map[maps.Metric]string{
 	maps.MetricForwardPeer: "redirect_peer", maps.MetricForwardRedirect: "redirect",
 	maps.MetricForwardFIB: "fib_redirect", maps.MetricForwardNeigh: "redirect_neigh",
 	maps.MetricToStack: "stack", maps.MetricPass: "pass", maps.MetricARPReply: "arp_reply",
 }
 
-// reason is a drop metric's label: "drop-no-backend" → "no_backend".
+// reason is a drop or translation metric's label: "drop-no-backend" →
+// "no_backend", "xlate-rev-dnat" → "rev_dnat".
 func reason(m maps.Metric) string {
-	return strings.ReplaceAll(strings.TrimPrefix(m.String(), "drop-"), "-", "_")
+	name := strings.TrimPrefix(strings.TrimPrefix(m.String(), "drop-"), "xlate-")
+	return strings.ReplaceAll(name, "-", "_")
 }
 
 func label(s fmt.Stringer) string { return strings.ReplaceAll(s.String(), "-", "_") }
 
 // Describe sends every series' description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{forwardCount, forwardBytes, dropCount, dropBytes, mapPressure, mapEntries,
-		endpoints, services, hostRouting} {
+	for _, d := range []*prometheus.Desc{forwardCount, forwardBytes, dropCount, dropBytes, xlateCount, xlateBytes,
+		mapPressure, mapEntries, endpoints, services, hostRouting, gcRuns, gcErrors, gcRemoved, gcLastRun} {
 		ch <- d
-	}
-	if c.opts.GC != nil {
-		ch <- gcRuns
-		ch <- gcErrors
-		ch <- gcRemoved
 	}
 	if c.opts.Endpoints {
 		ch <- epPackets
 		ch <- epBytes
+	}
+	if c.opts.Monitor != nil {
+		ch <- lostEvents
 	}
 }
 
@@ -122,46 +133,45 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	if t, err := c.dp.Metrics(); err != nil {
-		ch <- prometheus.NewInvalidMetric(forwardCount, err)
-	} else {
-		for dir := range maps.DirectionCount {
-			for m := range maps.MetricCount {
-				v := t[dir][m]
-				if path, ok := paths[m]; ok {
-					counter(forwardCount, v.Packets, label(dir), path)
-					counter(forwardBytes, v.Bytes, label(dir), path)
-				} else {
-					counter(dropCount, v.Packets, label(dir), reason(m))
-					counter(dropBytes, v.Bytes, label(dir), reason(m))
-				}
+	st, err := c.dp.Status()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(hostRouting, err)
+		return
+	}
+	for dir := range maps.DirectionCount {
+		for m := range maps.MetricCount {
+			v := st.Metrics[dir][m]
+			if path, ok := paths[m]; ok {
+				counter(forwardCount, v.Packets, label(dir), path)
+				counter(forwardBytes, v.Bytes, label(dir), path)
+			} else if m.IsTranslation() {
+				counter(xlateCount, v.Packets, label(dir), reason(m))
+				counter(xlateBytes, v.Bytes, label(dir), reason(m))
+			} else {
+				counter(dropCount, v.Packets, label(dir), reason(m))
+				counter(dropBytes, v.Bytes, label(dir), reason(m))
 			}
 		}
 	}
-	if sizes, err := c.dp.MapUsage(); err != nil {
-		ch <- prometheus.NewInvalidMetric(mapPressure, err)
-	} else {
-		for _, s := range sizes {
-			gauge(mapPressure, s.Pressure(), s.Name)
-			gauge(mapEntries, float64(s.Entries), s.Name)
-		}
+	for _, s := range st.Maps {
+		gauge(mapPressure, s.Pressure(), s.Name)
+		gauge(mapEntries, float64(s.Entries), s.Name)
 	}
-	if st, err := c.dp.Status(); err != nil {
-		ch <- prometheus.NewInvalidMetric(hostRouting, err)
-	} else {
-		gauge(endpoints, float64(st.Endpoints))
-		gauge(services, float64(st.Services))
-		gauge(hostRouting, 1, st.HostRouting, st.AttachMode)
-	}
-	if gc := c.opts.GC; gc != nil {
-		s := gc.Stats()
-		counter(gcRuns, s.Runs)
-		counter(gcErrors, s.Errors)
-		counter(gcRemoved, s.Conntrack.Removed, "conntrack")
-		counter(gcRemoved, s.SNAT.Removed, "snat")
+	gauge(endpoints, float64(st.Endpoints))
+	gauge(services, float64(st.Services))
+	gauge(hostRouting, 1, st.HostRouting, st.AttachMode)
+	counter(gcRuns, st.GC.Runs)
+	counter(gcErrors, st.GC.Errors)
+	counter(gcRemoved, st.GC.CTRemoved, "conntrack")
+	counter(gcRemoved, st.GC.SNATRemoved, "snat")
+	if !st.GC.LastRun.IsZero() {
+		gauge(gcLastRun, float64(st.GC.LastRun.UnixNano())/1e9)
 	}
 	if c.opts.Endpoints {
 		c.collectEndpoints(ch, counter)
+	}
+	if c.opts.Monitor != nil {
+		counter(lostEvents, c.opts.Monitor.Lost())
 	}
 }
 

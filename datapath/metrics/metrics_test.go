@@ -54,11 +54,15 @@ func TestCollector(t *testing.T) {
 	dp := node.NewDatapath(t, datapath.Config{MaxEndpoints: 64})
 	a.AddEndpoint(t, dp)
 	epB := b.AddEndpoint(t, dp)
-	gc := dp.GC(nat.Options{})
-	if _, err := gc.Collect(); err != nil {
+	if _, err := dp.GC(nat.Options{}).Collect(); err != nil { // an agent's GC pass, recorded in the node
 		t.Fatal(err)
 	}
-	scrape := serve(t, metrics.NewCollector(dp, metrics.Options{GC: gc, Endpoints: true}))
+	mon, err := dp.OpenMonitor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Close()
+	scrape := serve(t, metrics.NewCollector(dp, metrics.Options{Endpoints: true, Monitor: mon}))
 	if n, err := a.Ping(b.IP, 3, 5*time.Second); err != nil || n != 3 {
 		t.Fatalf("ping a → b: %d of 3, %v", n, err)
 	}
@@ -77,6 +81,9 @@ func TestCollector(t *testing.T) {
 		fmt.Sprintf(`hostrouting_bpf_map_pressure{map_name="hr_endpoints"} %g`, 2.0/64),
 		"hostrouting_ct_gc_runs_total 1",
 		`hostrouting_ct_gc_entries_removed_total{table="conntrack"} 0`,
+		"hostrouting_ct_gc_last_run_timestamp_seconds ",
+		`hostrouting_translation_count_total{direction="from_container",kind="dnat"} 0`,
+		"hostrouting_monitor_lost_events_total 0",
 		`hostrouting_host_routing_info{attach_mode=`,
 	}
 	table.Each(func(d maps.Direction, m maps.Metric, c maps.Counter) {

@@ -17,7 +17,7 @@
 //
 // Usage:
 //
-//	hrctl [--pin-path DIR] [--json] status
+//	hrctl [--pin-path DIR] [--json] status [--verbose]
 //	hrctl [--pin-path DIR] [--json] endpoint list
 //	hrctl [--pin-path DIR] [--json] endpoint stats
 //	hrctl [--pin-path DIR] [--json] endpoint get IP
@@ -30,7 +30,7 @@
 //	      [--type ClusterIP|NodePort|ExternalIP] [--protocol tcp|udp] [--local] [--internal-local] [--affinity DURATION]
 //	      [--terminating IP:PORT[,IP:PORT...]]
 //	hrctl [--pin-path DIR] service delete --id N
-//	hrctl [--pin-path DIR] [--json] monitor [--type all|drop|trace] [--from ID] [--pcap FILE] [--capture N] [--count N] [-v]
+//	hrctl [--pin-path DIR] [--json] monitor [--type all|drop|trace] [--aggregate none|connection] [--from ID] [--pcap FILE] [--capture N] [--count N] [-v]
 //	hrctl [--pin-path DIR] [--json] metrics
 //	hrctl [--pin-path DIR] [--json] map list
 //	hrctl [--pin-path DIR] serve-metrics --listen ADDR [--endpoints]
@@ -52,7 +52,8 @@
 // puts socket-level load balancing on a cgroup v2 directory (the
 // cgroup2 root, e.g. /sys/fs/cgroup, for the whole node), moving it from
 // the one it was on, or takes it off (--off). monitor turns the node's
-// event reports on (every decision, or drops only), prints them until
+// event reports on (every decision, drops only, or per connection with
+// --aggregate connection; -v adds conntrack and LB steps), prints them until
 // interrupted or --count events, with --pcap writes their packets for
 // tcpdump -r — those host routing moves past tcpdump on the veths — and
 // puts the reports back as they were (--json: an object per event and
@@ -120,6 +121,7 @@ type options struct {
 	off     bool   // socket-lb --off
 	listen  string // serve-metrics --listen
 	perEP   bool   // serve-metrics --endpoints
+	verbose bool   // status --verbose
 	mon     monitorOptions
 }
 
@@ -146,7 +148,12 @@ type command struct {
 }
 
 var commands = []command{
-	{name: "status", summary: "host routing mode, kernel features, devices, endpoints and node-wide counters", run: status},
+	{name: "status", args: "[--verbose]",
+		summary: "host routing mode, kernel features, devices, endpoints, monitor, conntrack GC, maps and node-wide counters",
+		flags: func(fs *flag.FlagSet, o *options) {
+			fs.BoolVar(&o.verbose, "verbose", false, "a line per kernel feature and per map")
+		},
+		run: status},
 	{name: "endpoint list", summary: "the endpoint map, as `cilium bpf endpoint list` prints it", run: endpointList},
 	{name: "endpoint stats", summary: "per-endpoint packet and byte counters", run: endpointStats},
 	{name: "endpoint get", args: "IP", summary: "one endpoint: its map entry, container, pod interface and host device",
@@ -168,7 +175,7 @@ var commands = []command{
 		flags:   serviceUpdateFlags, check: serviceUpdateCheck, run: serviceUpdate},
 	{name: "service delete", args: "--id N", summary: "remove a service; its flows end",
 		flags: serviceIDFlag, check: serviceDeleteCheck, run: serviceDelete},
-	{name: "monitor", args: "[--type all|drop|trace] [--from ID] [--pcap FILE] [--capture N] [--count N] [-v]",
+	{name: "monitor", args: "[--type all|drop|trace] [--aggregate none|connection] [--from ID] [--pcap FILE] [--capture N] [--count N] [-v]",
 		summary: "print the datapath's decisions on packets as they happen, as `cilium monitor` does (and write the packets as pcap)",
 		flags:   monitorFlags, check: monitorCheck, run: monitor},
 	{name: "metrics", summary: "the datapath's counters by reason and direction, as `cilium bpf metrics list` prints them",
@@ -412,7 +419,11 @@ func status(dp *datapath.Datapath, opts options, w io.Writer) error {
 			Metrics map[string]map[string]maps.Counter
 		}{s, named})
 	}
-	fmt.Fprint(w, s)
+	if opts.verbose {
+		fmt.Fprint(w, s.Verbose())
+	} else {
+		fmt.Fprint(w, s)
+	}
 	fmt.Fprintln(w, "Datapath Counters:")
 	s.Metrics.Each(func(d maps.Direction, m maps.Metric, c maps.Counter) {
 		fmt.Fprintf(w, "  %-15s %-17s %10d packets %12d bytes\n", d.String()+":", m, c.Packets, c.Bytes)

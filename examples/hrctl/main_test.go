@@ -31,6 +31,7 @@ import (
 	"github.com/hostrouting/hostrouting/internal/netcheck"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
+	"github.com/hostrouting/hostrouting/nat"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -171,14 +172,26 @@ func TestHrctlNode(t *testing.T) {
 	a.AddEndpoint(t, dp)
 	b.AddEndpoint(t, dp)
 	a.MustPing(t, b.IP)
+	if _, err := dp.GC(nat.Options{}).Collect(); err != nil { // an agent's GC pass, as status reports it
+		t.Fatal(err)
+	}
 
 	stdout, stderr, code := hrctl(t, bin, "--pin-path", pin, "status")
 	if code != 0 {
 		t.Fatalf("status: exit %d: %s", code, stderr)
 	}
-	for _, want := range []string{"Host Routing:     BPF\n", "Endpoints:        2\n", "Pin Path:         " + pin + "\n", "  from-container: forward-peer", "BPF Maps:         "} {
+	for _, want := range []string{"Host Routing:     BPF\n", "Endpoints:        2\n", "Pin Path:         " + pin + "\n",
+		"  from-container: forward-peer", "BPF Maps:         ", "Kernel:           " + kernelRelease(t) + "\n",
+		"Monitor:          off\n", "Conntrack GC:     1 passes, the last "} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("status lacks %q:\n%s", want, stdout)
+		}
+	}
+	stdout, stderr, code = hrctl(t, bin, "--pin-path", pin, "status", "--verbose")
+	for _, want := range []string{"Kernel Features:\n  bpf_redirect_peer:   Enabled\n", "  tcx:                 Enabled\n",
+		"  hr_endpoints ", "2 of     1024 entries    0.2%\n"} {
+		if code != 0 || !strings.Contains(stdout, want) {
+			t.Errorf("status --verbose: exit %d, stderr %q, lacks %q:\n%s", code, stderr, want, stdout)
 		}
 	}
 
@@ -205,13 +218,25 @@ func TestHrctlNode(t *testing.T) {
 		HostRouting string
 		Endpoints   int
 		Metrics     map[string]map[string]struct{ Packets, Bytes uint64 }
+		GC          struct{ Runs uint64 }
+		Kernel      string
 	}
 	if err := json.Unmarshal([]byte(stdout), &s); code != 0 || err != nil {
 		t.Fatalf("status --json: exit %d, stderr %q, %v:\n%s", code, stderr, err, stdout)
 	}
-	if s.HostRouting != datapath.HostRoutingBPF || s.Endpoints != 2 || s.Metrics["from-container"]["forward-peer"].Packets == 0 {
-		t.Errorf("status --json: %+v, want BPF, 2 endpoints, forward-peer counted", s)
+	if s.HostRouting != datapath.HostRoutingBPF || s.Endpoints != 2 || s.Metrics["from-container"]["forward-peer"].Packets == 0 ||
+		s.GC.Runs != 1 || s.Kernel != kernelRelease(t) {
+		t.Errorf("status --json: %+v, want BPF, 2 endpoints, forward-peer counted, 1 GC pass, the kernel", s)
 	}
+}
+
+// kernelRelease is uname -r.
+func kernelRelease(t *testing.T) string {
+	out, err := exec.Command("uname", "-r").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // hrctlIn runs the binary inside the named netns, as hrctl runs on a node.
@@ -1467,6 +1492,30 @@ func TestHrctlMonitor(t *testing.T) {
 	dump, err := exec.Command("tcpdump", "-n", "-r", pcap).CombinedOutput()
 	if err != nil || strings.Count(string(dump), fmt.Sprintf("%s > %s: ICMP echo request", a.IP, b.IP)) != 3 {
 		t.Errorf("tcpdump -r of monitor's pcap: %v, want the 3 echo requests:\n%s", err, dump)
+	}
+
+	// A connection to a service, per connection and verbose: the
+	// conntrack and load-balancing steps of its first packet, its SYN;
+	// none of its data segments.
+	port := b.ServeTCPEcho(t)
+	vip := netip.MustParseAddrPort("10.96.0.10:80")
+	id, err := dp.UpsertService(datapath.Service{Frontend: vip, Protocol: datapath.TCP,
+		Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(b.IP, port)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out = start(func() { a.MustTCPEcho(t, vip.Addr(), vip.Port()) }, 0, "--aggregate", "connection", "-v")
+	for _, want := range []string{
+		fmt.Sprintf(`(?m)^CT verdict: New, revnat=%d\nService backend %s:%d selected for %s:\d+ -> %s TCP$`, id, b.IP, port, a.IP, vip),
+		fmt.Sprintf(`(?m)^-> endpoint %d flow %s:\d+ -> %s:%d TCP SYN, forward-peer \(from-container`, epA.ID, a.IP, b.IP, port),
+		`(?m)^CT verdict: Reply, revnat=\d+\nReverse NAT `,
+	} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("hrctl monitor --aggregate connection -v lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "TCP ACK PSH") {
+		t.Errorf("hrctl monitor --aggregate connection -v reports data segments:\n%s", out)
 	}
 
 	spoof := netip.MustParseAddr("10.0.0.99")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -25,6 +26,7 @@ import (
 // monitorOptions are monitor's flags.
 type monitorOptions struct {
 	typ     string // all, drop or trace
+	perConn bool   // --aggregate connection
 	from    uint   // endpoint ID, 0 for every device
 	pcap    string // file to write the packets to
 	capture int    // bytes of each packet
@@ -39,7 +41,16 @@ func monitorFlags(fs *flag.FlagSet, o *options) {
 	fs.StringVar(&o.mon.pcap, "pcap", "", "also write the events' packets to `FILE` (pcap, as tcpdump -r reads)")
 	fs.IntVar(&o.mon.capture, "capture", datapath.DefaultCaptureLength, "bytes of each packet the events carry")
 	fs.IntVar(&o.mon.count, "count", 0, "exit after `N` events (0: until interrupted)")
-	fs.BoolVar(&o.mon.verbose, "v", false, "add the event's time, CPU and length, and a hex dump of its bytes")
+	fs.BoolVar(&o.mon.verbose, "v", false, "add conntrack and load-balancing steps, each event's time, CPU and length, and a hex dump of its bytes")
+	fs.Func("aggregate", "`none` (an event per packet) or connection (per connection its first packets and state changes, and drops)",
+		func(v string) error {
+			switch v {
+			case "none", "connection":
+				o.mon.perConn = v == "connection"
+				return nil
+			}
+			return fmt.Errorf("want none or connection")
+		})
 }
 
 func monitorCheck(o *options) error {
@@ -74,7 +85,7 @@ func monitor(dp *datapath.Datapath, opts options, w io.Writer) error {
 			return fmt.Errorf("no endpoint with ID %d (see hrctl endpoint list)", o.from)
 		}
 	}
-	endpointOf, err := endpointsByDevice(dp)
+	endpoints, err := newEndpointIndex(dp)
 	if err != nil {
 		return err
 	}
@@ -95,8 +106,11 @@ func monitor(dp *datapath.Datapath, opts options, w io.Writer) error {
 		return err
 	}
 	level := datapath.MonitorAll
-	if o.typ == "drop" {
+	switch {
+	case o.typ == "drop":
 		level = datapath.MonitorDrops
+	case o.perConn:
+		level = datapath.MonitorConnections
 	}
 	mon, err := dp.OpenMonitor()
 	if err != nil {
@@ -114,16 +128,21 @@ func monitor(dp *datapath.Datapath, opts options, w io.Writer) error {
 	var printed int
 	var werr error
 	err = mon.Run(ctx, func(e datapath.Event) {
-		if (o.typ == "trace" && e.IsDrop()) || (o.typ == "drop" && !e.IsDrop()) || (ifindex != 0 && e.IfIndex != ifindex) || werr != nil {
+		if (o.typ == "trace" && e.IsDrop()) || (o.typ == "drop" && !e.IsDrop()) || (ifindex != 0 && e.IfIndex != ifindex) ||
+			(e.Translation != nil && !o.verbose && !opts.json) || werr != nil {
 			return
 		}
 		if opts.json {
-			werr = json.NewEncoder(w).Encode(eventJSON{Event: e, Endpoint: endpointOf[e.IfIndex], Drop: e.IsDrop(),
-				Direction: e.Direction.String(), Reason: e.Reason.String(), Summary: summary(e.Data)})
+			ej := eventJSON{Event: e, Endpoint: endpoints.of(e), Drop: e.IsDrop(),
+				Direction: e.Direction.String(), Reason: e.Reason.String(), Steps: e.Steps()}
+			if e.Translation == nil {
+				ej.Summary = summary(e.Data)
+			}
+			werr = json.NewEncoder(w).Encode(ej)
 		} else {
-			werr = printEvent(w, e, endpointOf[e.IfIndex], o.verbose)
+			werr = printEvent(w, e, endpoints.of(e), o.verbose)
 		}
-		if pcap != nil && werr == nil {
+		if pcap != nil && werr == nil && e.Translation == nil {
 			werr = pcap.WritePacket(gopacket.CaptureInfo{Timestamp: boot.Add(e.Time), CaptureLength: len(e.Data),
 				Length: max(e.Len, len(e.Data))}, e.Data)
 		}
@@ -138,26 +157,46 @@ func monitor(dp *datapath.Datapath, opts options, w io.Writer) error {
 }
 
 // eventJSON is an event as monitor --json prints it, one object per
-// line: its packet bytes in base64 (Data), and what they hold (Summary).
+// line: its packet bytes in base64 (Data), and what they hold (Summary);
+// a translation's flow (Translation) and its -v lines (Steps).
 type eventJSON struct {
 	datapath.Event
-	Endpoint          uint16 // the endpoint whose device it is, 0 for a node device
+	Endpoint          uint16 // the endpoint whose device it is, or on a node device the one it is for; 0 for none
 	Drop              bool
 	Direction, Reason string
-	Summary           string
+	Summary           string   `json:",omitempty"`
+	Steps             []string `json:",omitempty"`
 }
 
-// endpointsByDevice maps the node's endpoints' host devices to their IDs.
-func endpointsByDevice(dp *datapath.Datapath) (map[int]uint16, error) {
+// endpointIndex finds the node's endpoints by host device and address.
+type endpointIndex struct {
+	byDevice map[int]uint16
+	byIP     map[netip.Addr]uint16
+}
+
+func newEndpointIndex(dp *datapath.Datapath) (endpointIndex, error) {
 	eps, err := dp.Endpoints()
 	if err != nil {
-		return nil, err
+		return endpointIndex{}, err
 	}
-	m := map[int]uint16{}
+	x := endpointIndex{byDevice: map[int]uint16{}, byIP: map[netip.Addr]uint16{}}
 	for _, ep := range eps {
-		m[ep.IfIndex] = ep.ID
+		x.byDevice[ep.IfIndex] = ep.ID
+		x.byIP[ep.IP] = ep.ID
 	}
-	return m, nil
+	return x, nil
+}
+
+// of returns the endpoint an event is about: the one whose device the
+// program ran on, else (on a node device) the one its IPv4 packet is for.
+func (x endpointIndex) of(e datapath.Event) uint16 {
+	if id, ok := x.byDevice[e.IfIndex]; ok {
+		return id
+	}
+	if len(e.Data) >= 34 && e.Data[12] == 0x08 && e.Data[13] == 0x00 {
+		return x.byIP[netip.AddrFrom4([4]byte(e.Data[30:34]))]
+	}
+	return 0
 }
 
 // bootTime is when CLOCK_MONOTONIC was zero, for the events' times.
@@ -171,8 +210,17 @@ func bootTime() time.Time {
 //
 //	-> endpoint 12 flow 10.0.0.10 -> 10.0.0.11 ICMPv4 EchoRequest, forward-peer (from-container, ifindex 5)
 //	xx drop (drop-spoofed) flow 10.0.0.99:9 -> 10.0.0.11:9 UDP to endpoint 12, ifindex 5 (from-container)
+//
+// and with verbose, a translation's steps before the packet's decision:
+//
+//	CT verdict: New, revnat=1
+//	Service backend 10.0.1.5:8080 selected for 10.0.0.10:40000 -> 10.96.0.10:80 TCP
 func printEvent(w io.Writer, e datapath.Event, endpoint uint16, verbose bool) error {
 	var err error
+	if e.Translation != nil {
+		_, err = fmt.Fprintf(w, "%s\n", strings.Join(e.Steps(), "\n"))
+		return err
+	}
 	if e.IsDrop() {
 		_, err = fmt.Fprintf(w, "xx drop (%s) flow %s to endpoint %d, ifindex %d (%s)\n", e.Reason, summary(e.Data), endpoint, e.IfIndex, e.Direction)
 	} else {
