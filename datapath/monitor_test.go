@@ -385,3 +385,70 @@ func BenchmarkMonitorFlood(b *testing.B) {
 		})
 	}
 }
+
+// TestMonitorCrossNode: a ping to a pod on another node is traced as
+// forward-neigh from the sender's pod device and forward-peer from the
+// receiving node's device, each counted; a ping leaving the native routing
+// CIDR is reported as its masquerade (SNAT to the node's address) and its
+// replies as reverse SNAT.
+func TestMonitorCrossNode(t *testing.T) {
+	c := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
+	n0 := c.cluster.Nodes[0]
+	var stops []func(func(datapath.Event) bool) ([]datapath.Event, uint64)
+	for _, dp := range c.dps {
+		if err := dp.SetMonitor(datapath.MonitorAll, 0); err != nil {
+			t.Fatal(err)
+		}
+		stops = append(stops, collect(t, dp))
+	}
+	before := metric(t, c.dps[0], maps.MetricForwardNeigh)
+	if n, err := c.a.Ping(c.b.IP, 3, 5*time.Second); n != 3 || err != nil {
+		t.Fatalf("ping a → b: %d of 3, %v", n, err)
+	}
+	if n, err := c.a.Ping(c.cluster.Gateway, 2, 5*time.Second); n != 2 || err != nil {
+		t.Fatalf("ping a → %s: %d of 2, %v", c.cluster.Gateway, n, err)
+	}
+	events0, _ := stops[0](nil)
+	events1, _ := stops[1](nil)
+	count := func(events []datapath.Event, dir maps.Direction, reason maps.Metric, src, dst netip.Addr) (n int) {
+		for _, e := range events {
+			if s, d, ok := eventAddrs(e); ok && e.Direction == dir && e.Reason == reason && s == src && d == dst {
+				n++
+			}
+		}
+		return n
+	}
+	for _, x := range []struct {
+		what   string
+		events []datapath.Event
+		dir    maps.Direction
+		reason maps.Metric
+		src    netip.Addr
+		dst    netip.Addr
+	}{
+		{"requests leaving node 0", events0, maps.FromContainer, maps.MetricForwardNeigh, c.a.IP, c.b.IP},
+		{"requests into b", events1, maps.FromNetdev, maps.MetricForwardPeer, c.a.IP, c.b.IP},
+		{"replies into a", events0, maps.FromNetdev, maps.MetricForwardPeer, c.b.IP, c.a.IP},
+	} {
+		if n := count(x.events, x.dir, x.reason, x.src, x.dst); n != 3 {
+			t.Errorf("%s: %d %s %s events %s → %s, want 3", x.what, n, x.dir, x.reason, x.src, x.dst)
+		}
+	}
+	if got := metric(t, c.dps[0], maps.MetricForwardNeigh) - before; got < 3 {
+		t.Errorf("node 0 counted %d forward-neigh, want the 3 requests at least", got)
+	}
+	var snat, revSNAT int
+	for _, e := range events0 {
+		x := e.Translation
+		switch {
+		case x == nil:
+		case e.Reason == maps.MetricXlateSNAT && x.From.Src.Addr() == c.a.IP && x.To.Src.Addr() == n0.IP && x.From.Dst.Addr() == c.cluster.Gateway:
+			snat++
+		case e.Reason == maps.MetricXlateRevSNAT && x.From.Dst.Addr() == n0.IP && x.To.Dst.Addr() == c.a.IP && x.CT == datapath.CTReply:
+			revSNAT++
+		}
+	}
+	if snat != 2 || revSNAT != 2 {
+		t.Errorf("node 0: %d SNAT and %d reverse SNAT events of a's pings to %s, want 2 each", snat, revSNAT, c.cluster.Gateway)
+	}
+}
