@@ -7,8 +7,9 @@ SHELL := /bin/bash
 GOBIN := $(shell go env GOPATH)/bin
 TESTLOG ?= test.log
 CNITOOL_VERSION := v1.3.1
+KUBE_DIR ?= .cache/kube/server
 
-.PHONY: demo test test-deps generate
+.PHONY: demo test test-deps generate kube-bin kube-up kube-down
 
 demo:
 	go run ./examples/samenode
@@ -33,9 +34,24 @@ test-deps:
 # examples/bench is its own module (gonum/plot stays out of embedders'
 # module graphs), so ./... at the root does not reach it: its tests, the
 # smoke test included, run second and append to the same log.
-test: test-deps
+# kube-bin comes first: tests that start an API server would otherwise
+# build it inside go test's 10-minute timeout.
+test: test-deps kube-bin
 	PATH="$(GOBIN):$$PATH" go test -count=1 -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(--- (FAIL|SKIP)|ok|FAIL|panic)|_test.go:[0-9]+:'
 	PATH="$(GOBIN):$$PATH" go -C examples/bench test -count=1 -v ./... 2>&1 | tee -a $(TESTLOG) | grep -E '^(--- (FAIL|SKIP)|ok|FAIL|panic)|_test.go:[0-9]+:'
+
+# A local Kubernetes API server (etcd and kube-apiserver on 127.0.0.1):
+# kube-bin builds them once into .cache/kube/bin (about 12 minutes the first
+# time), kube-up starts them in KUBE_DIR and leaves them running, kube-down
+# stops them and removes KUBE_DIR.
+kube-bin:
+	go run ./internal/kube/cmd/kube build
+
+kube-up:
+	go run ./internal/kube/cmd/kube up $(KUBE_DIR)
+
+kube-down:
+	go run ./internal/kube/cmd/kube down $(KUBE_DIR)
 
 # Regenerates the bpf2go output (needs clang-19 and libbpf-dev).
 generate:

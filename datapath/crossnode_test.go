@@ -256,3 +256,27 @@ func TestNodes(t *testing.T) {
 		t.Errorf("nodes after delete: %v", nodes)
 	}
 }
+
+// TestNodeMoves: a node that comes back under its name with another IP
+// moves: its pod CIDR's route goes via the new IP at once (replaced in
+// place, never missing), the registry has it once, and moving it back to
+// its real address carries pod traffic again.
+func TestNodeMoves(t *testing.T) {
+	c := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
+	n0, n1 := c.cluster.Nodes[0], c.cluster.Nodes[1]
+	dp := c.dps[0]
+	elsewhere := netip.MustParseAddr("172.18.0.50")
+	for _, ip := range []netip.Addr{elsewhere, n1.IP} {
+		if err := dp.UpsertNode(datapath.Node{Name: n1.Name, IP: ip, PodCIDRs: []netip.Prefix{n1.PodCIDR}}); err != nil {
+			t.Fatalf("move %s to %s: %v", n1.Name, ip, err)
+		}
+		if out := n0.Exec(t, "ip", "-4", "route", "show", n1.PodCIDR.String()); !strings.Contains(out, "via "+ip.String()+" ") {
+			t.Errorf("after the move to %s, route %s", ip, out)
+		}
+		nodes, err := dp.Nodes()
+		if err != nil || len(nodes) != 1 || nodes[0].IP != ip {
+			t.Errorf("after the move to %s, nodes %v, %v", ip, nodes, err)
+		}
+	}
+	c.a.MustPing(t, c.b.IP)
+}

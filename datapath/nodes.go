@@ -64,16 +64,19 @@ func (d *Datapath) UpsertNode(n Node) error {
 		if err != nil {
 			return err
 		}
-		if err := routing.UpsertNodeRoutes(d.cfg.Netns, dev, n.IP, n.PodCIDRs); err != nil {
+		// A node that moved: its routes go via the new IP in place.
+		var from netip.Addr
+		if i := slices.IndexFunc(nodes, func(o Node) bool { return o.Name == n.Name && o.IP != n.IP }); i >= 0 {
+			from = nodes[i].IP
+		}
+		if err := routing.MoveNodeRoutes(d.cfg.Netns, dev, from, n.IP, n.PodCIDRs); err != nil {
 			return err
 		}
 		if err := d.nodes.Put(n.IP, n.Name); err != nil {
 			return errors.Join(err, routing.DeleteNodeRoutes(d.cfg.Netns, dev, n.IP))
 		}
-		for _, other := range nodes {
-			if other.Name == n.Name && other.IP != n.IP {
-				return d.deleteNode(other)
-			}
+		if from.IsValid() {
+			return d.deleteNode(Node{Name: n.Name, IP: from})
 		}
 		return nil
 	})

@@ -22,79 +22,15 @@ import (
 	"github.com/hostrouting/hostrouting/routing"
 )
 
-// nameServer serves p's name on TCP and UDP port 8080 of p's address,
-// until t ends: a backend that says who answered.
-func nameServer(t *testing.T, p *datapathtest.Pod) netip.AddrPort {
-	t.Helper()
-	addr := netip.AddrPortFrom(p.IP, 8080)
-	var ln net.Listener
-	var pc net.PacketConn
-	err := routing.Do(p.Netns, func() (err error) {
-		if ln, err = net.Listen("tcp4", addr.String()); err != nil {
-			return err
-		}
-		pc, err = net.ListenPacket("udp4", addr.String())
-		return err
-	})
-	if err != nil {
-		t.Fatalf("%s: serve its name: %v", p.Name, err)
-	}
-	t.Cleanup(func() { ln.Close(); pc.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte(p.Name))
-			c.Close()
-		}
-	}()
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo([]byte(p.Name), from)
-		}
-	}()
-	return addr
-}
+// nameServer serves p's name on TCP and UDP port 8080 of its address
+// (datapathtest's ServeName).
+func nameServer(t *testing.T, p *datapathtest.Pod) netip.AddrPort { return p.ServeName(t, 8080) }
 
 // askName connects from p to dst over proto ("tcp4" or "udp4") and returns
-// the name the backend answered with. A UDP socket is connected to dst, so
-// it takes only replies that come from dst.
+// the name the backend answered with.
 func askName(p *datapathtest.Pod, proto string, dst netip.AddrPort) (string, error) {
-	name, _, err := askWithPeer(p, proto, dst)
-	return name, err
-}
-
-// askWithPeer is askName that also returns the peer as the socket names it
-// (getpeername).
-func askWithPeer(p *datapathtest.Pod, proto string, dst netip.AddrPort) (name, peer string, err error) {
-	var c net.Conn
-	err = routing.Do(p.Netns, func() (err error) {
-		c, err = net.DialTimeout(proto, dst.String(), 2*time.Second)
-		return err
-	})
-	if err != nil {
-		return "", "", err
-	}
-	defer c.Close()
-	peer = c.RemoteAddr().String()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	if proto == "udp4" {
-		if _, err := c.Write([]byte("who")); err != nil {
-			return "", peer, err
-		}
-		buf := make([]byte, 64)
-		n, err := c.Read(buf)
-		return string(buf[:n]), peer, err
-	}
-	b, err := io.ReadAll(c)
-	return string(b), peer, err
+	a, err := datapathtest.AskName(p.Netns, proto, dst)
+	return a.Name, err
 }
 
 // TestClusterIP: a pod reaches a ClusterIP over TCP and UDP, spread over a
@@ -337,11 +273,11 @@ func TestNodePort(t *testing.T) {
 	for _, proto := range []string{"tcp4", "udp4"} {
 		seen := map[string]int{}
 		for range 12 {
-			name, peer, err := askWithPeer(remote, proto, netip.AddrPortFrom(n1.IP, 30100))
-			if err != nil || peer != netip.AddrPortFrom(n1.IP, 30100).String() {
-				t.Fatalf("%s from pod %s to its node's NodePort %s:30100: %q from %s, %v", proto, remote.Name, n1.IP, name, peer, err)
+			a, err := datapathtest.AskName(remote.Netns, proto, netip.AddrPortFrom(n1.IP, 30100))
+			if err != nil || a.Peer != netip.AddrPortFrom(n1.IP, 30100).String() {
+				t.Fatalf("%s from pod %s to its node's NodePort %s:30100: %q from %s, %v", proto, remote.Name, n1.IP, a.Name, a.Peer, err)
 			}
-			seen[name]++
+			seen[a.Name]++
 		}
 		if len(seen) != 2 {
 			t.Errorf("%s from a pod to its node's NodePort answered by %v: want both backends", proto, seen)
@@ -737,9 +673,9 @@ func TestHairpin(t *testing.T) {
 		}
 	}
 	for _, proto := range []string{"tcp4", "udp4"} {
-		name, peer, err := askWithPeer(a, proto, vip)
-		if err != nil || name != "a" || peer != vip.String() {
-			t.Errorf("%s from a to its own service %s: %q from %s, %v; want a from the service", proto, vip, name, peer, err)
+		got, err := datapathtest.AskName(a.Netns, proto, vip)
+		if err != nil || got.Name != "a" || got.Peer != vip.String() {
+			t.Errorf("%s from a to its own service %s: %q from %s, %v; want a from the service", proto, vip, got.Name, got.Peer, err)
 		}
 	}
 }

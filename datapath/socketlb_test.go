@@ -44,12 +44,12 @@ func askMain(ask string) int {
 		fmt.Println(map[bool]string{true: "bound", false: "refused"}[err == nil], "-")
 		return 0
 	}
-	name, peer, err := askWithPeer(&datapathtest.Pod{Netns: netns}, proto, netip.MustParseAddrPort(dst))
+	a, err := datapathtest.AskName(netns, proto, netip.MustParseAddrPort(dst))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	fmt.Println(name, peer)
+	fmt.Println(a.Name, a.Peer)
 	return 0
 }
 

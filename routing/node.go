@@ -38,6 +38,20 @@ const RouteProtocol netlink.RouteProtocol = 0xc8
 // masked and overlapping neither each other, nor device's subnets, nor our
 // routes via other next hops; no route of someone else to the same CIDR.
 func UpsertNodeRoutes(nsPath, device string, nodeIP netip.Addr, podCIDRs []netip.Prefix) error {
+	return upsertNodeRoutes(nsPath, device, netip.Addr{}, nodeIP, podCIDRs)
+}
+
+// MoveNodeRoutes is UpsertNodeRoutes for a node that was at from and is
+// now at nodeIP: a pod CIDR routed via from is no conflict, and its route
+// is replaced in place, so it is never missing. What is left via from
+// (other pod CIDRs, the neighbour entry) stays for DeleteNodeRoutes.
+func MoveNodeRoutes(nsPath, device string, from, nodeIP netip.Addr, podCIDRs []netip.Prefix) error {
+	return upsertNodeRoutes(nsPath, device, from.Unmap(), nodeIP, podCIDRs)
+}
+
+// upsertNodeRoutes is UpsertNodeRoutes taking the routes via from as its
+// own (none if from is invalid).
+func upsertNodeRoutes(nsPath, device string, from, nodeIP netip.Addr, podCIDRs []netip.Prefix) error {
 	nodeIP = nodeIP.Unmap()
 	fail := func(err error) error {
 		return fmt.Errorf("upsert routes via node %s dev %q: %w", nodeIP, device, err)
@@ -65,7 +79,7 @@ func UpsertNodeRoutes(nsPath, device string, nodeIP netip.Addr, podCIDRs []netip
 		return fail(err)
 	}
 	for _, p := range podCIDRs {
-		if err := checkConflicts(h, link, nodeIP, p, ours); err != nil {
+		if err := checkConflicts(h, link, from, nodeIP, p, ours); err != nil {
 			return fail(err)
 		}
 	}
@@ -240,9 +254,10 @@ func checkOnLink(h *netlink.Handle, link netlink.Link, nodeIP netip.Addr, cidrs 
 // checkConflicts refuses a pod CIDR that someone else routes already, or
 // that overlaps a pod CIDR of ours via another next hop: taking it over
 // silently would cut off the node it belongs to.
-func checkConflicts(h *netlink.Handle, link netlink.Link, nodeIP netip.Addr, p netip.Prefix, ours []netlink.Route) error {
+func checkConflicts(h *netlink.Handle, link netlink.Link, from, nodeIP netip.Addr, p netip.Prefix, ours []netlink.Route) error {
 	for _, r := range ours {
-		if q := routeDst(r); !viaHop(r, link, nodeIP) && q.Overlaps(p) {
+		moving := from.IsValid() && r.Gw.Equal(from.AsSlice()) && routeDst(r) == p
+		if q := routeDst(r); !viaHop(r, link, nodeIP) && !moving && q.Overlaps(p) {
 			return fmt.Errorf("pod CIDR %s overlaps %s, routed via node %s", p, q, r.Gw)
 		}
 	}

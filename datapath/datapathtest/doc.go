@@ -14,6 +14,10 @@
 // Node.WrapPod, or Node.LookupPod where there is no testing.T; the Pod
 // helpers then work on it, and removing it stays with whoever made it.
 //
+// StartKube runs a real Kubernetes API server (etcd and kube-apiserver on
+// 127.0.0.1, no controllers) for a test, built once from source the first
+// time (see `make kube-bin`), for agents driven by the Kubernetes API.
+//
 // A test of two pods on one node:
 //
 //	func TestPodToPod(t *testing.T) {

@@ -3,11 +3,15 @@ package datapathtest
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hostrouting/hostrouting/internal/netcheck"
+	"github.com/hostrouting/hostrouting/routing"
 )
 
 // PingOptions tune Pod.PingWith and Node.PingWith. The zero value sends 3
@@ -145,4 +149,88 @@ func (p *Pod) MustUDPEcho(t testing.TB, dst netip.Addr, port uint16) {
 	if err := p.UDPEcho(dst, port, netcheck.Payload(1000), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// ServeName serves the pod's name on TCP and UDP port of its address until
+// t ends: a service backend that says who answered, and whom: every TCP
+// connection and every datagram gets "NAME CLIENT" ("b 10.0.0.10:40000",
+// the client as the backend sees it). It returns the address it serves.
+func (p *Pod) ServeName(t testing.TB, port uint16) netip.AddrPort {
+	t.Helper()
+	addr := netip.AddrPortFrom(p.IP, port)
+	var ln net.Listener
+	var pc net.PacketConn
+	err := routing.Do(p.Netns, func() (err error) {
+		if ln, err = net.Listen("tcp4", addr.String()); err != nil {
+			return err
+		}
+		pc, err = net.ListenPacket("udp4", addr.String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("pod %s: serve its name: %v", p.Name, err)
+	}
+	t.Cleanup(func() { ln.Close(); pc.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(p.Name + " " + c.RemoteAddr().String()))
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(p.Name+" "+from.String()), from)
+		}
+	}()
+	return addr
+}
+
+// NameAnswer is what AskName heard.
+type NameAnswer struct {
+	Name   string // the pod that answered (ServeName)
+	Client string // the client's address as that pod saw it
+	Peer   string // whom the client's socket was connected to (getpeername)
+}
+
+// AskName connects from the namespace at nsPath (a pod's or a node's) to
+// dst over proto ("tcp4" or "udp4") and returns the answer of a ServeName
+// backend (from another server, its whole answer as Name). A UDP socket
+// is connected to dst, so it takes only replies that come from dst.
+func AskName(nsPath, proto string, dst netip.AddrPort) (NameAnswer, error) {
+	var c net.Conn
+	err := routing.Do(nsPath, func() (err error) {
+		c, err = net.DialTimeout(proto, dst.String(), 2*time.Second)
+		return err
+	})
+	if err != nil {
+		return NameAnswer{}, err
+	}
+	defer c.Close()
+	a := NameAnswer{Peer: c.RemoteAddr().String()}
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	var b []byte
+	if proto == "udp4" {
+		if _, err := c.Write([]byte("who")); err != nil {
+			return a, err
+		}
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil {
+			return a, err
+		}
+		b = buf[:n]
+	} else if b, err = io.ReadAll(c); err != nil {
+		return a, err
+	}
+	a.Name, a.Client, _ = strings.Cut(string(b), " ")
+	return a, nil
 }

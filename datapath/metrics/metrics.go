@@ -40,14 +40,10 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/maps"
-	"github.com/hostrouting/hostrouting/nat"
 )
 
 // Options choose the optional series.
 type Options struct {
-	// GC is ignored: the GC series come from the node (Status.GC), as
-	// every Datapath.GC records them. TODO(integration): remove.
-	GC *nat.GC
 	// Endpoints adds per-endpoint packet and byte counters.
 	Endpoints bool
 	// Monitor, the agent's event reader (Datapath.OpenMonitor), adds the

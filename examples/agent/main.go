@@ -1,0 +1,91 @@
+// Command hostrouting-agent is the reference node agent of the hostrouting
+// datapath (package agent): it routes the other Nodes' pod CIDRs, programs
+// Services and EndpointSlices as kube-proxy would, writes the node's CNI
+// configuration, and serves /healthz and /metrics.
+//
+// It runs in the machine's network namespace and works on the node's
+// (--netns) through the datapath:
+//
+//	hostrouting-agent --kubeconfig /etc/kubernetes/agent.conf --node-name worker \
+//	    --device eth0 --native-routing-cidr 10.0.0.0/8 --cni-conf-dir /etc/cni/net.d \
+//	    --healthz 127.0.0.1:10256 --metrics 127.0.0.1:9965
+//
+// SIGINT and SIGTERM end it; the datapath keeps forwarding as last
+// programmed, and the next start adopts it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"k8s.io/klog/v2"
+
+	"github.com/hostrouting/hostrouting/examples/agent/agent"
+	"github.com/hostrouting/hostrouting/loader"
+)
+
+// devices is a repeatable flag of device names, each also a comma list.
+type devices []string
+
+func (d *devices) String() string { return strings.Join(*d, ",") }
+
+func (d *devices) Set(s string) error {
+	for name := range strings.SplitSeq(s, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			*d = append(*d, name)
+		}
+	}
+	return nil
+}
+
+func main() {
+	var cfg agent.Config
+	var devs devices
+	var native string
+	host, _ := os.Hostname()
+	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty for the in-cluster config")
+	flag.StringVar(&cfg.NodeName, "node-name", host, "name of this node's Node object")
+	flag.StringVar(&cfg.Netns, "netns", "", "the node's network namespace (a path); empty for the agent's own")
+	flag.StringVar(&cfg.PinPath, "pin-path", loader.DefaultPinPath, "the node's datapath directory on bpffs")
+	flag.Var(&devs, "device", "device toward other nodes (repeatable, or a comma list)")
+	flag.StringVar(&native, "native-routing-cidr", "", "CIDR holding the pods of all nodes, e.g. 10.0.0.0/8")
+	flag.StringVar(&cfg.CgroupPath, "cgroup", "", "cgroup v2 directory whose sockets get socket-level load balancing")
+	flag.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "", "directory to write "+agent.CNIConfFile+" to; empty for none")
+	flag.IntVar(&cfg.MTU, "mtu", 0, "pods' MTU in the CNI configuration; 0 takes the first device's")
+	flag.StringVar(&cfg.Healthz, "healthz", "127.0.0.1:10256", "address to serve /healthz on; empty for none")
+	flag.StringVar(&cfg.Metrics, "metrics", "", "address to serve /metrics on; empty for none")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	cfg.Devices = devs
+	if native != "" {
+		p, err := netip.ParsePrefix(native)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "hostrouting-agent: --native-routing-cidr:", err)
+			os.Exit(2)
+		}
+		cfg.NativeRoutingCIDR = p
+	}
+
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	klog.SetSlogLogger(cfg.Logger) // client-go's retries and errors
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a, err := agent.New(cfg)
+	if err == nil {
+		err = a.Run(ctx)
+	}
+	if err != nil {
+		cfg.Logger.Error("hostrouting-agent failed", "err", err)
+		os.Exit(1)
+	}
+}
