@@ -164,6 +164,12 @@ type HostroutingMonitorConfig struct {
 	CapLen uint32
 }
 
+type HostroutingMonitorState struct {
+	_          structs.HostLayout
+	RetryAfter uint64
+	Skipped    uint64
+}
+
 type HostroutingNat4Entry struct {
 	_       structs.HostLayout
 	ToAddr  uint32
@@ -228,6 +234,7 @@ const (
 	HostroutingMapHrLxc                  = "hr_lxc"
 	HostroutingMapHrMetrics              = "hr_metrics"
 	HostroutingMapHrMonitor              = "hr_monitor"
+	HostroutingMapHrMonitorState         = "hr_monitor_state"
 	HostroutingMapHrNodeAddrs            = "hr_node_addrs"
 	HostroutingMapHrNodes                = "hr_nodes"
 	HostroutingMapHrPolicy               = "hr_policy"
@@ -319,30 +326,31 @@ type HostroutingProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HostroutingMapSpecs struct {
-	HrCalls       *ebpf.MapSpec `ebpf:"hr_calls"`
-	HrCt4         *ebpf.MapSpec `ebpf:"hr_ct4"`
-	HrDevices     *ebpf.MapSpec `ebpf:"hr_devices"`
-	HrEndpoints   *ebpf.MapSpec `ebpf:"hr_endpoints"`
-	HrEndpoints6  *ebpf.MapSpec `ebpf:"hr_endpoints6"`
-	HrEpMeta      *ebpf.MapSpec `ebpf:"hr_ep_meta"`
-	HrEpStats     *ebpf.MapSpec `ebpf:"hr_ep_stats"`
-	HrEvents      *ebpf.MapSpec `ebpf:"hr_events"`
-	HrGc          *ebpf.MapSpec `ebpf:"hr_gc"`
-	HrInfo        *ebpf.MapSpec `ebpf:"hr_info"`
-	HrLb4Affinity *ebpf.MapSpec `ebpf:"hr_lb4_affinity"`
-	HrLb4Backends *ebpf.MapSpec `ebpf:"hr_lb4_backends"`
-	HrLb4Maglev   *ebpf.MapSpec `ebpf:"hr_lb4_maglev"`
-	HrLb4Services *ebpf.MapSpec `ebpf:"hr_lb4_services"`
-	HrLbOn        *ebpf.MapSpec `ebpf:"hr_lb_on"`
-	HrLxc         *ebpf.MapSpec `ebpf:"hr_lxc"`
-	HrMetrics     *ebpf.MapSpec `ebpf:"hr_metrics"`
-	HrMonitor     *ebpf.MapSpec `ebpf:"hr_monitor"`
-	HrNodeAddrs   *ebpf.MapSpec `ebpf:"hr_node_addrs"`
-	HrNodes       *ebpf.MapSpec `ebpf:"hr_nodes"`
-	HrPolicy      *ebpf.MapSpec `ebpf:"hr_policy"`
-	HrPolicyRet   *ebpf.MapSpec `ebpf:"hr_policy_ret"`
-	HrSnat4       *ebpf.MapSpec `ebpf:"hr_snat4"`
-	HrSock4Revnat *ebpf.MapSpec `ebpf:"hr_sock4_revnat"`
+	HrCalls        *ebpf.MapSpec `ebpf:"hr_calls"`
+	HrCt4          *ebpf.MapSpec `ebpf:"hr_ct4"`
+	HrDevices      *ebpf.MapSpec `ebpf:"hr_devices"`
+	HrEndpoints    *ebpf.MapSpec `ebpf:"hr_endpoints"`
+	HrEndpoints6   *ebpf.MapSpec `ebpf:"hr_endpoints6"`
+	HrEpMeta       *ebpf.MapSpec `ebpf:"hr_ep_meta"`
+	HrEpStats      *ebpf.MapSpec `ebpf:"hr_ep_stats"`
+	HrEvents       *ebpf.MapSpec `ebpf:"hr_events"`
+	HrGc           *ebpf.MapSpec `ebpf:"hr_gc"`
+	HrInfo         *ebpf.MapSpec `ebpf:"hr_info"`
+	HrLb4Affinity  *ebpf.MapSpec `ebpf:"hr_lb4_affinity"`
+	HrLb4Backends  *ebpf.MapSpec `ebpf:"hr_lb4_backends"`
+	HrLb4Maglev    *ebpf.MapSpec `ebpf:"hr_lb4_maglev"`
+	HrLb4Services  *ebpf.MapSpec `ebpf:"hr_lb4_services"`
+	HrLbOn         *ebpf.MapSpec `ebpf:"hr_lb_on"`
+	HrLxc          *ebpf.MapSpec `ebpf:"hr_lxc"`
+	HrMetrics      *ebpf.MapSpec `ebpf:"hr_metrics"`
+	HrMonitor      *ebpf.MapSpec `ebpf:"hr_monitor"`
+	HrMonitorState *ebpf.MapSpec `ebpf:"hr_monitor_state"`
+	HrNodeAddrs    *ebpf.MapSpec `ebpf:"hr_node_addrs"`
+	HrNodes        *ebpf.MapSpec `ebpf:"hr_nodes"`
+	HrPolicy       *ebpf.MapSpec `ebpf:"hr_policy"`
+	HrPolicyRet    *ebpf.MapSpec `ebpf:"hr_policy_ret"`
+	HrSnat4        *ebpf.MapSpec `ebpf:"hr_snat4"`
+	HrSock4Revnat  *ebpf.MapSpec `ebpf:"hr_sock4_revnat"`
 }
 
 // HostroutingVariableSpecs contains global variables before they are loaded into the kernel.
@@ -372,30 +380,31 @@ func (o *HostroutingObjects) Close() error {
 //
 // It can be passed to LoadHostroutingObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HostroutingMaps struct {
-	HrCalls       *ebpf.Map `ebpf:"hr_calls"`
-	HrCt4         *ebpf.Map `ebpf:"hr_ct4"`
-	HrDevices     *ebpf.Map `ebpf:"hr_devices"`
-	HrEndpoints   *ebpf.Map `ebpf:"hr_endpoints"`
-	HrEndpoints6  *ebpf.Map `ebpf:"hr_endpoints6"`
-	HrEpMeta      *ebpf.Map `ebpf:"hr_ep_meta"`
-	HrEpStats     *ebpf.Map `ebpf:"hr_ep_stats"`
-	HrEvents      *ebpf.Map `ebpf:"hr_events"`
-	HrGc          *ebpf.Map `ebpf:"hr_gc"`
-	HrInfo        *ebpf.Map `ebpf:"hr_info"`
-	HrLb4Affinity *ebpf.Map `ebpf:"hr_lb4_affinity"`
-	HrLb4Backends *ebpf.Map `ebpf:"hr_lb4_backends"`
-	HrLb4Maglev   *ebpf.Map `ebpf:"hr_lb4_maglev"`
-	HrLb4Services *ebpf.Map `ebpf:"hr_lb4_services"`
-	HrLbOn        *ebpf.Map `ebpf:"hr_lb_on"`
-	HrLxc         *ebpf.Map `ebpf:"hr_lxc"`
-	HrMetrics     *ebpf.Map `ebpf:"hr_metrics"`
-	HrMonitor     *ebpf.Map `ebpf:"hr_monitor"`
-	HrNodeAddrs   *ebpf.Map `ebpf:"hr_node_addrs"`
-	HrNodes       *ebpf.Map `ebpf:"hr_nodes"`
-	HrPolicy      *ebpf.Map `ebpf:"hr_policy"`
-	HrPolicyRet   *ebpf.Map `ebpf:"hr_policy_ret"`
-	HrSnat4       *ebpf.Map `ebpf:"hr_snat4"`
-	HrSock4Revnat *ebpf.Map `ebpf:"hr_sock4_revnat"`
+	HrCalls        *ebpf.Map `ebpf:"hr_calls"`
+	HrCt4          *ebpf.Map `ebpf:"hr_ct4"`
+	HrDevices      *ebpf.Map `ebpf:"hr_devices"`
+	HrEndpoints    *ebpf.Map `ebpf:"hr_endpoints"`
+	HrEndpoints6   *ebpf.Map `ebpf:"hr_endpoints6"`
+	HrEpMeta       *ebpf.Map `ebpf:"hr_ep_meta"`
+	HrEpStats      *ebpf.Map `ebpf:"hr_ep_stats"`
+	HrEvents       *ebpf.Map `ebpf:"hr_events"`
+	HrGc           *ebpf.Map `ebpf:"hr_gc"`
+	HrInfo         *ebpf.Map `ebpf:"hr_info"`
+	HrLb4Affinity  *ebpf.Map `ebpf:"hr_lb4_affinity"`
+	HrLb4Backends  *ebpf.Map `ebpf:"hr_lb4_backends"`
+	HrLb4Maglev    *ebpf.Map `ebpf:"hr_lb4_maglev"`
+	HrLb4Services  *ebpf.Map `ebpf:"hr_lb4_services"`
+	HrLbOn         *ebpf.Map `ebpf:"hr_lb_on"`
+	HrLxc          *ebpf.Map `ebpf:"hr_lxc"`
+	HrMetrics      *ebpf.Map `ebpf:"hr_metrics"`
+	HrMonitor      *ebpf.Map `ebpf:"hr_monitor"`
+	HrMonitorState *ebpf.Map `ebpf:"hr_monitor_state"`
+	HrNodeAddrs    *ebpf.Map `ebpf:"hr_node_addrs"`
+	HrNodes        *ebpf.Map `ebpf:"hr_nodes"`
+	HrPolicy       *ebpf.Map `ebpf:"hr_policy"`
+	HrPolicyRet    *ebpf.Map `ebpf:"hr_policy_ret"`
+	HrSnat4        *ebpf.Map `ebpf:"hr_snat4"`
+	HrSock4Revnat  *ebpf.Map `ebpf:"hr_sock4_revnat"`
 }
 
 func (m *HostroutingMaps) Close() error {
@@ -418,6 +427,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrLxc,
 		m.HrMetrics,
 		m.HrMonitor,
+		m.HrMonitorState,
 		m.HrNodeAddrs,
 		m.HrNodes,
 		m.HrPolicy,

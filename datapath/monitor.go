@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/perf"
 
 	"github.com/hostrouting/hostrouting/bpf"
@@ -261,25 +262,55 @@ func parseTuple(b []byte) Tuple {
 type Monitor struct {
 	rd   *perf.Reader
 	lost atomic.Uint64
+	// state is hr_monitor_state: the events the programs skipped while
+	// a ring was full, skipped0 their count when the monitor opened,
+	// lastSkipped the last count read.
+	state       *ebpf.Map
+	skipped0    uint64
+	lastSkipped atomic.Uint64
 }
 
 // OpenMonitor starts reading the node's events: every event reported from
 // its return on reaches Run. SetMonitor says which packets are reported;
 // OpenMonitor does not change it. Several monitors each get every event.
 func (d *Datapath) OpenMonitor() (*Monitor, error) {
-	var rd *perf.Reader
+	m := &Monitor{}
 	err := d.read(func() (err error) {
+		if m.state, err = d.node.Maps.MonitorState.Clone(); err != nil {
+			return err
+		}
+		m.skipped0 = m.skipped()
+		m.lastSkipped.Store(m.skipped0)
 		// Woken per 16 pages of events, not per event (a wakeup per
 		// event costs the sending CPU microseconds); Run flushes what
 		// is below that every monitorFlush.
-		rd, err = perf.NewReaderWithOptions(d.node.Maps.Events, 64*os.Getpagesize(),
+		m.rd, err = perf.NewReaderWithOptions(d.node.Maps.Events, 64*os.Getpagesize(),
 			perf.ReaderOptions{Watermark: 16 * os.Getpagesize()})
+		if err != nil {
+			m.state.Close()
+		}
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("monitor: %w", err)
 	}
-	return &Monitor{rd: rd}, nil
+	return m, nil
+}
+
+// skipped sums the events the programs did not send while backing off
+// after a full ring, over all CPUs; the last sum read once the monitor is
+// closed.
+func (m *Monitor) skipped() uint64 {
+	var per []bpf.HostroutingMonitorState
+	if err := m.state.Lookup(uint32(0), &per); err != nil {
+		return m.lastSkipped.Load()
+	}
+	var n uint64
+	for _, s := range per {
+		n += s.Skipped
+	}
+	m.lastSkipped.Store(n)
+	return n
 }
 
 // Run calls fn with each event (from Run's goroutine; e.Data is fn's to
@@ -327,9 +358,15 @@ func (m *Monitor) Run(ctx context.Context, fn func(Event)) error {
 // monitorFlush bounds how long an event waits in its ring for a reader.
 const monitorFlush = 100 * time.Millisecond
 
-// Lost returns how many events the rings dropped because this monitor
-// fell behind (the datapath never waits for a reader).
-func (m *Monitor) Lost() uint64 { return m.lost.Load() }
+// Lost returns how many events were lost since the monitor opened because
+// a reader fell behind (the datapath never waits for one): those its
+// rings had no room for, and those the programs did not try to send while
+// a ring was full (they back off for 100 µs per CPU: a failed send costs
+// more than the program's forwarding of the packet).
+func (m *Monitor) Lost() uint64 { return m.lost.Load() + m.skipped() - m.skipped0 }
 
 // Close stops the monitor; a Run returns.
-func (m *Monitor) Close() error { return m.rd.Close() }
+func (m *Monitor) Close() error {
+	m.skipped() // Lost goes on answering
+	return errors.Join(m.rd.Close(), m.state.Close())
+}

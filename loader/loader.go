@@ -141,6 +141,7 @@ type Maps struct {
 	Maglev        *ebpf.Map // service ID → its Maglev table (array of maps)
 	Monitor       *ebpf.Map // which decisions are reported as events
 	Events        *ebpf.Map // the events (perf event array, one ring per CPU)
+	MonitorState  *ebpf.Map // per CPU: backing off after a full ring, events skipped
 	GCStatus      *ebpf.Map // the conntrack GC's last pass, for status (programs never read it)
 }
 
@@ -184,7 +185,8 @@ var mapNames = []string{
 	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLbOn,
 	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrNodeAddrs,
 	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrLb4Maglev,
-	bpf.HostroutingMapHrMonitor, bpf.HostroutingMapHrEvents, bpf.HostroutingMapHrGc, bpf.HostroutingMapHrInfo,
+	bpf.HostroutingMapHrMonitor, bpf.HostroutingMapHrEvents, bpf.HostroutingMapHrMonitorState, bpf.HostroutingMapHrGc,
+	bpf.HostroutingMapHrInfo,
 }
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
@@ -578,6 +580,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		Maglev:        m[bpf.HostroutingMapHrLb4Maglev],
 		Monitor:       m[bpf.HostroutingMapHrMonitor],
 		Events:        m[bpf.HostroutingMapHrEvents],
+		MonitorState:  m[bpf.HostroutingMapHrMonitorState],
 		GCStatus:      m[bpf.HostroutingMapHrGc],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
@@ -587,7 +590,7 @@ func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
 		n.Maps.Services, n.Maps.Backends, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev,
-		n.Maps.Monitor, n.Maps.Events, n.Maps.GCStatus, n.info}
+		n.Maps.Monitor, n.Maps.Events, n.Maps.MonitorState, n.Maps.GCStatus, n.info}
 }
 
 // MapSize is what one of the node's maps takes.

@@ -106,7 +106,7 @@ func TestMapSizes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(sizes) != 23 {
+		if len(sizes) != 24 {
 			t.Errorf("%d maps reported: %+v", len(sizes), sizes)
 		}
 		for _, s := range sizes {

@@ -16,7 +16,7 @@
 //	hr_metrics     node-wide counters  per-CPU array            16 B × C × 80 (4 directions × 20 metrics)
 //	hr_nodes       node IP → name      hash, not preallocated   ~ 150 B per node
 //	hr_ep_meta     ID → container ID   hash, not preallocated   ~ 250 B per endpoint with one
-//	hr_info, hr_gc, hr_calls, hr_policy_ret, hr_lb_on, hr_node_addrs, hr_monitor   < 2 KiB
+//	hr_info, hr_gc, hr_calls, hr_policy_ret, hr_lb_on, hr_node_addrs, hr_monitor, hr_monitor_state   < 2 KiB
 //	hr_events      monitor events      perf event array         a ring of 64 pages per CPU per reader (OpenMonitor)
 //
 // and with S the service table size (loader.Options.MaxServices, default

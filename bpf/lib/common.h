@@ -289,6 +289,22 @@ struct monitor_xlate {
 	struct tuple4 to;     /* and after: for DNAT, the backend is to.daddr:to.dport */
 };
 
+/* Per CPU: a reader's ring that was full is not tried again for a while
+ * (a failed bpf_perf_event_output costs more than forwarding the packet);
+ * the events not sent meanwhile are counted. */
+struct monitor_state {
+	__u64 retry_after; /* CLOCK_MONOTONIC ns: no event before */
+	__u64 skipped;     /* events not sent because of it */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct monitor_state);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_monitor_state SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
 	__uint(key_size, sizeof(__u32));

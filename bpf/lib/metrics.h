@@ -54,6 +54,26 @@ static __always_inline int monitor_wants(struct __sk_buff *ctx, const struct mon
 	return 0;
 }
 
+/* MONITOR_BACKOFF_NS is how long a CPU sends no event after a reader's
+ * ring was full: 100 µs, some 30 packets of a flood. */
+#define MONITOR_BACKOFF_NS 100000
+#define ENOSPC 28
+
+/* monitor_output sends an event of size bytes at data, with the packet's
+ * first bytes as flags say, unless this CPU backs off after a full ring. */
+static __always_inline void monitor_output(struct __sk_buff *ctx, __u64 flags, void *data, __u64 size, __u64 now)
+{
+	__u32 zero = 0;
+	struct monitor_state *st = bpf_map_lookup_elem(&hr_monitor_state, &zero);
+
+	if (st && now < st->retry_after) {
+		st->skipped++;
+		return;
+	}
+	if (bpf_perf_event_output(ctx, &hr_events, flags, data, size) == -ENOSPC && st)
+		st->retry_after = now + MONITOR_BACKOFF_NS;
+}
+
 /* count_metric counts the packet's decision m, and reports it to
  * hr_events with the packet's first bytes (at most cap_len, at most
  * 0xffff) when the monitor asks for it. */
@@ -70,7 +90,7 @@ static __always_inline void count_metric(struct __sk_buff *ctx, enum direction d
 
 		cap &= 0xffff;
 		ev.cap_len = cap;
-		bpf_perf_event_output(ctx, &hr_events, (cap << 32) | BPF_F_CURRENT_CPU, &ev, sizeof(ev));
+		monitor_output(ctx, (cap << 32) | BPF_F_CURRENT_CPU, &ev, sizeof(ev), ev.time);
 	}
 }
 
@@ -94,7 +114,7 @@ static __always_inline void count_xlate(struct __sk_buff *ctx, enum direction di
 			.rev_nat = rev_nat, .proto = proto, .ct = ct, .from = *from, .to = *to,
 		};
 
-		bpf_perf_event_output(ctx, &hr_events, BPF_F_CURRENT_CPU, &ev, sizeof(ev));
+		monitor_output(ctx, BPF_F_CURRENT_CPU, &ev, sizeof(ev), ev.hdr.time);
 	}
 }
 
