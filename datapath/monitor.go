@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/cilium/ebpf/perf"
 
 	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -260,23 +262,37 @@ func parseTuple(b []byte) Tuple {
 // Monitor reads a node's events (OpenMonitor). Its methods may be called
 // from several goroutines.
 type Monitor struct {
-	rd   *perf.Reader
-	lost atomic.Uint64
+	rd    *perf.Reader
+	claim *loader.Lock // the node's events are this monitor's
+	lost  atomic.Uint64
 	// state is hr_monitor_state: the events the programs skipped while
 	// a ring was full, skipped0 their count when the monitor opened,
 	// lastSkipped the last count read.
 	state       *ebpf.Map
 	skipped0    uint64
 	lastSkipped atomic.Uint64
+
+	closeOnce sync.Once
+	closeErr  error
 }
+
+// ErrMonitorBusy is returned by OpenMonitor while another monitor, in
+// this process or another, reads the node's events.
+var ErrMonitorBusy = loader.ErrEventsBusy
 
 // OpenMonitor starts reading the node's events: every event reported from
 // its return on reaches Run. SetMonitor says which packets are reported;
-// OpenMonitor does not change it. Several monitors each get every event.
+// OpenMonitor does not change it. A node's events go to one monitor at a
+// time (a perf ring per CPU): while one is open, OpenMonitor fails with
+// ErrMonitorBusy; an agent hands its events on to whoever wants them.
 func (d *Datapath) OpenMonitor() (*Monitor, error) {
 	m := &Monitor{}
 	err := d.read(func() (err error) {
+		if m.claim, err = d.node.ClaimEvents(); err != nil {
+			return err
+		}
 		if m.state, err = d.node.Maps.MonitorState.Clone(); err != nil {
+			m.claim.Unlock()
 			return err
 		}
 		m.skipped0 = m.skipped()
@@ -288,6 +304,7 @@ func (d *Datapath) OpenMonitor() (*Monitor, error) {
 			perf.ReaderOptions{Watermark: 16 * os.Getpagesize()})
 		if err != nil {
 			m.state.Close()
+			m.claim.Unlock()
 		}
 		return err
 	})
@@ -367,6 +384,9 @@ func (m *Monitor) Lost() uint64 { return m.lost.Load() + m.skipped() - m.skipped
 
 // Close stops the monitor; a Run returns.
 func (m *Monitor) Close() error {
-	m.skipped() // Lost goes on answering
-	return errors.Join(m.rd.Close(), m.state.Close())
+	m.closeOnce.Do(func() {
+		m.skipped() // Lost goes on answering
+		m.closeErr = errors.Join(m.rd.Close(), m.state.Close(), m.claim.Unlock())
+	})
+	return m.closeErr
 }

@@ -452,3 +452,36 @@ func TestMonitorCrossNode(t *testing.T) {
 		t.Errorf("node 0: %d SNAT and %d reverse SNAT events of a's pings to %s, want 2 each", snat, revSNAT, c.cluster.Gateway)
 	}
 }
+
+// TestMonitorOneReader: a node's events go to one reader at a time (its
+// perf rings are the map's): a second OpenMonitor, in this process or
+// another, is refused with ErrMonitorBusy instead of silently taking the
+// first one's events; once the first closes, the next one reads.
+func TestMonitorOneReader(t *testing.T) {
+	pin := datapathtest.PinPath(t)
+	node, a, b, dp := twoPods(t, datapath.Config{PinPath: pin})
+	if err := dp.SetMonitor(datapath.MonitorAll, 0); err != nil {
+		t.Fatal(err)
+	}
+	first := collect(t, dp)
+	if _, err := dp.OpenMonitor(); !errors.Is(err, datapath.ErrMonitorBusy) {
+		t.Fatalf("second OpenMonitor: %v, want ErrMonitorBusy", err)
+	}
+	other, err := datapath.Open(pin, node.Netns) // as another process would
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.OpenMonitor(); !errors.Is(err, datapath.ErrMonitorBusy) {
+		t.Fatalf("OpenMonitor of another handle: %v, want ErrMonitorBusy", err)
+	}
+	a.MustPing(t, b.IP)
+	if events, _ := first(nil); len(events) == 0 {
+		t.Error("the first monitor got no events")
+	}
+	next := collect(t, other)
+	a.MustPing(t, b.IP)
+	if events, _ := next(nil); len(events) == 0 {
+		t.Error("the monitor opened after the first closed got no events")
+	}
+}

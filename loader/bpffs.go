@@ -190,3 +190,34 @@ func lockDir(dir string) (*Lock, error) {
 func (l *Lock) Unlock() error {
 	return l.f.Close()
 }
+
+// ErrEventsBusy is returned by ClaimEvents while another reader holds the
+// node's events.
+var ErrEventsBusy = errors.New("the node's events have a reader already")
+
+// eventsDir is the directory below a pin path whose lock a reader of the
+// node's events holds.
+const eventsDir = "events"
+
+// ClaimEvents makes this process the reader of the node's events
+// (Maps.Events) until Unlock: a perf event array has one ring per CPU, so
+// a second reader would silently take them from the first. A claim held
+// by another reader, in any process, gives ErrEventsBusy.
+func (n *Instance) ClaimEvents() (*Lock, error) {
+	dir := filepath.Join(n.PinPath, eventsDir)
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("claim events: %w", err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("claim events: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, ErrEventsBusy
+		}
+		return nil, fmt.Errorf("claim events: %w", err)
+	}
+	return &Lock{f: f}, nil
+}

@@ -141,7 +141,7 @@ func programsIn(m *ebpf.Map) []ebpf.ProgramID {
 // ours tells whether name is an entry a node instance makes in its pin
 // directory.
 func ours(name string) bool {
-	return slices.Contains(mapNames, name) || name == "progs" || name == "links"
+	return slices.Contains(mapNames, name) || name == "progs" || name == "links" || name == eventsDir
 }
 
 // checkPinDir refuses a pin path that is the bpf filesystem's root (a
@@ -204,7 +204,8 @@ func (n *Instance) Remove() error {
 			errs = append(errs, fmt.Errorf("unpin %s: %w", filepath.Base(pin), err))
 		}
 	}
-	for _, dir := range []string{filepath.Join(n.PinPath, "progs"), filepath.Join(n.PinPath, "links"), n.PinPath} {
+	for _, dir := range []string{filepath.Join(n.PinPath, "progs"), filepath.Join(n.PinPath, "links"),
+		filepath.Join(n.PinPath, eventsDir), n.PinPath} {
 		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
 			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
 		}

@@ -1545,6 +1545,18 @@ func TestHrctlMonitor(t *testing.T) {
 	if level, _, err := dp.MonitorSettings(); err != nil || level != datapath.MonitorOff {
 		t.Errorf("after hrctl monitor the node's monitor is %v (%v), want off", level, err)
 	}
+
+	// While an agent reads the node's events, hrctl monitor says so
+	// rather than taking them from it.
+	mon, err := dp.OpenMonitor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Close()
+	if _, stderr, code := hrctlIn(t, bin, n0.NetnsName, "--pin-path", pin, "monitor", "--count", "1"); code != 1 ||
+		!strings.Contains(stderr, "the node's events have a reader already") {
+		t.Errorf("hrctl monitor beside another reader: exit %d, %q; want 1 and why", code, stderr)
+	}
 }
 
 // sendFrom sends a UDP datagram to dst port 9 from src, an address this
