@@ -42,9 +42,9 @@ func (d *datapath) events(watermark int) *perf.Reader {
 }
 
 // TestMonitorEvents: with drops reported, a spoofed packet's drop is an
-// event carrying the decision, the device, the length and the packet's
-// first bytes; a delivered packet is none. With everything reported, the
-// delivery is one too.
+// event carrying the decision, the device, the endpoint, the length and
+// the packet's first bytes; a delivered packet is none. With everything
+// reported, the delivery is one too, naming the endpoint it entered.
 func TestMonitorEvents(t *testing.T) {
 	d := loadDatapath(t, configPeer)
 	d.addPods(podA, podB)
@@ -65,12 +65,13 @@ func TestMonitorEvents(t *testing.T) {
 		t.Fatalf("delivered: verdict %d", v)
 	}
 	for i, want := range []struct {
-		metric maps.Metric
-		frame  []byte
-		capLen int
+		metric   maps.Metric
+		frame    []byte
+		capLen   int
+		endpoint uint16 // dropped for the sender, delivered to the receiver
 	}{
-		{maps.MetricDropSpoofed, spoofed.frame(), 32},
-		{maps.MetricForwardPeer, ipv4From(podA, podB.ip).forwarded(podB).frame(), len(delivered)},
+		{maps.MetricDropSpoofed, spoofed.frame(), 32, podA.id},
+		{maps.MetricForwardPeer, ipv4From(podA, podB.ip).forwarded(podB).frame(), len(delivered), podB.id},
 	} {
 		rec, err := rd.Read()
 		if err != nil {
@@ -81,10 +82,12 @@ func TestMonitorEvents(t *testing.T) {
 			t.Fatalf("event %d: %d bytes, want 24 + %d", i, len(raw), want.capLen)
 		}
 		ifindex, length := binary.NativeEndian.Uint32(raw[8:]), int(binary.NativeEndian.Uint32(raw[12:]))
-		capLen, dir, metric := int(binary.NativeEndian.Uint32(raw[16:])), maps.Direction(raw[20]), maps.Metric(raw[21])
-		if ifindex != podA.ifindex || length != len(want.frame) || capLen != want.capLen || dir != maps.FromContainer || metric != want.metric {
-			t.Errorf("event %d: ifindex %d length %d captured %d %s %s; want %d %d %d from-container %s",
-				i, ifindex, length, capLen, dir, metric, podA.ifindex, len(want.frame), want.capLen, want.metric)
+		capLen, dir, metric := int(binary.NativeEndian.Uint16(raw[16:])), maps.Direction(raw[20]), maps.Metric(raw[21])
+		endpoint := binary.NativeEndian.Uint16(raw[18:])
+		if ifindex != podA.ifindex || length != len(want.frame) || capLen != want.capLen || dir != maps.FromContainer ||
+			metric != want.metric || endpoint != want.endpoint {
+			t.Errorf("event %d: ifindex %d length %d captured %d %s %s endpoint %d; want %d %d %d from-container %s %d",
+				i, ifindex, length, capLen, dir, metric, endpoint, podA.ifindex, len(want.frame), want.capLen, want.metric, want.endpoint)
 		}
 		checkFrame(t, want.metric.String()+" event's bytes", raw[24:24+capLen], want.frame[:capLen])
 	}
@@ -98,6 +101,7 @@ func TestMonitorEvents(t *testing.T) {
 type event struct {
 	typ, ct       uint8
 	ifindex       uint32
+	endpoint      uint16
 	dir           maps.Direction
 	metric        maps.Metric
 	revNAT        uint16
@@ -116,7 +120,8 @@ func nextEvent(t *testing.T, rd *perf.Reader) event {
 	}
 	raw := rec.RawSample
 	e := event{typ: raw[22], ifindex: binary.NativeEndian.Uint32(raw[8:]), dir: maps.Direction(raw[20]),
-		metric: maps.Metric(raw[21]), capLen: int(binary.NativeEndian.Uint32(raw[16:])), bytes: len(raw)}
+		metric: maps.Metric(raw[21]), capLen: int(binary.NativeEndian.Uint16(raw[16:])), bytes: len(raw),
+		endpoint: binary.NativeEndian.Uint16(raw[18:])}
 	if e.typ == 1 {
 		e.revNAT, e.proto, e.ct = binary.NativeEndian.Uint16(raw[24:]), raw[26], raw[27]
 		copy(e.from[:], raw[28:40])

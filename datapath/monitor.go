@@ -99,7 +99,11 @@ type Event struct {
 	CPU int
 	// IfIndex is the device the program runs on: a pod's host-side
 	// device, or a node device.
-	IfIndex   int
+	IfIndex int
+	// Endpoint is the endpoint the packet entered or was dropped for; 0
+	// for others (forwarded to another node, to the stack), whose
+	// device's endpoint, if any, IfIndex tells.
+	Endpoint  uint16
 	Direction maps.Direction
 	// Reason is the decision: a forward path or a drop reason; or the
 	// kind of translation (Reason.IsTranslation()).
@@ -225,6 +229,7 @@ func parseEvent(raw []byte, cpu int) (Event, error) {
 		CPU:       cpu,
 		IfIndex:   int(binary.NativeEndian.Uint32(raw[8:])),
 		Len:       int(binary.NativeEndian.Uint32(raw[12:])),
+		Endpoint:  binary.NativeEndian.Uint16(raw[18:]),
 		Direction: maps.Direction(raw[20]),
 		Reason:    maps.Metric(raw[21]),
 	}
@@ -242,7 +247,7 @@ func parseEvent(raw []byte, cpu int) (Event, error) {
 	default:
 		return Event{}, fmt.Errorf("monitor event of type %d", raw[22])
 	}
-	capLen := int(binary.NativeEndian.Uint32(raw[16:]))
+	capLen := int(binary.NativeEndian.Uint16(raw[16:]))
 	if capLen > len(raw)-eventHeaderLen {
 		return Event{}, fmt.Errorf("monitor event carries %d packet bytes, says %d", len(raw)-eventHeaderLen, capLen)
 	}

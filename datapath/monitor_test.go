@@ -93,6 +93,11 @@ func TestMonitor(t *testing.T) {
 	if level, capture, err := dp.MonitorSettings(); err != nil || level != datapath.MonitorOff {
 		t.Fatalf("a new node's monitor: %v %d %v, want off", level, capture, err)
 	}
+	epA, errA := dp.Endpoint(a.IP)
+	epB, errB := dp.Endpoint(b.IP)
+	if errA != nil || errB != nil {
+		t.Fatal(errA, errB)
+	}
 	spoof := netip.MustParseAddr("10.0.0.99")
 	for _, tc := range []struct {
 		level               datapath.MonitorLevel
@@ -125,15 +130,15 @@ func TestMonitor(t *testing.T) {
 				case !ok:
 				case e.Reason == maps.MetricForwardPeer && e.Direction == maps.FromContainer && src == a.IP && dst == b.IP:
 					requests++
-					if len(e.Data) != 64 || e.Len <= 64 {
-						t.Errorf("event %v carries %d bytes of a %d-byte packet, want 64", e, len(e.Data), e.Len)
+					if len(e.Data) != 64 || e.Len <= 64 || e.Endpoint != epB.ID {
+						t.Errorf("event %v carries %d bytes of a %d-byte packet into endpoint %d, want 64 into %d", e, len(e.Data), e.Len, e.Endpoint, epB.ID)
 					}
 				case e.Reason == maps.MetricForwardPeer && src == b.IP && dst == a.IP:
 					replies++
 				case e.Reason == maps.MetricDropSpoofed && src == spoof:
 					drops++
-					if !e.IsDrop() || e.String() == "" {
-						t.Errorf("spoofed packet's event %v: not a drop", e)
+					if !e.IsDrop() || e.String() == "" || e.Endpoint != epA.ID {
+						t.Errorf("spoofed packet's event %v: not a drop of endpoint %d's", e, epA.ID)
 					}
 				}
 			}

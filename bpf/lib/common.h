@@ -256,7 +256,8 @@ struct monitor_event {
 	__u64 time;     /* CLOCK_MONOTONIC, ns */
 	__u32 ifindex;  /* the device the program runs on */
 	__u32 len;      /* the packet's length */
-	__u32 cap_len;  /* bytes of it that follow */
+	__u16 cap_len;  /* bytes of it that follow */
+	__u16 endpoint; /* the endpoint it enters or is dropped for, else whose device it is on; 0: none */
 	__u8 direction; /* enum direction */
 	__u8 metric;    /* enum metric: the decision, or the translation */
 	__u8 type;      /* enum event_type */

@@ -35,10 +35,10 @@ static __always_inline int deliver(struct __sk_buff *ctx, enum direction dir, en
 {
 	count_to(id, ctx->len);
 	if (CONFIG.redirect_peer && how == DELIVER_PEER) {
-		count_metric(ctx, dir, METRIC_FWD_PEER);
+		count_metric_ep(ctx, dir, METRIC_FWD_PEER, id);
 		return bpf_redirect_peer(ifindex, 0);
 	}
-	count_metric(ctx, dir, METRIC_PASS);
+	count_metric_ep(ctx, dir, METRIC_PASS, id);
 	return TC_ACT_OK;
 }
 
@@ -90,7 +90,7 @@ static __always_inline int local_delivery(struct __sk_buff *ctx, enum direction 
 	mac_copy(eth->h_source, ep->node_mac);
 
 	if (!CONFIG.redirect_peer) {
-		count_metric(ctx, dir, METRIC_FWD_REDIRECT);
+		count_metric_ep(ctx, dir, METRIC_FWD_REDIRECT, ep->id);
 		return bpf_redirect(ep->ifindex, 0);
 	}
 	return to_endpoint(ctx, dir, DELIVER_PEER, ep, src_id);

@@ -74,10 +74,11 @@ static __always_inline void monitor_output(struct __sk_buff *ctx, __u64 flags, v
 		st->retry_after = now + MONITOR_BACKOFF_NS;
 }
 
-/* count_metric counts the packet's decision m, and reports it to
+/* count_metric_ep counts the packet's decision m, and reports it to
  * hr_events with the packet's first bytes (at most cap_len, at most
- * 0xffff) when the monitor asks for it. */
-static __always_inline void count_metric(struct __sk_buff *ctx, enum direction dir, enum metric m)
+ * 0xffff) when the monitor asks for it. The event names endpoint id: the
+ * one the packet enters, or is dropped for (0: none, or not known here). */
+static __always_inline void count_metric_ep(struct __sk_buff *ctx, enum direction dir, enum metric m, __u32 id)
 {
 	struct monitor_config *mon = monitor_config();
 
@@ -85,6 +86,7 @@ static __always_inline void count_metric(struct __sk_buff *ctx, enum direction d
 	if (mon && mon->level != MONITOR_OFF && monitor_wants(ctx, mon, m)) {
 		struct monitor_event ev = {
 			.time = bpf_ktime_get_ns(), .ifindex = ctx->ifindex, .len = ctx->len, .direction = dir, .metric = m,
+			.endpoint = id,
 		};
 		__u64 cap = ctx->len < mon->cap_len ? ctx->len : mon->cap_len;
 
@@ -92,6 +94,12 @@ static __always_inline void count_metric(struct __sk_buff *ctx, enum direction d
 		ev.cap_len = cap;
 		monitor_output(ctx, (cap << 32) | BPF_F_CURRENT_CPU, &ev, sizeof(ev), ev.time);
 	}
+}
+
+/* count_metric is count_metric_ep for a packet that enters no endpoint. */
+static __always_inline void count_metric(struct __sk_buff *ctx, enum direction dir, enum metric m)
+{
+	count_metric_ep(ctx, dir, m, 0);
 }
 
 /* count_xlate counts a translation (kind, one of METRIC_XLATE_*), besides
@@ -153,7 +161,7 @@ static __always_inline int drop_endpoint(struct __sk_buff *ctx, enum direction d
 		s->drop_packets++;
 		s->drop_bytes += ctx->len;
 	}
-	count_metric(ctx, dir, reason);
+	count_metric_ep(ctx, dir, reason, id);
 	return TC_ACT_SHOT;
 }
 

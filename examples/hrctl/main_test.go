@@ -1452,7 +1452,7 @@ func TestHrctlMonitor(t *testing.T) {
 	pin := datapathtest.PinPath(t)
 	dp := n0.NewDatapath(t, datapath.Config{PinPath: pin})
 	epA := a.AddEndpoint(t, dp)
-	b.AddEndpoint(t, dp)
+	epB := b.AddEndpoint(t, dp)
 	pcap := filepath.Join(t.TempDir(), "trace.pcap")
 
 	// start runs hrctl monitor with args while traffic runs, until it
@@ -1485,7 +1485,8 @@ func TestHrctlMonitor(t *testing.T) {
 	}
 
 	out := start(func() { a.MustPing(t, b.IP) }, 0, "--type", "trace", "--from", strconv.Itoa(int(epA.ID)), "--pcap", pcap)
-	want := regexp.MustCompile(fmt.Sprintf(`(?m)^-> endpoint %d flow %s -> %s ICMPv4 EchoRequest, forward-peer \(from-container, ifindex \d+\)$`, epA.ID, a.IP, b.IP))
+	// As cilium monitor: a delivery names the endpoint it enters.
+	want := regexp.MustCompile(fmt.Sprintf(`(?m)^-> endpoint %d flow %s -> %s ICMPv4 EchoRequest, forward-peer \(from-container, ifindex \d+\)$`, epB.ID, a.IP, b.IP))
 	if n := len(want.FindAllString(out, -1)); n != 3 {
 		t.Errorf("hrctl monitor --type trace --from %d: %d echo request lines, want 3:\n%s", epA.ID, n, out)
 	}
@@ -1507,7 +1508,7 @@ func TestHrctlMonitor(t *testing.T) {
 	out = start(func() { a.MustTCPEcho(t, vip.Addr(), vip.Port()) }, 0, "--aggregate", "connection", "-v")
 	for _, want := range []string{
 		fmt.Sprintf(`(?m)^CT verdict: New, revnat=%d\nService backend %s:%d selected for %s:\d+ -> %s TCP$`, id, b.IP, port, a.IP, vip),
-		fmt.Sprintf(`(?m)^-> endpoint %d flow %s:\d+ -> %s:%d TCP SYN, forward-peer \(from-container`, epA.ID, a.IP, b.IP, port),
+		fmt.Sprintf(`(?m)^-> endpoint %d flow %s:\d+ -> %s:%d TCP SYN, forward-peer \(from-container`, epB.ID, a.IP, b.IP, port),
 		`(?m)^CT verdict: Reply, revnat=\d+\nReverse NAT `,
 	} {
 		if !regexp.MustCompile(want).MatchString(out) {

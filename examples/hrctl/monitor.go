@@ -187,9 +187,13 @@ func newEndpointIndex(dp *datapath.Datapath) (endpointIndex, error) {
 	return x, nil
 }
 
-// of returns the endpoint an event is about: the one whose device the
-// program ran on, else (on a node device) the one its IPv4 packet is for.
+// of returns the endpoint an event is about: the one it names (the packet
+// entered it or was dropped for it), else the one whose device the program
+// ran on, else the one its IPv4 packet is for.
 func (x endpointIndex) of(e datapath.Event) uint16 {
+	if e.Endpoint != 0 {
+		return e.Endpoint
+	}
 	if id, ok := x.byDevice[e.IfIndex]; ok {
 		return id
 	}
