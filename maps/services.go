@@ -281,21 +281,21 @@ func (s *Services) Delete(f Frontend) error {
 // List returns every frontend entry, ordered by frontend.
 func (s *Services) List() ([]ServiceEntry, error) {
 	var (
-		k       bpf.HostroutingLb4Key
-		v       bpf.HostroutingLb4Service
 		heads   = map[bpf.HostroutingLb4Key]bpf.HostroutingLb4Service{}
 		slots   = map[bpf.HostroutingLb4Key]uint32{}
 		entries []ServiceEntry
 	)
-	it := s.services.Iterate()
-	for it.Next(&k, &v) {
-		if k.BackendSlot == 0 {
-			heads[k] = v
-		} else {
-			slots[k] = v.BackendId
+	err := ListBatch(s.services, func(keys []bpf.HostroutingLb4Key, vals []bpf.HostroutingLb4Service) error {
+		for i, k := range keys {
+			if k.BackendSlot == 0 {
+				heads[k] = vals[i]
+			} else {
+				slots[k] = vals[i].BackendId
+			}
 		}
-	}
-	if err := it.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("list services: %w", err)
 	}
 	for k, v := range heads {
@@ -358,16 +358,15 @@ func (s *Services) DeleteBackend(id uint32) error {
 
 // Backends returns every backend by ID.
 func (s *Services) Backends() (map[uint32]Backend, error) {
-	var (
-		id  uint32
-		v   bpf.HostroutingLb4Backend
-		all = map[uint32]Backend{}
-	)
-	it := s.backends.Iterate()
-	for it.Next(&id, &v) {
-		all[id] = Backend{ID: id, Addr: netip.AddrPortFrom(ipv4Addr(v.Address), ntohs(v.Port)), Proto: Protocol(v.Proto), State: BackendState(v.State)}
-	}
-	if err := it.Err(); err != nil {
+	all := map[uint32]Backend{}
+	err := ListBatch(s.backends, func(ids []uint32, vals []bpf.HostroutingLb4Backend) error {
+		for i, id := range ids {
+			v := vals[i]
+			all[id] = Backend{ID: id, Addr: netip.AddrPortFrom(ipv4Addr(v.Address), ntohs(v.Port)), Proto: Protocol(v.Proto), State: BackendState(v.State)}
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("list backends: %w", err)
 	}
 	return all, nil
