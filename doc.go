@@ -43,9 +43,11 @@
 // backend at connect time and their packets need no translation.
 //
 // Every packet a program sees is counted once, by direction and outcome
-// (maps.MetricTable), and per endpoint; when the monitor asks
-// (Datapath.SetMonitor), the decision is also reported as an event with
-// the packet's first bytes (Datapath.OpenMonitor, hrctl monitor).
+// (maps.MetricTable), once more per translation (DNAT, SNAT, reverse NAT),
+// and per endpoint; when the monitor asks (Datapath.SetMonitor: drops,
+// per connection, or all), the decision is also reported as an event with
+// the packet's first bytes, and a translation with its tuples and
+// conntrack's verdict (Datapath.OpenMonitor, hrctl monitor).
 //
 // An embedder's ingress policy is a tail call too (Datapath.SetIngressPolicy,
 // bpf/include/hostrouting/policy.h): no trampolines, so it runs on every
@@ -79,7 +81,8 @@
 //   - datapath/metrics: a Prometheus collector of a node's counters, map
 //     pressure and garbage collection.
 //   - datapath/datapathtest: network-namespace fixtures (nodes, pods,
-//     traffic, counters) for tests, ours and an embedding CNI's.
+//     traffic, counters, a real kube-apiserver) for tests, ours and an
+//     embedding CNI's or agent's.
 //   - loader: feature probes, loading once per node, pinning under one bpffs
 //     directory per node instance, adoption by a restarted process,
 //     attach/detach in any network namespace.
@@ -94,6 +97,8 @@
 //
 // The examples folder holds runnable programs: samenode (the demo),
 // crossnode (three kind-like nodes), service (the NodePort demo without
-// kube-proxy), cni-hostrouting (a chained CNI plugin), hrctl (the node
+// kube-proxy), cni-hostrouting (a chained CNI plugin), agent
+// (hostrouting-agent, a node agent driven by the Kubernetes API), cluster
+// (the agents on three nodes and a real kube-apiserver), hrctl (the node
 // admin CLI), policy (an ingress policy in C) and bench.
 package hostrouting
