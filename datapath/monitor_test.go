@@ -184,7 +184,7 @@ func TestMonitorService(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := collect(t, dp)
-	if name, err := askName(a, "tcp4", vip); err != nil || name != "b" {
+	if name, err := askName(a.Netns, "tcp4", vip); err != nil || name != "b" {
 		t.Fatalf("TCP to %s: %q, %v", vip, name, err)
 	}
 	events, lost := stop(nil)

@@ -28,7 +28,7 @@ func TestTranslationTables(t *testing.T) {
 		t.Fatal(err)
 	}
 	outside := netip.AddrPortFrom(cn.cluster.Gateway, 9000)
-	peerServer(t, cn.cluster.Wire, outside)
+	outsideHost(t, cn.cluster.Wire, outside)
 
 	st, err := cn.dps[0].Status()
 	if err != nil {
@@ -43,11 +43,11 @@ func TestTranslationTables(t *testing.T) {
 
 	traffic := func() {
 		t.Helper()
-		if name, err := askName(client, "tcp4", vip); err != nil || name != "b" {
+		if name, err := askName(client.Netns, "tcp4", vip); err != nil || name != "b" {
 			t.Fatalf("TCP to %s: %q, %v", vip, name, err)
 		}
 		for _, proto := range []string{"tcp4", "udp4"} {
-			if peer, err := askName(client, proto, outside); err != nil || !strings.HasPrefix(peer, n0.IP.String()+":") {
+			if peer, err := seenAs(client.Netns, proto, outside); err != nil || !strings.HasPrefix(peer, n0.IP.String()+":") {
 				t.Fatalf("%s to %s: seen as %q, %v; want node %s", proto, outside, peer, err, n0.IP)
 			}
 		}

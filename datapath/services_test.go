@@ -26,10 +26,10 @@ import (
 // (datapathtest's ServeName).
 func nameServer(t *testing.T, p *datapathtest.Pod) netip.AddrPort { return p.ServeName(t, 8080) }
 
-// askName connects from p to dst over proto ("tcp4" or "udp4") and returns
-// the name the backend answered with.
-func askName(p *datapathtest.Pod, proto string, dst netip.AddrPort) (string, error) {
-	a, err := datapathtest.AskName(p.Netns, proto, dst)
+// askName connects from the namespace at nsPath to dst over proto ("tcp4"
+// or "udp4") and returns the name the backend answered with.
+func askName(nsPath, proto string, dst netip.AddrPort) (string, error) {
+	a, err := datapathtest.AskName(nsPath, proto, dst)
 	return a.Name, err
 }
 
@@ -66,7 +66,7 @@ func TestClusterIP(t *testing.T) {
 	for _, proto := range []string{"tcp4", "udp4"} {
 		seen := map[string]int{}
 		for range 30 {
-			name, err := askName(client, proto, vip)
+			name, err := askName(client.Netns, proto, vip)
 			if err != nil {
 				t.Fatalf("%s to %s: %v", proto, vip, err)
 			}
@@ -87,7 +87,7 @@ func TestClusterIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 10 {
-		if name, err := askName(client, "tcp4", vip); err != nil || name != "local" {
+		if name, err := askName(client.Netns, "tcp4", vip); err != nil || name != "local" {
 			t.Fatalf("after the remote backend left: %q, %v; want local", name, err)
 		}
 	}
@@ -98,7 +98,7 @@ func TestClusterIP(t *testing.T) {
 	if err := cn.dps[0].DeleteService(ids[0]); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := askName(client, "tcp4", vip); err == nil {
+	if _, err := askName(client.Netns, "tcp4", vip); err == nil {
 		t.Error("TCP to a deleted service's frontend was answered")
 	}
 	if err := cn.dps[0].DeleteService(ids[0]); !errors.Is(err, datapath.ErrNotFound) {
@@ -144,48 +144,17 @@ func TestServiceBadInput(t *testing.T) {
 	}
 }
 
-// peerServer serves, on TCP and UDP addr in the namespace at nsPath, the
-// address each client came from, until t ends.
-func peerServer(t *testing.T, nsPath string, addr netip.AddrPort) {
-	t.Helper()
-	var ln net.Listener
-	var pc net.PacketConn
-	err := routing.Do(nsPath, func() (err error) {
-		if ln, err = net.Listen("tcp4", addr.String()); err != nil {
-			return err
-		}
-		pc, err = net.ListenPacket("udp4", addr.String())
-		return err
-	})
-	if err != nil {
-		t.Fatalf("serve peers on %s: %v", addr, err)
-	}
-	t.Cleanup(func() { ln.Close(); pc.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte(c.RemoteAddr().String()))
-			c.Close()
-		}
-	}()
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo([]byte(from.String()), from)
-		}
-	}()
+// outsideHost serves, on TCP and UDP addr in the namespace at nsPath, the
+// address each client came from (datapathtest.ServeName), until t ends.
+func outsideHost(t *testing.T, nsPath string, addr netip.AddrPort) {
+	datapathtest.ServeName(t, nsPath, addr, "outside")
 }
 
-// askIn is askName from the namespace at nsPath.
-func askIn(nsPath, proto string, dst netip.AddrPort) (string, error) {
-	return askName(&datapathtest.Pod{Netns: nsPath}, proto, dst)
+// seenAs connects from the namespace at nsPath to dst over proto and
+// returns the address the ServeName server there saw the client come from.
+func seenAs(nsPath, proto string, dst netip.AddrPort) (string, error) {
+	a, err := datapathtest.AskName(nsPath, proto, dst)
+	return a.Client, err
 }
 
 // TestMasquerade: pods reach a host outside the native routing CIDR (on
@@ -196,11 +165,11 @@ func TestMasquerade(t *testing.T) {
 	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
 	n0 := cn.cluster.Nodes[0]
 	outside := netip.AddrPortFrom(cn.cluster.Gateway, 9000)
-	peerServer(t, cn.cluster.Wire, outside)
+	outsideHost(t, cn.cluster.Wire, outside)
 	fwd := n0.CountForward(t)
 	for _, proto := range []string{"tcp4", "udp4"} {
 		for range 3 {
-			peer, err := askName(cn.a, proto, outside)
+			peer, err := seenAs(cn.a.Netns, proto, outside)
 			if err != nil {
 				t.Fatalf("%s from pod a to %s: %v", proto, outside, err)
 			}
@@ -216,8 +185,8 @@ func TestMasquerade(t *testing.T) {
 		t.Errorf("FORWARD counted %d packets: masqueraded flows went by the stack", f)
 	}
 	// Inside the native routing CIDR: no translation.
-	peerServer(t, cn.b.Netns, netip.AddrPortFrom(cn.b.IP, 9000))
-	if peer, err := askName(cn.a, "tcp4", netip.AddrPortFrom(cn.b.IP, 9000)); err != nil || !strings.HasPrefix(peer, cn.a.IP.String()+":") {
+	outsideHost(t, cn.b.Netns, netip.AddrPortFrom(cn.b.IP, 9000))
+	if peer, err := seenAs(cn.a.Netns, "tcp4", netip.AddrPortFrom(cn.b.IP, 9000)); err != nil || !strings.HasPrefix(peer, cn.a.IP.String()+":") {
 		t.Errorf("pod to pod across nodes: seen as %q (err %v), want pod a's address %s", peer, err, cn.a.IP)
 	}
 }
@@ -242,7 +211,7 @@ func TestNodePort(t *testing.T) {
 		for _, proto := range []string{"tcp4", "udp4"} {
 			seen := map[string]int{}
 			for range 20 {
-				name, err := askIn(cn.cluster.Wire, proto, front)
+				name, err := askName(cn.cluster.Wire, proto, front)
 				if err != nil {
 					t.Fatalf("%s from the wire to %s: %v", proto, front, err)
 				}
@@ -263,7 +232,7 @@ func TestNodePort(t *testing.T) {
 		}
 	}
 	for _, proto := range []string{"tcp4", "udp4"} {
-		if _, err := askIn(cn.cluster.Wire, proto, netip.AddrPortFrom(n1.IP, 30100)); err != nil {
+		if _, err := askName(cn.cluster.Wire, proto, netip.AddrPortFrom(n1.IP, 30100)); err != nil {
 			t.Errorf("%s to the NodePort of every address at %s: %v", proto, n1.IP, err)
 		}
 	}
@@ -289,7 +258,7 @@ func TestNodePort(t *testing.T) {
 
 	// externalTrafficPolicy Local on node 0: its own backend only, which
 	// sees the client's address.
-	peerServer(t, local.Netns, netip.AddrPortFrom(local.IP, 9000))
+	outsideHost(t, local.Netns, netip.AddrPortFrom(local.IP, 9000))
 	front := netip.AddrPortFrom(n0.IP, 30090)
 	_, err := cn.dps[0].UpsertService(datapath.Service{Frontend: front, Protocol: datapath.TCP, Type: datapath.NodePort, ExternalTrafficPolicyLocal: true,
 		Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(local.IP, 9000)}, {Addr: netip.AddrPortFrom(remote.IP, 9000)}}})
@@ -297,7 +266,7 @@ func TestNodePort(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 10 {
-		peer, err := askIn(cn.cluster.Wire, "tcp4", front)
+		peer, err := seenAs(cn.cluster.Wire, "tcp4", front)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -363,7 +332,7 @@ func TestMaglev(t *testing.T) {
 	client.AddEndpoint(t, dp)
 	seen := map[string]int{}
 	for range 30 {
-		name, err := askName(client, "tcp4", vip)
+		name, err := askName(client.Netns, "tcp4", vip)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -406,9 +375,9 @@ func TestMasqueradePMTU(t *testing.T) {
 		t.Fatalf("forwarding on the wire: %v\n%s", err, out)
 	}
 	outside := netip.MustParseAddrPort("192.0.2.10:9000")
-	peerServer(t, outsidePath, outside)
+	outsideHost(t, outsidePath, outside)
 	// A small request first: the path works at all.
-	if peer, err := askName(cn.a, "tcp4", outside); err != nil || !strings.HasPrefix(peer, cn.cluster.Nodes[0].IP.String()+":") {
+	if peer, err := seenAs(cn.a.Netns, "tcp4", outside); err != nil || !strings.HasPrefix(peer, cn.cluster.Nodes[0].IP.String()+":") {
 		t.Fatalf("pod a to %s: seen as %q, %v: want node 0's address", outside, peer, err)
 	}
 	// A 1400-byte DF datagram does not fit the router's link: the pod
@@ -465,7 +434,7 @@ func TestInboundFromOutside(t *testing.T) {
 			}
 			target := nameServer(t, cn.b)
 			for range 5 {
-				if name, err := askIn(cn.cluster.Wire, "tcp4", target); err != nil || name != "b" {
+				if name, err := askName(cn.cluster.Wire, "tcp4", target); err != nil || name != "b" {
 					t.Fatalf("from the wire to pod b %s: %q, %v", target, name, err)
 				}
 			}
@@ -566,7 +535,7 @@ func TestTerminatingBackend(t *testing.T) {
 func TestNATPortExhaustion(t *testing.T) {
 	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{NATPorts: [2]uint16{40000, 40001}})
 	outside := netip.AddrPortFrom(cn.cluster.Gateway, 9000)
-	peerServer(t, cn.cluster.Wire, outside)
+	outsideHost(t, cn.cluster.Wire, outside)
 	before := metric(t, cn.dps[0], maps.MetricDropNATNoPort)
 	seen := map[string]bool{}
 	var conns []net.Conn
@@ -591,7 +560,8 @@ func TestNATPortExhaustion(t *testing.T) {
 			continue
 		}
 		answered++
-		seen[string(buf[:n])] = true
+		_, peer, _ := strings.Cut(string(buf[:n]), " ") // "outside CLIENT"
+		seen[peer] = true
 	}
 	if answered != 2 || len(seen) != 2 {
 		t.Errorf("%d flows answered, seen as %v: want 2, from two ports of the range", answered, seen)
@@ -632,17 +602,17 @@ func TestTrafficPolicies(t *testing.T) {
 		ExternalTrafficPolicyLocal: true, Backends: backends}); err != nil {
 		t.Fatal(err)
 	}
-	if seen := spread(func() (string, error) { return askIn(cn.cluster.Wire, "tcp4", node) }); len(seen) != 1 || seen["a"] == 0 {
+	if seen := spread(func() (string, error) { return askName(cn.cluster.Wire, "tcp4", node) }); len(seen) != 1 || seen["a"] == 0 {
 		t.Errorf("externalTrafficPolicy Local from the wire: answered by %v, want the local backend a only", seen)
 	}
-	if seen := spread(func() (string, error) { return askName(client, "tcp4", node) }); len(seen) != 2 {
+	if seen := spread(func() (string, error) { return askName(client.Netns, "tcp4", node) }); len(seen) != 2 {
 		t.Errorf("externalTrafficPolicy Local from a pod of the node: answered by %v, want both backends", seen)
 	}
 	vip := netip.MustParseAddrPort("10.96.0.60:80")
 	if _, err := cn.dps[0].UpsertService(datapath.Service{Frontend: vip, Protocol: datapath.TCP, InternalTrafficPolicyLocal: true, Backends: backends}); err != nil {
 		t.Fatal(err)
 	}
-	if seen := spread(func() (string, error) { return askName(client, "tcp4", vip) }); len(seen) != 1 || seen["a"] == 0 {
+	if seen := spread(func() (string, error) { return askName(client.Netns, "tcp4", vip) }); len(seen) != 1 || seen["a"] == 0 {
 		t.Errorf("internalTrafficPolicy Local from a pod: answered by %v, want the local backend a only", seen)
 	}
 	svcs, err := cn.dps[0].Services()

@@ -152,15 +152,24 @@ func (p *Pod) MustUDPEcho(t testing.TB, dst netip.Addr, port uint16) {
 }
 
 // ServeName serves the pod's name on TCP and UDP port of its address until
-// t ends: a service backend that says who answered, and whom: every TCP
-// connection and every datagram gets "NAME CLIENT" ("b 10.0.0.10:40000",
-// the client as the backend sees it). It returns the address it serves.
+// t ends (see the function ServeName) and returns that address.
 func (p *Pod) ServeName(t testing.TB, port uint16) netip.AddrPort {
 	t.Helper()
 	addr := netip.AddrPortFrom(p.IP, port)
+	ServeName(t, p.Netns, addr, p.Name)
+	return addr
+}
+
+// ServeName serves name on TCP and UDP addr in the namespace at nsPath
+// until t ends: a backend (or an outside host) that says who answered,
+// and whom: every TCP connection and every datagram gets "NAME CLIENT"
+// ("b 10.0.0.10:40000", the client as the server sees it). AskName reads
+// it.
+func ServeName(t testing.TB, nsPath string, addr netip.AddrPort, name string) {
+	t.Helper()
 	var ln net.Listener
 	var pc net.PacketConn
-	err := routing.Do(p.Netns, func() (err error) {
+	err := routing.Do(nsPath, func() (err error) {
 		if ln, err = net.Listen("tcp4", addr.String()); err != nil {
 			return err
 		}
@@ -168,7 +177,7 @@ func (p *Pod) ServeName(t testing.TB, port uint16) netip.AddrPort {
 		return err
 	})
 	if err != nil {
-		t.Fatalf("pod %s: serve its name: %v", p.Name, err)
+		t.Fatalf("serve %s on %s: %v", name, addr, err)
 	}
 	t.Cleanup(func() { ln.Close(); pc.Close() })
 	go func() {
@@ -177,7 +186,7 @@ func (p *Pod) ServeName(t testing.TB, port uint16) netip.AddrPort {
 			if err != nil {
 				return
 			}
-			c.Write([]byte(p.Name + " " + c.RemoteAddr().String()))
+			c.Write([]byte(name + " " + c.RemoteAddr().String()))
 			c.Close()
 		}
 	}()
@@ -188,10 +197,9 @@ func (p *Pod) ServeName(t testing.TB, port uint16) netip.AddrPort {
 			if err != nil {
 				return
 			}
-			pc.WriteTo([]byte(p.Name+" "+from.String()), from)
+			pc.WriteTo([]byte(name+" "+from.String()), from)
 		}
 	}()
-	return addr
 }
 
 // NameAnswer is what AskName heard.
@@ -203,8 +211,8 @@ type NameAnswer struct {
 
 // AskName connects from the namespace at nsPath (a pod's or a node's) to
 // dst over proto ("tcp4" or "udp4") and returns the answer of a ServeName
-// backend (from another server, its whole answer as Name). A UDP socket
-// is connected to dst, so it takes only replies that come from dst.
+// server. A UDP socket is connected to dst, so it takes only replies that
+// come from dst.
 func AskName(nsPath, proto string, dst netip.AddrPort) (NameAnswer, error) {
 	var c net.Conn
 	err := routing.Do(nsPath, func() (err error) {
@@ -231,6 +239,9 @@ func AskName(nsPath, proto string, dst netip.AddrPort) (NameAnswer, error) {
 	} else if b, err = io.ReadAll(c); err != nil {
 		return a, err
 	}
-	a.Name, a.Client, _ = strings.Cut(string(b), " ")
+	var ok bool
+	if a.Name, a.Client, ok = strings.Cut(string(b), " "); !ok {
+		return a, fmt.Errorf("answer %q from %s: not a ServeName server's", b, dst)
+	}
 	return a, nil
 }
