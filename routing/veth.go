@@ -75,6 +75,14 @@ type Veth struct {
 //     answers the pod's ARP for the gateway) and the endpoint route
 //     addr/32 dev HostIfName scope link (see AddEndpointRoute).
 //
+// The node-side device ignores the pod's IPv6 Router Advertisements and
+// Redirects and makes no SLAAC address (net.ipv6.conf.<HostIfName>.accept_ra,
+// accept_redirects and autoconf are 0, set before the device is up), so a
+// pod can never give its node a route or an address (CVE-2020-10749). A
+// device without IPv6 (none in the kernel, or an MTU below 1280) is left so;
+// should its MTU be raised to 1280 or more later, it gets the namespace's
+// default IPv6 settings, and with them the pod's RAs.
+//
 // With cfg.NoHostAddress (Calico-style) the node-side device gets no
 // address, and the pod needs the datapath's ARP responder to reach its
 // gateway; see VethConfig.NoHostAddress.
@@ -122,6 +130,11 @@ func SetupVeth(cfg VethConfig) (*Veth, error) {
 
 func configureVeth(host, pod *netlink.Handle, cfg VethConfig) (*Veth, error) {
 	gateway := hostRoute(cfg.Gateway)
+
+	// Before any end is up, so that not one RA from the pod slips in.
+	if err := guardHostVeth(cfg.HostNetns, cfg.HostIfName); err != nil {
+		return nil, fmt.Errorf("guard veth %q against the pod's IPv6 router advertisements: %w", cfg.HostIfName, err)
+	}
 
 	lo, err := pod.LinkByName("lo")
 	if err != nil {
