@@ -175,40 +175,61 @@ int tail_ipv4_revnat(struct __sk_buff *ctx)
 
 /* ct_inbound notes a flow from outside the native routing CIDR into a
  * local pod (its reply's tuple), so that its replies leave untranslated:
- * masquerade is for the pods' own flows. */
+ * masquerade is for the pods' own flows. Only a SYN opens a TCP flow, and
+ * no packet opens one on the tuple of a pod's own masqueraded flow: a
+ * forged packet must not turn that flow into an inbound one. */
 static __always_inline void ct_inbound(struct iphdr *ip, const struct l4 *l4)
 {
 	struct ct4_key rk = {
 		.saddr = ip->daddr, .daddr = ip->saddr, .sport = l4->dport, .dport = l4->sport,
 		.proto = ip->protocol, .dir = CT_INBOUND,
 	};
-	struct ct_entry *e = bpf_map_lookup_elem(&hr_ct4, &rk);
+	__u8 proto = ip->protocol, syn = (l4->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_SYN;
+	struct ct_entry *e = ct4_lookup(&rk);
 
-	if (e) {
-		ct_refresh(e, ip->protocol, l4->tcp_flags);
-	} else {
-		struct ct_entry fresh = {};
+	if (!e) {
+		struct ct4_key out = rk;
+		struct ct_entry fresh = { .packets = 1 };
 
-		ct_refresh(&fresh, ip->protocol, l4->tcp_flags);
-		bpf_map_update_elem(&hr_ct4, &rk, &fresh, BPF_ANY);
+		out.dir = NAT_OUT;
+		if ((proto == IPPROTO_TCP && !syn) || nat4_lookup(&out))
+			return;
+		ct_update(&fresh.st, NULL, proto, l4);
+		ct_count(ct4_class(proto), ct4_create(&rk, &fresh) ? CT_STAT_CREATED : CT_STAT_FAILED);
+		return;
 	}
+	if ((e->st.flags & CT_F_CLOSING) && syn) { /* reopened */
+		e->st.flags &= CT_F_ESTABLISHED;
+		e->st.seq_end = 0;
+	}
+	ct_update(&e->st, NULL, proto, l4);
+	if ((e->st.flags & (CT_F_FIN | CT_F_REPLY_FIN)) == (CT_F_FIN | CT_F_REPLY_FIN) && !(e->st.flags & CT_F_CLOSING)) {
+		e->st.flags |= CT_F_CLOSING;
+		e->st.expires = now_seconds() + CT_TIMEOUT_TCP_CLOSE;
+	}
+	e->packets++;
+	if (ct_established_ready(e->st.flags, proto, l4))
+		ct4_promote_flow(&rk, e, NULL, NULL);
 }
 
 /* is_inbound_reply tells whether a pod's packet answers a flow from
- * outside (see ct_inbound), and keeps that flow's entry alive: an
- * answered flow is established. */
+ * outside (see ct_inbound), and keeps that flow's entry alive. */
 static __always_inline int is_inbound_reply(struct iphdr *ip, const struct l4 *l4)
 {
 	struct ct4_key k = {
 		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
 		.proto = ip->protocol, .dir = CT_INBOUND,
 	};
-	struct ct_entry *e = bpf_map_lookup_elem(&hr_ct4, &k);
+	struct ct_entry *e = ct4_lookup(&k);
 
 	if (!e)
 		return 0;
-	e->flags |= CT_F_SEEN_REPLY;
-	ct_refresh(e, ip->protocol, l4->tcp_flags);
+	e->st.flags |= CT_F_SEEN_REPLY;
+	if (l4->tcp_flags & TCP_FLAG_FIN)
+		e->st.flags |= CT_F_REPLY_FIN;
+	if ((l4->tcp_flags & TCP_FLAG_RST) || (e->st.flags & (CT_F_FIN | CT_F_REPLY_FIN)) == (CT_F_FIN | CT_F_REPLY_FIN))
+		e->st.flags |= CT_F_CLOSING;
+	e->st.expires = now_seconds() + ct_timeout(ip->protocol, e->st.flags);
 	return 1;
 }
 
@@ -276,9 +297,12 @@ int tail_ipv4_from_netdev(struct __sk_buff *ctx)
 		}
 		return local_delivery(ctx, dir, eth, ip, ep, 0);
 	}
-	if (translated)
+	/* A translated flow of the node's own (its port was a pod flow's)
+	 * is the stack's; others go on their way. */
+	nat = node_addr(ctx->ifindex);
+	if (translated && !(nat && *nat == ip->daddr))
 		return CONFIG.fib_lookup ? fib_redirect(ctx, dir, eth, ip, len) : to_stack(ctx, dir);
-	if (!have_l4 || !lb_enabled())
+	if (translated || !have_l4 || !lb_enabled())
 		return to_stack(ctx, dir);
 
 	/* A NodePort or an external IP, from outside; a NodePort of every
@@ -286,7 +310,6 @@ int tail_ipv4_from_netdev(struct __sk_buff *ctx)
 	struct lb4_key key = { .address = ip->daddr, .dport = l4.dport, .proto = ip->protocol };
 
 	svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
-	nat = node_addr(ctx->ifindex);
 	if (!svc && nat && *nat == ip->daddr) {
 		key.address = 0;
 		svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
@@ -429,20 +452,38 @@ int to_netdev(struct __sk_buff *ctx)
 	struct iphdr *ip;
 	struct l4 l4;
 	__be32 *nat;
-	int ret;
+	int ret = 0;
 
 	/* BPF masquerade: pods' own flows leaving the native routing CIDR
-	 * take the device's address; the node's own flows keep their ports. */
-	if (CONFIG.masquerade && ctx->protocol == bpf_htons(ETH_P_IP) && parse_ipv4(ctx, &eth, &ip) &&
-	    ip->ihl == 5 && load_l4(ctx, ip, &l4) && (nat = node_addr(ctx->ifindex))) {
-		if (ip->saddr == *nat) {
-			snat4_track_host(ip, &l4);
-		} else if (in_native_cidr(ip->saddr) && !in_native_cidr(ip->daddr) && !is_inbound_reply(ip, &l4)) {
+	 * take the device's address (a flow's first packet its port too);
+	 * the node's own flows keep their ports where no translated flow has
+	 * the same tuple. */
+	if (!CONFIG.masquerade || ctx->protocol != bpf_htons(ETH_P_IP) || !parse_ipv4(ctx, &eth, &ip) ||
+	    !(nat = node_addr(ctx->ifindex)))
+		goto pass;
+	if (ip->saddr == *nat) {
+		if (ip->ihl == 5 && load_l4(ctx, ip, &l4) && snat4_host(ip, &l4))
 			ret = snat4_out(ctx, dir, ip, &l4, *nat);
-			if (ret)
-				return drop_endpoint(ctx, dir, ret, 0);
+	} else if (in_native_cidr(ip->saddr) && !in_native_cidr(ip->daddr)) {
+		/* IP options would be left untranslated: a pod's address
+		 * never leaves the node. */
+		if (ip->ihl != 5)
+			return drop_endpoint(ctx, dir, METRIC_DROP_IP_OPTIONS, 0);
+		if (load_l4(ctx, ip, &l4)) {
+			struct ct4_key out = {
+				.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4.sport, .dport = l4.dport,
+				.proto = ip->protocol, .dir = NAT_OUT,
+			};
+
+			/* The pod's own flow first: nothing from outside can
+			 * make it an inbound one. */
+			if (nat4_lookup(&out) || !is_inbound_reply(ip, &l4))
+				ret = snat4_out(ctx, dir, ip, &l4, *nat);
 		}
 	}
+	if (ret)
+		return drop_endpoint(ctx, dir, ret, 0);
+pass:
 	count_metric(ctx, dir, METRIC_PASS);
 	return TC_ACT_OK;
 }

@@ -45,15 +45,18 @@ type HostroutingCt4Key struct {
 }
 
 type HostroutingCtEntry struct {
-	_           structs.HostLayout
-	Expires     uint32
+	_  structs.HostLayout
+	St struct {
+		_       structs.HostLayout
+		Expires uint32
+		Flags   uint16
+		Pad     uint16
+		SeqEnd  uint32
+	}
 	BackendId   uint32
 	RevNatIndex uint16
-	Flags       uint16
-	NatAddr     uint32
 	NatPort     uint16
-	Pad         uint16
-	Pad2        uint32
+	NatAddr     uint32
 	Packets     uint64
 }
 
@@ -171,12 +174,17 @@ type HostroutingMonitorState struct {
 }
 
 type HostroutingNat4Entry struct {
-	_       structs.HostLayout
-	ToAddr  uint32
-	ToPort  uint16
-	Flags   uint16
-	Expires uint32
-	Pad     uint32
+	_  structs.HostLayout
+	St struct {
+		_       structs.HostLayout
+		Expires uint32
+		Flags   uint16
+		Pad     uint16
+		SeqEnd  uint32
+	}
+	ToAddr uint32
+	ToPort uint16
+	Pad    uint16
 }
 
 type HostroutingNodeEntry struct {
@@ -217,7 +225,10 @@ type HostroutingSock4Key struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	HostroutingMapHrCalls                = "hr_calls"
-	HostroutingMapHrCt4                  = "hr_ct4"
+	HostroutingMapHrCt4Any               = "hr_ct4_any"
+	HostroutingMapHrCt4New               = "hr_ct4_new"
+	HostroutingMapHrCt4Tcp               = "hr_ct4_tcp"
+	HostroutingMapHrCtStats              = "hr_ct_stats"
 	HostroutingMapHrDevices              = "hr_devices"
 	HostroutingMapHrEndpoints            = "hr_endpoints"
 	HostroutingMapHrEndpoints6           = "hr_endpoints6"
@@ -239,7 +250,9 @@ const (
 	HostroutingMapHrNodes                = "hr_nodes"
 	HostroutingMapHrPolicy               = "hr_policy"
 	HostroutingMapHrPolicyRet            = "hr_policy_ret"
-	HostroutingMapHrSnat4                = "hr_snat4"
+	HostroutingMapHrSnat4Any             = "hr_snat4_any"
+	HostroutingMapHrSnat4New             = "hr_snat4_new"
+	HostroutingMapHrSnat4Tcp             = "hr_snat4_tcp"
 	HostroutingMapHrSock4Revnat          = "hr_sock4_revnat"
 	HostroutingProgFromContainer         = "from_container"
 	HostroutingProgFromNetdev            = "from_netdev"
@@ -327,7 +340,10 @@ type HostroutingProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type HostroutingMapSpecs struct {
 	HrCalls        *ebpf.MapSpec `ebpf:"hr_calls"`
-	HrCt4          *ebpf.MapSpec `ebpf:"hr_ct4"`
+	HrCt4Any       *ebpf.MapSpec `ebpf:"hr_ct4_any"`
+	HrCt4New       *ebpf.MapSpec `ebpf:"hr_ct4_new"`
+	HrCt4Tcp       *ebpf.MapSpec `ebpf:"hr_ct4_tcp"`
+	HrCtStats      *ebpf.MapSpec `ebpf:"hr_ct_stats"`
 	HrDevices      *ebpf.MapSpec `ebpf:"hr_devices"`
 	HrEndpoints    *ebpf.MapSpec `ebpf:"hr_endpoints"`
 	HrEndpoints6   *ebpf.MapSpec `ebpf:"hr_endpoints6"`
@@ -349,7 +365,9 @@ type HostroutingMapSpecs struct {
 	HrNodes        *ebpf.MapSpec `ebpf:"hr_nodes"`
 	HrPolicy       *ebpf.MapSpec `ebpf:"hr_policy"`
 	HrPolicyRet    *ebpf.MapSpec `ebpf:"hr_policy_ret"`
-	HrSnat4        *ebpf.MapSpec `ebpf:"hr_snat4"`
+	HrSnat4Any     *ebpf.MapSpec `ebpf:"hr_snat4_any"`
+	HrSnat4New     *ebpf.MapSpec `ebpf:"hr_snat4_new"`
+	HrSnat4Tcp     *ebpf.MapSpec `ebpf:"hr_snat4_tcp"`
 	HrSock4Revnat  *ebpf.MapSpec `ebpf:"hr_sock4_revnat"`
 }
 
@@ -381,7 +399,10 @@ func (o *HostroutingObjects) Close() error {
 // It can be passed to LoadHostroutingObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HostroutingMaps struct {
 	HrCalls        *ebpf.Map `ebpf:"hr_calls"`
-	HrCt4          *ebpf.Map `ebpf:"hr_ct4"`
+	HrCt4Any       *ebpf.Map `ebpf:"hr_ct4_any"`
+	HrCt4New       *ebpf.Map `ebpf:"hr_ct4_new"`
+	HrCt4Tcp       *ebpf.Map `ebpf:"hr_ct4_tcp"`
+	HrCtStats      *ebpf.Map `ebpf:"hr_ct_stats"`
 	HrDevices      *ebpf.Map `ebpf:"hr_devices"`
 	HrEndpoints    *ebpf.Map `ebpf:"hr_endpoints"`
 	HrEndpoints6   *ebpf.Map `ebpf:"hr_endpoints6"`
@@ -403,14 +424,19 @@ type HostroutingMaps struct {
 	HrNodes        *ebpf.Map `ebpf:"hr_nodes"`
 	HrPolicy       *ebpf.Map `ebpf:"hr_policy"`
 	HrPolicyRet    *ebpf.Map `ebpf:"hr_policy_ret"`
-	HrSnat4        *ebpf.Map `ebpf:"hr_snat4"`
+	HrSnat4Any     *ebpf.Map `ebpf:"hr_snat4_any"`
+	HrSnat4New     *ebpf.Map `ebpf:"hr_snat4_new"`
+	HrSnat4Tcp     *ebpf.Map `ebpf:"hr_snat4_tcp"`
 	HrSock4Revnat  *ebpf.Map `ebpf:"hr_sock4_revnat"`
 }
 
 func (m *HostroutingMaps) Close() error {
 	return _HostroutingClose(
 		m.HrCalls,
-		m.HrCt4,
+		m.HrCt4Any,
+		m.HrCt4New,
+		m.HrCt4Tcp,
+		m.HrCtStats,
 		m.HrDevices,
 		m.HrEndpoints,
 		m.HrEndpoints6,
@@ -432,7 +458,9 @@ func (m *HostroutingMaps) Close() error {
 		m.HrNodes,
 		m.HrPolicy,
 		m.HrPolicyRet,
-		m.HrSnat4,
+		m.HrSnat4Any,
+		m.HrSnat4New,
+		m.HrSnat4Tcp,
 		m.HrSock4Revnat,
 	)
 }

@@ -83,7 +83,7 @@ func TestLBClusterIP(t *testing.T) {
 	want = want.withPorts(40000, backendPort).forwarded(b)
 	checkFrame(t, "to the ClusterIP, as B gets it", got, want.frame())
 
-	cts, err := maps.NewConntrack(d.objs.HrCt4).List()
+	cts, err := maps.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New).List()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestLBHairpin(t *testing.T) {
 	want = want.withPorts(clusterIP.Port(), 40000).forwarded(a)
 	checkFrame(t, "A's reply, as A gets it", got, want.frame())
 
-	cts, err := maps.NewConntrack(d.objs.HrCt4).List()
+	cts, err := maps.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New).List()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestLBNoBackend(t *testing.T) {
 	if verdict, _ := d.run(d.objs.FromContainer, podA.ifindex, pkt.frame()); verdict != tcActShot {
 		t.Fatalf("verdict %d, want TC_ACT_SHOT", verdict)
 	}
-	if n, err := maps.NewConntrack(d.objs.HrCt4).List(); err != nil || len(n) != 0 {
+	if n, err := maps.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New).List(); err != nil || len(n) != 0 {
 		t.Errorf("conntrack after a dropped packet: %v %v, want empty", n, err)
 	}
 }

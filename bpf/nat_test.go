@@ -43,7 +43,7 @@ func TestMasquerade(t *testing.T) {
 	if verdict != tcActOK {
 		t.Fatalf("out: verdict %d, want TC_ACT_OK", verdict)
 	}
-	entries, err := maps.NewSNAT(d.objs.HrSnat4).List()
+	entries, err := maps.NewSNAT(d.objs.HrSnat4Tcp, d.objs.HrSnat4Any, d.objs.HrSnat4New).List()
 	if err != nil || len(entries) != 2 {
 		t.Fatalf("SNAT entries %v, %v: want OUT and IN", entries, err)
 	}

@@ -299,7 +299,7 @@ func (d *Datapath) use(node *loader.Instance) {
 }
 
 func (d *Datapath) newGC(opts nat.Options) *nat.GC {
-	return nat.NewGC(maps.NewConntrack(d.node.Maps.Conntrack), maps.NewSNAT(d.node.Maps.SNAT), opts)
+	return nat.NewGC(maps.NewConntrack(d.node.Maps.ConntrackTables()...), maps.NewSNAT(d.node.Maps.SNATTables()...), opts)
 }
 
 // GC returns a garbage collector of the node's conntrack and SNAT tables

@@ -39,7 +39,7 @@ func TestTranslationTables(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer node.Close()
-	ct, snat := maps.NewConntrack(node.Maps.Conntrack), maps.NewSNAT(node.Maps.SNAT)
+	ct, snat := maps.NewConntrack(node.Maps.ConntrackTables()...), maps.NewSNAT(node.Maps.SNATTables()...)
 
 	traffic := func() {
 		t.Helper()

@@ -81,10 +81,13 @@ type Options struct {
 	// and NodePort traffic to other nodes' backends). Default
 	// DefaultNATPorts.
 	NATPorts [2]uint16
-	// MaxFlows sizes the tables of translated flows (conntrack, SNAT,
-	// socket reverse NAT, session affinity): LRU hashes, preallocated,
-	// about 100 bytes an entry each. Default DefaultMaxFlows; fixed at a
-	// node's first load.
+	// MaxFlows sizes the tables of translated flows: the established TCP
+	// flows of conntrack and of SNAT (hashes that never evict), socket
+	// reverse NAT and session affinity (LRU hashes) hold MaxFlows each;
+	// the established flows of other protocols and the flows not
+	// established yet (LRU) MaxFlows/2 each (at least 1024). All are
+	// preallocated, about 100 bytes an entry. Default DefaultMaxFlows;
+	// fixed at a node's first load.
 	MaxFlows uint32
 	// MaxServices sizes the service tables (frontends with their backend
 	// slots, backends, reverse NAT): hashes that take memory only for
@@ -102,6 +105,9 @@ type Options struct {
 	// need to see the frontend a pod dials).
 	SocketLBHostnsOnly bool
 }
+
+// minFlowTable is the least size of a flow table of MaxFlows/2.
+const minFlowTable = 1024
 
 // Default table sizes of Options.
 const (
@@ -133,8 +139,13 @@ type Maps struct {
 	Services      *ebpf.Map // frontend and backend slot → service entry
 	Backends      *ebpf.Map // backend ID → backend
 	ServicesOn    *ebpf.Map // whether the node has services
-	Conntrack     *ebpf.Map // translated flows (LRU)
-	SNAT          *ebpf.Map // source-translated flows, both ways (LRU)
+	Conntrack     *ebpf.Map // translated flows, established TCP (a hash: never evicted)
+	ConntrackAny  *ebpf.Map // translated flows, established, other protocols (a hash)
+	ConntrackNew  *ebpf.Map // translated flows not established yet (LRU)
+	FlowStats     *ebpf.Map // per CPU: flows made, established, refused, failed, by table class
+	SNAT          *ebpf.Map // source-translated flows, both ways, established TCP (a hash)
+	SNATAny       *ebpf.Map // source-translated flows, established, other protocols (a hash)
+	SNATNew       *ebpf.Map // source-translated flows not established yet (LRU)
 	NodeAddrs     *ebpf.Map // node device ifindex → its IPv4 address
 	SockRevNAT    *ebpf.Map // socket and backend → the frontend it was given for (LRU)
 	Affinity      *ebpf.Map // client and service → its backend (LRU)
@@ -183,7 +194,8 @@ var mapNames = []string{
 	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
 	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta,
 	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLbOn,
-	bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrNodeAddrs,
+	bpf.HostroutingMapHrCt4Tcp, bpf.HostroutingMapHrCt4Any, bpf.HostroutingMapHrCt4New, bpf.HostroutingMapHrCtStats,
+	bpf.HostroutingMapHrSnat4Tcp, bpf.HostroutingMapHrSnat4Any, bpf.HostroutingMapHrSnat4New, bpf.HostroutingMapHrNodeAddrs,
 	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrLb4Maglev,
 	bpf.HostroutingMapHrMonitor, bpf.HostroutingMapHrEvents, bpf.HostroutingMapHrMonitorState, bpf.HostroutingMapHrGc,
 	bpf.HostroutingMapHrInfo,
@@ -572,8 +584,13 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		Services:      m[bpf.HostroutingMapHrLb4Services],
 		Backends:      m[bpf.HostroutingMapHrLb4Backends],
 		ServicesOn:    m[bpf.HostroutingMapHrLbOn],
-		Conntrack:     m[bpf.HostroutingMapHrCt4],
-		SNAT:          m[bpf.HostroutingMapHrSnat4],
+		Conntrack:     m[bpf.HostroutingMapHrCt4Tcp],
+		ConntrackAny:  m[bpf.HostroutingMapHrCt4Any],
+		ConntrackNew:  m[bpf.HostroutingMapHrCt4New],
+		FlowStats:     m[bpf.HostroutingMapHrCtStats],
+		SNAT:          m[bpf.HostroutingMapHrSnat4Tcp],
+		SNATAny:       m[bpf.HostroutingMapHrSnat4Any],
+		SNATNew:       m[bpf.HostroutingMapHrSnat4New],
 		NodeAddrs:     m[bpf.HostroutingMapHrNodeAddrs],
 		SockRevNAT:    m[bpf.HostroutingMapHrSock4Revnat],
 		Affinity:      m[bpf.HostroutingMapHrLb4Affinity],
@@ -589,7 +606,8 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
-		n.Maps.Services, n.Maps.Backends, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.SNAT, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev,
+		n.Maps.Services, n.Maps.Backends, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.ConntrackAny, n.Maps.ConntrackNew,
+		n.Maps.FlowStats, n.Maps.SNAT, n.Maps.SNATAny, n.Maps.SNATNew, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev,
 		n.Maps.Monitor, n.Maps.Events, n.Maps.MonitorState, n.Maps.GCStatus, n.info}
 }
 
@@ -723,4 +741,15 @@ func pinReplacing(prog *ebpf.Program, path string) error {
 		return err
 	}
 	return nil
+}
+
+// ConntrackTables are the node's conntrack tables: established TCP,
+// established other protocols, not established yet.
+func (m Maps) ConntrackTables() []*ebpf.Map {
+	return []*ebpf.Map{m.Conntrack, m.ConntrackAny, m.ConntrackNew}
+}
+
+// SNATTables are the node's source NAT tables, in ConntrackTables' order.
+func (m Maps) SNATTables() []*ebpf.Map {
+	return []*ebpf.Map{m.SNAT, m.SNATAny, m.SNATNew}
 }

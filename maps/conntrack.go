@@ -58,14 +58,18 @@ func (d CTDir) String() string {
 	return fmt.Sprintf("dir(%d)", uint8(d))
 }
 
-// CTFlags are a conntrack entry's flags (enum ct_flag).
+// CTFlags are a conntrack entry's flags (enum flow_flag).
 type CTFlags uint16
 
 // Conntrack entry flags.
 const (
-	CTSeenReply CTFlags = 1 << 0 // a reply went the other way: established
-	CTClosing   CTFlags = 1 << 1 // FIN or RST seen
-	CTHairpin   CTFlags = 1 << 2 // CTReply: a pod's flow to itself through a service, from 169.254.42.1
+	CTSeenReply   CTFlags = 1 << 0 // a reply went the other way
+	CTClosing     CTFlags = 1 << 1 // closed: a FIN each way, or an RST within the sequence window
+	CTHairpin     CTFlags = 1 << 2 // CTReply: a pod's flow to itself through a service, from 169.254.42.1
+	CTEstablished CTFlags = 1 << 3 // in an established table, which never evicts (see Conntrack)
+	CTFin         CTFlags = 1 << 4 // TCP: this direction sent a FIN
+	CTSeq         CTFlags = 1 << 5 // TCP: SeqEnd is known
+	CTReplyFin    CTFlags = 1 << 6 // CTInbound: the pod sent a FIN
 )
 
 // String lists the flags set, as Cilium does: "[ SeenReply Closing ]".
@@ -75,7 +79,8 @@ func (f CTFlags) String() string {
 	for _, x := range []struct {
 		f    CTFlags
 		name string
-	}{{CTSeenReply, "SeenReply"}, {CTClosing, "Closing"}, {CTHairpin, "Hairpin"}} {
+	}{{CTSeenReply, "SeenReply"}, {CTClosing, "Closing"}, {CTHairpin, "Hairpin"}, {CTEstablished, "Established"},
+		{CTFin, "Fin"}, {CTSeq, "Seq"}, {CTReplyFin, "ReplyFin"}} {
 		if f&x.f != 0 {
 			b.WriteString(x.name + " ")
 			f &^= x.f
@@ -102,7 +107,8 @@ func (k CTKey) String() string {
 	return fmt.Sprintf("%s %s %s -> %s", protoName(k.Proto), k.Dir, k.Src, k.Dst)
 }
 
-// CTEntry is one entry of the datapath's conntrack (hr_ct4).
+// CTEntry is one entry of the datapath's conntrack (hr_ct4_tcp, hr_ct4_any
+// or hr_ct4_new: Flags has CTEstablished in the first two).
 type CTEntry struct {
 	Dir      CTDir
 	Proto    Protocol
@@ -125,7 +131,10 @@ type CTEntry struct {
 	// back to: the frontend the client dialled.
 	Frontend netip.AddrPort
 	Flags    CTFlags
-	Packets  uint64 // packets seen in this direction
+	// SeqEnd is, for TCP, the sequence number after the last one this
+	// direction sent (with CTSeq): an RST far from it changes nothing.
+	SeqEnd  uint32
+	Packets uint64 // packets seen in this direction
 }
 
 // Key returns e's key.
@@ -149,20 +158,39 @@ func (e CTEntry) String() string {
 		e.Key(), e.Expires, e.RevNAT, e.BackendID, front, uint16(e.Flags), e.Flags, e.Packets)
 }
 
-// Conntrack is the datapath's connection tracking of translated flows
-// (hr_ct4, an LRU hash): service flows and their replies, and the
-// replies of flows from outside into pods.
+// Conntrack is the datapath's connection tracking of translated flows:
+// service flows and their replies, and the replies of flows from outside
+// into pods. A flow starts in the table of new flows (hr_ct4_new, an LRU
+// hash); once established (TCP: its handshake done; others: a reply, then
+// another packet) its entries move to the established table of its
+// protocol (hr_ct4_tcp or hr_ct4_any, hashes that never evict), so that
+// no flood of new flows can push out an established one.
 type Conntrack struct {
-	m *ebpf.Map
+	tables []*ebpf.Map
 }
 
-// NewConntrack wraps the loaded conntrack map (loader.Maps.Conntrack).
-func NewConntrack(m *ebpf.Map) *Conntrack {
-	return &Conntrack{m: m}
+// NewConntrack wraps the loaded conntrack tables, in the order of
+// loader.Maps.ConntrackTables: established TCP, established other
+// protocols, new. With one table, every entry is in it.
+func NewConntrack(tables ...*ebpf.Map) *Conntrack {
+	return &Conntrack{tables: tables}
 }
 
-// Map returns the wrapped map.
-func (c *Conntrack) Map() *ebpf.Map { return c.m }
+// Tables returns the wrapped maps.
+func (c *Conntrack) Tables() []*ebpf.Map { return c.tables }
+
+// tableOf is the table an entry with proto and flags belongs in.
+func tableOf(tables []*ebpf.Map, proto Protocol, established bool) *ebpf.Map {
+	switch {
+	case len(tables) < 3:
+		return tables[0]
+	case !established:
+		return tables[2]
+	case proto == TCP:
+		return tables[0]
+	}
+	return tables[1]
+}
 
 func ctKey(k CTKey) (bpf.HostroutingCt4Key, error) {
 	if !k.Src.Addr().Is4() || !k.Dst.Addr().Is4() {
@@ -192,8 +220,9 @@ func ctEntryOf(k *bpf.HostroutingCt4Key, v *bpf.HostroutingCtEntry, now uint32) 
 	key := ctKeyOf(k)
 	e := CTEntry{
 		Dir: key.Dir, Proto: key.Proto, Src: key.Src, Dst: key.Dst,
-		Expires: v.Expires, Remaining: Remaining(v.Expires, now),
-		BackendID: v.BackendId, RevNAT: v.RevNatIndex, Flags: CTFlags(v.Flags), Packets: v.Packets,
+		Expires: v.St.Expires, Remaining: Remaining(v.St.Expires, now),
+		BackendID: v.BackendId, RevNAT: v.RevNatIndex, Flags: CTFlags(v.St.Flags), SeqEnd: v.St.SeqEnd,
+		Packets: v.Packets,
 	}
 	if v.NatAddr != 0 {
 		e.Frontend = netip.AddrPortFrom(ipv4Addr(v.NatAddr), ntohs(v.NatPort))
@@ -217,21 +246,24 @@ func Remaining(expires, now uint32) time.Duration {
 	return time.Duration(int64(expires)-int64(now)) * time.Second
 }
 
-// Put writes entry e (for tests, and to restore entries).
+// Put writes entry e, in the table its protocol and CTEstablished flag
+// say (for tests, and to restore entries).
 func (c *Conntrack) Put(e CTEntry) error {
 	k, err := ctKey(e.Key())
 	if err != nil {
 		return err
 	}
-	v := bpf.HostroutingCtEntry{Expires: e.Expires, BackendId: e.BackendID, RevNatIndex: e.RevNAT, Flags: uint16(e.Flags), Packets: e.Packets}
+	v := bpf.HostroutingCtEntry{BackendId: e.BackendID, RevNatIndex: e.RevNAT, Packets: e.Packets}
+	v.St.Expires, v.St.Flags, v.St.SeqEnd = e.Expires, uint16(e.Flags), e.SeqEnd
 	if e.Frontend.IsValid() {
 		if !e.Frontend.Addr().Is4() {
 			return fmt.Errorf("conntrack entry %s: frontend %s: want IPv4", e.Key(), e.Frontend)
 		}
 		v.NatAddr, v.NatPort = addrKey(e.Frontend.Addr()), htons(e.Frontend.Port())
 	}
-	if err := c.m.Update(k, v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("write conntrack entry %s: %w", e.Key(), mapErr(err, c.m))
+	m := tableOf(c.tables, e.Proto, e.Flags&CTEstablished != 0)
+	if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write conntrack entry %s: %w", e.Key(), mapErr(err, m))
 	}
 	return nil
 }
@@ -243,10 +275,16 @@ func (c *Conntrack) Lookup(k CTKey) (CTEntry, error) {
 		return CTEntry{}, err
 	}
 	var v bpf.HostroutingCtEntry
-	if err := c.m.Lookup(bk, &v); err != nil {
-		return CTEntry{}, fmt.Errorf("conntrack entry %s: %w", k, mapErr(err, c.m))
+	for _, m := range c.tables {
+		err = m.Lookup(bk, &v)
+		if err == nil {
+			return ctEntryOf(&bk, &v, MonotonicSeconds()), nil
+		}
+		if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
 	}
-	return ctEntryOf(&bk, &v, MonotonicSeconds()), nil
+	return CTEntry{}, fmt.Errorf("conntrack entry %s: %w", k, mapErr(err, c.tables[0]))
 }
 
 // Delete removes the entry at k, or returns ErrNotFound.
@@ -255,8 +293,26 @@ func (c *Conntrack) Delete(k CTKey) error {
 	if err != nil {
 		return err
 	}
-	if err := c.m.Delete(bk); err != nil {
-		return fmt.Errorf("delete conntrack entry %s: %w", k, mapErr(err, c.m))
+	if err := deleteAny(c.tables, bk); err != nil {
+		return fmt.Errorf("delete conntrack entry %s: %w", k, err)
+	}
+	return nil
+}
+
+// deleteAny deletes key from every table that has it: ErrNotFound if
+// none did.
+func deleteAny(tables []*ebpf.Map, key bpf.HostroutingCt4Key) error {
+	found := false
+	for _, m := range tables {
+		err := m.Delete(key)
+		if err == nil {
+			found = true
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return mapErr(err, m)
+		}
+	}
+	if !found {
+		return mapErr(ebpf.ErrKeyNotExist, tables[0])
 	}
 	return nil
 }
@@ -271,29 +327,40 @@ func (c *Conntrack) DeleteKeys(keys []CTKey) (int, error) {
 			return 0, err
 		}
 	}
-	n, err := DeleteBatch(c.m, bks)
-	if err != nil {
-		return n, fmt.Errorf("delete conntrack entries: %w", err)
+	return deleteKeys(c.tables, bks, "conntrack")
+}
+
+func deleteKeys(tables []*ebpf.Map, keys []bpf.HostroutingCt4Key, what string) (int, error) {
+	removed := 0
+	for _, m := range tables {
+		n, err := DeleteBatch(m, keys)
+		removed += n
+		if err != nil {
+			return removed, fmt.Errorf("delete %s entries: %w", what, err)
+		}
 	}
-	return n, nil
+	return removed, nil
 }
 
 // List returns every entry, read in batches where the kernel has them
-// (one syscall per few thousand entries), in the map's order. Remaining
-// is computed against one reading of the clock. The datapath changes the
-// map meanwhile: an entry made during List may be missing.
+// (one syscall per few thousand entries), table by table in Tables'
+// order. Remaining is computed against one reading of the clock. The
+// datapath changes the tables meanwhile: an entry made, or moved to an
+// established table, during List may be missing or listed twice.
 func (c *Conntrack) List() ([]CTEntry, error) {
 	var out []CTEntry
 	now := MonotonicSeconds()
-	err := ListBatch(c.m, func(keys []bpf.HostroutingCt4Key, vals []bpf.HostroutingCtEntry) error {
-		out = slices.Grow(out, len(keys))
-		for i := range keys {
-			out = append(out, ctEntryOf(&keys[i], &vals[i], now))
+	for _, m := range c.tables {
+		err := ListBatch(m, func(keys []bpf.HostroutingCt4Key, vals []bpf.HostroutingCtEntry) error {
+			out = slices.Grow(out, len(keys))
+			for i := range keys {
+				out = append(out, ctEntryOf(&keys[i], &vals[i], now))
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list conntrack: %w", err)
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list conntrack: %w", err)
 	}
 	return out, nil
 }

@@ -16,8 +16,8 @@ func TestConntrackStrings(t *testing.T) {
 			"TCP SVC 10.0.0.1:41234 -> 10.96.0.10:80 expires=21590 RevNAT=1 Backend=3 Flags=0x0001 [ SeenReply ] Packets=12"},
 		{CTEntry{Dir: CTReply, Proto: UDP, Src: ap("10.0.1.5:53"), Dst: ap("10.0.0.1:41234"), Expires: 60, BackendID: 3, RevNAT: 1, Flags: CTSeenReply | CTClosing},
 			"UDP REPLY 10.0.1.5:53 -> 10.0.0.1:41234 expires=60 RevNAT=1 Backend=3 Flags=0x0003 [ SeenReply Closing ] Packets=0"},
-		{CTEntry{Dir: CTInbound, Proto: TCP, Src: ap("10.0.0.7:80"), Dst: ap("203.0.113.9:51000"), Expires: 7, Flags: 0x10},
-			"TCP INBOUND 10.0.0.7:80 -> 203.0.113.9:51000 expires=7 RevNAT=0 Backend=0 Flags=0x0010 [ 0x0010 ] Packets=0"},
+		{CTEntry{Dir: CTInbound, Proto: TCP, Src: ap("10.0.0.7:80"), Dst: ap("203.0.113.9:51000"), Expires: 7, Flags: 0x100},
+			"TCP INBOUND 10.0.0.7:80 -> 203.0.113.9:51000 expires=7 RevNAT=0 Backend=0 Flags=0x0100 [ 0x0100 ] Packets=0"},
 	} {
 		if got := c.e.String(); got != c.want {
 			t.Errorf("String:\n got %q\nwant %q", got, c.want)

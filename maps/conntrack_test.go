@@ -33,7 +33,7 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 func TestConntrackPutListDelete(t *testing.T) {
 	n := translationNode(t)
-	ct := maps.NewConntrack(n.Maps.Conntrack)
+	ct := maps.NewConntrack(n.Maps.ConntrackTables()...)
 	now := maps.MonotonicSeconds()
 	entries := []maps.CTEntry{
 		{Dir: maps.CTService, Proto: maps.TCP, Src: ap("10.0.0.1:41234"), Dst: ap("10.96.0.10:80"),
@@ -107,7 +107,7 @@ func TestConntrackPutListDelete(t *testing.T) {
 // deletes them in one call.
 func TestConntrackListMany(t *testing.T) {
 	n := translationNode(t)
-	ct := maps.NewConntrack(n.Maps.Conntrack)
+	ct := maps.NewConntrack(n.Maps.ConntrackTables()...)
 	const count = 3*maps.DefaultBatchSize + 17
 	var keys []maps.CTKey
 	for i := range count {
@@ -146,7 +146,7 @@ func TestConntrackListMany(t *testing.T) {
 
 func TestSNATPutListDelete(t *testing.T) {
 	n := translationNode(t)
-	snat := maps.NewSNAT(n.Maps.SNAT)
+	snat := maps.NewSNAT(n.Maps.SNATTables()...)
 	now := maps.MonotonicSeconds()
 	out := maps.SNATEntry{Dir: maps.NATOut, Proto: maps.TCP, Src: ap("10.0.0.5:40000"), Dst: ap("172.18.0.1:9000"),
 		To: ap("172.18.0.2:33388"), Expires: now + 3045}
@@ -167,7 +167,7 @@ func TestSNATPutListDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range got {
-		got[i].Remaining = 0
+		got[i].Remaining, got[i].Flags = 0, 0
 	}
 	slices.SortFunc(got, func(a, b maps.SNATEntry) int { return a.Src.Compare(b.Src) })
 	want := []maps.SNATEntry{out, in, host}

@@ -61,6 +61,9 @@ const (
 	MetricXlateSNAT                     // source translated to the node's address (masquerade, NodePort to another node)
 	MetricXlateRevDNAT                  // a service reply translated back to come from the frontend
 	MetricXlateRevSNAT                  // a masqueraded flow's reply translated back to its pod
+	MetricDropCTFull                    // no room for a new flow's conntrack or NAT entries
+	MetricDropIPOptions                 // a pod's packet with IP options that would leave untranslated
+	MetricDropRouterMsg                 // a router advertisement or redirect from a pod
 	// MetricCount is the number of metrics.
 	MetricCount
 )
@@ -71,6 +74,7 @@ var metricNames = [MetricCount]string{
 	"forward-fib", "forward-neigh", "pass", "drop-vlan", "drop-tail-call",
 	"drop-no-backend", "drop-nat", "drop-nat-no-port",
 	"xlate-dnat", "xlate-snat", "xlate-rev-dnat", "xlate-rev-snat",
+	"drop-ct-full", "drop-ip-options", "drop-router-msg",
 }
 
 // String names m as hrctl prints it: "drop-spoofed".

@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -37,11 +38,11 @@ func (d NATDir) String() string {
 	return fmt.Sprintf("dir(%d)", uint8(d))
 }
 
-// NAT entry flags (enum nat_flag): NAT_F_HOST, the node's own flow, and
-// NAT_F_CLOSING, a FIN or RST went either way.
+// NAT entry flags: enum flow_flag's, and NAT_F_HOST.
 const (
-	natFlagHost    = 1 << 0
-	natFlagClosing = 1 << 1
+	natFlagClosing     = uint16(CTClosing)
+	natFlagHost        = 1 << 2
+	natFlagEstablished = uint16(CTEstablished)
 )
 
 // SNATKey is a source NAT entry's key: a flow's tuple as its packets
@@ -79,8 +80,15 @@ type SNATEntry struct {
 	// Host marks a NATIn entry of the node's own flow, recorded so that no
 	// translated flow takes its port; it is not translated (To is Dst).
 	Host bool
-	// Closing marks a TCP flow that saw a FIN or RST: its short timeout.
+	// Closing marks a closed TCP flow (a FIN each way, or an RST within
+	// the sequence window): its short timeout.
 	Closing bool
+	// Established marks an entry of an established table, which never
+	// evicts (see SNAT).
+	Established bool
+	// Flags are the entry's flags as the datapath keeps them (Host,
+	// Closing and Established among them); Put ignores them.
+	Flags CTFlags
 }
 
 // Key returns e's key.
@@ -132,20 +140,25 @@ func (e SNATEntry) String() string {
 	return fmt.Sprintf("%s HOST expires=%d", e.Key(), e.Expires)
 }
 
-// SNAT is the datapath's source NAT table (hr_snat4, an LRU hash): BPF
-// masquerade of pods' traffic and of NodePort traffic sent to other
-// nodes' backends, and the node's own flows that keep their ports.
+// SNAT is the datapath's source NAT: BPF masquerade of pods' traffic and
+// of NodePort traffic sent to other nodes' backends, and the node's own
+// flows that keep their ports. As Conntrack, a flow's entries start in a
+// table of new flows (hr_snat4_new, an LRU hash) and move together to
+// the established table of their protocol (hr_snat4_tcp, hr_snat4_any,
+// hashes that never evict) once the flow is established.
 type SNAT struct {
-	m *ebpf.Map
+	tables []*ebpf.Map
 }
 
-// NewSNAT wraps the loaded source NAT map (loader.Maps.SNAT).
-func NewSNAT(m *ebpf.Map) *SNAT {
-	return &SNAT{m: m}
+// NewSNAT wraps the loaded source NAT tables, in the order of
+// loader.Maps.SNATTables: established TCP, established other protocols,
+// new. With one table, every entry is in it.
+func NewSNAT(tables ...*ebpf.Map) *SNAT {
+	return &SNAT{tables: tables}
 }
 
-// Map returns the wrapped map.
-func (s *SNAT) Map() *ebpf.Map { return s.m }
+// Tables returns the wrapped maps.
+func (s *SNAT) Tables() []*ebpf.Map { return s.tables }
 
 func snatKey(k SNATKey) (bpf.HostroutingCt4Key, error) {
 	if !k.Src.Addr().Is4() || !k.Dst.Addr().Is4() {
@@ -163,9 +176,11 @@ func snatEntryOf(k *bpf.HostroutingCt4Key, v *bpf.HostroutingNat4Entry, now uint
 	return SNATEntry{
 		Dir: NATDir(k.Dir), Proto: key.Proto, Src: key.Src, Dst: key.Dst,
 		To:      netip.AddrPortFrom(ipv4Addr(v.ToAddr), ntohs(v.ToPort)),
-		Expires: v.Expires, Remaining: Remaining(v.Expires, now),
-		Host:    v.Flags&natFlagHost != 0,
-		Closing: v.Flags&natFlagClosing != 0,
+		Expires: v.St.Expires, Remaining: Remaining(v.St.Expires, now),
+		Host:        v.St.Flags&natFlagHost != 0,
+		Closing:     v.St.Flags&natFlagClosing != 0,
+		Established: v.St.Flags&natFlagEstablished != 0,
+		Flags:       CTFlags(v.St.Flags),
 	}
 }
 
@@ -178,15 +193,20 @@ func (s *SNAT) Put(e SNATEntry) error {
 	if !e.To.Addr().Is4() {
 		return fmt.Errorf("NAT entry %s: translation %s, want an IPv4 address", e.Key(), e.To)
 	}
-	v := bpf.HostroutingNat4Entry{ToAddr: addrKey(e.To.Addr()), ToPort: htons(e.To.Port()), Expires: e.Expires}
+	v := bpf.HostroutingNat4Entry{ToAddr: addrKey(e.To.Addr()), ToPort: htons(e.To.Port())}
+	v.St.Expires = e.Expires
 	if e.Closing {
-		v.Flags |= natFlagClosing
+		v.St.Flags |= natFlagClosing
 	}
 	if e.Host {
-		v.Flags |= natFlagHost
+		v.St.Flags |= natFlagHost
 	}
-	if err := s.m.Update(k, v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("write NAT entry %s: %w", e.Key(), mapErr(err, s.m))
+	if e.Established {
+		v.St.Flags |= natFlagEstablished | uint16(CTSeenReply)
+	}
+	m := tableOf(s.tables, e.Proto, e.Established)
+	if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write NAT entry %s: %w", e.Key(), mapErr(err, m))
 	}
 	return nil
 }
@@ -198,10 +218,16 @@ func (s *SNAT) Lookup(k SNATKey) (SNATEntry, error) {
 		return SNATEntry{}, err
 	}
 	var v bpf.HostroutingNat4Entry
-	if err := s.m.Lookup(bk, &v); err != nil {
-		return SNATEntry{}, fmt.Errorf("NAT entry %s: %w", k, mapErr(err, s.m))
+	for _, m := range s.tables {
+		err = m.Lookup(bk, &v)
+		if err == nil {
+			return snatEntryOf(&bk, &v, MonotonicSeconds()), nil
+		}
+		if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
 	}
-	return snatEntryOf(&bk, &v, MonotonicSeconds()), nil
+	return SNATEntry{}, fmt.Errorf("NAT entry %s: %w", k, mapErr(err, s.tables[0]))
 }
 
 // Delete removes the entry at k, or returns ErrNotFound. A flow's other
@@ -211,8 +237,8 @@ func (s *SNAT) Delete(k SNATKey) error {
 	if err != nil {
 		return err
 	}
-	if err := s.m.Delete(bk); err != nil {
-		return fmt.Errorf("delete NAT entry %s: %w", k, mapErr(err, s.m))
+	if err := deleteAny(s.tables, bk); err != nil {
+		return fmt.Errorf("delete NAT entry %s: %w", k, err)
 	}
 	return nil
 }
@@ -227,29 +253,27 @@ func (s *SNAT) DeleteKeys(keys []SNATKey) (int, error) {
 			return 0, err
 		}
 	}
-	n, err := DeleteBatch(s.m, bks)
-	if err != nil {
-		return n, fmt.Errorf("delete NAT entries: %w", err)
-	}
-	return n, nil
+	return deleteKeys(s.tables, bks, "NAT")
 }
 
-// List returns every entry, read in batches where the kernel has them, in
-// the map's order. Remaining is computed against one reading of the
-// clock. The datapath changes the map meanwhile: an entry made during
-// List may be missing.
+// List returns every entry, read in batches where the kernel has them,
+// table by table in Tables' order. Remaining is computed against one
+// reading of the clock. The datapath changes the tables meanwhile: an
+// entry made, or moved, during List may be missing or listed twice.
 func (s *SNAT) List() ([]SNATEntry, error) {
 	var out []SNATEntry
 	now := MonotonicSeconds()
-	err := ListBatch(s.m, func(keys []bpf.HostroutingCt4Key, vals []bpf.HostroutingNat4Entry) error {
-		out = slices.Grow(out, len(keys))
-		for i := range keys {
-			out = append(out, snatEntryOf(&keys[i], &vals[i], now))
+	for _, m := range s.tables {
+		err := ListBatch(m, func(keys []bpf.HostroutingCt4Key, vals []bpf.HostroutingNat4Entry) error {
+			out = slices.Grow(out, len(keys))
+			for i := range keys {
+				out = append(out, snatEntryOf(&keys[i], &vals[i], now))
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list NAT: %w", err)
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list NAT: %w", err)
 	}
 	return out, nil
 }

@@ -30,7 +30,8 @@ func fill(b *testing.B, ct, snat *ebpf.Map, expires uint32) {
 	for i := range keys {
 		keys[i] = bpf.HostroutingCt4Key{Saddr: be32(10, 1, byte(i>>8), byte(i)), Daddr: be32(10, 96, 0, 10),
 			Sport: be16(uint16(10000 + i%50000)), Dport: be16(53), Proto: 17, Dir: 1}
-		cts[i] = bpf.HostroutingCtEntry{Expires: expires, BackendId: 1, RevNatIndex: 1}
+		cts[i] = bpf.HostroutingCtEntry{BackendId: 1, RevNatIndex: 1}
+		cts[i].St.Expires = expires
 	}
 	if _, err := ct.BatchUpdate(keys, cts, nil); err != nil {
 		b.Fatal(err)
@@ -39,9 +40,11 @@ func fill(b *testing.B, ct, snat *ebpf.Map, expires uint32) {
 		pod, remote, node := be32(10, 1, byte(i>>8), byte(i)), be32(1, 1, 1, 1), be32(172, 18, 0, 2)
 		port := be16(uint16(32768 + i))
 		keys[2*i] = bpf.HostroutingCt4Key{Saddr: pod, Daddr: remote, Sport: be16(5000), Dport: be16(53), Proto: 17, Dir: 1}
-		nats[2*i] = bpf.HostroutingNat4Entry{ToAddr: node, ToPort: port, Expires: expires}
+		nats[2*i] = bpf.HostroutingNat4Entry{ToAddr: node, ToPort: port}
+		nats[2*i].St.Expires = expires
 		keys[2*i+1] = bpf.HostroutingCt4Key{Saddr: remote, Daddr: node, Sport: be16(53), Dport: port, Proto: 17, Dir: 2}
-		nats[2*i+1] = bpf.HostroutingNat4Entry{ToAddr: pod, ToPort: be16(5000), Expires: expires}
+		nats[2*i+1] = bpf.HostroutingNat4Entry{ToAddr: pod, ToPort: be16(5000)}
+		nats[2*i+1].St.Expires = expires
 	}
 	if _, err := snat.BatchUpdate(keys, nats, nil); err != nil {
 		b.Fatal(err)
@@ -58,7 +61,7 @@ func BenchmarkCollect(b *testing.B) {
 		var entries uint64
 		for b.Loop() {
 			b.StopTimer()
-			fill(b, ct.Map(), snat.Map(), maps.MonotonicSeconds()-10)
+			fill(b, ct.Tables()[0], snat.Tables()[0], maps.MonotonicSeconds()-10)
 			b.StartTimer()
 			pass, err := gc.Collect()
 			if err != nil {
@@ -80,7 +83,7 @@ func BenchmarkCollect(b *testing.B) {
 			var entries uint64
 			for b.Loop() {
 				b.StopTimer()
-				fill(b, ct.Map(), snat.Map(), maps.MonotonicSeconds()-10)
+				fill(b, ct.Tables()[0], snat.Tables()[0], maps.MonotonicSeconds()-10)
 				b.StartTimer()
 				pass, err := c.gc.Collect()
 				if err != nil {
@@ -94,7 +97,7 @@ func BenchmarkCollect(b *testing.B) {
 	}
 	gc.Collect()
 	b.Run("live", func(b *testing.B) {
-		fill(b, ct.Map(), snat.Map(), maps.MonotonicSeconds()+3600)
+		fill(b, ct.Tables()[0], snat.Tables()[0], maps.MonotonicSeconds()+3600)
 		var entries uint64
 		for b.Loop() {
 			pass, err := gc.Collect()
@@ -118,7 +121,7 @@ func BenchmarkCollect(b *testing.B) {
 			count int
 		)
 		for b.Loop() {
-			it := ct.Map().Iterate()
+			it := ct.Tables()[0].Iterate()
 			for it.Next(&k, &v) {
 				count++
 			}

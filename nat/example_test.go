@@ -20,7 +20,7 @@ func ExampleGC() {
 	}
 	defer node.Close()
 
-	gc := nat.NewGC(maps.NewConntrack(node.Maps.Conntrack), maps.NewSNAT(node.Maps.SNAT), nat.Options{
+	gc := nat.NewGC(maps.NewConntrack(node.Maps.ConntrackTables()...), maps.NewSNAT(node.Maps.SNATTables()...), nat.Options{
 		// Idle established TCP flows go after an hour, not six.
 		Timeouts: nat.Timeouts{TCPEstablished: time.Hour},
 		OnPass: func(pass nat.Stats) {
@@ -47,7 +47,7 @@ func ExampleGC_Collect() {
 		log.Fatal(err)
 	}
 	defer node.Close()
-	gc := nat.NewGC(maps.NewConntrack(node.Maps.Conntrack), maps.NewSNAT(node.Maps.SNAT), nat.Options{})
+	gc := nat.NewGC(maps.NewConntrack(node.Maps.ConntrackTables()...), maps.NewSNAT(node.Maps.SNATTables()...), nat.Options{})
 	pass, err := gc.Collect()
 	if err != nil {
 		log.Fatal(err)

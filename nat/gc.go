@@ -79,7 +79,13 @@ func (t Timeouts) of(c class) uint32 {
 // ctClass is the class a conntrack entry's expiry was computed for, as
 // ct_timeout does it.
 func ctClass(k *ctKey, v *bpf.HostroutingCtEntry) class {
-	flags := maps.CTFlags(v.Flags)
+	return flowClass(k, v.St.Flags)
+}
+
+// flowClass is the class of an entry of proto k.Proto with flags, as
+// ct_timeout computes its expiry.
+func flowClass(k *ctKey, f uint16) class {
+	flags := maps.CTFlags(f)
 	switch {
 	case maps.Protocol(k.Proto) != maps.TCP:
 		return other
@@ -92,16 +98,9 @@ func ctClass(k *ctKey, v *bpf.HostroutingCtEntry) class {
 }
 
 // snatClass is the class of a source NAT entry: its expiry is computed as
-// for an established flow, or, once a FIN or RST went either way
-// (NAT_F_CLOSING), a closing one.
+// a conntrack entry's with the same flags.
 func snatClass(k *ctKey, v *bpf.HostroutingNat4Entry) class {
-	switch {
-	case maps.Protocol(k.Proto) != maps.TCP:
-		return other
-	case v.Flags&natFlagClosing != 0:
-		return tcpClosing
-	}
-	return tcpEstablished
+	return flowClass(k, v.St.Flags)
 }
 
 // deadline is the last second an entry of class c that expires at expires
@@ -156,10 +155,10 @@ type Stats struct {
 	Errors          uint64 // passes that failed
 }
 
-// GC removes expired entries from a node's conntrack (hr_ct4) and source
-// NAT (hr_snat4) tables: the datapath renews entries with each packet and
-// never removes them, and without a GC the LRU maps only make room by
-// evicting the least recently used entries, live or not. Its methods may
+// GC removes expired entries from a node's conntrack and source NAT
+// tables: the datapath renews entries with each packet and never removes
+// them; without a GC the tables of established flows fill up (and refuse
+// more) and those of new flows make room only by evicting. Its methods may
 // be called from several goroutines; passes and flushes take turns.
 type GC struct {
 	ct       *maps.Conntrack
@@ -175,7 +174,7 @@ type GC struct {
 // NewGC returns a GC of the tables ct and snat (either may be nil: the GC
 // leaves that table alone), e.g. of loader.Maps.Conntrack and SNAT:
 //
-//	gc := nat.NewGC(maps.NewConntrack(n.Maps.Conntrack), maps.NewSNAT(n.Maps.SNAT), nat.Options{})
+//	gc := nat.NewGC(maps.NewConntrack(n.Maps.ConntrackTables()...), maps.NewSNAT(n.Maps.SNATTables()...), nat.Options{})
 func NewGC(ct *maps.Conntrack, snat *maps.SNAT, opts Options) *GC {
 	return &GC{ct: ct, snat: snat, timeouts: opts.Timeouts.withDefaults(), onPass: opts.OnPass}
 }
@@ -206,13 +205,13 @@ func (g *GC) record(pass Stats, flush bool) {
 	}
 }
 
-// Collect makes one pass over both tables and removes the entries that
-// are expired, or past a Timeouts bound, at its start. Conntrack entries
-// are read a batch at a time and the batch's garbage removed at once, so
-// that a packet that renews an entry in between is unlikely; a
-// translated flow's two source NAT entries go together, once both are
-// garbage (one direction's packets renew only their own entry), and are
-// read again just before. It returns the pass's figures (Runs 1), which
+// Collect makes one pass over the tables and removes the entries that
+// are expired, or past a Timeouts bound, at its start. Entries are read a
+// batch at a time, and each that looks like garbage is read again just
+// before it is removed: one a packet renewed after the batch was read
+// (a reused tuple, a reply) stays. A translated flow's two source NAT
+// entries go together, once both are garbage (one direction's packets
+// renew only their own entry). It returns the pass's figures (Runs 1), which
 // the GC's totals also count.
 func (g *GC) Collect() (Stats, error) {
 	g.pass.Lock()
@@ -248,43 +247,54 @@ type ctKey = bpf.HostroutingCt4Key
 // ctGarbage tells whether conntrack entry k, v is past its deadline at
 // now, and whether only a bound made it so.
 func (g *GC) ctGarbage(k *ctKey, v *bpf.HostroutingCtEntry, now uint32) (garbage, capped bool) {
-	d := g.timeouts.deadline(v.Expires, ctClass(k, v))
-	return now > d, now > d && now <= v.Expires
+	d := g.timeouts.deadline(v.St.Expires, ctClass(k, v))
+	return now > d, now > d && now <= v.St.Expires
 }
 
 func (g *GC) collectCT(now uint32) (TableStats, error) {
 	var (
-		s   TableStats
-		del []ctKey
-		m   = g.ct.Map()
+		s    TableStats
+		errs []error
 	)
-	err := maps.ListBatch(m, func(keys []ctKey, vals []bpf.HostroutingCtEntry) error {
-		s.Scanned += uint64(len(keys))
-		del = del[:0]
-		capped := 0
-		for i := range keys {
-			if garbage, c := g.ctGarbage(&keys[i], &vals[i], now); garbage {
-				del = append(del, keys[i])
-				if c {
-					capped++
+	for _, m := range g.ct.Tables() {
+		var del []ctKey
+		err := maps.ListBatch(m, func(keys []ctKey, vals []bpf.HostroutingCtEntry) error {
+			s.Scanned += uint64(len(keys))
+			del = del[:0]
+			capped := 0
+			for i := range keys {
+				if garbage, _ := g.ctGarbage(&keys[i], &vals[i], now); !garbage {
+					continue
+				}
+				// Again, as it is now: a packet may have renewed it.
+				var v bpf.HostroutingCtEntry
+				if m.Lookup(&keys[i], &v) != nil {
+					continue
+				}
+				if garbage, c := g.ctGarbage(&keys[i], &v, now); garbage {
+					del = append(del, keys[i])
+					if c {
+						capped++
+					}
 				}
 			}
-		}
-		if len(del) == 0 {
-			return nil
-		}
-		n, err := maps.DeleteBatch(m, del)
-		s.Removed += uint64(n)
-		s.Capped += uint64(min(capped, n))
-		return err
-	})
-	return s, err
+			if len(del) == 0 {
+				return nil
+			}
+			n, err := maps.DeleteBatch(m, del)
+			s.Removed += uint64(n)
+			s.Capped += uint64(min(capped, n))
+			return err
+		})
+		errs = append(errs, err)
+	}
+	return s, errors.Join(errs...)
 }
 
 // snatReverse returns the key of the entry that pairs with source NAT
 // entry k, v (see maps.SNATEntry.Reverse); false for a host entry.
 func snatReverse(k *ctKey, v *bpf.HostroutingNat4Entry) (ctKey, bool) {
-	if v.Flags&natFlagHost != 0 {
+	if v.St.Flags&natFlagHost != 0 {
 		return ctKey{}, false
 	}
 	if maps.Protocol(k.Proto) == maps.ICMP { // the identifier is both ports
@@ -305,17 +315,14 @@ func snatReverse(k *ctKey, v *bpf.HostroutingNat4Entry) (ctKey, bool) {
 	return ctKey{}, false
 }
 
-// NAT entry flags (enum nat_flag): NAT_F_HOST (maps.SNATEntry.Host) and
-// NAT_F_CLOSING (maps.SNATEntry.Closing).
-const (
-	natFlagHost    = 1 << 0
-	natFlagClosing = 1 << 1
-)
+// natFlagHost is NAT_F_HOST (maps.SNATEntry.Host).
+const natFlagHost = 1 << 2
 
-// snatMember is one entry of a flow's source NAT entries.
+// snatMember is one entry of a flow's source NAT entries, and its table.
 type snatMember struct {
 	k ctKey
 	v bpf.HostroutingNat4Entry
+	m *ebpf.Map
 }
 
 // snatGarbage tells whether a flow's source NAT entries (one, or a pair)
@@ -328,8 +335,8 @@ func (g *GC) snatGarbage(group []snatMember, now uint32) (garbage, capped bool) 
 	var deadline, expires uint32
 	for i := range group {
 		m := &group[i]
-		deadline = max(deadline, g.timeouts.deadline(m.v.Expires, snatClass(&m.k, &m.v)))
-		expires = max(expires, m.v.Expires)
+		deadline = max(deadline, g.timeouts.deadline(m.v.St.Expires, snatClass(&m.k, &m.v)))
+		expires = max(expires, m.v.St.Expires)
 	}
 	return now > deadline, now > deadline && now <= expires
 }
@@ -342,18 +349,19 @@ func (g *GC) collectSNAT(now uint32) (TableStats, error) {
 	var (
 		s    TableStats
 		all  []snatMember
-		m    = g.snat.Map()
 		errs []error
 	)
-	err := maps.ListBatch(m, func(keys []ctKey, vals []bpf.HostroutingNat4Entry) error {
-		all = slices.Grow(all, len(keys))
-		for i := range keys {
-			all = append(all, snatMember{keys[i], vals[i]})
+	for _, m := range g.snat.Tables() {
+		err := maps.ListBatch(m, func(keys []ctKey, vals []bpf.HostroutingNat4Entry) error {
+			all = slices.Grow(all, len(keys))
+			for i := range keys {
+				all = append(all, snatMember{keys[i], vals[i], m})
+			}
+			return nil
+		})
+		if err != nil {
+			return s, err
 		}
-		return nil
-	})
-	if err != nil {
-		return s, err
 	}
 	s.Scanned = uint64(len(all))
 	index := make(map[ctKey]int, len(all))
@@ -361,18 +369,24 @@ func (g *GC) collectSNAT(now uint32) (TableStats, error) {
 		index[all[i].k] = i
 	}
 	var (
-		del    []ctKey
+		del    = map[*ebpf.Map][]ctKey{}
+		queued int
 		capped int
 		done   = make([]bool, len(all))
 		group  = make([]snatMember, 0, 2)
 		fresh  = make([]snatMember, 0, 2)
 	)
 	flush := func() {
-		n, err := maps.DeleteBatch(m, del)
+		n := 0
+		for m, keys := range del {
+			removed, err := maps.DeleteBatch(m, keys)
+			n += removed
+			errs = append(errs, err)
+			del[m] = keys[:0]
+		}
 		s.Removed += uint64(n)
 		s.Capped += uint64(min(capped, n))
-		errs = append(errs, err)
-		del, capped = del[:0], 0
+		queued, capped = 0, 0
 	}
 	for i := range all {
 		if done[i] {
@@ -394,23 +408,24 @@ func (g *GC) collectSNAT(now uint32) (TableStats, error) {
 		// Again, as they are now: a packet may have renewed one.
 		fresh = fresh[:0]
 		for _, e := range group {
-			if err := m.Lookup(&e.k, &e.v); err == nil {
+			if err := e.m.Lookup(&e.k, &e.v); err == nil {
 				fresh = append(fresh, e)
 			}
 		}
 		if garbage, c := g.snatGarbage(fresh, now); garbage {
 			for _, e := range fresh {
-				del = append(del, e.k)
+				del[e.m] = append(del[e.m], e.k)
+				queued++
 				if c {
 					capped++
 				}
 			}
-			if len(del) >= snatChunk {
+			if queued >= snatChunk {
 				flush()
 			}
 		}
 	}
-	if len(del) > 0 {
+	if queued > 0 {
 		flush()
 	}
 	return s, errors.Join(errs...)
@@ -451,14 +466,18 @@ func (g *GC) flush(ctMatch func(*ctKey, *bpf.HostroutingCtEntry) bool, snatMatch
 		errs []error
 	)
 	if g.ct != nil && ctMatch != nil {
-		n, err := flushMap(g.ct.Map(), ctMatch)
-		pass.Conntrack.Flushed = uint64(n)
-		errs = append(errs, err)
+		for _, m := range g.ct.Tables() {
+			n, err := flushMap(m, ctMatch)
+			pass.Conntrack.Flushed += uint64(n)
+			errs = append(errs, err)
+		}
 	}
 	if g.snat != nil && snatMatch != nil {
-		n, err := flushMap(g.snat.Map(), snatMatch)
-		pass.SNAT.Flushed = uint64(n)
-		errs = append(errs, err)
+		for _, m := range g.snat.Tables() {
+			n, err := flushMap(m, snatMatch)
+			pass.SNAT.Flushed += uint64(n)
+			errs = append(errs, err)
+		}
 	}
 	g.record(pass, true)
 	return int(pass.Conntrack.Flushed + pass.SNAT.Flushed), errors.Join(errs...)

@@ -39,7 +39,7 @@ func TestSNATReverseMatchesMaps(t *testing.T) {
 		if !ok || got != wk {
 			t.Errorf("%s: raw reverse %+v, maps' %s", e, got, want)
 		}
-		v.Flags = natFlagHost
+		v.St.Flags = natFlagHost
 		if _, ok := snatReverse(&k, &v); ok {
 			t.Errorf("%s as a host entry: has a reverse", e)
 		}

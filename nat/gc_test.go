@@ -30,7 +30,7 @@ func tables(t testing.TB) (*maps.Conntrack, *maps.SNAT) {
 			t.Errorf("remove node: %v", err)
 		}
 	})
-	return maps.NewConntrack(n.Maps.Conntrack), maps.NewSNAT(n.Maps.SNAT)
+	return maps.NewConntrack(n.Maps.ConntrackTables()...), maps.NewSNAT(n.Maps.SNATTables()...)
 }
 
 func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
@@ -77,8 +77,10 @@ func put[E interface{ Key() K }, K any](t *testing.T, put func(E) error, entries
 // natPair returns a translated flow's two source NAT entries, both
 // expiring at expires.
 func natPair(proto maps.Protocol, pod, remote, node string, outExpires, inExpires uint32) (out, in maps.SNATEntry) {
-	out = maps.SNATEntry{Dir: maps.NATOut, Proto: proto, Src: ap(pod), Dst: ap(remote), To: ap(node), Expires: outExpires}
-	in = maps.SNATEntry{Dir: maps.NATIn, Proto: proto, Src: ap(remote), Dst: ap(node), To: ap(pod), Expires: inExpires}
+	// Established: a reply went by, as for the timeouts' classes of a
+	// flow the tests call established.
+	out = maps.SNATEntry{Dir: maps.NATOut, Proto: proto, Src: ap(pod), Dst: ap(remote), To: ap(node), Expires: outExpires, Established: true}
+	in = maps.SNATEntry{Dir: maps.NATIn, Proto: proto, Src: ap(remote), Dst: ap(node), To: ap(pod), Expires: inExpires, Established: true}
 	return out, in
 }
 

@@ -87,6 +87,9 @@ enum metric {
 	METRIC_XLATE_SNAT,      /* from the node's address (masquerade, NodePort to another node) */
 	METRIC_XLATE_REV_DNAT,  /* a service reply, from its frontend again */
 	METRIC_XLATE_REV_SNAT,  /* a reply of a masqueraded flow, to its pod again */
+	METRIC_DROP_CT_FULL,    /* no room for a new flow's conntrack or NAT entries */
+	METRIC_DROP_IP_OPTIONS, /* a pod's packet with IP options that would leave untranslated */
+	METRIC_DROP_ROUTER_MSG, /* a router advertisement or redirect from a pod */
 	METRIC_MAX,
 };
 
@@ -220,7 +223,8 @@ struct {
 /* The drop metrics, as a bit mask of enum metric. */
 #define METRIC_DROPS ((1u << METRIC_DROP_SPOOFED) | (1u << METRIC_DROP_INVALID) | (1u << METRIC_DROP_UNKNOWN_L3) | \
 		      (1u << METRIC_DROP_POLICY) | (1u << METRIC_DROP_VLAN) | (1u << METRIC_DROP_TAIL_CALL) |   \
-		      (1u << METRIC_DROP_NO_BACKEND) | (1u << METRIC_DROP_NAT) | (1u << METRIC_DROP_NAT_NO_PORT))
+		      (1u << METRIC_DROP_NO_BACKEND) | (1u << METRIC_DROP_NAT) | (1u << METRIC_DROP_NAT_NO_PORT) | \
+		      (1u << METRIC_DROP_CT_FULL) | (1u << METRIC_DROP_IP_OPTIONS) | (1u << METRIC_DROP_ROUTER_MSG))
 
 /* Monitor: which counted packets are also reported as events (hr_events),
  * set at run time in hr_monitor without a reload. */

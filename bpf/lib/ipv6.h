@@ -6,6 +6,9 @@
 #include "metrics.h"
 #include "parse.h"
 
+#define ND_ROUTER_ADVERT 134
+#define ND_REDIRECT 137
+
 /* ipv6_source_ok tells whether the endpoint ep on the packet's device may
  * send from ip6's source: its registered address, any link-local address,
  * or the unspecified address towards a multicast group (duplicate address
@@ -23,7 +26,8 @@ static __always_inline int ipv6_source_ok(const struct endpoint_info *ep, const 
 }
 
 /* ipv6_from_container passes a pod's IPv6 to the stack if its source is the
- * pod's own, and drops it as spoofed if not. */
+ * pod's own, and drops it as spoofed if not; router advertisements and
+ * redirects, which would program the node, are dropped. */
 static __always_inline int ipv6_from_container(struct __sk_buff *ctx)
 {
 	const enum direction dir = DIR_FROM_CONTAINER;
@@ -36,6 +40,14 @@ static __always_inline int ipv6_from_container(struct __sk_buff *ctx)
 	ep = lookup_device(ctx->ifindex);
 	if (!ep || !ipv6_source_ok(ep, ip6) || !mac_equal(ep->mac, eth->h_source))
 		return drop_endpoint(ctx, dir, METRIC_DROP_SPOOFED, ep ? ep->id : 0);
+	/* A pod is no router of the node's (CVE-2020-10749). */
+	if (ip6->nexthdr == IPPROTO_ICMPV6) {
+		__u8 type;
+
+		if (bpf_skb_load_bytes(ctx, ETH_HLEN + sizeof(*ip6), &type, 1) == 0 &&
+		    (type == ND_ROUTER_ADVERT || type == ND_REDIRECT))
+			return drop_endpoint(ctx, dir, METRIC_DROP_ROUTER_MSG, ep->id);
+	}
 	count_from(ep->id, ctx->len);
 	return to_stack(ctx, dir);
 }

@@ -116,31 +116,28 @@ static __always_inline int lb_enabled(void)
 #define ICMP_CSUM_OFF (L4_OFF + 2)
 #define ICMP_ID_OFF (L4_OFF + 4)
 
-/* A TCP or UDP packet's ports and, for TCP, its flags. */
-struct l4 {
-	__be16 sport;
-	__be16 dport;
-	__u8 tcp_flags;
-};
-
 #define IPPROTO_ICMP 1
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
 
-/* load_l4 reads the ports (and TCP flags) of an option-less, unfragmented
- * IPv4 packet, or an ICMP echo's identifier as both its ports (echoes are
+/* load_l4 reads the ports of an option-less, unfragmented IPv4 packet
+ * (for TCP also its flags, sequence numbers and the sequence space it
+ * takes), or an ICMP echo's identifier as both its ports (echoes are
  * translated by identifier); 0 for other protocols, other ICMP messages,
  * fragments and truncated packets. */
 static __always_inline int load_l4(struct __sk_buff *ctx, struct iphdr *ip, struct l4 *l4)
 {
-	__u8 hdr[14];
+	__u8 hdr[14] = {};
 
 	if ((ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_ICMP) ||
 	    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 		return 0;
 	if (bpf_skb_load_bytes(ctx, L4_OFF, hdr, ip->protocol == IPPROTO_TCP ? 14 : ip->protocol == IPPROTO_ICMP ? 6 : 4) < 0)
 		return 0;
-	l4->tcp_flags = ip->protocol == IPPROTO_TCP ? hdr[13] : 0;
+	l4->tcp_flags = 0;
+	l4->seq = 0;
+	l4->ack = 0;
+	l4->seq_len = 0;
 	if (ip->protocol == IPPROTO_ICMP) {
 		if (hdr[0] != ICMP_ECHO && hdr[0] != ICMP_ECHOREPLY)
 			return 0;
@@ -150,6 +147,16 @@ static __always_inline int load_l4(struct __sk_buff *ctx, struct iphdr *ip, stru
 	}
 	__builtin_memcpy(&l4->sport, hdr, 2);
 	__builtin_memcpy(&l4->dport, hdr + 2, 2);
+	if (ip->protocol == IPPROTO_TCP) {
+		__u32 len = bpf_ntohs(ip->tot_len), hlen = sizeof(struct iphdr) + (hdr[12] >> 4) * 4;
+
+		if (!len) /* BIG TCP */
+			len = ctx->len - ETH_HLEN;
+		l4->tcp_flags = hdr[13];
+		l4->seq = (__u32)hdr[4] << 24 | (__u32)hdr[5] << 16 | (__u32)hdr[6] << 8 | hdr[7];
+		l4->ack = (__u32)hdr[8] << 24 | (__u32)hdr[9] << 16 | (__u32)hdr[10] << 8 | hdr[11];
+		l4->seq_len = (len > hlen ? len - hlen : 0) + !!(hdr[13] & TCP_FLAG_SYN) + !!(hdr[13] & TCP_FLAG_FIN);
+	}
 	return 1;
 }
 
@@ -312,11 +319,31 @@ static __always_inline int rewrite4(struct __sk_buff *ctx, __u8 proto, int dst, 
 	return 0;
 }
 
+/* lb4_reply_key is the key of the reply entry of client's flow at its
+ * source port sport to backend be. */
+static __always_inline void lb4_reply_key(struct ct4_key *rk, const struct lb4_backend *be, __be32 client, __be16 sport,
+					  __u8 proto)
+{
+	/* Hairpin: a pod that reaches itself through a service would get a
+	 * packet from its own address, which its stack drops as a martian.
+	 * The flow's source becomes LB_HAIRPIN_ADDR instead, and its replies
+	 * to that address go back to the pod (as Cilium's IPV4_LOOPBACK). */
+	rk->saddr = be->address;
+	rk->daddr = be->address == client ? LB_HAIRPIN_ADDR : client;
+	rk->sport = be->port;
+	rk->dport = sport;
+	rk->proto = proto;
+	rk->dir = CT_REPLY;
+	rk->pad = 0;
+}
+
 /* lb4_dnat translates a packet to the frontend at key (svc its entry) to
  * one of the service's backends: the one its flow took (conntrack), else
- * a new pick, for which the flow's entry and its reply's are made. The
- * destination becomes the backend's. Returns 0, or the metric of the drop
- * (no backend, a failed rewrite). The packet's pointers are invalid
+ * a new pick, for which the flow's entry and its reply's are made afresh
+ * (a tuple reused after its flow closed or expired is a new flow; a SYN
+ * on a live flow keeps its backend). The destination becomes the
+ * backend's. Returns 0, or the metric of the drop (no backend, no room
+ * for the flow, a failed rewrite). The packet's pointers are invalid
  * afterwards. */
 static __always_inline int lb4_dnat(struct __sk_buff *ctx, enum direction dir, struct iphdr *ip,
 				    const struct l4 *l4, struct lb4_key *key, const struct lb4_service *svc)
@@ -329,58 +356,97 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, enum direction dir, s
 	__be32 client = ip->saddr, frontend = ip->daddr;
 	struct lb4_backend *be = NULL;
 	__u8 verdict = CT_VERDICT_ESTABLISHED;
-	struct ct_entry *e;
+	struct ct_entry *e, *r = NULL;
+	struct ct4_key rk;
 	__u32 id = 0;
+	int fresh = 0;
 
-	e = bpf_map_lookup_elem(&hr_ct4, &ck);
-	/* An expired entry not yet collected, or a SYN on a closing flow's
-	 * tuple, starts a new flow. */
-	if (e && e->expires >= now_seconds() &&
-	    !((e->flags & CT_F_CLOSING) && (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+	e = ct4_lookup(&ck);
+	if (e) {
 		id = e->backend_id;
 		be = bpf_map_lookup_elem(&hr_lb4_backends, &id);
+		if (e->st.expires < now_seconds()) {
+			fresh = 1; /* expired, not collected yet */
+			be = NULL;
+		} else if ((e->st.flags & CT_F_CLOSING) &&
+			   (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST)) == TCP_FLAG_SYN) {
+			fresh = 1; /* reopened: its backend again, while it takes flows */
+			if (be && be->state != BACKEND_ACTIVE)
+				be = NULL;
+		}
 	}
-	if (be) {
-		ct_refresh(e, proto, flags);
-	} else {
-		struct ct_entry fresh = { .rev_nat_index = svc->rev_nat_index };
-
+	if (!be) {
 		be = lb4_select(key, svc, client, hash_tuple(client, frontend, l4->sport, l4->dport, proto), &id);
 		if (!be)
 			return METRIC_DROP_NO_BACKEND;
-		fresh.backend_id = id;
-		ct_refresh(&fresh, proto, flags);
-		bpf_map_update_elem(&hr_ct4, &ck, &fresh, BPF_ANY);
-		verdict = CT_VERDICT_NEW;
+		fresh = 1;
 	}
+	if (fresh) {
+		struct ct_entry v = { .rev_nat_index = svc->rev_nat_index, .backend_id = id };
 
-	/* Hairpin: a pod that reaches itself through a service would get a
-	 * packet from its own address, which its stack drops as a martian.
-	 * The flow's source becomes LB_HAIRPIN_ADDR instead, and its replies
-	 * to that address go back to the pod (as Cilium's IPV4_LOOPBACK). */
-	__be32 peer = be->address == client ? LB_HAIRPIN_ADDR : client;
-	struct ct4_key rk = {
-		.saddr = be->address, .daddr = peer, .sport = be->port, .dport = l4->sport,
-		.proto = proto, .dir = CT_REPLY,
-	};
-	e = bpf_map_lookup_elem(&hr_ct4, &rk);
-	if (!e || e->rev_nat_index != svc->rev_nat_index || e->nat_addr != frontend) {
-		struct ct_entry reply = {
-			.rev_nat_index = svc->rev_nat_index, .backend_id = id,
-			.nat_addr = frontend, .nat_port = l4->dport,
-			.flags = peer != client ? CT_F_HAIRPIN : 0,
+		ct_update(&v.st, NULL, proto, l4);
+		v.packets = 1;
+		if (e) {
+			v.st.flags |= e->st.flags & CT_F_ESTABLISHED;
+			*e = v;
+		} else {
+			e = ct4_create(&ck, &v);
+			if (!e) {
+				ct_count(ct4_class(proto), CT_STAT_FAILED);
+				return METRIC_DROP_CT_FULL;
+			}
+			/* Another CPU made it first: its pick holds. */
+			if (e->backend_id != id) {
+				id = e->backend_id;
+				be = bpf_map_lookup_elem(&hr_lb4_backends, &id);
+				if (!be)
+					return METRIC_DROP_NO_BACKEND;
+			}
+		}
+		lb4_reply_key(&rk, be, client, l4->sport, proto);
+
+		struct ct_entry rv = {
+			.st.flags = rk.daddr != client ? CT_F_HAIRPIN : 0, .rev_nat_index = svc->rev_nat_index,
+			.backend_id = id, .nat_addr = frontend, .nat_port = l4->dport,
 		};
 
-		reply.expires = now_seconds() + ct_timeout(proto, flags, 0);
-		bpf_map_update_elem(&hr_ct4, &rk, &reply, BPF_ANY);
+		rv.st.expires = now_seconds() + ct_timeout(proto, 0);
+		r = ct4_lookup(&rk);
+		if (r) {
+			rv.st.flags |= r->st.flags & CT_F_ESTABLISHED;
+			*r = rv;
+		} else if (!ct4_create(&rk, &rv)) {
+			ct_count(ct4_class(proto), CT_STAT_FAILED);
+			return METRIC_DROP_CT_FULL;
+		}
+		ct_count(ct4_class(proto), CT_STAT_CREATED);
+		verdict = CT_VERDICT_NEW;
+	} else {
+		lb4_reply_key(&rk, be, client, l4->sport, proto);
+		if (ct_needs_peer(proto, l4))
+			r = ct4_lookup(&rk);
+		/* An RST out of the window changes nothing; it goes on, and
+		 * the backend judges it as well. */
+		ct_update(&e->st, r ? &r->st : NULL, proto, l4);
+		e->packets++;
+		if (ct_established_ready(e->st.flags, proto, l4)) {
+			r = r ?: ct4_lookup(&rk);
+			if (r)
+				ct4_promote_flow(&ck, e, &rk, r);
+		}
 	}
-	if (rewrite4(ctx, proto, 1, frontend, be->address, l4->dport, be->port) < 0)
+
+	__be32 peer = rk.daddr;
+	__be32 baddr = be->address;
+	__be16 bport = be->port;
+
+	if (rewrite4(ctx, proto, 1, frontend, baddr, l4->dport, bport) < 0)
 		return METRIC_DROP_NAT;
 	if (peer != client && rewrite4(ctx, proto, 0, client, peer, l4->sport, l4->sport) < 0)
 		return METRIC_DROP_NAT;
 
 	struct tuple4 from = { .saddr = client, .daddr = frontend, .sport = l4->sport, .dport = l4->dport };
-	struct tuple4 to = { .saddr = peer, .daddr = be->address, .sport = l4->sport, .dport = be->port };
+	struct tuple4 to = { .saddr = peer, .daddr = baddr, .sport = l4->sport, .dport = bport };
 
 	count_xlate(ctx, dir, METRIC_XLATE_DNAT, proto, flags, verdict, svc->rev_nat_index, &from, &to);
 	return 0;
@@ -401,26 +467,30 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, enum direction dir
 	struct ct_entry *e, *svc;
 	__be32 front, client;
 	__be16 port;
+	__u16 rev_nat;
 
-	e = bpf_map_lookup_elem(&hr_ct4, &rk);
+	e = ct4_lookup(&rk);
 	if (!e || !e->nat_addr)
 		return 0;
 	front = e->nat_addr;
 	port = e->nat_port;
+	rev_nat = e->rev_nat_index;
 	/* A hairpin flow's client is the backend itself. */
-	client = (e->flags & CT_F_HAIRPIN) ? rk.saddr : rk.daddr;
-	e->flags |= CT_F_SEEN_REPLY;
-	ct_refresh(e, proto, l4->tcp_flags);
+	client = (e->st.flags & CT_F_HAIRPIN) ? rk.saddr : rk.daddr;
 
-	/* The flow is established: its service entry lives as long. */
+	/* The flow has an answer: its service entry lives as long. */
 	struct ct4_key sk = {
 		.saddr = client, .daddr = front, .sport = l4->dport, .dport = port,
 		.proto = proto, .dir = CT_SERVICE,
 	};
-	svc = bpf_map_lookup_elem(&hr_ct4, &sk);
+	svc = ct4_lookup(&sk);
+	e->st.flags |= CT_F_SEEN_REPLY;
+	ct_update(&e->st, svc ? &svc->st : NULL, proto, l4);
+	e->packets++;
 	if (svc) {
-		svc->flags |= CT_F_SEEN_REPLY;
-		ct_refresh(svc, proto, l4->tcp_flags);
+		svc->st.flags |= CT_F_SEEN_REPLY;
+		if (!(svc->st.flags & CT_F_CLOSING))
+			svc->st.expires = now_seconds() + ct_timeout(proto, svc->st.flags);
 	}
 	if (client != rk.daddr && rewrite4(ctx, proto, 1, rk.daddr, client, rk.dport, rk.dport) < 0)
 		return -METRIC_DROP_NAT;
@@ -430,8 +500,6 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, enum direction dir
 	struct tuple4 from = { .saddr = rk.saddr, .daddr = rk.daddr, .sport = rk.sport, .dport = rk.dport };
 	struct tuple4 to = { .saddr = front, .daddr = client, .sport = port, .dport = rk.dport };
 
-	count_xlate(ctx, dir, METRIC_XLATE_REV_DNAT, proto, l4->tcp_flags, CT_VERDICT_REPLY, e->rev_nat_index,
-		    &from, &to);
+	count_xlate(ctx, dir, METRIC_XLATE_REV_DNAT, proto, l4->tcp_flags, CT_VERDICT_REPLY, rev_nat, &from, &to);
 	return 1;
 }
-

@@ -15,48 +15,114 @@ enum nat_dir {
 	NAT_IN = 2,
 };
 
+/* NAT_F_HOST marks an IN entry of the node's own flow: recorded to keep
+ * its port, not translated. The other flags are enum flow_flag's. */
+#define NAT_F_HOST CT_F_HAIRPIN
+
 struct nat4_entry {
+	struct flow_state st; /* of the direction the key looks at */
 	__be32 to_addr;
 	__be16 to_port;
-	__u16 flags; /* enum nat_flag */
-	__u32 expires;
-	__u32 pad;
+	__u16 pad;
 };
 
-enum nat_flag {
-	NAT_F_HOST = 1 << 0,    /* the node's own flow: recorded to keep its port, not translated */
-	NAT_F_CLOSING = 1 << 1, /* TCP FIN or RST seen either way: the short timeout */
-};
+/* As conntrack's tables (lib/conntrack.h): new flows in an LRU hash,
+ * established ones (a reply seen, for TCP the handshake done) in hashes
+ * that evict nothing, TCP apart from the rest. A flow's OUT and IN
+ * entries are made together, move together and are removed together. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ct4_key);
+	__type(value, struct nat4_entry);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_snat4_tcp SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ct4_key);
+	__type(value, struct nat4_entry);
+	__uint(max_entries, 32768);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_snat4_any SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct ct4_key);
 	__type(value, struct nat4_entry);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 32768);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} hr_snat4 SEC(".maps");
+} hr_snat4_new SEC(".maps");
 
-/* nat_refresh renews one direction's entry for a packet with tcp_flags,
- * and on FIN or RST marks it closing. Returns whether this packet closes
- * the flow (then the other direction is marked too). */
-static __always_inline int nat_refresh(struct nat4_entry *e, __u8 proto, __u8 tcp_flags)
+static __always_inline struct nat4_entry *nat4_lookup_established(const struct ct4_key *k)
 {
-	int closing = !(e->flags & NAT_F_CLOSING) && (tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST));
-
-	if (closing)
-		e->flags |= NAT_F_CLOSING;
-	e->expires = now_seconds() + ct_timeout(proto, tcp_flags, CT_F_SEEN_REPLY | ((e->flags & NAT_F_CLOSING) ? CT_F_CLOSING : 0));
-	return closing;
+	if (k->proto == IPPROTO_TCP)
+		return bpf_map_lookup_elem(&hr_snat4_tcp, k);
+	return bpf_map_lookup_elem(&hr_snat4_any, k);
 }
 
-/* nat_close marks the entry at key closing, if it is there. */
-static __always_inline void nat_close(struct ct4_key *key, __u8 proto)
+/* nat4_lookup finds the entry at k: among established flows, else new. */
+static __always_inline struct nat4_entry *nat4_lookup(const struct ct4_key *k)
 {
-	struct nat4_entry *e = bpf_map_lookup_elem(&hr_snat4, key);
+	struct nat4_entry *e = nat4_lookup_established(k);
 
-	if (e)
-		nat_refresh(e, proto, TCP_FLAG_FIN);
+	return e ?: bpf_map_lookup_elem(&hr_snat4_new, k);
+}
+
+/* nat4_create makes the entry at k among the new flows, unless an entry
+ * is at k in any table. Returns 0, -EEXIST, or another error. */
+static __always_inline long nat4_create(const struct ct4_key *k, const struct nat4_entry *v)
+{
+	if (nat4_lookup_established(k))
+		return -EEXIST;
+	return bpf_map_update_elem(&hr_snat4_new, k, v, BPF_NOEXIST);
+}
+
+static __always_inline enum ct_class nat4_class(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? CT_CLASS_NAT_TCP : CT_CLASS_NAT_ANY;
+}
+
+static __always_inline int nat4_insert_established(const struct ct4_key *k, struct nat4_entry *v)
+{
+	long err;
+
+	v->st.flags |= CT_F_ESTABLISHED | CT_F_SEEN_REPLY;
+	if (k->proto == IPPROTO_TCP)
+		err = bpf_map_update_elem(&hr_snat4_tcp, k, v, BPF_NOEXIST);
+	else
+		err = bpf_map_update_elem(&hr_snat4_any, k, v, BPF_NOEXIST);
+	return err && err != -EEXIST ? -1 : 0;
+}
+
+/* nat4_promote moves a flow's entries (a at ka; b at kb, or none: a host
+ * flow's one) to the established flows, counted; when the table has no
+ * room for both, neither moves. a and b are not valid afterwards. */
+static __always_inline void nat4_promote(const struct ct4_key *ka, struct nat4_entry *a, const struct ct4_key *kb,
+					 struct nat4_entry *b)
+{
+	enum ct_class class = nat4_class(ka->proto);
+	int move_b = b && !(b->st.flags & CT_F_ESTABLISHED);
+	struct nat4_entry va = *a, vb = {};
+
+	if (b)
+		vb = *b;
+	if (nat4_insert_established(ka, &va) < 0) {
+		ct_count(class, CT_STAT_REFUSED);
+		return;
+	}
+	if (move_b && nat4_insert_established(kb, &vb) < 0) {
+		if (ka->proto == IPPROTO_TCP)
+			bpf_map_delete_elem(&hr_snat4_tcp, ka);
+		else
+			bpf_map_delete_elem(&hr_snat4_any, ka);
+		ct_count(class, CT_STAT_REFUSED);
+		return;
+	}
+	bpf_map_delete_elem(&hr_snat4_new, ka);
+	if (move_b)
+		bpf_map_delete_elem(&hr_snat4_new, kb);
+	ct_count(class, CT_STAT_PROMOTED);
 }
 
 /* The IPv4 address of each node device, by ifindex: what pods' traffic
@@ -134,11 +200,68 @@ static __always_inline __be32 *node_addr(__u32 ifindex)
 	return bpf_map_lookup_elem(&hr_node_addrs, &ifindex);
 }
 
+/* nat4_in_key is the key of the IN entry that pairs with a flow leaving as
+ * from nat_addr:port to daddr:dport (an ICMP echo's identifier is both
+ * its ports). */
+static __always_inline void nat4_in_key(struct ct4_key *in, __be32 daddr, __be16 dport, __be32 nat_addr, __be16 port,
+					__u8 proto)
+{
+	in->saddr = daddr;
+	in->daddr = nat_addr;
+	in->sport = proto == IPPROTO_ICMP ? port : dport;
+	in->dport = port;
+	in->proto = proto;
+	in->dir = NAT_IN;
+	in->pad = 0;
+}
+
+/* snat4_new makes a new flow's two entries, out (k) and in, for a packet
+ * from saddr:sport leaving from nat_addr: its own port if free (and in
+ * CONFIG's range), else a random free one of the range. Returns the port
+ * (network order), 0 if none is free. */
+static __always_inline __be16 snat4_new(const struct ct4_key *out, const struct l4 *l4, __be32 nat_addr)
+{
+	__u16 range = CONFIG.nat_port_max - CONFIG.nat_port_min + 1, p = bpf_ntohs(l4->sport);
+	struct nat4_entry rev = { .to_addr = out->saddr, .to_port = l4->sport };
+	struct nat4_entry fwd = { .to_addr = nat_addr };
+	struct nat4_entry *e;
+	struct ct4_key in;
+	long err;
+
+	rev.st.expires = now_seconds() + ct_timeout(out->proto, 0);
+	for (int i = 0; i < NAT_RETRIES; i++) {
+		if (i > 0 || p < CONFIG.nat_port_min || p > CONFIG.nat_port_max)
+			p = CONFIG.nat_port_min + bpf_get_prandom_u32() % range;
+		nat4_in_key(&in, out->daddr, out->dport, nat_addr, bpf_htons(p), out->proto);
+		if (nat4_create(&in, &rev) == 0) {
+			fwd.to_port = in.dport;
+			break;
+		}
+	}
+	if (!fwd.to_port) {
+		ct_count(nat4_class(out->proto), CT_STAT_FAILED);
+		return 0;
+	}
+	ct_update(&fwd.st, NULL, out->proto, l4);
+	err = nat4_create(out, &fwd);
+	if (err == 0) {
+		ct_count(nat4_class(out->proto), CT_STAT_CREATED);
+		return fwd.to_port;
+	}
+	/* Another CPU made the flow first: its port holds. */
+	bpf_map_delete_elem(&hr_snat4_new, &in);
+	e = err == -EEXIST ? nat4_lookup(out) : NULL;
+	if (!e)
+		ct_count(nat4_class(out->proto), CT_STAT_FAILED);
+	return e ? e->to_port : 0;
+}
+
 /* snat4_out translates the source of a TCP or UDP packet or an ICMP echo
- * request leaving the node
- * to nat_addr and a port of CONFIG's range: the one its flow has, else
- * its own port if free, else a random free one. Returns 0, or the metric
- * of a drop. The packet's pointers are invalid afterwards. */
+ * request leaving the node to nat_addr and a port of CONFIG's range: the
+ * one its flow has, else a new one (snat4_new). A new flow's OUT entry
+ * whose IN half is gone (evicted) or another flow's gets a new mapping.
+ * Returns 0, or the metric of a drop. The packet's pointers are invalid
+ * afterwards. */
 static __always_inline int snat4_out(struct __sk_buff *ctx, enum direction dir, struct iphdr *ip,
 				     const struct l4 *l4, __be32 nat_addr)
 {
@@ -146,49 +269,32 @@ static __always_inline int snat4_out(struct __sk_buff *ctx, enum direction dir, 
 		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
 		.proto = ip->protocol, .dir = NAT_OUT,
 	};
-	__u32 expires = now_seconds() + ct_timeout(ip->protocol, l4->tcp_flags, CT_F_SEEN_REPLY);
-	__u16 range = CONFIG.nat_port_max - CONFIG.nat_port_min + 1;
 	__be32 saddr = ip->saddr, daddr = ip->daddr;
 	__u8 proto = ip->protocol, verdict = CT_VERDICT_ESTABLISHED;
-	struct nat4_entry *e;
+	struct nat4_entry *e, *r = NULL;
+	struct ct4_key in;
 	__be16 port = 0;
 
-	e = bpf_map_lookup_elem(&hr_snat4, &out);
+	e = nat4_lookup(&out);
 	if (e) {
 		port = e->to_port;
-		if (nat_refresh(e, proto, l4->tcp_flags)) {
-			struct ct4_key in = {
-				.saddr = daddr, .daddr = nat_addr, .sport = l4->dport, .dport = port,
-				.proto = proto, .dir = NAT_IN,
-			};
-
-			if (proto == IPPROTO_ICMP)
-				in.sport = port;
-			nat_close(&in, proto);
+		nat4_in_key(&in, daddr, l4->dport, e->to_addr, port, proto);
+		if (!(e->st.flags & CT_F_ESTABLISHED) || ct_needs_peer(proto, l4))
+			r = nat4_lookup(&in);
+		if (!(e->st.flags & CT_F_ESTABLISHED) && (!r || r->to_addr != saddr || r->to_port != l4->sport)) {
+			/* Its IN half is gone, or another flow's: a new mapping. */
+			bpf_map_delete_elem(&hr_snat4_new, &out);
+			e = NULL;
 		}
+	}
+	if (e) {
+		ct_update(&e->st, r ? &r->st : NULL, proto, l4);
+		if (r && (r->st.flags & CT_F_SEEN_REPLY) && ct_established_ready(CT_F_SEEN_REPLY | e->st.flags, proto, l4))
+			nat4_promote(&out, e, &in, r);
 	} else {
-		struct nat4_entry rev = { .to_addr = saddr, .to_port = l4->sport, .expires = expires };
-		struct ct4_key in = {
-			.saddr = daddr, .daddr = nat_addr, .sport = l4->dport, .proto = proto, .dir = NAT_IN,
-		};
-		__u16 p = bpf_ntohs(l4->sport);
-
-		for (int i = 0; i < NAT_RETRIES; i++) {
-			if (i > 0 || p < CONFIG.nat_port_min || p > CONFIG.nat_port_max)
-				p = CONFIG.nat_port_min + bpf_get_prandom_u32() % range;
-			in.dport = bpf_htons(p);
-			if (proto == IPPROTO_ICMP) /* the identifier is both "ports" */
-				in.sport = in.dport;
-			if (bpf_map_update_elem(&hr_snat4, &in, &rev, BPF_NOEXIST) == 0) {
-				port = in.dport;
-				break;
-			}
-		}
+		port = snat4_new(&out, l4, nat_addr);
 		if (!port)
 			return METRIC_DROP_NAT_NO_PORT;
-		struct nat4_entry fwd = { .to_addr = nat_addr, .to_port = port, .expires = expires };
-
-		bpf_map_update_elem(&hr_snat4, &out, &fwd, BPF_ANY);
 		verdict = CT_VERDICT_NEW;
 	}
 	if (rewrite4(ctx, proto, 0, saddr, nat_addr, l4->sport, port) < 0)
@@ -212,48 +318,73 @@ static __always_inline int snat4_in(struct __sk_buff *ctx, enum direction dir, s
 		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
 		.proto = ip->protocol, .dir = NAT_IN,
 	};
-	struct nat4_entry *e = bpf_map_lookup_elem(&hr_snat4, &in);
+	struct nat4_entry *e = nat4_lookup(&in), *r = NULL;
+	__u8 proto = ip->protocol;
+	__be32 to_addr;
+	__be16 to_port;
 
-	if (!e || (e->flags & NAT_F_HOST))
+	if (!e)
 		return 0;
-	if (nat_refresh(e, ip->protocol, l4->tcp_flags)) {
+	e->st.flags |= CT_F_SEEN_REPLY;
+	if (e->st.flags & NAT_F_HOST)
+		return 0;
+	to_addr = e->to_addr;
+	to_port = e->to_port;
+	if (ct_needs_peer(proto, l4)) {
 		struct ct4_key out = {
-			.saddr = e->to_addr, .daddr = ip->saddr, .sport = e->to_port, .dport = l4->sport,
-			.proto = ip->protocol, .dir = NAT_OUT,
+			.saddr = to_addr, .daddr = ip->saddr, .sport = to_port, .dport = l4->sport,
+			.proto = proto, .dir = NAT_OUT,
 		};
 
-		if (ip->protocol == IPPROTO_ICMP)
-			out.dport = e->to_port;
-		nat_close(&out, ip->protocol);
+		if (proto == IPPROTO_ICMP)
+			out.dport = to_port;
+		r = nat4_lookup(&out);
 	}
-	struct tuple4 from = { .saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport };
-	struct tuple4 to = { .saddr = ip->saddr, .daddr = e->to_addr, .sport = l4->sport, .dport = e->to_port };
-	__u8 proto = ip->protocol;
+	/* An RST out of the window changes nothing; the pod judges it too. */
+	ct_update(&e->st, r ? &r->st : NULL, proto, l4);
 
-	if (rewrite4(ctx, proto, 1, ip->daddr, e->to_addr, l4->dport, e->to_port) < 0)
+	struct tuple4 from = { .saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport };
+	struct tuple4 to = { .saddr = ip->saddr, .daddr = to_addr, .sport = l4->sport, .dport = to_port };
+
+	if (rewrite4(ctx, proto, 1, ip->daddr, to_addr, l4->dport, to_port) < 0)
 		return -METRIC_DROP_NAT;
 	count_xlate(ctx, dir, METRIC_XLATE_REV_SNAT, proto, l4->tcp_flags, CT_VERDICT_REPLY, 0, &from, &to);
 	return 1;
 }
 
-/* snat4_track_host records a flow of the node's own (source nat_addr) so
- * that no translated flow takes its port. */
-static __always_inline void snat4_track_host(struct iphdr *ip, const struct l4 *l4)
+/* snat4_host handles a packet of the node's own flow (source nat_addr):
+ * its IN entry keeps its port from translated flows. Returns 1 when the
+ * flow must be translated itself (snat4_out), because a translated flow
+ * holds its tuple (a pod that kept its port to the same peer) or it was
+ * translated before; 0 when it leaves as it is. */
+static __always_inline int snat4_host(struct iphdr *ip, const struct l4 *l4)
 {
-	struct ct4_key in = {
-		.saddr = ip->daddr, .daddr = ip->saddr, .sport = l4->dport, .dport = l4->sport,
-		.proto = ip->protocol, .dir = NAT_IN,
+	struct ct4_key out = {
+		.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport,
+		.proto = ip->protocol, .dir = NAT_OUT,
 	};
-	struct nat4_entry host = {
-		.to_addr = ip->saddr, .to_port = l4->sport, .flags = NAT_F_HOST,
-		.expires = now_seconds() + ct_timeout(ip->protocol, l4->tcp_flags, CT_F_SEEN_REPLY),
-	};
-	struct nat4_entry *e = bpf_map_lookup_elem(&hr_snat4, &in);
+	struct ct4_key in;
+	struct nat4_entry *e;
 
-	if (e)
-		e->expires = host.expires;
-	else
-		bpf_map_update_elem(&hr_snat4, &in, &host, BPF_NOEXIST);
+	if (nat4_lookup(&out))
+		return 1;
+	nat4_in_key(&in, ip->daddr, l4->dport, ip->saddr, l4->sport, ip->protocol);
+	e = nat4_lookup(&in);
+	if (!e) {
+		struct nat4_entry host = { .to_addr = ip->saddr, .to_port = l4->sport, .st.flags = NAT_F_HOST };
+
+		host.st.expires = now_seconds() + ct_timeout(ip->protocol, 0);
+		nat4_create(&in, &host);
+		return 0;
+	}
+	if (!(e->st.flags & NAT_F_HOST))
+		return 1;
+	if (l4->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		e->st.flags |= CT_F_CLOSING;
+	e->st.expires = now_seconds() + ct_timeout(ip->protocol, e->st.flags);
+	if (ct_established_ready(e->st.flags, ip->protocol, l4))
+		nat4_promote(&in, e, &in, NULL);
+	return 0;
 }
 
 #define ICMP_DEST_UNREACH 3
@@ -336,8 +467,8 @@ static __always_inline int lb4_icmp_error(struct __sk_buff *ctx, struct iphdr *i
 		.proto = q.in.protocol, .dir = CT_REPLY,
 	};
 
-	e = bpf_map_lookup_elem(&hr_ct4, &rk);
-	if (!e || !e->nat_addr || (e->flags & CT_F_HAIRPIN))
+	e = ct4_lookup(&rk);
+	if (!e || !e->nat_addr || (e->st.flags & CT_F_HAIRPIN))
 		return 0;
 	if (icmp_error_xlate(ctx, &q, IP4_SADDR_OFF, INNER_DADDR_OFF, backend, e->nat_addr, INNER_L4_OFF + 2,
 			     q.ports[1], e->nat_port) < 0)
@@ -374,8 +505,8 @@ static __always_inline int snat4_icmp_error(struct __sk_buff *ctx, struct iphdr 
 		.dport = port, .proto = q.in.protocol, .dir = NAT_IN,
 	};
 
-	e = bpf_map_lookup_elem(&hr_snat4, &in);
-	if (!e || (e->flags & NAT_F_HOST))
+	e = nat4_lookup(&in);
+	if (!e || (e->st.flags & NAT_F_HOST))
 		return 0;
 	if (icmp_error_xlate(ctx, &q, IP4_DADDR_OFF, INNER_SADDR_OFF, outer_daddr, e->to_addr, port_off, port,
 			     e->to_port) < 0)

@@ -144,7 +144,7 @@ func checkBPFConntrack(pin string, tc bool, client netip.Addr) error {
 		return err
 	}
 	defer node.Close()
-	entries, err := maps.NewConntrack(node.Maps.Conntrack).List()
+	entries, err := maps.NewConntrack(node.Maps.ConntrackTables()...).List()
 	if err != nil {
 		return fmt.Errorf("list BPF conntrack: %w", err)
 	}

@@ -1043,7 +1043,7 @@ func TestHrctlServices(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { node.Close() })
-	ct, snat := maps.NewConntrack(node.Maps.Conntrack), maps.NewSNAT(node.Maps.SNAT)
+	ct, snat := maps.NewConntrack(node.Maps.ConntrackTables()...), maps.NewSNAT(node.Maps.SNATTables()...)
 
 	run := func(args ...string) (stdout, stderr string, code int) {
 		t.Helper()
