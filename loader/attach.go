@@ -62,32 +62,49 @@ func (p Program) ingress() bool {
 // network namespace at nsPath ("" for the caller's). It is idempotent:
 // attaching again keeps one attachment, renewed with the node's current
 // program.
+//
+// Renewing an attachment (after a reload) makes before it breaks: the
+// hook runs the old program until the new one runs, never neither.
+//   - tcx → tcx: the pinned link is updated in place (one atomic swap).
+//   - clsact → clsact: the filter is replaced in place (cls_bpf swaps
+//     the program of a filter of the same priority and handle atomically).
+//   - tcx ↔ clsact: the new kind is attached first, then the old kind
+//     removed. For that moment both are on the hook; tcx runs first, and
+//     the clsact filter runs only after tcx programs that all return
+//     TC_ACT_UNSPEC (tcx's "next"; the kernel maps any unknown verdict to
+//     it too). The datapath's programs never do: they end in TC_ACT_OK,
+//     TC_ACT_SHOT or a redirect, so each packet meets exactly one of the
+//     two, the tcx one. (An embedder's policy program must end in
+//     hr_policy_allow or hr_policy_deny, which do the same.)
 func (n *Instance) Attach(nsPath string, ifindex int, p Program) error {
 	prog := n.progs[p]
 	if prog == nil {
 		return fmt.Errorf("attach %s to ifindex %d: unknown program", p, ifindex)
 	}
 	err := routing.Do(nsPath, func() error {
-		// A node reloaded in the other attach mode leaves the old kind of
-		// attachment behind: take it off so one program runs per hook.
 		if n.Features.TCX.Enabled {
+			if err := n.attachTCX(ifindex, p, prog); err != nil {
+				return err
+			}
+			// A node reloaded from clsact mode leaves its filter behind:
+			// take it off, now that the tcx link runs in front of it.
 			if renewing, err := n.Renewing(); err != nil {
 				return err
 			} else if renewing {
-				if err := n.detachClsact(ifindex, p); err != nil {
-					return err
-				}
+				return n.detachClsact(ifindex, p)
 			}
-			return n.attachTCX(ifindex, p, prog)
-		}
-		if err := unpinLink(n.linkPin(ifindex, p)); err != nil {
-			return err
+			return nil
 		}
 		created, err := n.attachClsact(ifindex, p, prog)
 		if err == nil && created {
 			err = n.noteOwnQdisc(ifindex)
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		// A node reloaded from tcx mode leaves its link behind, running
+		// in front of the filter until it goes.
+		return unpinLink(n.linkPin(ifindex, p))
 	})
 	if err != nil {
 		return fmt.Errorf("attach %s to ifindex %d: %w", p, ifindex, err)
@@ -96,12 +113,19 @@ func (n *Instance) Attach(nsPath string, ifindex int, p Program) error {
 }
 
 // Detach removes program p from the device with index ifindex in the
-// network namespace at nsPath. Detaching what is not attached, or from a
-// device that is gone, is not an error.
+// network namespace at nsPath, also in the attach mode of an earlier load
+// whose renewal is not committed. Detaching what is not attached, or from
+// a device that is gone, is not an error.
 func (n *Instance) Detach(nsPath string, ifindex int, p Program) error {
 	err := routing.Do(nsPath, func() error {
-		if n.Features.TCX.Enabled {
-			return unpinLink(n.linkPin(ifindex, p))
+		if !n.Features.TCX.Enabled {
+			return errors.Join(n.detachClsact(ifindex, p), unpinLink(n.linkPin(ifindex, p)))
+		}
+		if err := unpinLink(n.linkPin(ifindex, p)); err != nil {
+			return err
+		}
+		if renewing, err := n.Renewing(); err != nil || !renewing {
+			return err
 		}
 		return n.detachClsact(ifindex, p)
 	})
@@ -234,8 +258,11 @@ func (n *Instance) filterName(p Program) string {
 }
 
 // attachClsact puts prog as p's filter on the device, adding the clsact
-// qdisc if the device has none (created says so). A filter of another
-// node instance in its place is refused, not replaced.
+// qdisc if the device has none (created says so). A filter of this node
+// instance there already is replaced in place: cls_bpf swaps the program
+// of the filter with that priority and handle in one step, so the hook
+// never runs without one. A filter of another node instance in its place
+// is refused, not replaced.
 func (n *Instance) attachClsact(ifindex int, p Program, prog *ebpf.Program) (created bool, err error) {
 	attrs := clsactFilter(ifindex, p)
 	if dev, err := netlink.LinkByIndex(ifindex); err == nil {

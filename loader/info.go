@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/hostrouting/hostrouting/bpf"
 )
 
@@ -34,6 +36,57 @@ func (n *Instance) updateInfo(change func(*bpf.HostroutingNodeInfo) error) error
 		return err
 	}
 	return n.writeInfo(&info)
+}
+
+// A node's first load commits with its last step, the first write of
+// hr_info (object_id is never 0 afterwards), and it pins hr_info, zeroed,
+// before anything else (startLoad). So a pin directory whose hr_info reads
+// object_id 0 holds what a first load left that never committed: one in
+// progress in another process, or one killed half-way (a CNI ADD on a
+// fresh node killed by its runtime's timeout). Nothing can run its
+// programs (Load returns an Instance, and so lets anyone attach, only
+// after the commit) and nothing but the load wrote its maps: it can go
+// as a whole. Open sees no node there,
+// and Load, which holds the directory's lock and so knows the loader that
+// left it is gone, removes it and starts the first load over. A pin
+// directory that lacks hr_info but holds other maps is not told apart
+// from a committed node whose pins were removed by hand (ErrPartialPins).
+
+// uncommitted tells whether the pin directory at path holds a first load
+// that never committed: hr_info pinned, its object ID 0. An hr_info that
+// does not read (missing, of another version) leaves the verdict to the
+// steps that open the node.
+func uncommitted(path string) bool {
+	info, err := readPinnedInfo(path)
+	return err == nil && info.ObjectId == 0
+}
+
+// startLoad prepares the pin directory at path for a load of spec, under
+// the directory's lock: it removes a first load that never committed, and
+// pins a zeroed hr_info, which marks what follows as uncommitted until the
+// load writes it, if there is none.
+func startLoad(path string, spec *ebpf.CollectionSpec) error {
+	if uncommitted(path) {
+		if err := unpinNode(path); err != nil {
+			return fmt.Errorf("remove a first load that did not finish: %w", err)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(path, bpf.HostroutingMapHrInfo)); !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	info, err := ebpf.NewMapWithOptions(spec.Maps[bpf.HostroutingMapHrInfo], ebpf.MapOptions{PinPath: path})
+	if err != nil {
+		return fmt.Errorf("pin node info: %w", err)
+	}
+	return info.Close()
+}
+
+// discardUncommitted removes what a failed first load pinned at path.
+func discardUncommitted(path string) error {
+	if !uncommitted(path) {
+		return nil
+	}
+	return unpinNode(path)
 }
 
 // ErrStale is returned for a handle whose pinned programs were replaced by

@@ -19,6 +19,9 @@
 // object every attachment runs (they differ while a reload renews the
 // attachments: a journal that the next Load completes if a process died
 // half-way), the node's network namespace, sizes, features and devices.
+// A node's first load pins it first, zeroed, and writes it last: until
+// then the directory holds no node (Open says ErrNoNode), and the next
+// Load removes what a first load killed half-way left and starts over.
 package loader
 
 import (
@@ -244,6 +247,8 @@ func Load(opts Options) (*Instance, error) {
 	n, err := loadLocked(opts, path, netns)
 	if err != nil && created {
 		os.RemoveAll(path)
+	} else if err != nil {
+		discardUncommitted(path) // a first load's pins
 	}
 	return n, err
 }
@@ -377,6 +382,9 @@ func Open(pinPath string) (*Instance, error) {
 // pin path as the caller named it, for errors), repairing missing map pins
 // from the running programs.
 func open(path, given string) (*Instance, error) {
+	if uncommitted(path) {
+		return nil, fmt.Errorf("open node at %s: %w: its first load has not finished", given, ErrNoNode)
+	}
 	missing, err := missingPins(path)
 	if err != nil {
 		return nil, err
@@ -458,6 +466,9 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 	}
 	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(config); err != nil {
 		return nil, fmt.Errorf("set datapath config: %w", err)
+	}
+	if err := startLoad(path, spec); err != nil {
+		return nil, err
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: path},

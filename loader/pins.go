@@ -185,32 +185,52 @@ func checkPinDir(dir string) error {
 // Filters attached in clsact mode are not pinned: detach them first with
 // Detach (the datapath package does so for its endpoints and devices).
 func (n *Instance) Remove() error {
-	errs := []error{n.detachAllLinks(), n.Close()}
+	errs := []error{n.detachAllLinks(), n.Close(), unpinNode(n.PinPath)}
+	if err := removeEmptyDir(n.PinPath); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// unpinNode unpins, by name, what a node instance pins at path (maps,
+// programs, tail-call stages), and removes its subdirectories that are
+// left empty. Links are only unpinned if the caller detached them first.
+func unpinNode(path string) error {
 	var pins []string
 	for _, name := range mapNames {
-		pins = append(pins, filepath.Join(n.PinPath, name))
+		pins = append(pins, filepath.Join(path, name))
 	}
 	for _, p := range programs {
-		pins = append(pins, n.programPin(p), n.programPin(p)+"_new")
-	}
-	for _, h := range socketHooks {
-		pin := filepath.Join(n.PinPath, "progs", h.name)
+		pin := filepath.Join(path, "progs", p.objectName())
 		pins = append(pins, pin, pin+"_new")
 	}
-	stages, _ := filepath.Glob(filepath.Join(n.PinPath, "progs", "hr_calls_*"))
+	for _, h := range socketHooks {
+		pin := filepath.Join(path, "progs", h.name)
+		pins = append(pins, pin, pin+"_new")
+	}
+	stages, _ := filepath.Glob(filepath.Join(path, "progs", "hr_calls_*"))
 	pins = append(pins, stages...)
+	var errs []error
 	for _, pin := range pins {
 		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("unpin %s: %w", filepath.Base(pin), err))
 		}
 	}
-	for _, dir := range []string{filepath.Join(n.PinPath, "progs"), filepath.Join(n.PinPath, "links"),
-		filepath.Join(n.PinPath, eventsDir), n.PinPath} {
-		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
-			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+	for _, dir := range []string{"progs", "links", eventsDir} {
+		if err := removeEmptyDir(filepath.Join(path, dir)); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeEmptyDir removes the directory dir if it is empty; a directory
+// that is gone or not empty is not an error.
+func removeEmptyDir(dir string) error {
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return nil
 }
 
 // Cleanup removes what a node instance left at pinPath when it cannot be
