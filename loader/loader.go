@@ -458,8 +458,11 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 	spec.Maps[bpf.HostroutingMapHrEpMeta].MaxEntries = opts.MaxEndpoints
 	spec.Maps[bpf.HostroutingMapHrLxc].MaxEntries = config.LxcMask + 1
 	spec.Maps[bpf.HostroutingMapHrLb4Maglev].InnerMap.ValueSize = 4 * info.MaglevSlots
-	for _, name := range []string{bpf.HostroutingMapHrCt4, bpf.HostroutingMapHrSnat4, bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity} {
+	for _, name := range []string{bpf.HostroutingMapHrCt4Tcp, bpf.HostroutingMapHrSnat4Tcp, bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity} {
 		spec.Maps[name].MaxEntries = opts.MaxFlows
+	}
+	for _, name := range []string{bpf.HostroutingMapHrCt4Any, bpf.HostroutingMapHrCt4New, bpf.HostroutingMapHrSnat4Any, bpf.HostroutingMapHrSnat4New} {
+		spec.Maps[name].MaxEntries = max(opts.MaxFlows/2, minFlowTable)
 	}
 	for _, name := range []string{bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends} {
 		spec.Maps[name].MaxEntries = opts.MaxServices
