@@ -495,3 +495,132 @@ func TestRouterAdvertisementFromPod(t *testing.T) {
 		t.Errorf("neighbour solicitation: verdict %d, want TC_ACT_OK", verdict)
 	}
 }
+
+// BenchmarkServiceEstablished measures a segment of an established TCP
+// service flow (its entries in the established table), both ways, against
+// the same segment sent without the service: out, pod A's segment through
+// from-container (DNAT to a backend on another node, handed to the
+// stack); in, the backend's reply through from-netdev (reverse DNAT,
+// delivered to A by bpf_redirect_peer). One packet per test run.
+func BenchmarkServiceEstablished(b *testing.B) {
+	t := &testing.T{}
+	for _, bc := range []struct {
+		name    string
+		service bool
+		out     bool
+	}{{"out/direct", false, true}, {"out/service", true, true}, {"in/direct", false, false}, {"in/service", true, false}} {
+		b.Run(bc.name, func(b *testing.B) {
+			d := loadDatapathWith(b, configPeer, func(*ebpf.CollectionSpec) {})
+			d.addPods(podA)
+			d.addTCPService()
+			f := &tcpFlow{d: d, client: netip.AddrPortFrom(podA.ip, 20000), backend: tcpBackends[0], cseq: 1, bseq: 1}
+			if bc.service {
+				f = openFlow(t, d, 20000)
+				if t.Failed() {
+					b.Fatal("flow not opened")
+				}
+			}
+			dst := f.backend
+			if bc.service {
+				dst = tcpFrontend
+			}
+			pkt, prog, want := segment(f.client, dst, tcpACK, f.cseq, f.bseq, 64), d.objs.FromContainer, uint32(tcActOK)
+			if !bc.out {
+				pkt = segment(f.backend, f.client, tcpACK, f.bseq, f.cseq, 64)
+				pkt.dstMAC, pkt.srcMAC = loMAC, peerNodeMAC
+				prog, want = d.objs.FromNetdev, tcActRedirect
+			}
+			benchmarkVsEmpty(b, prog, pkt.frame(), 1, want)
+		})
+	}
+}
+
+// udpChecksum returns the UDP checksum of a datagram from src to dst
+// with payload.
+func udpChecksum(src, dst netip.AddrPort, payload []byte) uint16 {
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	b := append(append([]byte{}, s[:]...), d[:]...)
+	b = binary.BigEndian.AppendUint16(append(b, 0, ipProtoUDP), uint16(8+len(payload)))
+	b = binary.BigEndian.AppendUint16(b, src.Port())
+	b = binary.BigEndian.AppendUint16(b, dst.Port())
+	b = binary.BigEndian.AppendUint16(append(b, 0, 0), uint16(8+len(payload)))
+	sum := ^onesSum(append(b, payload...))
+	if sum == 0 {
+		sum = 0xffff
+	}
+	return sum
+}
+
+// udpDatagram returns an IPv4 UDP datagram from src to dst with payload
+// and a correct checksum, as pod A's host device would see it.
+func udpDatagram(src, dst netip.AddrPort, payload []byte) ipv4Packet {
+	p := ipv4From(podA, dst.Addr())
+	p.src = src.Addr()
+	p.payload = binary.BigEndian.AppendUint16(nil, src.Port())
+	p.payload = binary.BigEndian.AppendUint16(p.payload, dst.Port())
+	p.payload = binary.BigEndian.AppendUint16(p.payload, uint16(8+len(payload)))
+	p.payload = binary.BigEndian.AppendUint16(p.payload, udpChecksum(src, dst, payload))
+	p.payload = append(p.payload, payload...)
+	return p
+}
+
+// TestICMPErrorNodePortRemoteBackend: fragmentation needed from a router
+// between this node and the backend of a NodePort flow, about a datagram
+// the node forwarded (its source translated to the node's address and a
+// NAT port, its destination the backend), reaches the client as an error
+// about the datagram it sent: to its address, quoting its own address and
+// port and the NodePort, with every checksum right (the outer and quoted
+// IP headers', the quoted UDP one, the ICMP one). Before, only the source
+// half was translated: the client's stack matched no socket and PMTU
+// discovery black-holed.
+func TestICMPErrorNodePortRemoteBackend(t *testing.T) {
+	d := masqDatapath(t)
+	d.addTCPService() // services on: from-netdev runs the load balancer's stages
+	var (
+		client   = netip.AddrPortFrom(outsideIP, 5000)
+		nodePort = netip.AddrPortFrom(nodeIP, 30080)
+		backend  = netip.MustParseAddrPort("10.0.2.10:8080")
+		natted   = netip.AddrPortFrom(nodeIP, 30007)
+		router   = netip.MustParseAddr("172.18.0.254")
+	)
+	now := maps.MonotonicSeconds()
+	if err := d.conntrack().Put(maps.CTEntry{Dir: maps.CTReply, Proto: maps.UDP, Src: backend, Dst: client,
+		Frontend: nodePort, RevNAT: 3, BackendID: 11, Expires: now + 60}); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []maps.SNATEntry{
+		{Dir: maps.NATOut, Proto: maps.UDP, Src: client, Dst: backend, To: natted, Expires: now + 60},
+		{Dir: maps.NATIn, Proto: maps.UDP, Src: backend, Dst: natted, To: client, Expires: now + 60},
+	} {
+		if err := d.snat().Put(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	payload := make([]byte, 1400)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	forwarded := udpDatagram(natted, backend, payload)
+	errMsg := func(quoted ipv4Packet) []byte {
+		f := quoted.frame()
+		msg := append([]byte{3, 4, 0, 0, 0, 0, 0x05, 0x00}, f[14:14+20+8]...) // frag needed, MTU 1280
+		binary.BigEndian.PutUint16(msg[2:], ^onesSum(msg))
+		return msg
+	}
+	in := ipv4From(podA, nodeIP)
+	in.src, in.proto, in.payload = router, ipProtoICMP, errMsg(forwarded)
+	in.dstMAC, in.srcMAC = loMAC, peerNodeMAC
+	verdict, got := d.run(d.objs.FromNetdev, loIfindex, in.frame())
+	if verdict != tcActOK {
+		t.Fatalf("verdict %d, want TC_ACT_OK (to the stack, which routes it to the client)", verdict)
+	}
+	got = got[:len(in.frame())]
+	sent := udpDatagram(client, nodePort, payload)
+	want := in
+	want.dst, want.payload = client.Addr(), errMsg(sent)
+	checkFrame(t, "the error as the client gets it", got, want.frame())
+	checkIPv4Checksum(t, got)
+	if sum := onesSum(got[14+20:]); sum != 0xffff {
+		t.Errorf("ICMP checksum does not verify: sum %#04x", sum)
+	}
+}

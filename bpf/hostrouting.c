@@ -255,16 +255,25 @@ int tail_ipv4_from_netdev(struct __sk_buff *ctx)
 	len = parse_ipv4(ctx, &eth, &ip);
 	if (!len)
 		return to_stack(ctx, dir);
-	/* An ICMP error about a masqueraded flow (fragmentation needed on the
-	 * way out, say) goes to its pod with the quoted packet as it sent it. */
-	ret = CONFIG.masquerade ? snat4_icmp_error(ctx, ip) : 0;
+	/* An ICMP error about a source-translated flow (fragmentation
+	 * needed on the way out, say) goes to its pod, or its NodePort
+	 * client, with the quoted packet as it sent it: for a NodePort flow
+	 * to another node's backend, its destination is the NodePort again. */
+	ret = snat4_icmp_error(ctx, ip);
 	if (ret < 0)
 		return drop_endpoint(ctx, dir, -ret, 0);
 	if (ret > 0) {
 		if (!(len = parse_ipv4(ctx, &eth, &ip)))
 			return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
+		ret = lb_enabled() ? lb4_icmp_error(ctx, ip) : 0;
+		if (ret < 0)
+			return drop_endpoint(ctx, dir, -ret, 0);
+		if (ret > 0 && !(len = parse_ipv4(ctx, &eth, &ip)))
+			return drop_endpoint(ctx, dir, METRIC_DROP_NAT, 0);
 		ep = lookup_endpoint4(ip->daddr);
-		return ep ? local_delivery(ctx, dir, eth, ip, ep, 0) : to_stack(ctx, dir);
+		if (ep)
+			return local_delivery(ctx, dir, eth, ip, ep, 0);
+		return CONFIG.fib_lookup ? fib_redirect(ctx, dir, eth, ip, len) : to_stack(ctx, dir);
 	}
 	have_l4 = load_l4(ctx, ip, &l4);
 	if (have_l4) {

@@ -43,6 +43,10 @@ type Status struct {
 	Monitor           MonitorLevel      // which decisions are reported as events
 	MonitorCapture    int               // bytes of each packet they carry
 	GC                maps.GCStatus     // the conntrack GC's last pass (run by an agent: Datapath.GC)
+	// Flows count, per class of flow table, the flows made, established
+	// (moved where no flood evicts them), refused there (the table full)
+	// and failed (dropped): see maps.FlowStats.
+	Flows [maps.FlowClassCount]maps.FlowStats
 }
 
 // Device is one of the node's devices toward other nodes.
@@ -82,6 +86,10 @@ func (d *Datapath) status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
+	flows, err := maps.ReadFlowStats(d.node.Maps.FlowStats)
+	if err != nil {
+		return Status{}, err
+	}
 	var mon bpf.HostroutingMonitorConfig
 	if err := d.node.Maps.Monitor.Lookup(uint32(0), &mon); err != nil {
 		return Status{}, fmt.Errorf("read monitor settings: %w", err)
@@ -114,6 +122,7 @@ func (d *Datapath) status() (Status, error) {
 		Monitor:           MonitorLevel(mon.Level),
 		MonitorCapture:    int(mon.CapLen),
 		GC:                gc,
+		Flows:             flows,
 	}
 	if s.Features.TCX.Enabled {
 		s.AttachMode = "tcx"
@@ -221,6 +230,7 @@ func (s Status) format(verbose bool) string {
 	fmt.Fprintf(&b, "Endpoints:        %d\n", s.Endpoints)
 	fmt.Fprintf(&b, "Monitor:          %s\n", s.monitor())
 	fmt.Fprintf(&b, "Conntrack GC:     %s\n", s.gc())
+	fmt.Fprintf(&b, "Flows:            %s\n", s.flows())
 	fmt.Fprintf(&b, "Pin Path:         %s\n", s.PinPath)
 	if len(s.Maps) > 0 {
 		var total uint64
@@ -269,6 +279,19 @@ func (s Status) gc() string {
 		line += "; last error: " + g.LastError
 	}
 	return line
+}
+
+// flows sums the flow statistics: "1200 made, 800 established, 0
+// refused (table full), 0 failed".
+func (s Status) flows() string {
+	var t maps.FlowStats
+	for _, f := range s.Flows {
+		t.Created += f.Created
+		t.Promoted += f.Promoted
+		t.Refused += f.Refused
+		t.Failed += f.Failed
+	}
+	return fmt.Sprintf("%d made, %d established, %d refused (table full), %d failed", t.Created, t.Promoted, t.Refused, t.Failed)
 }
 
 // isHash tells whether maps of type t hold what is put in them (their

@@ -36,6 +36,7 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/bpf"
 	"github.com/hostrouting/hostrouting/routing"
@@ -766,4 +767,33 @@ func (m Maps) ConntrackTables() []*ebpf.Map {
 // SNATTables are the node's source NAT tables, in ConntrackTables' order.
 func (m Maps) SNATTables() []*ebpf.Map {
 	return []*ebpf.Map{m.SNAT, m.SNATAny, m.SNATNew}
+}
+
+// FlowEntryBytes is what one unit of Options.MaxFlows takes across the
+// flow tables, as measured on Linux 6.18: established TCP conntrack and
+// SNAT (112 + 104 B), the other protocols' and the new flows' (half as
+// many each: 4 × ~54 B), socket reverse NAT and session affinity (2 × 88 B).
+const FlowEntryBytes = 112 + 104 + 56 + 56 + 52 + 52 + 88 + 88
+
+// Bounds of FlowsForMemory.
+const (
+	minFlowsForMemory = 16384
+	maxFlowsForMemory = 1 << 24
+)
+
+// FlowsForMemory returns the MaxFlows whose tables take ratio of the
+// machine's memory, as Cilium's bpf-map-dynamic-size-ratio sizes its
+// conntrack and NAT maps (its default, 0.0025, gives 24 GiB of memory
+// 103k flows here), between 16384 and 16M. Pass it as Options.MaxFlows
+// at a node's first load.
+func FlowsForMemory(ratio float64) (uint32, error) {
+	if !(ratio > 0 && ratio < 1) {
+		return 0, fmt.Errorf("flow table memory ratio %v: want a share between 0 and 1, such as 0.0025", ratio)
+	}
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0, fmt.Errorf("read the machine's memory: %w", err)
+	}
+	flows := float64(si.Totalram) * float64(si.Unit) * ratio / FlowEntryBytes
+	return uint32(min(max(flows, minFlowsForMemory), maxFlowsForMemory)), nil
 }

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/loader"
@@ -106,12 +108,15 @@ func TestMapSizes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(sizes) != 24 {
+		if len(sizes) != 29 {
 			t.Errorf("%d maps reported: %+v", len(sizes), sizes)
 		}
 		for _, s := range sizes {
 			if s.Memory == 0 || s.MaxEntries == 0 {
 				t.Errorf("map %+v: no size", s)
+			}
+			if limit == 64 {
+				t.Logf("%-16s %-10s %8d entries %10d bytes", s.Name, s.Type, s.MaxEntries, s.Memory)
 			}
 			if s.Name == "hr_ep_stats" {
 				if s.MaxEntries != limit+1 {
@@ -145,5 +150,30 @@ func TestRemoveLeavesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin path after Remove: %v", err)
+	}
+}
+
+// TestFlowsForMemory: table sizes by a share of memory, bounded, and a
+// clear error for a share that is none.
+func TestFlowsForMemory(t *testing.T) {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		t.Fatal(err)
+	}
+	mem := float64(si.Totalram) * float64(si.Unit)
+	got, err := loader.FlowsForMemory(0.0025)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := uint32(mem * 0.0025 / loader.FlowEntryBytes); got != max(want, 16384) {
+		t.Errorf("FlowsForMemory(0.0025) = %d with %.0f bytes of memory, want %d", got, mem, want)
+	}
+	if got, _ := loader.FlowsForMemory(1e-12); got != 16384 {
+		t.Errorf("FlowsForMemory(1e-12) = %d, want the least, 16384", got)
+	}
+	for _, bad := range []float64{0, -1, 1, 2} {
+		if _, err := loader.FlowsForMemory(bad); err == nil || !strings.Contains(err.Error(), "ratio") {
+			t.Errorf("FlowsForMemory(%v): %v, want an error naming the ratio", bad, err)
+		}
 	}
 }

@@ -415,50 +415,78 @@ static __always_inline int load_icmp_error(struct __sk_buff *ctx, const struct i
 	       (q->type == ICMP_DEST_UNREACH || q->type == ICMP_TIME_EXCEEDED) && q->in.ihl == 5;
 }
 
+/* csum_update returns checksum csum after from_port became to_port and,
+ * with addr (a field the checksum covers through a pseudo header or
+ * itself), from_addr became to_addr (RFC 1624). */
+static __always_inline __be16 csum_update(__be16 csum, __be32 from_addr, __be32 to_addr, __be16 from_port,
+					  __be16 to_port, int addr)
+{
+	__u32 sum = (__u16)~csum + (__u16)~from_port + to_port;
+
+	if (addr)
+		sum += (__u16)~(from_addr & 0xffff) + (__u16)~(from_addr >> 16) + (to_addr & 0xffff) + (to_addr >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/* quoted_l4_csum_off is where the checksum of a quoted packet of proto
+ * sits: it covers the quoted addresses (through its pseudo header) and
+ * ports, except an ICMP echo's, which covers its identifier only. */
+static __always_inline __u32 quoted_l4_csum_off(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? INNER_L4_OFF + 16 : proto == IPPROTO_UDP ? INNER_L4_OFF + 6 : INNER_L4_OFF + 2;
+}
+
 /* icmp_error_xlate translates an ICMP error: old_addr becomes addr in the
- * outer header (at outer_off) and in the quoted one (at inner_off), and
- * the quoted port at port_off becomes port, with the outer IP, quoted IP
- * and ICMP checksums (the quoted L4 checksum is left, as the kernel does
- * not check it). Returns 0, or -1 if a rewrite failed. */
+ * quoted header (at inner_off) and, with outer_off, in the outer one; the
+ * quoted port at port_off becomes port. The outer IP, quoted IP, quoted
+ * L4 (where the error quotes it) and ICMP checksums follow. Returns 0, or
+ * -1 if a rewrite failed. */
 static __always_inline int icmp_error_xlate(struct __sk_buff *ctx, const struct icmp_quote *q, __u32 outer_off,
 					    __u32 inner_off, __be32 old_addr, __be32 addr, __u32 port_off,
 					    __be16 old_port, __be16 port)
 {
-	/* The quoted header's checksum changes with its address. */
-	__u32 sum = (__u16)~q->in.check + (__u16)~(old_addr & 0xffff) + (__u16)~(old_addr >> 16) + (addr & 0xffff) +
-		    (addr >> 16);
-	__be16 csum;
+	__be16 ip_csum = csum_update(q->in.check, old_addr, addr, 0, 0, 1), l4_csum, l4_new;
+	__u32 l4_off = quoted_l4_csum_off(q->in.protocol);
 
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	csum = ~sum;
-	if (bpf_l3_csum_replace(ctx, IP4_CSUM_OFF, old_addr, addr, 4) < 0 ||
-	    bpf_skb_store_bytes(ctx, outer_off, &addr, 4, 0) < 0 ||
-	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, old_addr, addr, 4) < 0 ||
+	if (outer_off && (bpf_l3_csum_replace(ctx, IP4_CSUM_OFF, old_addr, addr, 4) < 0 ||
+			  bpf_skb_store_bytes(ctx, outer_off, &addr, 4, 0) < 0))
+		return -1;
+	if (bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, old_addr, addr, 4) < 0 ||
 	    bpf_skb_store_bytes(ctx, inner_off, &addr, 4, 0) < 0 ||
-	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, q->in.check, csum, 2) < 0 ||
-	    bpf_skb_store_bytes(ctx, INNER_CSUM_OFF, &csum, 2, 0) < 0 ||
+	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, q->in.check, ip_csum, 2) < 0 ||
+	    bpf_skb_store_bytes(ctx, INNER_CSUM_OFF, &ip_csum, 2, 0) < 0 ||
 	    bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, old_port, port, 2) < 0 ||
 	    bpf_skb_store_bytes(ctx, port_off, &port, 2, 0) < 0)
+		return -1;
+	/* The quoted L4 checksum, where the error carries it (a UDP
+	 * datagram's 0 means none). */
+	if (bpf_skb_load_bytes(ctx, l4_off, &l4_csum, 2) < 0 || (q->in.protocol == IPPROTO_UDP && !l4_csum))
+		return 0;
+	l4_new = csum_update(l4_csum, old_addr, addr, old_port, port, q->in.protocol != IPPROTO_ICMP);
+	if (q->in.protocol == IPPROTO_UDP && !l4_new)
+		l4_new = 0xffff;
+	if (bpf_l4_csum_replace(ctx, ICMP_CSUM_OFF, l4_csum, l4_new, 2) < 0 ||
+	    bpf_skb_store_bytes(ctx, l4_off, &l4_new, 2, 0) < 0)
 		return -1;
 	return 0;
 }
 
-/* lb4_icmp_error translates an ICMP error that a backend sends about a
- * packet of a service flow back to the client: its source, and the
- * destination address and port of the packet it quotes, become the
- * frontend the client dialled, so that the client's socket sees the error
- * (e.g. ECONNREFUSED from a UDP service without a listener). Returns 1 if
- * it did, 0 for an error about no service flow, or the negated metric of
- * a drop. The packet's pointers are invalid afterwards. */
+/* lb4_icmp_error translates an ICMP error about a packet of a service
+ * flow back to the client: the destination address and port of the
+ * packet it quotes become the frontend the client dialled, and so does
+ * its source when the backend sent it, so that the client's socket sees
+ * the error (e.g. ECONNREFUSED from a UDP service without a listener, or
+ * fragmentation needed from a router on the way to a NodePort's backend).
+ * Returns 1 if it did, 0 for an error about no service flow, or the
+ * negated metric of a drop. The packet's pointers are invalid afterwards. */
 static __always_inline int lb4_icmp_error(struct __sk_buff *ctx, struct iphdr *ip)
 {
-	__be32 backend = ip->saddr;
 	struct icmp_quote q;
 	struct ct_entry *e;
 
-	if (!load_icmp_error(ctx, ip, &q) || q.in.daddr != backend ||
-	    (q.in.protocol != IPPROTO_TCP && q.in.protocol != IPPROTO_UDP))
+	if (!load_icmp_error(ctx, ip, &q) || (q.in.protocol != IPPROTO_TCP && q.in.protocol != IPPROTO_UDP))
 		return 0;
 	/* The quoted packet is the flow's, as the backend got it: its
 	 * reply's tuple is the CT_REPLY key. */
@@ -470,8 +498,8 @@ static __always_inline int lb4_icmp_error(struct __sk_buff *ctx, struct iphdr *i
 	e = ct4_lookup(&rk);
 	if (!e || !e->nat_addr || (e->st.flags & CT_F_HAIRPIN))
 		return 0;
-	if (icmp_error_xlate(ctx, &q, IP4_SADDR_OFF, INNER_DADDR_OFF, backend, e->nat_addr, INNER_L4_OFF + 2,
-			     q.ports[1], e->nat_port) < 0)
+	if (icmp_error_xlate(ctx, &q, ip->saddr == q.in.daddr ? IP4_SADDR_OFF : 0, INNER_DADDR_OFF, q.in.daddr,
+			     e->nat_addr, INNER_L4_OFF + 2, q.ports[1], e->nat_port) < 0)
 		return -METRIC_DROP_NAT;
 	return 1;
 }

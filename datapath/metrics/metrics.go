@@ -12,7 +12,8 @@
 //	hostrouting_forward_count_total{direction,path}    packets the datapath moved (path: redirect_peer,
 //	hostrouting_forward_bytes_total{direction,path}    redirect, fib_redirect, redirect_neigh, stack, pass, arp_reply)
 //	hostrouting_drop_count_total{direction,reason}     packets it dropped (reason: spoofed, invalid, unknown_l3,
-//	hostrouting_drop_bytes_total{direction,reason}     policy, vlan, tail_call, no_backend, nat, nat_no_port)
+//	hostrouting_drop_bytes_total{direction,reason}     policy, vlan, tail_call, no_backend, nat, nat_no_port,
+//	                                                   ct_full, ip_options, router_msg)
 //	hostrouting_translation_count_total{direction,kind}  packets translated (kind: dnat, snat, rev_dnat,
 //	hostrouting_translation_bytes_total{direction,kind}  rev_snat), besides their forward or drop
 //	hostrouting_bpf_map_pressure{map_name}             how full each map is, 0 to 1
@@ -23,6 +24,10 @@
 //	hostrouting_ct_gc_runs_total, _errors_total         the node's conntrack GC (Datapath.GC, run by an
 //	hostrouting_ct_gc_entries_removed_total{table}     agent): passes, failed passes, entries it removed as
 //	hostrouting_ct_gc_last_run_timestamp_seconds       expired (conntrack, snat), when it last ran
+//	hostrouting_flows_total{table,event}               flows by table class (conntrack_tcp, conntrack_any,
+//	                                                   snat_tcp, snat_any) and event: created, established
+//	                                                   (moved where floods cannot evict them), refused (the
+//	                                                   established table full), failed (dropped)
 //	hostrouting_endpoint_packets_total{endpoint,ip,direction}   with Options.Endpoints: per endpoint,
 //	hostrouting_endpoint_bytes_total{endpoint,ip,direction}     direction rx (into the pod), tx, drop
 //	hostrouting_monitor_lost_events_total              with Options.Monitor: events it lost (reader behind)
@@ -84,6 +89,7 @@ var (
 	gcErrors     = desc("ct_gc_errors_total", "Passes of the conntrack and NAT garbage collector that failed.")
 	gcRemoved    = desc("ct_gc_entries_removed_total", "Entries the garbage collector removed as expired, by table.", "table")
 	gcLastRun    = desc("ct_gc_last_run_timestamp_seconds", "When the garbage collector's last pass started, Unix time.")
+	flows        = desc("flows_total", "Flows of the conntrack and NAT tables, by table class and event.", "table", "event")
 	epPackets    = desc("endpoint_packets_total", "Packets of an endpoint: rx into the pod, tx from it, drop.", "endpoint", "ip", "direction")
 	epBytes      = desc("endpoint_bytes_total", "Bytes of an endpoint: rx into the pod, tx from it, drop.", "endpoint", "ip", "direction")
 )
@@ -108,7 +114,7 @@ func label(s fmt.Stringer) string { return strings.ReplaceAll(s.String(), "-", "
 // Describe sends every series' description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{forwardCount, forwardBytes, dropCount, dropBytes, xlateCount, xlateBytes,
-		mapPressure, mapEntries, endpoints, services, hostRouting, gcRuns, gcErrors, gcRemoved, gcLastRun} {
+		mapPressure, mapEntries, endpoints, services, hostRouting, gcRuns, gcErrors, gcRemoved, gcLastRun, flows} {
 		ch <- d
 	}
 	if c.opts.Endpoints {
@@ -160,6 +166,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(gcErrors, st.GC.Errors)
 	counter(gcRemoved, st.GC.CTRemoved, "conntrack")
 	counter(gcRemoved, st.GC.SNATRemoved, "snat")
+	for class, f := range st.Flows {
+		table := label(maps.FlowClass(class))
+		counter(flows, f.Created, table, "created")
+		counter(flows, f.Promoted, table, "established")
+		counter(flows, f.Refused, table, "refused")
+		counter(flows, f.Failed, table, "failed")
+	}
 	if !st.GC.LastRun.IsZero() {
 		gauge(gcLastRun, float64(st.GC.LastRun.UnixNano())/1e9)
 	}

@@ -78,6 +78,11 @@ type Config struct {
 	// MTU is the pods' MTU in the CNI configuration; 0 takes that of the
 	// first device.
 	MTU int
+	// MaxFlows sizes the node's conntrack and NAT tables at its first
+	// load (loader.Options.MaxFlows; loader.FlowsForMemory sizes them by
+	// a share of memory); 0 takes the running node's, or the loader's
+	// default.
+	MaxFlows uint32
 	// Healthz is the address /healthz is served on (127.0.0.1:10256);
 	// empty for none.
 	Healthz string
@@ -164,6 +169,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Devices:           a.cfg.Devices,
 		NativeRoutingCIDR: a.cfg.NativeRoutingCIDR,
 		CgroupPath:        a.cfg.CgroupPath,
+		MaxFlows:          a.cfg.MaxFlows,
 	})
 	if err != nil {
 		return fmt.Errorf("start datapath: %w", err)
