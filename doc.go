@@ -35,9 +35,9 @@
 // routing above: a packet from a pod, or into eth0, for a service
 // frontend gets a backend (random or Maglev, session affinity, traffic
 // policies) and its destination rewritten; the flow is remembered in the
-// datapath's own conntrack (hr_ct4), which turns the replies' source back
+// datapath's own conntrack (hr_ct4_*), which turns the replies' source back
 // into the frontend. Pods' flows that leave the native routing CIDR are
-// masqueraded to eth0's address by to-netdev (hr_snat4), and their replies
+// masqueraded to eth0's address by to-netdev (hr_snat4_*), and their replies
 // translated back by from-netdev, so neither needs nf_conntrack or an
 // iptables rule. With a cgroup (Config.CgroupPath), sockets get their
 // backend at connect time and their packets need no translation.

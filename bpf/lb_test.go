@@ -64,7 +64,7 @@ func (p ipv4Packet) withPorts(sport, dport uint16) ipv4Packet {
 
 // TestLBClusterIP runs a pod's datagram to a ClusterIP through
 // from-container: the tc load balancer rewrites its destination to the
-// only backend, pod B, remembers the flow in hr_ct4 and delivers it with
+// only backend, pod B, remembers the flow in hr_ct4_new and delivers it with
 // bpf_redirect_peer; B's reply, through B's from-container, leaves with
 // the ClusterIP as its source again and reaches A the same way.
 func TestLBClusterIP(t *testing.T) {

@@ -13,7 +13,7 @@
 //	hr_lxc         ifindex slot → endpoint  array               40 B × S, S = 8×E rounded up to a power of two, ≤ 65536
 //	hr_ep_stats    ID → counters       per-CPU array            48 B × C × (E+1)
 //	hr_policy      ID → policy         program array            8 B × (E+1)
-//	hr_metrics     node-wide counters  per-CPU array            16 B × C × 80 (4 directions × 20 metrics)
+//	hr_metrics     node-wide counters  per-CPU array            16 B × C × 92 (4 directions × 23 metrics)
 //	hr_nodes       node IP → name      hash, not preallocated   ~ 150 B per node
 //	hr_ep_meta     ID → container ID   hash, not preallocated   ~ 250 B per endpoint with one
 //	hr_info, hr_gc, hr_calls, hr_policy_ret, hr_lb_on, hr_node_addrs, hr_monitor, hr_monitor_state   < 2 KiB
@@ -25,14 +25,25 @@
 //	hr_lb4_services  frontend, slot → entry  hash, not preallocated   16 B × S, + ~100 B per frontend and slot
 //	hr_lb4_backends  ID → backend            hash, not preallocated   16 B × S, + ~90 B per backend
 //	hr_lb4_revnat    service ID → frontend   hash, not preallocated   1 MiB (65536 IDs), + ~80 B per service
-//	hr_ct4           translated flows        LRU hash, preallocated   ~104 B × F (6.5 MiB)
-//	hr_snat4         source-NATed flows      LRU hash, preallocated   ~96 B × F (6.0 MiB)
+//	hr_ct4_tcp       established TCP flows   hash, preallocated       ~112 B × F (7.0 MiB)
+//	hr_ct4_any       established, the rest   hash, preallocated       ~112 B × F/2 (3.5 MiB)
+//	hr_ct4_new       flows not established   LRU hash, preallocated   ~112 B × F/2 (3.5 MiB)
+//	hr_snat4_tcp     established TCP flows   hash, preallocated       ~104 B × F (6.5 MiB)
+//	hr_snat4_any     established, the rest   hash, preallocated       ~104 B × F/2 (3.3 MiB)
+//	hr_snat4_new     flows not established   LRU hash, preallocated   ~104 B × F/2 (3.3 MiB)
+//	hr_ct_stats      flow counters           per-CPU array            8 B × C × 16
 //	hr_sock4_revnat  socket-LB replies       LRU hash, preallocated   ~88 B × F (5.5 MiB)
 //	hr_lb4_affinity  session affinity        LRU hash, preallocated   ~88 B × F (5.5 MiB)
 //
-// Only hr_ep_stats grows with CPUs × endpoints: 4.8 MiB at 1024 endpoints
-// on 128 CPUs. A default node takes about 27 MiB on 2 CPUs, 24 MiB of it
-// the four flow tables: size F by the flows a node carries at once. Size E by the node's real pod
+// The flow tables take loader.FlowEntryBytes (608 B) × F in all, 38 MiB at
+// the default F; loader.FlowsForMemory sizes F by a share of memory. Their
+// memory does not grow with CPUs (a preallocated hash keeps one spare
+// entry per CPU, an LRU hash per-CPU free lists of entries it already
+// counts): at 2 and at 128 CPUs alike 608 B × F, plus 128 B × C for
+// hr_ct_stats. Only hr_ep_stats grows with CPUs × endpoints: 4.8 MiB at
+// 1024 endpoints on 128 CPUs. A default node takes about 41 MiB on 2
+// CPUs, 38 MiB of it the flow tables: size F by the flows a node carries
+// at once. Size E by the node's real pod
 // limit (kubelet's maxPods and some room for churn); the hashes take
 // memory for what they hold and a bucket array of 16 B per entry they may
 // hold.

@@ -60,7 +60,7 @@ func (k SNATKey) String() string {
 	return fmt.Sprintf("%s %s %s -> %s", protoName(k.Proto), k.Dir, k.Src, k.Dst)
 }
 
-// SNATEntry is one entry of the datapath's source NAT table (hr_snat4).
+// SNATEntry is one entry of the datapath's source NAT tables (hr_snat4_*).
 // A translated flow has two, made together: NATOut (the tuple as the pod
 // sent it → the node address and port it leaves with, To) and NATIn (the
 // reply's tuple → the pod's address and port, To).

@@ -13,7 +13,7 @@ import (
 )
 
 // tableSize is the entries the benchmarks write to each table: as many
-// as hr_ct4 and hr_snat4 hold on a default node (loader.DefaultMaxFlows).
+// as hr_ct4_tcp and hr_snat4_tcp hold on a default node (loader.DefaultMaxFlows).
 const tableSize = loader.DefaultMaxFlows
 
 func be32(a, b, c, d byte) uint32 { return binary.NativeEndian.Uint32([]byte{a, b, c, d}) }

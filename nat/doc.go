@@ -6,13 +6,32 @@
 // # The tables
 //
 // The datapath translates service flows and masqueraded flows itself,
-// with no nf_conntrack, and remembers them in two LRU hashes of
-// loader.Options.MaxFlows entries (default 65536), both keyed by a flow's tuple as its packets carry it (network
+// with no nf_conntrack, and remembers them in its conntrack and source
+// NAT tables, keyed by a flow's tuple as its packets carry it (network
 // order) and a direction. maps.Conntrack and maps.SNAT read and write
 // them, and their entries print as lines of Cilium's
 // `cilium bpf ct list global` and `cilium bpf nat list`.
 //
-// hr_ct4 (bpf/lib/conntrack.h, lb.h), the conntrack of service flows:
+// Every tenant of a node shares them, so that no tenant can break
+// another's flows they come in three tables each (sizes from
+// loader.Options.MaxFlows, F):
+//
+//	hr_ct4_new, hr_snat4_new   LRU hash, F/2   flows not established yet: a flood of new flows
+//	                                           (SYNs, one pod's datagrams) evicts only new flows
+//	hr_ct4_tcp, hr_snat4_tcp   hash, F         established TCP flows (handshake done): never evicted
+//	hr_ct4_any, hr_snat4_any   hash, F/2       established flows of other protocols (a reply seen,
+//	                                           then another packet the original way)
+//
+// A flow's entries move from the new table to an established one together
+// when it becomes established; an established table that is full refuses
+// more (they stay in the new table, counted in hr_ct_stats: Datapath
+// Status' Flows, hostrouting_flows_total) rather than evict. TCP sequence
+// numbers are tracked per direction: an RST further than 65536 from the
+// one its sender owes changes no state (a forged RST cannot close or
+// re-balance a flow), a flow closes after a FIN each way or an RST, and a
+// SYN on a closed tuple reopens it with fresh entries both ways.
+//
+// The conntrack of service flows (bpf/lib/conntrack.h, lb.h):
 //
 //	SVC     client:port → frontend:port   the backend the flow took (BackendID), the service (RevNAT)
 //	REPLY   backend:port → client:port    the backend's replies, whose source becomes the frontend again
@@ -24,7 +43,7 @@
 // connect time leave no conntrack entry (hr_sock4_revnat, by socket
 // cookie, is another map, outside this package).
 //
-// hr_snat4 (bpf/lib/nat.h), source NAT: BPF masquerade of pods' flows
+// Source NAT (bpf/lib/nat.h): BPF masquerade of pods' flows
 // leaving the native routing CIDR (TCP, UDP, and ICMP echoes by
 // identifier), and of NodePort flows sent on to a backend on another
 // node. A translated flow has two entries, made together:
@@ -36,7 +55,11 @@
 // and remote:natid → node:natid)
 // and the node's own flows (source the node's address) have an IN entry
 // flagged HOST, so that no translated flow takes the port they use toward
-// that remote; replies to HOST entries are the stack's. A NodePort flow
+// that remote; replies to HOST entries are the stack's. A flow of the
+// node's own whose tuple a translated flow holds already (a pod that kept
+// its port toward the same remote) is translated itself, to another
+// port, so that each gets its own replies. An OUT entry whose IN half is
+// gone or another flow's gets a new mapping. A NodePort flow
 // to a remote backend has both: SVC and REPLY entries for its
 // translation to the backend, then OUT and IN for its source.
 //
@@ -46,19 +69,20 @@
 // maps.MonotonicSeconds), set with each packet to now plus the timeout of
 // the flow's protocol and TCP state (conntrack.h's CT_TIMEOUT_*, Cilium's
 // defaults, DatapathTimeouts): TCP 60 s until a reply, 6 h established,
-// 10 s after a FIN or RST; UDP and ICMP 60 s. Source NAT entries are
-// renewed as established (or closing, for a packet with FIN or RST), and
-// each direction's packets renew only their own entry.
+// 10 s once closed (a FIN each way, or an RST in the window); UDP and
+// ICMP 60 s. Source NAT entries follow the same rules, and each
+// direction's packets renew only their own entry.
 //
-// The datapath never removes an entry and does not look at expires when
-// it finds one: an expired entry translates like a live one until it is
-// removed. What removes them is GC, run from Go (GC.Start, GC.Run, or
-// GC.Collect for one pass), and, when a table is full, the LRU evicting
-// its least recently used entries, live or not. A GC pass removes entries
-// whose expires is past, or that are past a bound of Timeouts (which can
+// The datapath removes an entry only when it moves it to an established
+// table; a service flow's expired entry is a new flow for the next
+// packet. What removes them is GC, run from Go (GC.Start, GC.Run, or
+// GC.Collect for one pass), and, in the tables of new flows, the LRU
+// evicting the least recently used. A GC pass removes entries whose
+// expires is past, or that are past a bound of Timeouts (which can
 // shorten the datapath's timeouts, never lengthen them); it reads the
 // tables in batches (BPF_MAP_LOOKUP_BATCH, a few thousand entries per
-// syscall) and removes in batches (BPF_MAP_DELETE_BATCH), and it keeps a
+// syscall), reads each entry that looks like garbage again just before
+// removing it (one a packet renewed meanwhile stays), and it keeps a
 // translated flow's OUT and IN entries together, removing both once both
 // are garbage: a flow whose replies alone still come keeps its port.
 // GC.FlushEndpoint removes every entry of a pod that goes (its address
