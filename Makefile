@@ -20,11 +20,11 @@ demo:
 # and the bpf filesystem.
 test-deps:
 	@missing=""; \
-	for cmd in ip iptables iptables-restore bpftool tcpdump iperf3 conntrack curl; do command -v $$cmd >/dev/null || missing=1; done; \
+	for cmd in ip iptables iptables-restore bpftool tcpdump iperf3 conntrack curl ping; do command -v $$cmd >/dev/null || missing=1; done; \
 	[ -x /usr/lib/cni/ptp ] && [ -x /usr/lib/cni/host-local ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			iproute2 iptables bpftool tcpdump iperf3 conntrack curl containernetworking-plugins >/dev/null; \
+			iproute2 iptables bpftool tcpdump iperf3 conntrack curl iputils-ping containernetworking-plugins >/dev/null; \
 	fi
 	@[ -x $(GOBIN)/cnitool ] || go install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
 	@# Mount bpffs once up front: test packages run in parallel, and two

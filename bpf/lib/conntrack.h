@@ -197,11 +197,15 @@ static __always_inline int tcp_rst_ok(__u16 own_flags, __u32 own_seq, __u16 peer
 }
 
 /* tcp_track advances *seq_end and *flags (CT_F_SEQ, CT_F_FIN) of one
- * direction for a segment of it that is no RST. */
+ * direction for a segment of it that is no RST. A segment far from the
+ * sequence number its sender owes (a forged SYN or FIN) changes nothing:
+ * its sender's segments follow on from what this direction sent. */
 static __always_inline void tcp_track(__u32 *seq_end, __u16 *flags, const struct l4 *l4)
 {
 	__u32 end = l4->seq + l4->seq_len;
 
+	if ((*flags & CT_F_SEQ) && !seq_near(l4->seq, *seq_end))
+		return;
 	if (!(*flags & CT_F_SEQ) || (__s32)(end - *seq_end) > 0)
 		*seq_end = end;
 	*flags |= CT_F_SEQ;

@@ -352,11 +352,13 @@ static __always_inline int snat4_in(struct __sk_buff *ctx, enum direction dir, s
 	return 1;
 }
 
-/* snat4_host handles a packet of the node's own flow (source nat_addr):
- * its IN entry keeps its port from translated flows. Returns 1 when the
- * flow must be translated itself (snat4_out), because a translated flow
- * holds its tuple (a pod that kept its port to the same peer) or it was
- * translated before; 0 when it leaves as it is. */
+/* snat4_host handles a packet from the node's address (source nat_addr):
+ * a flow of the node's own, whose IN entry keeps its port from translated
+ * flows, or one the datapath translated and sent on (a NodePort flow to
+ * another node's backend), which leaves as it is. Returns 1 when a flow
+ * of the node's own must be translated itself (snat4_out), because a
+ * local pod's masqueraded flow holds its tuple (the pod kept its port to
+ * the same peer) or it was translated before; 0 when it leaves as it is. */
 static __always_inline int snat4_host(struct iphdr *ip, const struct l4 *l4)
 {
 	struct ct4_key out = {
@@ -378,7 +380,7 @@ static __always_inline int snat4_host(struct iphdr *ip, const struct l4 *l4)
 		return 0;
 	}
 	if (!(e->st.flags & NAT_F_HOST))
-		return 1;
+		return !!lookup_endpoint4(e->to_addr);
 	if (l4->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 		e->st.flags |= CT_F_CLOSING;
 	e->st.expires = now_seconds() + ct_timeout(ip->protocol, e->st.flags);
