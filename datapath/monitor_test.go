@@ -1,11 +1,13 @@
 package datapath_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +74,9 @@ func collect(t *testing.T, dp *datapath.Datapath) (stop func(last func(datapath.
 		if err := <-done; err != nil {
 			t.Fatalf("Monitor: %v", err)
 		}
+		// Each CPU has its ring: put the events in the order they
+		// happened.
+		slices.SortStableFunc(events, func(a, b datapath.Event) int { return cmp.Compare(a.Time, b.Time) })
 		return events, mon.Lost()
 	}
 }
