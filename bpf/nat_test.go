@@ -84,21 +84,34 @@ func TestMasquerade(t *testing.T) {
 	checkFrame(t, "inside the native routing CIDR", got, frame)
 }
 
-// BenchmarkToNetdevMasquerade measures to-netdev translating an
-// established masqueraded flow (SNAT entry hit, source rewrite) against
-// to-netdev passing a packet inside the native routing CIDR. The
-// translation rewrites the frame: one packet per test run, for both.
+// BenchmarkToNetdevMasquerade measures to-netdev translating a
+// masqueraded flow (SNAT entry hit, source rewrite) against to-netdev
+// passing a packet inside the native routing CIDR: a flow not established
+// yet (no reply: its entries among the new flows, the IN half checked
+// with each packet) and an established one (a reply came, and another
+// packet: its entries in the established table). The translation
+// rewrites the frame: one packet per test run, for all.
 func BenchmarkToNetdevMasquerade(b *testing.B) {
 	for _, bc := range []struct {
-		name string
-		to   netip.Addr
-	}{{"native", remoteIP}, {"masquerade", outsideIP}} {
+		name    string
+		to      netip.Addr
+		replied bool
+	}{{"native", remoteIP, false}, {"masquerade-new", outsideIP, false}, {"masquerade-established", outsideIP, true}} {
 		b.Run(bc.name, func(b *testing.B) {
 			d := masqDatapath(b)
 			pkt := ipv4From(podA, bc.to).withPorts(40000, 53)
 			pkt.dstMAC, pkt.srcMAC = peerNodeMAC, loMAC
-			if v, _ := d.run(d.objs.ToNetdev, loIfindex, pkt.frame()); v != tcActOK {
+			v, out := d.run(d.objs.ToNetdev, loIfindex, pkt.frame())
+			if v != tcActOK {
 				b.Fatalf("first packet: verdict %d", v)
+			}
+			if bc.replied {
+				src, dst := frameTuple(out)
+				d.run(d.objs.FromNetdev, loIfindex, udpIn(dst, src))
+				d.run(d.objs.ToNetdev, loIfindex, pkt.frame())
+				if e, err := d.snat().Lookup(maps.SNATKey{Dir: maps.NATOut, Proto: maps.UDP, Src: netip.AddrPortFrom(podA.ip, 40000), Dst: dst}); err != nil || !e.Established {
+					b.Fatalf("after a reply and another packet: %v, %v; want established", e, err)
+				}
 			}
 			benchmarkVsEmpty(b, d.objs.ToNetdev, pkt.frame(), 1, tcActOK)
 		})
