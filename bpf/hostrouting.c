@@ -28,10 +28,30 @@
 #include "lib/lb.h"
 #include "lib/nat.h"
 #include "lib/sock.h"
+#include "lib/reject.h"
 
 /* skb->cb word that carries the sending endpoint's ID from the IPv4
  * stage to the next (the policy's words are 0 to 3). */
 #define CB_SRC_ID 4
+/* skb->cb word that carries the direction into the reject stage (no
+ * policy runs on that way). */
+#define CB_DIR 0
+
+/* reject sends the packet to the reject stage, which answers it with
+ * port unreachable (or drops it, as CONFIG says). */
+static __always_inline int reject(struct __sk_buff *ctx, enum direction dir, __u32 src_id)
+{
+	ctx->cb[CB_DIR] = dir;
+	ctx->cb[CB_SRC_ID] = src_id;
+	return tail_call(ctx, dir, CALL_IPV4_REJECT);
+}
+
+SEC("tc")
+int tail_ipv4_reject(struct __sk_buff *ctx)
+{
+	return reject4(ctx, ctx->cb[CB_DIR] == DIR_FROM_NETDEV ? DIR_FROM_NETDEV : DIR_FROM_CONTAINER,
+		       ctx->cb[CB_SRC_ID]);
+}
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -89,11 +109,14 @@ static __always_inline int ipv4_from_container(struct __sk_buff *ctx)
 	if (dst)
 		return local_delivery(ctx, dir, eth, ip, dst, src->id);
 	/* A pod's own address is never a frontend: only what is not for a
-	 * local endpoint may be for a service. */
+	 * local endpoint may be for a service. An address of the service
+	 * CIDR that is no frontend is rejected. */
 	if (lb_enabled() && is_frontend(ctx, ip)) {
 		ctx->cb[CB_SRC_ID] = src->id;
 		return tail_call(ctx, dir, CALL_IPV4_LB);
 	}
+	if (in_service_cidr(ip->daddr))
+		return reject(ctx, dir, src->id);
 	return ipv4_leave(ctx, dir, eth, ip, len, 0);
 }
 
@@ -130,6 +153,8 @@ int tail_ipv4_lb(struct __sk_buff *ctx)
 	if (!svc)
 		return to_stack(ctx, dir); /* deleted meanwhile */
 	ret = lb4_dnat(ctx, dir, ip, &l4, &key, svc);
+	if (ret == METRIC_DROP_NO_BACKEND)
+		return reject(ctx, dir, src_id);
 	if (ret)
 		return drop_endpoint(ctx, dir, ret, src_id);
 	len = parse_ipv4(ctx, &eth, &ip);
@@ -162,6 +187,8 @@ int tail_ipv4_revnat(struct __sk_buff *ctx)
 		/* A backend that is a client itself: its requests to services. */
 		if (!ret && !lookup_endpoint4(ip->daddr) && is_frontend(ctx, ip))
 			return tail_call(ctx, dir, CALL_IPV4_LB);
+		if (!ret && in_service_cidr(ip->daddr))
+			return reject(ctx, dir, src_id);
 	} else if (ip->protocol == IPPROTO_ICMP) {
 		/* Its errors about a service flow, e.g. no listener. */
 		ret = lb4_icmp_error(ctx, ip);
@@ -326,6 +353,8 @@ int tail_ipv4_from_netdev(struct __sk_buff *ctx)
 	if (!svc || !(svc->flags & (LB_F_NODEPORT | LB_F_EXTERNAL)))
 		return to_stack(ctx, dir);
 	ret = lb4_dnat(ctx, dir, ip, &l4, &key, svc);
+	if (ret == METRIC_DROP_NO_BACKEND)
+		return reject(ctx, dir, 0);
 	if (ret)
 		return drop_endpoint(ctx, dir, ret, 0);
 	if (!(len = parse_ipv4(ctx, &eth, &ip)) || !load_l4(ctx, ip, &l4))

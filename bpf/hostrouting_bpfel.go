@@ -23,7 +23,7 @@ type HostroutingConfig struct {
 	NativeMask     uint32
 	LxcMask        uint32
 	Masquerade     uint8
-	Pad            uint8
+	NoBackendDrop  uint8
 	NatPortMin     uint16
 	NatPortMax     uint16
 	SockHostnsOnly uint8
@@ -31,6 +31,8 @@ type HostroutingConfig struct {
 	_              [2]byte
 	MaglevM        uint32
 	NetnsCookie    uint64
+	ServiceCidr    uint32
+	ServiceMask    uint32
 }
 
 type HostroutingCt4Key struct {
@@ -210,6 +212,17 @@ type HostroutingNodeInfo struct {
 	SockHostnsOnly uint32
 	MaglevM        uint32
 	MaglevSlots    uint32
+	ServiceCidr    uint32
+	ServicePrefix  uint32
+	NoBackendDrop  uint32
+	_              [4]byte
+}
+
+type HostroutingRejectState struct {
+	_      structs.HostLayout
+	Second uint64
+	Count  uint32
+	Pad    uint32
 }
 
 type HostroutingSock4Key struct {
@@ -250,6 +263,7 @@ const (
 	HostroutingMapHrNodes                = "hr_nodes"
 	HostroutingMapHrPolicy               = "hr_policy"
 	HostroutingMapHrPolicyRet            = "hr_policy_ret"
+	HostroutingMapHrReject               = "hr_reject"
 	HostroutingMapHrSnat4Any             = "hr_snat4_any"
 	HostroutingMapHrSnat4New             = "hr_snat4_new"
 	HostroutingMapHrSnat4Tcp             = "hr_snat4_tcp"
@@ -265,6 +279,7 @@ const (
 	HostroutingProgTailIpv4FromContainer = "tail_ipv4_from_container"
 	HostroutingProgTailIpv4FromNetdev    = "tail_ipv4_from_netdev"
 	HostroutingProgTailIpv4Lb            = "tail_ipv4_lb"
+	HostroutingProgTailIpv4Reject        = "tail_ipv4_reject"
 	HostroutingProgTailIpv4Revnat        = "tail_ipv4_revnat"
 	HostroutingProgTailIpv6FromContainer = "tail_ipv6_from_container"
 	HostroutingProgTailPolicyAllow       = "tail_policy_allow"
@@ -327,6 +342,7 @@ type HostroutingProgramSpecs struct {
 	TailIpv4FromContainer *ebpf.ProgramSpec `ebpf:"tail_ipv4_from_container"`
 	TailIpv4FromNetdev    *ebpf.ProgramSpec `ebpf:"tail_ipv4_from_netdev"`
 	TailIpv4Lb            *ebpf.ProgramSpec `ebpf:"tail_ipv4_lb"`
+	TailIpv4Reject        *ebpf.ProgramSpec `ebpf:"tail_ipv4_reject"`
 	TailIpv4Revnat        *ebpf.ProgramSpec `ebpf:"tail_ipv4_revnat"`
 	TailIpv6FromContainer *ebpf.ProgramSpec `ebpf:"tail_ipv6_from_container"`
 	TailPolicyAllow       *ebpf.ProgramSpec `ebpf:"tail_policy_allow"`
@@ -365,6 +381,7 @@ type HostroutingMapSpecs struct {
 	HrNodes        *ebpf.MapSpec `ebpf:"hr_nodes"`
 	HrPolicy       *ebpf.MapSpec `ebpf:"hr_policy"`
 	HrPolicyRet    *ebpf.MapSpec `ebpf:"hr_policy_ret"`
+	HrReject       *ebpf.MapSpec `ebpf:"hr_reject"`
 	HrSnat4Any     *ebpf.MapSpec `ebpf:"hr_snat4_any"`
 	HrSnat4New     *ebpf.MapSpec `ebpf:"hr_snat4_new"`
 	HrSnat4Tcp     *ebpf.MapSpec `ebpf:"hr_snat4_tcp"`
@@ -424,6 +441,7 @@ type HostroutingMaps struct {
 	HrNodes        *ebpf.Map `ebpf:"hr_nodes"`
 	HrPolicy       *ebpf.Map `ebpf:"hr_policy"`
 	HrPolicyRet    *ebpf.Map `ebpf:"hr_policy_ret"`
+	HrReject       *ebpf.Map `ebpf:"hr_reject"`
 	HrSnat4Any     *ebpf.Map `ebpf:"hr_snat4_any"`
 	HrSnat4New     *ebpf.Map `ebpf:"hr_snat4_new"`
 	HrSnat4Tcp     *ebpf.Map `ebpf:"hr_snat4_tcp"`
@@ -458,6 +476,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrNodes,
 		m.HrPolicy,
 		m.HrPolicyRet,
+		m.HrReject,
 		m.HrSnat4Any,
 		m.HrSnat4New,
 		m.HrSnat4Tcp,
@@ -487,6 +506,7 @@ type HostroutingPrograms struct {
 	TailIpv4FromContainer *ebpf.Program `ebpf:"tail_ipv4_from_container"`
 	TailIpv4FromNetdev    *ebpf.Program `ebpf:"tail_ipv4_from_netdev"`
 	TailIpv4Lb            *ebpf.Program `ebpf:"tail_ipv4_lb"`
+	TailIpv4Reject        *ebpf.Program `ebpf:"tail_ipv4_reject"`
 	TailIpv4Revnat        *ebpf.Program `ebpf:"tail_ipv4_revnat"`
 	TailIpv6FromContainer *ebpf.Program `ebpf:"tail_ipv6_from_container"`
 	TailPolicyAllow       *ebpf.Program `ebpf:"tail_policy_allow"`
@@ -508,6 +528,7 @@ func (p *HostroutingPrograms) Close() error {
 		p.TailIpv4FromContainer,
 		p.TailIpv4FromNetdev,
 		p.TailIpv4Lb,
+		p.TailIpv4Reject,
 		p.TailIpv4Revnat,
 		p.TailIpv6FromContainer,
 		p.TailPolicyAllow,

@@ -2,6 +2,7 @@ package bpf_test
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -194,18 +195,71 @@ func TestLBHairpin(t *testing.T) {
 	}
 }
 
-// TestLBNoBackend drops a datagram to a frontend without active backends
-// and counts it, as Cilium's DROP_NO_SERVICE.
+// TestLBNoBackend: a datagram to a frontend without active backends is
+// answered with ICMP port unreachable from the frontend, quoting it, sent
+// back into the pod (as kube-proxy's REJECT rules); with
+// NoBackendDrop it is dropped, counted, as Cilium's DROP_NO_SERVICE.
+// Neither makes a conntrack entry.
 func TestLBNoBackend(t *testing.T) {
-	d := loadDatapath(t, configPeer)
-	d.addPods(podA)
-	d.addService()
-	pkt := ipv4From(podA, clusterIP.Addr()).withPorts(40000, clusterIP.Port())
-	if verdict, _ := d.run(d.objs.FromContainer, podA.ifindex, pkt.frame()); verdict != tcActShot {
-		t.Fatalf("verdict %d, want TC_ACT_SHOT", verdict)
+	for _, drop := range []bool{false, true} {
+		t.Run(fmt.Sprintf("drop=%t", drop), func(t *testing.T) {
+			cfg := configPeer
+			if drop {
+				cfg.NoBackendDrop = 1
+			}
+			d := loadDatapath(t, cfg)
+			d.addPods(podA)
+			d.addService()
+			pkt := ipv4From(podA, clusterIP.Addr()).withPorts(40000, clusterIP.Port())
+			verdict, got := d.run(d.objs.FromContainer, podA.ifindex, pkt.frame())
+			if drop {
+				if verdict != tcActShot || d.metrics()[maps.MetricDropNoBackend].Packets != 1 {
+					t.Fatalf("verdict %d, drop-no-backend %d: want TC_ACT_SHOT, 1", verdict, d.metrics()[maps.MetricDropNoBackend].Packets)
+				}
+			} else {
+				if verdict != tcActRedirect || d.metrics()[maps.MetricReject].Packets != 1 {
+					t.Fatalf("verdict %d, reject %d: want TC_ACT_REDIRECT (back out of A's device), 1", verdict, d.metrics()[maps.MetricReject].Packets)
+				}
+				want := ipv4Packet{dstMAC: podA.mac, srcMAC: podA.nodeMAC, src: clusterIP.Addr(), dst: podA.ip,
+					ttl: 64, proto: ipProtoICMP, payload: icmpUnreachable(pkt.frame())}
+				checkFrame(t, "the rejection A gets", got[:14+56], want.frame())
+				checkIPv4Checksum(t, got)
+			}
+			if n, err := maps.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New).List(); err != nil || len(n) != 0 {
+				t.Errorf("conntrack after a rejected packet: %v %v, want empty", n, err)
+			}
+		})
 	}
-	if n, err := maps.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New).List(); err != nil || len(n) != 0 {
-		t.Errorf("conntrack after a dropped packet: %v %v, want empty", n, err)
+}
+
+// TestServiceCIDRReject: with a service CIDR, a pod's packet to an
+// address in it that is no frontend, or to a frontend's address on a port
+// its service lacks, is rejected; other destinations are not.
+func TestServiceCIDRReject(t *testing.T) {
+	cfg := configPeer
+	svc := netip.MustParsePrefix("10.96.0.0/12")
+	a := svc.Addr().As4()
+	cfg.ServiceCidr, cfg.ServiceMask = binary.NativeEndian.Uint32(a[:]), binary.NativeEndian.Uint32([]byte{255, 240, 0, 0})
+	d := loadDatapath(t, cfg)
+	d.addPods(podA, podB)
+	d.addService(podB)
+	for _, c := range []struct {
+		dst    netip.AddrPort
+		reject bool
+	}{
+		{netip.MustParseAddrPort("10.100.1.1:53"), true}, // unallocated
+		{netip.AddrPortFrom(clusterIP.Addr(), 54), true}, // a port the service lacks
+		{clusterIP, false},
+		{netip.MustParseAddrPort("192.0.2.1:53"), false},
+	} {
+		pkt := ipv4From(podA, c.dst.Addr()).withPorts(40000, c.dst.Port())
+		verdict, _ := d.run(d.objs.FromContainer, podA.ifindex, pkt.frame())
+		if got := verdict == tcActRedirect && c.dst != clusterIP; got != c.reject {
+			t.Errorf("to %s: verdict %d, want rejected %t", c.dst, verdict, c.reject)
+		}
+	}
+	if got := d.metrics()[maps.MetricReject].Packets; got != 2 {
+		t.Errorf("reject counted %d, want 2", got)
 	}
 }
 

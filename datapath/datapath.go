@@ -94,7 +94,34 @@ type Config struct {
 	// bpf-lb-sock-hostns-only, which service meshes need). A config
 	// without Devices keeps what the running node does.
 	SocketLBHostnsOnly bool
+	// ServiceCIDR holds the node's ClusterIPs (the API server's
+	// --service-cluster-ip-range, e.g. 10.96.0.0/12): a pod's packet or
+	// a socket's connect to an address in it that no service has, or to a
+	// port its service lacks, is rejected as kube-proxy does, rather than
+	// sent out by the default route. Invalid (zero) keeps the running
+	// node's, or none.
+	ServiceCIDR netip.Prefix
+	// NoBackendResponse is what the datapath does with a packet for a
+	// service without usable backends (none, only not-ready or
+	// terminating ones): Cilium's service-no-backend-response. Zero keeps
+	// the running node's, NoBackendReject for a new node.
+	NoBackendResponse NoBackendResponse
 }
+
+// NoBackendResponse is what a packet for a service without usable
+// backends gets.
+type NoBackendResponse uint8
+
+// Responses to a packet for a service without usable backends.
+const (
+	// NoBackendReject answers it with ICMP port unreachable from the
+	// frontend (rate-limited, 1000 per second and CPU), and fails a
+	// socket-LB socket's connect or sendmsg with ECONNREFUSED at once:
+	// what kube-proxy's REJECT rules do.
+	NoBackendReject NoBackendResponse = iota + 1
+	// NoBackendDrop drops it: the sender times out.
+	NoBackendDrop
+)
 
 // Names of the loader and maps packages an embedder uses with a Datapath.
 type (
@@ -183,13 +210,19 @@ func New(cfg Config) (*Datapath, error) {
 		if maglev == 0 {
 			maglev = running.MaglevTableSize
 		}
+		if !cfg.ServiceCIDR.IsValid() {
+			cfg.ServiceCIDR = running.ServiceCIDR
+		}
+		if cfg.NoBackendResponse == 0 && running.NoBackendDrop {
+			cfg.NoBackendResponse = NoBackendDrop
+		}
 		running.Close()
 	}
 	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, Netns: cfg.Netns, MaxEndpoints: cfg.MaxEndpoints,
 		MaxFlows: cfg.MaxFlows, MaxServices: cfg.MaxServices,
 		Disable: cfg.Disable, NativeRoutingCIDR: cfg.NativeRoutingCIDR,
 		Masquerade: masquerade && !cfg.DisableMasquerade, NATPorts: cfg.NATPorts, SocketLBHostnsOnly: hostnsOnly,
-		MaglevTableSize: maglev})
+		MaglevTableSize: maglev, ServiceCIDR: cfg.ServiceCIDR, NoBackendDrop: cfg.NoBackendResponse == NoBackendDrop})
 	if err != nil {
 		return nil, err
 	}
@@ -232,6 +265,12 @@ func (cfg *Config) check() ([]int, error) {
 	}
 	if c := cfg.NativeRoutingCIDR; c.IsValid() && (!c.Addr().Is4() || c.Masked() != c) {
 		return nil, fmt.Errorf("native routing CIDR %s: want an IPv4 network address such as %s", c, c.Masked())
+	}
+	if c := cfg.ServiceCIDR; c.IsValid() && (!c.Addr().Is4() || c.Masked() != c) {
+		return nil, fmt.Errorf("service CIDR %s: want an IPv4 network address such as %s", c, c.Masked())
+	}
+	if cfg.NoBackendResponse > NoBackendDrop {
+		return nil, fmt.Errorf("no-backend response %d: want NoBackendReject or NoBackendDrop", cfg.NoBackendResponse)
 	}
 	if _, err := routing.Netns(cfg.Netns); err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
@@ -26,6 +27,17 @@ func askMain(ask string) int {
 	if _, err := fmt.Sscan(ask, &netns, &proto, &dst); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
+	}
+	if network, ok := strings.CutPrefix(proto, "refused-"); ok {
+		// Whether dialling dst fails with ECONNREFUSED within 100 ms:
+		// "refused -", else what happened.
+		took, err := dialOutcome(netns, network, netip.MustParseAddrPort(dst))
+		if errors.Is(err, syscall.ECONNREFUSED) && took <= 100*time.Millisecond {
+			fmt.Println("refused -")
+		} else {
+			fmt.Printf("%q %s\n", fmt.Sprint(err), took)
+		}
+		return 0
 	}
 	if network, ok := strings.CutPrefix(proto, "bind-"); ok {
 		// Whether the cgroup lets a socket bind dst: "bound -" or

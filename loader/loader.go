@@ -103,6 +103,15 @@ type Options struct {
 	// that every node sends a flow to the same backend; 0 chooses at
 	// random.
 	MaglevTableSize uint32
+	// ServiceCIDR holds the ClusterIPs: a pod's packet (or a socket's
+	// connect) to an address in it that is no frontend, or to a frontend
+	// port the service lacks, is rejected as one to a service without
+	// backends. Invalid (zero) for none.
+	ServiceCIDR netip.Prefix
+	// NoBackendDrop drops what goes to a service without usable backends
+	// (Cilium's service-no-backend-response=drop); by default it is
+	// rejected: ICMP port unreachable at tc, ECONNREFUSED at the socket.
+	NoBackendDrop bool
 	// SocketLBHostnsOnly leaves pods' sockets to the tc load balancer:
 	// socket LB translates only the sockets of the node's own network
 	// namespace (Cilium's bpf-lb-sock-hostns-only, which service meshes
@@ -158,6 +167,7 @@ type Maps struct {
 	Events        *ebpf.Map // the events (perf event array, one ring per CPU)
 	MonitorState  *ebpf.Map // per CPU: backing off after a full ring, events skipped
 	GCStatus      *ebpf.Map // the conntrack GC's last pass, for status (programs never read it)
+	RejectState   *ebpf.Map // per CPU: rejections sent this second (their rate limit)
 }
 
 // Instance is the loaded datapath of one node instance. Close releases this
@@ -172,8 +182,10 @@ type Instance struct {
 	// NativeRoutingCIDR is the native routing CIDR the programs were
 	// loaded with; invalid for none.
 	NativeRoutingCIDR netip.Prefix
-	// Masquerade, NATPorts, SocketLBHostnsOnly and MaglevTableSize are as
-	// the programs were loaded with.
+	// Masquerade, NATPorts, SocketLBHostnsOnly, MaglevTableSize,
+	// ServiceCIDR and NoBackendDrop are as the programs were loaded with.
+	ServiceCIDR        netip.Prefix
+	NoBackendDrop      bool
 	Masquerade         bool
 	NATPorts           [2]uint16
 	SocketLBHostnsOnly bool
@@ -202,7 +214,7 @@ var mapNames = []string{
 	bpf.HostroutingMapHrSnat4Tcp, bpf.HostroutingMapHrSnat4Any, bpf.HostroutingMapHrSnat4New, bpf.HostroutingMapHrNodeAddrs,
 	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrLb4Maglev,
 	bpf.HostroutingMapHrMonitor, bpf.HostroutingMapHrEvents, bpf.HostroutingMapHrMonitorState, bpf.HostroutingMapHrGc,
-	bpf.HostroutingMapHrInfo,
+	bpf.HostroutingMapHrReject, bpf.HostroutingMapHrInfo,
 }
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
@@ -221,6 +233,9 @@ func Load(opts Options) (*Instance, error) {
 	cidr := opts.NativeRoutingCIDR
 	if cidr.IsValid() && (!cidr.Addr().Is4() || cidr.Masked() != cidr) {
 		return nil, fmt.Errorf("native routing CIDR %s: want an IPv4 network address such as %s", cidr, cidr.Masked())
+	}
+	if svc := opts.ServiceCIDR; svc.IsValid() && (!svc.Addr().Is4() || svc.Masked() != svc) {
+		return nil, fmt.Errorf("service CIDR %s: want an IPv4 network address such as 10.96.0.0/12", svc)
 	}
 	if opts.Masquerade && !cidr.IsValid() {
 		return nil, errors.New("masquerade: needs a native routing CIDR (what is not masqueraded)")
@@ -338,6 +353,10 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 	info.MaxEndpoints = opts.MaxEndpoints
 	info.NatPortMin, info.NatPortMax, info.Masquerade = config.NatPortMin, config.NatPortMax, uint32(config.Masquerade)
 	info.SockHostnsOnly, info.MaglevM = uint32(config.SockHostnsOnly), config.MaglevM
+	info.ServiceCidr, info.ServicePrefix, info.NoBackendDrop = config.ServiceCidr, 0, uint32(config.NoBackendDrop)
+	if opts.ServiceCIDR.IsValid() {
+		info.ServicePrefix = uint32(opts.ServiceCIDR.Bits())
+	}
 	if info.MaglevSlots == 0 { // a new node: its tables' size for good
 		info.MaglevSlots = cmp.Or(config.MaglevM, defaultMaglevSlots)
 	}
@@ -435,11 +454,8 @@ func open(path, given string) (*Instance, error) {
 	n.Masquerade, n.NATPorts = info.Masquerade != 0, [2]uint16{info.NatPortMin, info.NatPortMax}
 	n.SocketLBHostnsOnly, n.MaglevTableSize = info.SockHostnsOnly != 0, info.MaglevM
 	n.Features = featuresFromBits(info.Features)
-	if info.NativePrefix != 0 {
-		var a [4]byte
-		binary.NativeEndian.PutUint32(a[:], info.NativeCidr)
-		n.NativeRoutingCIDR = netip.PrefixFrom(netip.AddrFrom4(a), int(info.NativePrefix))
-	}
+	n.NativeRoutingCIDR = prefixOf(info.NativeCidr, info.NativePrefix)
+	n.ServiceCIDR, n.NoBackendDrop = prefixOf(info.ServiceCidr, info.ServicePrefix), info.NoBackendDrop != 0
 	return n, nil
 }
 
@@ -487,8 +503,8 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 
 	n := &Instance{PinPath: path, Features: ProbeFeatures(opts.Disable), NativeRoutingCIDR: opts.NativeRoutingCIDR,
 		Masquerade: opts.Masquerade, NATPorts: opts.NATPorts, SocketLBHostnsOnly: opts.SocketLBHostnsOnly,
-		MaglevTableSize: opts.MaglevTableSize,
-		MaxEndpoints:    info.MaxEndpoints, id: info.ObjectId, progs: map[Program]*ebpf.Program{}, sockProgs: map[string]*ebpf.Program{}}
+		MaglevTableSize: opts.MaglevTableSize, ServiceCIDR: opts.ServiceCIDR, NoBackendDrop: opts.NoBackendDrop,
+		MaxEndpoints: info.MaxEndpoints, id: info.ObjectId, progs: map[Program]*ebpf.Program{}, sockProgs: map[string]*ebpf.Program{}}
 	n.setMaps(coll.Maps)
 	for _, name := range mapNames {
 		coll.DetachMap(name)
@@ -559,13 +575,33 @@ func configOf(f Features, opts Options) bpf.HostroutingConfig {
 	if opts.Masquerade {
 		c.Masquerade = 1
 	}
-	if native := opts.NativeRoutingCIDR; native.IsValid() {
-		addr := native.Addr().As4()
-		mask := net.CIDRMask(native.Bits(), 32)
-		c.NativeCidr = binary.NativeEndian.Uint32(addr[:])
-		c.NativeMask = binary.NativeEndian.Uint32(mask)
+	c.NativeCidr, c.NativeMask = prefixKey(opts.NativeRoutingCIDR)
+	c.ServiceCidr, c.ServiceMask = prefixKey(opts.ServiceCIDR)
+	if opts.NoBackendDrop {
+		c.NoBackendDrop = 1
 	}
 	return c
+}
+
+// prefixKey returns an IPv4 prefix's address and mask as the programs
+// compare them (network order); zeros for an invalid prefix.
+func prefixKey(p netip.Prefix) (addr, mask uint32) {
+	if !p.IsValid() {
+		return 0, 0
+	}
+	a := p.Addr().As4()
+	return binary.NativeEndian.Uint32(a[:]), binary.NativeEndian.Uint32(net.CIDRMask(p.Bits(), 32))
+}
+
+// prefixOf is prefixKey's inverse for an address and a prefix length; 0
+// bits for none.
+func prefixOf(addr, bits uint32) netip.Prefix {
+	if bits == 0 {
+		return netip.Prefix{}
+	}
+	var a [4]byte
+	binary.NativeEndian.PutUint32(a[:], addr)
+	return netip.PrefixFrom(netip.AddrFrom4(a), int(bits))
 }
 
 // objectID names the code and config programs were loaded with.
@@ -614,6 +650,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		Events:        m[bpf.HostroutingMapHrEvents],
 		MonitorState:  m[bpf.HostroutingMapHrMonitorState],
 		GCStatus:      m[bpf.HostroutingMapHrGc],
+		RejectState:   m[bpf.HostroutingMapHrReject],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
@@ -623,7 +660,7 @@ func (n *Instance) allMaps() []*ebpf.Map {
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
 		n.Maps.Services, n.Maps.Backends, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.ConntrackAny, n.Maps.ConntrackNew,
 		n.Maps.FlowStats, n.Maps.SNAT, n.Maps.SNATAny, n.Maps.SNATNew, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev,
-		n.Maps.Monitor, n.Maps.Events, n.Maps.MonitorState, n.Maps.GCStatus, n.info}
+		n.Maps.Monitor, n.Maps.Events, n.Maps.MonitorState, n.Maps.GCStatus, n.Maps.RejectState, n.info}
 }
 
 // MapSize is what one of the node's maps takes.

@@ -64,6 +64,7 @@ const (
 	MetricDropCTFull                    // no room for a new flow's conntrack or NAT entries
 	MetricDropIPOptions                 // a pod's packet with IP options that would leave untranslated
 	MetricDropRouterMsg                 // a router advertisement or redirect from a pod
+	MetricReject                        // to a service without backends (or none): answered with port unreachable
 	// MetricCount is the number of metrics.
 	MetricCount
 )
@@ -74,7 +75,7 @@ var metricNames = [MetricCount]string{
 	"forward-fib", "forward-neigh", "pass", "drop-vlan", "drop-tail-call",
 	"drop-no-backend", "drop-nat", "drop-nat-no-port",
 	"xlate-dnat", "xlate-snat", "xlate-rev-dnat", "xlate-rev-snat",
-	"drop-ct-full", "drop-ip-options", "drop-router-msg",
+	"drop-ct-full", "drop-ip-options", "drop-router-msg", "reject",
 }
 
 // String names m as hrctl prints it: "drop-spoofed".
@@ -85,8 +86,11 @@ func (m Metric) String() string {
 	return fmt.Sprintf("metric(%d)", uint32(m))
 }
 
-// IsDrop tells whether m counts dropped packets.
-func (m Metric) IsDrop() bool { return m < MetricCount && strings.HasPrefix(metricNames[m], "drop-") }
+// IsDrop tells whether m counts packets that went nowhere: dropped, or
+// answered with a rejection in their place.
+func (m Metric) IsDrop() bool {
+	return m < MetricCount && (strings.HasPrefix(metricNames[m], "drop-") || m == MetricReject)
+}
 
 // IsTranslation tells whether m counts translations rather than outcomes.
 func (m Metric) IsTranslation() bool {

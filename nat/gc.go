@@ -257,34 +257,33 @@ func (g *GC) collectCT(now uint32) (TableStats, error) {
 		errs []error
 	)
 	for _, m := range g.ct.Tables() {
-		var del []ctKey
 		err := maps.ListBatch(m, func(keys []ctKey, vals []bpf.HostroutingCtEntry) error {
 			s.Scanned += uint64(len(keys))
-			del = del[:0]
-			capped := 0
 			for i := range keys {
 				if garbage, _ := g.ctGarbage(&keys[i], &vals[i], now); !garbage {
 					continue
 				}
-				// Again, as it is now: a packet may have renewed it.
+				// Again, as it is now, just before it goes: a packet may
+				// have renewed it (a reused tuple, a new flow).
 				var v bpf.HostroutingCtEntry
 				if m.Lookup(&keys[i], &v) != nil {
 					continue
 				}
-				if garbage, c := g.ctGarbage(&keys[i], &v, now); garbage {
-					del = append(del, keys[i])
-					if c {
-						capped++
+				garbage, capped := g.ctGarbage(&keys[i], &v, now)
+				if !garbage {
+					continue
+				}
+				switch err := m.Delete(&keys[i]); {
+				case err == nil:
+					s.Removed++
+					if capped {
+						s.Capped++
 					}
+				case !errors.Is(err, ebpf.ErrKeyNotExist):
+					return fmt.Errorf("delete conntrack entry: %w", err)
 				}
 			}
-			if len(del) == 0 {
-				return nil
-			}
-			n, err := maps.DeleteBatch(m, del)
-			s.Removed += uint64(n)
-			s.Capped += uint64(min(capped, n))
-			return err
+			return nil
 		})
 		errs = append(errs, err)
 	}

@@ -16,6 +16,7 @@ enum call {
 	CALL_IPV4_LB,     /* to a service frontend: DNAT, then on its way */
 	CALL_IPV4_REVNAT, /* from a service backend: replies translated back */
 	CALL_IPV4_FROM_NETDEV, /* from the wire, with services or masquerade */
+	CALL_IPV4_REJECT, /* to a service without backends: answered with port unreachable */
 	CALL_MAX,
 };
 
@@ -25,6 +26,7 @@ int tail_arp_from_container(struct __sk_buff *ctx);
 int tail_ipv4_lb(struct __sk_buff *ctx);
 int tail_ipv4_revnat(struct __sk_buff *ctx);
 int tail_ipv4_from_netdev(struct __sk_buff *ctx);
+int tail_ipv4_reject(struct __sk_buff *ctx);
 
 /* One object's stages. Not pinned by name: each load has its own, which
  * the loader pins beside its programs, so that programs of an older load
@@ -42,6 +44,7 @@ struct {
 		[CALL_IPV4_LB] = (void *)&tail_ipv4_lb,
 		[CALL_IPV4_REVNAT] = (void *)&tail_ipv4_revnat,
 		[CALL_IPV4_FROM_NETDEV] = (void *)&tail_ipv4_from_netdev,
+		[CALL_IPV4_REJECT] = (void *)&tail_ipv4_reject,
 	},
 };
 

@@ -90,6 +90,7 @@ enum metric {
 	METRIC_DROP_CT_FULL,    /* no room for a new flow's conntrack or NAT entries */
 	METRIC_DROP_IP_OPTIONS, /* a pod's packet with IP options that would leave untranslated */
 	METRIC_DROP_ROUTER_MSG, /* a router advertisement or redirect from a pod */
+	METRIC_REJECT,          /* to a service without backends (or no service): answered with port unreachable */
 	METRIC_MAX,
 };
 
@@ -110,13 +111,15 @@ struct config {
 	__be32 native_mask;  /* 0: no native routing CIDR, the stack forwards */
 	__u32 lxc_mask;      /* hr_lxc's size − 1 (a power of two) */
 	__u8 masquerade;     /* translate pods' sources leaving the native CIDR */
-	__u8 pad;
+	__u8 no_backend_drop; /* drop what goes to a service without backends (else reject it) */
 	__u16 nat_port_min;  /* the ports sources are translated to */
 	__u16 nat_port_max;
 	__u8 sock_hostns_only; /* socket LB for the node's own sockets only */
 	__u8 pad2[3];
 	__u32 maglev_m;      /* Maglev table size; 0: random backend selection */
 	__u64 netns_cookie;  /* the node's network namespace */
+	__be32 service_cidr; /* ClusterIPs: what is for none of them is rejected */
+	__be32 service_mask; /* 0: no service CIDR */
 };
 
 volatile const struct config CONFIG = {};
@@ -140,6 +143,9 @@ struct node_info {
 	__u32 sock_hostns_only;
 	__u32 maglev_m;
 	__u32 maglev_slots;  /* the Maglev tables' size, fixed at the first load */
+	__be32 service_cidr; /* as in struct config */
+	__u32 service_prefix; /* prefix length of service_cidr */
+	__u32 no_backend_drop; /* as in struct config */
 };
 
 /* Who an endpoint belongs to, by endpoint ID, for the Go side (a CNI DEL
@@ -224,7 +230,8 @@ struct {
 #define METRIC_DROPS ((1u << METRIC_DROP_SPOOFED) | (1u << METRIC_DROP_INVALID) | (1u << METRIC_DROP_UNKNOWN_L3) | \
 		      (1u << METRIC_DROP_POLICY) | (1u << METRIC_DROP_VLAN) | (1u << METRIC_DROP_TAIL_CALL) |   \
 		      (1u << METRIC_DROP_NO_BACKEND) | (1u << METRIC_DROP_NAT) | (1u << METRIC_DROP_NAT_NO_PORT) | \
-		      (1u << METRIC_DROP_CT_FULL) | (1u << METRIC_DROP_IP_OPTIONS) | (1u << METRIC_DROP_ROUTER_MSG))
+		      (1u << METRIC_DROP_CT_FULL) | (1u << METRIC_DROP_IP_OPTIONS) | (1u << METRIC_DROP_ROUTER_MSG) | \
+		      (1u << METRIC_REJECT))
 
 /* Monitor: which counted packets are also reported as events (hr_events),
  * set at run time in hr_monitor without a reload. */

@@ -95,6 +95,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_lb_on SEC(".maps");
 
+/* in_service_cidr tells whether addr is in the service CIDR. */
+static __always_inline int in_service_cidr(__be32 addr)
+{
+	return CONFIG.service_mask && (addr & CONFIG.service_mask) == CONFIG.service_cidr;
+}
+
 static __always_inline int lb_enabled(void)
 {
 	__u32 zero = 0, *on = bpf_map_lookup_elem(&hr_lb_on, &zero);
@@ -386,8 +392,13 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, enum direction dir, s
 
 		ct_update(&v.st, NULL, proto, l4);
 		v.packets = 1;
+		/* A new flow starts with the new ones, whatever its tuple's
+		 * last flow was. */
+		if (e && (e->st.flags & CT_F_ESTABLISHED)) {
+			ct4_delete_established(&ck);
+			e = NULL;
+		}
 		if (e) {
-			v.st.flags |= e->st.flags & CT_F_ESTABLISHED;
 			*e = v;
 		} else {
 			e = ct4_create(&ck, &v);
@@ -412,8 +423,11 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, enum direction dir, s
 
 		rv.st.expires = now_seconds() + ct_timeout(proto, 0);
 		r = ct4_lookup(&rk);
+		if (r && (r->st.flags & CT_F_ESTABLISHED)) {
+			ct4_delete_established(&rk);
+			r = NULL;
+		}
 		if (r) {
-			rv.st.flags |= r->st.flags & CT_F_ESTABLISHED;
 			*r = rv;
 		} else if (!ct4_create(&rk, &rv)) {
 			ct_count(ct4_class(proto), CT_STAT_FAILED);
@@ -423,8 +437,19 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, enum direction dir, s
 		verdict = CT_VERDICT_NEW;
 	} else {
 		lb4_reply_key(&rk, be, client, l4->sport, proto);
-		if (ct_needs_peer(proto, l4))
+		if (ct_needs_peer(proto, l4) || (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
 			r = ct4_lookup(&rk);
+		/* A SYN (a retransmission) of a flow whose reply entry is gone
+		 * makes it again, so that the flow heals. */
+		if (!r && proto == IPPROTO_TCP && (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+			struct ct_entry rv = {
+				.st.flags = rk.daddr != client ? CT_F_HAIRPIN : 0, .rev_nat_index = svc->rev_nat_index,
+				.backend_id = id, .nat_addr = frontend, .nat_port = l4->dport,
+			};
+
+			rv.st.expires = now_seconds() + ct_timeout(proto, 0);
+			r = ct4_create(&rk, &rv);
+		}
 		/* An RST out of the window changes nothing; it goes on, and
 		 * the backend judges it as well. */
 		ct_update(&e->st, r ? &r->st : NULL, proto, l4);

@@ -33,9 +33,13 @@ static __always_inline int sock4_skip(void *ctx)
 	return CONFIG.sock_hostns_only && bpf_get_netns_cookie(ctx) != CONFIG.netns_cookie;
 }
 
+#define ECONNREFUSED 111
+
 /* sock4_xlate gives a socket that connects or sends to a frontend one of
- * its backends. */
-static __always_inline void sock4_xlate(struct bpf_sock_addr *ctx)
+ * its backends. Returns 0 when it must be refused instead: a service
+ * without usable backends, or an address of the service CIDR that is no
+ * frontend (unless CONFIG drops those), else 1. */
+static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx)
 {
 	struct lb4_key key = {
 		.address = ctx->user_ip4, .dport = (__be16)ctx->user_port, .proto = (__u8)ctx->protocol,
@@ -45,21 +49,21 @@ static __always_inline void sock4_xlate(struct bpf_sock_addr *ctx)
 	__u32 id;
 
 	if (!lb_enabled() || sock4_skip(ctx))
-		return;
+		return 1;
 	svc = lb4_lookup_frontend(&key, bpf_get_netns_cookie(ctx) == CONFIG.netns_cookie);
 	if (!svc)
-		return;
+		return CONFIG.no_backend_drop || !in_service_cidr(key.address);
 	/* The node's sockets are inside traffic: the internal scope, where
 	 * a service has one. */
 	if (svc->flags & LB_F_TWO_SCOPES) {
 		key.scope = LB_SCOPE_INTERNAL;
 		svc = bpf_map_lookup_elem(&hr_lb4_services, &key);
 		if (!svc)
-			return;
+			return 1;
 	}
 	be = lb4_select(&key, svc, bpf_get_netns_cookie(ctx), bpf_get_prandom_u32(), &id);
 	if (!be)
-		return; /* the tc load balancer counts the drop */
+		return CONFIG.no_backend_drop; /* dropped: the tc load balancer counts it */
 
 	struct sock4_key sk = {
 		.cookie = bpf_get_socket_cookie(ctx), .address = be->address, .port = be->port,
@@ -69,6 +73,15 @@ static __always_inline void sock4_xlate(struct bpf_sock_addr *ctx)
 	bpf_map_update_elem(&hr_sock4_revnat, &sk, &rn, BPF_ANY);
 	ctx->user_ip4 = be->address;
 	ctx->user_port = be->port;
+	return 1;
+}
+
+/* sock4_refuse fails the socket's call with ECONNREFUSED, as Cilium's
+ * SYS_REJECT: the error a REJECT rule's port unreachable would give. */
+static __always_inline int sock4_refuse(void)
+{
+	bpf_set_retval(-ECONNREFUSED);
+	return 0;
 }
 
 /* sock4_revert shows a backend's address as the frontend it stands for. */
@@ -91,15 +104,13 @@ static __always_inline void sock4_revert(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect4")
 int sock4_connect(struct bpf_sock_addr *ctx)
 {
-	sock4_xlate(ctx);
-	return 1;
+	return sock4_xlate(ctx) ? 1 : sock4_refuse();
 }
 
 SEC("cgroup/sendmsg4")
 int sock4_sendmsg(struct bpf_sock_addr *ctx)
 {
-	sock4_xlate(ctx);
-	return 1;
+	return sock4_xlate(ctx) ? 1 : sock4_refuse();
 }
 
 SEC("cgroup/recvmsg4")
