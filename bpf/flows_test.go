@@ -624,3 +624,26 @@ func TestICMPErrorNodePortRemoteBackend(t *testing.T) {
 		t.Errorf("ICMP checksum does not verify: sum %#04x", sum)
 	}
 }
+
+// TestToContainerRevNAT: a reply the stack delivers into a pod (from a
+// service backend in the node's own namespace) is translated back at
+// to-container: from the frontend the pod dialled.
+func TestToContainerRevNAT(t *testing.T) {
+	d := flowDatapath(t, configPeer, 1024)
+	host := netip.AddrPortFrom(nodeIP, 6443)
+	client := netip.AddrPortFrom(podA.ip, 40000)
+	if err := d.conntrack().Put(maps.CTEntry{Dir: maps.CTReply, Proto: maps.TCP, Src: host, Dst: client,
+		Frontend: tcpFrontend, RevNAT: 2, BackendID: 11, Expires: maps.MonotonicSeconds() + 60}); err != nil {
+		t.Fatal(err)
+	}
+	reply := segment(host, client, tcpSYN|tcpACK, 1, 2, 0)
+	reply.dstMAC, reply.srcMAC = podA.mac, podA.nodeMAC
+	verdict, got := d.run(d.objs.ToContainer, loIfindex, reply.frame())
+	if src, dst := frameTuple(got); verdict != tcActOK || src != tcpFrontend || dst != client {
+		t.Fatalf("reply into pod A: %s → %s (verdict %d), want from %s", src, dst, verdict, tcpFrontend)
+	}
+	checkIPv4Checksum(t, got)
+	if got := d.metrics()[maps.MetricXlateRevDNAT].Packets; got != 1 {
+		t.Errorf("xlate-rev-dnat %d, want 1", got)
+	}
+}

@@ -418,19 +418,14 @@ int from_container(struct __sk_buff *ctx)
 	}
 }
 
-SEC("tc")
-int to_container(struct __sk_buff *ctx)
+/* to_container_deliver lets a packet the stack delivers into endpoint ep
+ * in: IP through the endpoint's policy, ARP not. */
+static __always_inline int to_container_deliver(struct __sk_buff *ctx, struct endpoint_info *ep)
 {
 	const enum direction dir = DIR_TO_CONTAINER;
-	struct endpoint_info *ep, *src;
+	struct endpoint_info *src;
 	__u32 src_id = 0;
 
-	ep = lookup_device(ctx->ifindex);
-	if (!ep) { /* not an endpoint's device (any more) */
-		count_metric(ctx, dir, METRIC_PASS);
-		return TC_ACT_OK;
-	}
-	/* IP goes through the endpoint's policy, ARP does not. */
 	if ((ep->flags & ENDPOINT_F_POLICY) &&
 	    (ctx->protocol == bpf_htons(ETH_P_IP) || ctx->protocol == bpf_htons(ETH_P_IPV6))) {
 		struct ethhdr *eth;
@@ -444,6 +439,52 @@ int to_container(struct __sk_buff *ctx)
 		return to_endpoint(ctx, dir, DELIVER_STACK, ep, src_id);
 	}
 	return deliver(ctx, dir, DELIVER_STACK, ep->id, ep->ifindex);
+}
+
+/* tail_ipv4_to_container translates replies the stack delivers into a pod
+ * back, before they enter it: those of a service whose backend is in the
+ * node's own network namespace (a host-network endpoint such as the API
+ * server behind kubernetes.default), and the stack's ICMP errors about
+ * such a flow's packets, as Cilium's lb4_rev_nat on the pod's way in. */
+SEC("tc")
+int tail_ipv4_to_container(struct __sk_buff *ctx)
+{
+	const enum direction dir = DIR_TO_CONTAINER;
+	struct endpoint_info *ep = lookup_device(ctx->ifindex);
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct l4 l4;
+	int ret = 0;
+
+	if (!ep) {
+		count_metric(ctx, dir, METRIC_PASS);
+		return TC_ACT_OK;
+	}
+	if (parse_ipv4(ctx, &eth, &ip) && ip->ihl == 5) {
+		if (load_l4(ctx, ip, &l4))
+			ret = lb4_rev_nat(ctx, dir, ip, &l4);
+		else if (ip->protocol == IPPROTO_ICMP)
+			ret = lb4_icmp_error(ctx, ip);
+		if (ret < 0)
+			return drop_endpoint(ctx, dir, -ret, ep->id);
+	}
+	return to_container_deliver(ctx, ep);
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *ctx)
+{
+	const enum direction dir = DIR_TO_CONTAINER;
+	struct endpoint_info *ep;
+
+	ep = lookup_device(ctx->ifindex);
+	if (!ep) { /* not an endpoint's device (any more) */
+		count_metric(ctx, dir, METRIC_PASS);
+		return TC_ACT_OK;
+	}
+	if (ctx->protocol == bpf_htons(ETH_P_IP) && lb_enabled())
+		return tail_call(ctx, dir, CALL_IPV4_TO_CONTAINER);
+	return to_container_deliver(ctx, ep);
 }
 
 SEC("tc")

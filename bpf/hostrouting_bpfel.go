@@ -281,6 +281,7 @@ const (
 	HostroutingProgTailIpv4Lb            = "tail_ipv4_lb"
 	HostroutingProgTailIpv4Reject        = "tail_ipv4_reject"
 	HostroutingProgTailIpv4Revnat        = "tail_ipv4_revnat"
+	HostroutingProgTailIpv4ToContainer   = "tail_ipv4_to_container"
 	HostroutingProgTailIpv6FromContainer = "tail_ipv6_from_container"
 	HostroutingProgTailPolicyAllow       = "tail_policy_allow"
 	HostroutingProgTailPolicyDeny        = "tail_policy_deny"
@@ -344,6 +345,7 @@ type HostroutingProgramSpecs struct {
 	TailIpv4Lb            *ebpf.ProgramSpec `ebpf:"tail_ipv4_lb"`
 	TailIpv4Reject        *ebpf.ProgramSpec `ebpf:"tail_ipv4_reject"`
 	TailIpv4Revnat        *ebpf.ProgramSpec `ebpf:"tail_ipv4_revnat"`
+	TailIpv4ToContainer   *ebpf.ProgramSpec `ebpf:"tail_ipv4_to_container"`
 	TailIpv6FromContainer *ebpf.ProgramSpec `ebpf:"tail_ipv6_from_container"`
 	TailPolicyAllow       *ebpf.ProgramSpec `ebpf:"tail_policy_allow"`
 	TailPolicyDeny        *ebpf.ProgramSpec `ebpf:"tail_policy_deny"`
@@ -508,6 +510,7 @@ type HostroutingPrograms struct {
 	TailIpv4Lb            *ebpf.Program `ebpf:"tail_ipv4_lb"`
 	TailIpv4Reject        *ebpf.Program `ebpf:"tail_ipv4_reject"`
 	TailIpv4Revnat        *ebpf.Program `ebpf:"tail_ipv4_revnat"`
+	TailIpv4ToContainer   *ebpf.Program `ebpf:"tail_ipv4_to_container"`
 	TailIpv6FromContainer *ebpf.Program `ebpf:"tail_ipv6_from_container"`
 	TailPolicyAllow       *ebpf.Program `ebpf:"tail_policy_allow"`
 	TailPolicyDeny        *ebpf.Program `ebpf:"tail_policy_deny"`
@@ -530,6 +533,7 @@ func (p *HostroutingPrograms) Close() error {
 		p.TailIpv4Lb,
 		p.TailIpv4Reject,
 		p.TailIpv4Revnat,
+		p.TailIpv4ToContainer,
 		p.TailIpv6FromContainer,
 		p.TailPolicyAllow,
 		p.TailPolicyDeny,

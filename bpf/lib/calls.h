@@ -17,6 +17,7 @@ enum call {
 	CALL_IPV4_REVNAT, /* from a service backend: replies translated back */
 	CALL_IPV4_FROM_NETDEV, /* from the wire, with services or masquerade */
 	CALL_IPV4_REJECT, /* to a service without backends: answered with port unreachable */
+	CALL_IPV4_TO_CONTAINER, /* into a pod by the stack, with services: replies translated back */
 	CALL_MAX,
 };
 
@@ -27,6 +28,7 @@ int tail_ipv4_lb(struct __sk_buff *ctx);
 int tail_ipv4_revnat(struct __sk_buff *ctx);
 int tail_ipv4_from_netdev(struct __sk_buff *ctx);
 int tail_ipv4_reject(struct __sk_buff *ctx);
+int tail_ipv4_to_container(struct __sk_buff *ctx);
 
 /* One object's stages. Not pinned by name: each load has its own, which
  * the loader pins beside its programs, so that programs of an older load
@@ -45,6 +47,7 @@ struct {
 		[CALL_IPV4_REVNAT] = (void *)&tail_ipv4_revnat,
 		[CALL_IPV4_FROM_NETDEV] = (void *)&tail_ipv4_from_netdev,
 		[CALL_IPV4_REJECT] = (void *)&tail_ipv4_reject,
+		[CALL_IPV4_TO_CONTAINER] = (void *)&tail_ipv4_to_container,
 	},
 };
 
