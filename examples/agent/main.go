@@ -50,6 +50,7 @@ func main() {
 	var devs devices
 	var native string
 	var flowRatio float64
+	var serviceCIDR string
 	host, _ := os.Hostname()
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty for the in-cluster config")
 	flag.StringVar(&cfg.NodeName, "node-name", host, "name of this node's Node object")
@@ -62,6 +63,7 @@ func main() {
 	flag.IntVar(&cfg.MTU, "mtu", 0, "pods' MTU in the CNI configuration; 0 takes the first device's")
 	flag.StringVar(&cfg.Healthz, "healthz", "127.0.0.1:10256", "address to serve /healthz on; empty for none")
 	flag.StringVar(&cfg.Metrics, "metrics", "", "address to serve /metrics on; empty for none")
+	flag.StringVar(&serviceCIDR, "service-cidr", "", "the API server's --service-cluster-ip-range (e.g. 10.96.0.0/12): unallocated ClusterIPs are rejected")
 	flag.Float64Var(&flowRatio, "flow-memory-ratio", 0.0025,
 		"share of the machine's memory the conntrack and NAT tables take at the node's first load (Cilium's bpf-map-dynamic-size-ratio); 0 for 65536 flows")
 	flag.Parse()
@@ -70,6 +72,14 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.Devices = devs
+	if serviceCIDR != "" {
+		p, err := netip.ParsePrefix(serviceCIDR)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "hostrouting-agent: --service-cidr:", err)
+			os.Exit(2)
+		}
+		cfg.ServiceCIDR = p
+	}
 	if flowRatio != 0 {
 		flows, err := loader.FlowsForMemory(flowRatio)
 		if err != nil {

@@ -83,6 +83,10 @@ type Config struct {
 	// a share of memory); 0 takes the running node's, or the loader's
 	// default.
 	MaxFlows uint32
+	// ServiceCIDR is the API server's --service-cluster-ip-range: an
+	// address in it that no Service has, or a port its Service lacks, is
+	// rejected (datapath.Config.ServiceCIDR); invalid for none.
+	ServiceCIDR netip.Prefix
 	// Healthz is the address /healthz is served on (127.0.0.1:10256);
 	// empty for none.
 	Healthz string
@@ -170,6 +174,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		NativeRoutingCIDR: a.cfg.NativeRoutingCIDR,
 		CgroupPath:        a.cfg.CgroupPath,
 		MaxFlows:          a.cfg.MaxFlows,
+		ServiceCIDR:       a.cfg.ServiceCIDR,
 	})
 	if err != nil {
 		return fmt.Errorf("start datapath: %w", err)
