@@ -647,3 +647,113 @@ func TestToContainerRevNAT(t *testing.T) {
 		t.Errorf("xlate-rev-dnat %d, want 1", got)
 	}
 }
+
+// fragments returns the datagram p cut in two IPv4 fragments: the first
+// with its UDP header and 8 bytes of its payload (MF), the second the
+// rest (offset 16 bytes).
+func fragments(p ipv4Packet) (first, second ipv4Packet) {
+	first, second = p, p
+	first.fragment, first.payload = ipFlagMF, p.payload[:16]
+	second.fragment, second.payload = 2, p.payload[16:] // 2 × 8 bytes
+	return first, second
+}
+
+// TestFragmentsThroughServices: a fragmented datagram to a ClusterIP is
+// translated whole — its first fragment by its ports, the others by the
+// datagram's identity, recorded from the first — and so is its
+// fragmented reply; a fragment whose first was not seen is dropped,
+// counted, where it would have to be translated. Before, every fragment
+// went untranslated (no answer through a ClusterIP for a 3000-byte UDP
+// request or reply).
+func TestFragmentsThroughServices(t *testing.T) {
+	d := loadDatapath(t, configPeer)
+	a, b := podA, podB.withFlags(uint16(maps.EndpointLBBackend))
+	d.addPods(a, b)
+	d.addService(b)
+	req := udpDatagram(netip.AddrPortFrom(a.ip, 40000), clusterIP, make([]byte, 40))
+	req.id = 0x4242
+	first, second := fragments(req)
+	for i, f := range []ipv4Packet{first, second} {
+		verdict, got := d.run(d.objs.FromContainer, a.ifindex, f.frame())
+		if verdict != tcActRedirect {
+			t.Fatalf("request fragment %d: verdict %d, want redirect to B", i, verdict)
+		}
+		checkIPv4Checksum(t, got)
+		if dst := netip.AddrFrom4([4]byte(got[30:34])); dst != b.ip {
+			t.Errorf("request fragment %d went to %s, want B %s", i, dst, b.ip)
+		}
+		if i == 0 {
+			if _, dst := frameTuple(got); dst.Port() != backendPort {
+				t.Errorf("first fragment to port %d, want %d", dst.Port(), backendPort)
+			}
+		} else if want := f.frame(); string(got[34:len(want)]) != string(want[34:]) {
+			t.Errorf("second fragment's payload changed")
+		}
+	}
+
+	// B's reply, fragmented too, from B's device (loopback here).
+	d.removePods(a, b)
+	a, b = a.withIfindex(podC.ifindex), b.withIfindex(loIfindex)
+	b.nodeMAC = mac{}
+	d.addPods(a, b)
+	rep := udpDatagram(netip.AddrPortFrom(b.ip, backendPort), netip.AddrPortFrom(a.ip, 40000), make([]byte, 40))
+	rep.srcMAC, rep.dstMAC, rep.id = b.mac, b.nodeMAC, 0x5151
+	first, second = fragments(rep)
+	for i, f := range []ipv4Packet{first, second} {
+		verdict, got := d.run(d.objs.FromContainer, b.ifindex, f.frame())
+		if src := netip.AddrFrom4([4]byte(got[26:30])); verdict != tcActRedirect || src != clusterIP.Addr() {
+			t.Errorf("reply fragment %d: from %s (verdict %d), want from the ClusterIP", i, src, verdict)
+		}
+		checkIPv4Checksum(t, got)
+	}
+
+	// Out of order: a second fragment whose first was not seen.
+	lost := udpDatagram(netip.AddrPortFrom(b.ip, 40001), clusterIP, make([]byte, 40))
+	lost.srcMAC, lost.dstMAC, lost.id = b.mac, b.nodeMAC, 0x6161
+	_, second = fragments(lost)
+	if verdict, got := d.run(d.objs.FromContainer, b.ifindex, second.frame()); verdict == tcActRedirect {
+		t.Errorf("a fragment whose first was not seen was delivered to %s", netip.AddrFrom4([4]byte(got[30:34])))
+	}
+}
+
+// TestFragmentsMasquerade: a pod's fragmented datagram leaving the native
+// CIDR leaves whole from the node's address, its fragmented reply comes
+// back whole to the pod; a fragment of a datagram whose first went by
+// unseen is dropped, never leaving with the pod's address.
+func TestFragmentsMasquerade(t *testing.T) {
+	d := masqDatapath(t)
+	server := netip.AddrPortFrom(outsideIP, 53)
+	out := udpDatagram(netip.AddrPortFrom(podA.ip, 40000), server, make([]byte, 40))
+	out.dstMAC, out.srcMAC, out.id = peerNodeMAC, loMAC, 0x7171
+	first, second := fragments(out)
+	var natted netip.AddrPort
+	for i, f := range []ipv4Packet{first, second} {
+		verdict, got := d.run(d.objs.ToNetdev, loIfindex, f.frame())
+		src := netip.AddrFrom4([4]byte(got[26:30]))
+		if verdict != tcActOK || src != nodeIP {
+			t.Fatalf("fragment %d left from %s (verdict %d), want %s", i, src, verdict, nodeIP)
+		}
+		checkIPv4Checksum(t, got)
+		if i == 0 {
+			natted, _ = frameTuple(got)
+		}
+	}
+	in := udpDatagram(server, natted, make([]byte, 40))
+	in.dstMAC, in.srcMAC, in.id = loMAC, peerNodeMAC, 0x8181
+	first, second = fragments(in)
+	for i, f := range []ipv4Packet{first, second} {
+		verdict, got := d.run(d.objs.FromNetdev, loIfindex, f.frame())
+		if dst := netip.AddrFrom4([4]byte(got[30:34])); verdict != tcActRedirect || dst != podA.ip {
+			t.Errorf("reply fragment %d: to %s (verdict %d), want pod A", i, dst, verdict)
+		}
+	}
+	lost := udpDatagram(netip.AddrPortFrom(podA.ip, 40002), server, make([]byte, 40))
+	lost.dstMAC, lost.srcMAC, lost.id = peerNodeMAC, loMAC, 0x9191
+	_, second = fragments(lost)
+	if verdict, _ := d.run(d.objs.ToNetdev, loIfindex, second.frame()); verdict != tcActShot {
+		t.Errorf("an unseen datagram's fragment: verdict %d, want TC_ACT_SHOT", verdict)
+	}
+	if got := d.metrics()[maps.MetricDropFragNotFound].Packets; got != 1 {
+		t.Errorf("drop-frag-not-found %d, want 1", got)
+	}
+}

@@ -116,7 +116,8 @@ static __always_inline int ipv4_from_container(struct __sk_buff *ctx)
 		return tail_call(ctx, dir, CALL_IPV4_LB);
 	}
 	if (in_service_cidr(ip->daddr))
-		return reject(ctx, dir, src->id);
+		return is_later_fragment(ip) ? drop_endpoint(ctx, dir, METRIC_DROP_FRAG_NOT_FOUND, src->id) :
+					       reject(ctx, dir, src->id);
 	return ipv4_leave(ctx, dir, eth, ip, len, 0);
 }
 
@@ -548,6 +549,9 @@ int to_netdev(struct __sk_buff *ctx)
 		 * never leaves the node. */
 		if (ip->ihl != 5)
 			return drop_endpoint(ctx, dir, METRIC_DROP_IP_OPTIONS, 0);
+		/* A fragment whose first went by unseen cannot be translated. */
+		if (!load_l4(ctx, ip, &l4) && is_later_fragment(ip))
+			return drop_endpoint(ctx, dir, METRIC_DROP_FRAG_NOT_FOUND, 0);
 		if (load_l4(ctx, ip, &l4)) {
 			struct ct4_key out = {
 				.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4.sport, .dport = l4.dport,

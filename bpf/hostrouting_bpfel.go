@@ -89,6 +89,21 @@ type HostroutingEndpointStats struct {
 	DropBytes   uint64
 }
 
+type HostroutingFrag4Key struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type HostroutingFrag4Ports struct {
+	_     structs.HostLayout
+	Sport uint16
+	Dport uint16
+}
+
 type HostroutingGcStatus struct {
 	_            structs.HostLayout
 	LastRun      uint64
@@ -248,6 +263,7 @@ const (
 	HostroutingMapHrEpMeta               = "hr_ep_meta"
 	HostroutingMapHrEpStats              = "hr_ep_stats"
 	HostroutingMapHrEvents               = "hr_events"
+	HostroutingMapHrFrag4                = "hr_frag4"
 	HostroutingMapHrGc                   = "hr_gc"
 	HostroutingMapHrInfo                 = "hr_info"
 	HostroutingMapHrLb4Affinity          = "hr_lb4_affinity"
@@ -368,6 +384,7 @@ type HostroutingMapSpecs struct {
 	HrEpMeta       *ebpf.MapSpec `ebpf:"hr_ep_meta"`
 	HrEpStats      *ebpf.MapSpec `ebpf:"hr_ep_stats"`
 	HrEvents       *ebpf.MapSpec `ebpf:"hr_events"`
+	HrFrag4        *ebpf.MapSpec `ebpf:"hr_frag4"`
 	HrGc           *ebpf.MapSpec `ebpf:"hr_gc"`
 	HrInfo         *ebpf.MapSpec `ebpf:"hr_info"`
 	HrLb4Affinity  *ebpf.MapSpec `ebpf:"hr_lb4_affinity"`
@@ -428,6 +445,7 @@ type HostroutingMaps struct {
 	HrEpMeta       *ebpf.Map `ebpf:"hr_ep_meta"`
 	HrEpStats      *ebpf.Map `ebpf:"hr_ep_stats"`
 	HrEvents       *ebpf.Map `ebpf:"hr_events"`
+	HrFrag4        *ebpf.Map `ebpf:"hr_frag4"`
 	HrGc           *ebpf.Map `ebpf:"hr_gc"`
 	HrInfo         *ebpf.Map `ebpf:"hr_info"`
 	HrLb4Affinity  *ebpf.Map `ebpf:"hr_lb4_affinity"`
@@ -463,6 +481,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrEpMeta,
 		m.HrEpStats,
 		m.HrEvents,
+		m.HrFrag4,
 		m.HrGc,
 		m.HrInfo,
 		m.HrLb4Affinity,

@@ -908,8 +908,8 @@ func TestStrictAlignment(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			spec := hostroutingSpec(t, c.cfg)
-			if len(spec.Programs) != 17 {
-				t.Errorf("the object has %d programs, the test knows 17", len(spec.Programs))
+			if len(spec.Programs) != 19 {
+				t.Errorf("the object has %d programs, the test knows 19", len(spec.Programs))
 			}
 			for _, p := range spec.Programs {
 				p.Flags |= unix.BPF_F_STRICT_ALIGNMENT

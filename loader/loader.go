@@ -168,6 +168,7 @@ type Maps struct {
 	MonitorState  *ebpf.Map // per CPU: backing off after a full ring, events skipped
 	GCStatus      *ebpf.Map // the conntrack GC's last pass, for status (programs never read it)
 	RejectState   *ebpf.Map // per CPU: rejections sent this second (their rate limit)
+	Fragments     *ebpf.Map // datagram (addresses, IP ID, protocol) → its first fragment's ports (LRU)
 }
 
 // Instance is the loaded datapath of one node instance. Close releases this
@@ -214,7 +215,7 @@ var mapNames = []string{
 	bpf.HostroutingMapHrSnat4Tcp, bpf.HostroutingMapHrSnat4Any, bpf.HostroutingMapHrSnat4New, bpf.HostroutingMapHrNodeAddrs,
 	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrLb4Maglev,
 	bpf.HostroutingMapHrMonitor, bpf.HostroutingMapHrEvents, bpf.HostroutingMapHrMonitorState, bpf.HostroutingMapHrGc,
-	bpf.HostroutingMapHrReject, bpf.HostroutingMapHrInfo,
+	bpf.HostroutingMapHrReject, bpf.HostroutingMapHrFrag4, bpf.HostroutingMapHrInfo,
 }
 
 // Load loads the datapath for the node instance at opts.PinPath, or adopts
@@ -651,6 +652,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		MonitorState:  m[bpf.HostroutingMapHrMonitorState],
 		GCStatus:      m[bpf.HostroutingMapHrGc],
 		RejectState:   m[bpf.HostroutingMapHrReject],
+		Fragments:     m[bpf.HostroutingMapHrFrag4],
 	}
 	n.info = m[bpf.HostroutingMapHrInfo]
 }
@@ -660,7 +662,8 @@ func (n *Instance) allMaps() []*ebpf.Map {
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
 		n.Maps.Services, n.Maps.Backends, n.Maps.ServicesOn, n.Maps.Conntrack, n.Maps.ConntrackAny, n.Maps.ConntrackNew,
 		n.Maps.FlowStats, n.Maps.SNAT, n.Maps.SNATAny, n.Maps.SNATNew, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev,
-		n.Maps.Monitor, n.Maps.Events, n.Maps.MonitorState, n.Maps.GCStatus, n.Maps.RejectState, n.info}
+		n.Maps.Monitor, n.Maps.Events, n.Maps.MonitorState, n.Maps.GCStatus, n.Maps.RejectState,
+		n.Maps.Fragments, n.info}
 }
 
 // MapSize is what one of the node's maps takes.

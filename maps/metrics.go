@@ -65,6 +65,7 @@ const (
 	MetricDropIPOptions                 // a pod's packet with IP options that would leave untranslated
 	MetricDropRouterMsg                 // a router advertisement or redirect from a pod
 	MetricReject                        // to a service without backends (or none): answered with port unreachable
+	MetricDropFragNotFound              // a fragment to translate whose first fragment was not seen
 	// MetricCount is the number of metrics.
 	MetricCount
 )
@@ -76,6 +77,7 @@ var metricNames = [MetricCount]string{
 	"drop-no-backend", "drop-nat", "drop-nat-no-port",
 	"xlate-dnat", "xlate-snat", "xlate-rev-dnat", "xlate-rev-snat",
 	"drop-ct-full", "drop-ip-options", "drop-router-msg", "reject",
+	"drop-frag-not-found",
 }
 
 // String names m as hrctl prints it: "drop-spoofed".

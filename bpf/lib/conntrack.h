@@ -149,7 +149,8 @@ struct l4 {
 	__be16 sport;
 	__be16 dport;
 	__u8 tcp_flags;
-	__u8 pad[3];
+	__u8 later;   /* a fragment after the first: no L4 header, the ports its first fragment had */
+	__u8 pad[2];
 	__u32 seq;
 	__u32 ack;
 	__u32 seq_len; /* payload bytes, plus one for a SYN and one for a FIN */

@@ -126,33 +126,71 @@ static __always_inline int lb_enabled(void)
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
 
-/* load_l4 reads the ports of an option-less, unfragmented IPv4 packet
- * (for TCP also its flags, sequence numbers and the sequence space it
- * takes), or an ICMP echo's identifier as both its ports (echoes are
- * translated by identifier); 0 for other protocols, other ICMP messages,
- * fragments and truncated packets. */
+/* Fragments of a datagram: the first carries the ports, the others only
+ * its identity, by which they find the first's ports here (as Cilium's
+ * cilium_ipv4_frag_datagrams). A hook records what it sees, and again
+ * after a translation, so that later fragments are translated as the
+ * first was. */
+struct frag4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag4_ports {
+	__be16 sport;
+	__be16 dport;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag4_key);
+	__type(value, struct frag4_ports);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_frag4 SEC(".maps");
+
+/* load_l4 reads the ports of an option-less IPv4 packet (for TCP also its
+ * flags, sequence numbers and the sequence space it takes), or an ICMP
+ * echo's identifier as both its ports (echoes are translated by
+ * identifier); a fragment after the first gets the ports its first
+ * fragment recorded (l4->later set). 0 for other protocols, other ICMP
+ * messages, truncated packets and fragments whose first was not seen. */
 static __always_inline int load_l4(struct __sk_buff *ctx, struct iphdr *ip, struct l4 *l4)
 {
+	struct frag4_key fk = { .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .proto = ip->protocol };
 	__u8 hdr[14] = {};
 
-	if ((ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_ICMP) ||
-	    (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
-		return 0;
-	if (bpf_skb_load_bytes(ctx, L4_OFF, hdr, ip->protocol == IPPROTO_TCP ? 14 : ip->protocol == IPPROTO_ICMP ? 6 : 4) < 0)
-		return 0;
 	l4->tcp_flags = 0;
+	l4->later = 0;
 	l4->seq = 0;
 	l4->ack = 0;
 	l4->seq_len = 0;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_ICMP)
+		return 0;
+	if (ip->frag_off & bpf_htons(IP_OFFSET)) {
+		struct frag4_ports *fp = bpf_map_lookup_elem(&hr_frag4, &fk);
+
+		if (!fp)
+			return 0;
+		l4->sport = fp->sport;
+		l4->dport = fp->dport;
+		l4->later = 1;
+		return 1;
+	}
+	if (bpf_skb_load_bytes(ctx, L4_OFF, hdr, ip->protocol == IPPROTO_TCP ? 14 : ip->protocol == IPPROTO_ICMP ? 6 : 4) < 0)
+		return 0;
 	if (ip->protocol == IPPROTO_ICMP) {
 		if (hdr[0] != ICMP_ECHO && hdr[0] != ICMP_ECHOREPLY)
 			return 0;
 		__builtin_memcpy(&l4->sport, hdr + 4, 2);
 		l4->dport = l4->sport;
-		return 1;
+	} else {
+		__builtin_memcpy(&l4->sport, hdr, 2);
+		__builtin_memcpy(&l4->dport, hdr + 2, 2);
 	}
-	__builtin_memcpy(&l4->sport, hdr, 2);
-	__builtin_memcpy(&l4->dport, hdr + 2, 2);
 	if (ip->protocol == IPPROTO_TCP) {
 		__u32 len = bpf_ntohs(ip->tot_len), hlen = sizeof(struct iphdr) + (hdr[12] >> 4) * 4;
 
@@ -163,7 +201,19 @@ static __always_inline int load_l4(struct __sk_buff *ctx, struct iphdr *ip, stru
 		l4->ack = (__u32)hdr[8] << 24 | (__u32)hdr[9] << 16 | (__u32)hdr[10] << 8 | hdr[11];
 		l4->seq_len = (len > hlen ? len - hlen : 0) + !!(hdr[13] & TCP_FLAG_SYN) + !!(hdr[13] & TCP_FLAG_FIN);
 	}
+	if (ip->frag_off & bpf_htons(IP_MF)) {
+		struct frag4_ports fp = { .sport = l4->sport, .dport = l4->dport };
+
+		bpf_map_update_elem(&hr_frag4, &fk, &fp, BPF_ANY);
+	}
 	return 1;
+}
+
+/* is_later_fragment tells whether an IPv4 packet is a fragment after the
+ * first. */
+static __always_inline int is_later_fragment(const struct iphdr *ip)
+{
+	return !!(ip->frag_off & bpf_htons(IP_OFFSET));
 }
 
 static __always_inline struct lb4_service *lb4_lookup_service(__be32 addr, __be16 port, __u8 proto, __u8 scope)
@@ -305,13 +355,18 @@ static __always_inline int csum_l4(struct __sk_buff *ctx, __u8 proto, __be32 fro
 
 /* rewrite4 replaces an address and a port of the packet (the destination
  * with dst set, else the source; an ICMP echo's identifier for its port),
- * checksums included. The packet's pointers are invalid afterwards. */
-static __always_inline int rewrite4(struct __sk_buff *ctx, __u8 proto, int dst, __be32 old_addr, __be32 addr,
-				    __be16 old_port, __be16 port)
+ * checksums included; of a fragment after the first (l4->later), which
+ * carries no L4 header, the address only. The packet's pointers are
+ * invalid afterwards. */
+static __always_inline int rewrite4(struct __sk_buff *ctx, const struct l4 *l4, __u8 proto, int dst, __be32 old_addr,
+				    __be32 addr, __be16 old_port, __be16 port)
 {
 	__u32 addr_off = dst ? IP4_DADDR_OFF : IP4_SADDR_OFF;
 	__u32 port_off = proto == IPPROTO_ICMP ? ICMP_ID_OFF : L4_OFF + (dst ? 2 : 0);
 
+	if (l4->later)
+		return bpf_l3_csum_replace(ctx, IP4_CSUM_OFF, old_addr, addr, sizeof(addr)) < 0 ||
+		       bpf_skb_store_bytes(ctx, addr_off, &addr, sizeof(addr), 0) < 0 ? -1 : 0;
 	/* ICMP's checksum covers no pseudo header. */
 	if ((proto != IPPROTO_ICMP && csum_l4(ctx, proto, old_addr, addr, BPF_F_PSEUDO_HDR | sizeof(addr)) < 0) ||
 	    bpf_l3_csum_replace(ctx, IP4_CSUM_OFF, old_addr, addr, sizeof(addr)) < 0 ||
@@ -465,9 +520,9 @@ static __always_inline int lb4_dnat(struct __sk_buff *ctx, enum direction dir, s
 	__be32 baddr = be->address;
 	__be16 bport = be->port;
 
-	if (rewrite4(ctx, proto, 1, frontend, baddr, l4->dport, bport) < 0)
+	if (rewrite4(ctx, l4, proto, 1, frontend, baddr, l4->dport, bport) < 0)
 		return METRIC_DROP_NAT;
-	if (peer != client && rewrite4(ctx, proto, 0, client, peer, l4->sport, l4->sport) < 0)
+	if (peer != client && rewrite4(ctx, l4, proto, 0, client, peer, l4->sport, l4->sport) < 0)
 		return METRIC_DROP_NAT;
 
 	struct tuple4 from = { .saddr = client, .daddr = frontend, .sport = l4->sport, .dport = l4->dport };
@@ -517,9 +572,9 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *ctx, enum direction dir
 		if (!(svc->st.flags & CT_F_CLOSING))
 			svc->st.expires = now_seconds() + ct_timeout(proto, svc->st.flags);
 	}
-	if (client != rk.daddr && rewrite4(ctx, proto, 1, rk.daddr, client, rk.dport, rk.dport) < 0)
+	if (client != rk.daddr && rewrite4(ctx, l4, proto, 1, rk.daddr, client, rk.dport, rk.dport) < 0)
 		return -METRIC_DROP_NAT;
-	if (rewrite4(ctx, proto, 0, rk.saddr, front, rk.sport, port) < 0)
+	if (rewrite4(ctx, l4, proto, 0, rk.saddr, front, rk.sport, port) < 0)
 		return -METRIC_DROP_NAT;
 
 	struct tuple4 from = { .saddr = rk.saddr, .daddr = rk.daddr, .sport = rk.sport, .dport = rk.dport };

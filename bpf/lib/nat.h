@@ -297,7 +297,7 @@ static __always_inline int snat4_out(struct __sk_buff *ctx, enum direction dir, 
 			return METRIC_DROP_NAT_NO_PORT;
 		verdict = CT_VERDICT_NEW;
 	}
-	if (rewrite4(ctx, proto, 0, saddr, nat_addr, l4->sport, port) < 0)
+	if (rewrite4(ctx, l4, proto, 0, saddr, nat_addr, l4->sport, port) < 0)
 		return METRIC_DROP_NAT;
 
 	struct tuple4 from = { .saddr = saddr, .daddr = daddr, .sport = l4->sport, .dport = l4->dport };
@@ -346,7 +346,7 @@ static __always_inline int snat4_in(struct __sk_buff *ctx, enum direction dir, s
 	struct tuple4 from = { .saddr = ip->saddr, .daddr = ip->daddr, .sport = l4->sport, .dport = l4->dport };
 	struct tuple4 to = { .saddr = ip->saddr, .daddr = to_addr, .sport = l4->sport, .dport = to_port };
 
-	if (rewrite4(ctx, proto, 1, ip->daddr, to_addr, l4->dport, to_port) < 0)
+	if (rewrite4(ctx, l4, proto, 1, ip->daddr, to_addr, l4->dport, to_port) < 0)
 		return -METRIC_DROP_NAT;
 	count_xlate(ctx, dir, METRIC_XLATE_REV_SNAT, proto, l4->tcp_flags, CT_VERDICT_REPLY, 0, &from, &to);
 	return 1;
