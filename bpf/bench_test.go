@@ -225,6 +225,19 @@ func BenchmarkToContainer(b *testing.B) {
 	benchmarkToContainer(b, false)
 }
 
+// BenchmarkToContainerServices measures the to-container step of a node
+// with services: a packet the stack delivers passes the reverse NAT stage
+// (a tail call and a conntrack lookup that finds nothing).
+func BenchmarkToContainerServices(b *testing.B) {
+	d := loadDatapath(b, configRedirect)
+	a, pb := podA.withIfindex(10), podB.withIfindex(loIfindex)
+	d.addPods(a, pb)
+	d.addService(a)
+	frame := ipv4From(a, pb.ip).forwarded(pb).frame()
+	benchmarkVsEmpty(b, d.objs.ToContainer, frame, b.N, tcActOK)
+	checkOnly(b, d, maps.MetricPass)
+}
+
 // BenchmarkToContainerPolicy measures the to-container step through the
 // endpoint's ingress policy, the example policy letting the packet in.
 func BenchmarkToContainerPolicy(b *testing.B) {

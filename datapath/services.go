@@ -98,33 +98,41 @@ func (s Service) String() string {
 	return b.String()
 }
 
+// check refuses, with ErrInvalidService, what s cannot be on any node.
 func (s *Service) check() error {
 	if s.Type == "" {
 		s.Type = ClusterIP
 	}
+	addr := s.Frontend.Addr()
 	switch {
-	case !s.Frontend.Addr().Is4():
-		return fmt.Errorf("frontend %s: want an IPv4 address", s.Frontend)
+	case !addr.Is4():
+		return invalid("frontend %s: want an IPv4 address", s.Frontend)
 	case s.Frontend.Port() == 0:
-		return fmt.Errorf("frontend %s: port 0", s.Frontend)
-	case s.Frontend.Addr().IsUnspecified() && s.Type != NodePort:
-		return fmt.Errorf("frontend %s: address 0.0.0.0 stands for every node address, for a NodePort only", s.Frontend)
+		return invalid("frontend %s: port 0", s.Frontend)
+	case addr.IsUnspecified() && s.Type != NodePort:
+		return invalid("frontend %s: address 0.0.0.0 stands for every node address, for a NodePort only", s.Frontend)
+	case badAddr(addr) != "" && !addr.IsUnspecified():
+		return invalid("frontend %s is %s", s.Frontend, badAddr(addr))
 	case s.Protocol != TCP && s.Protocol != UDP:
-		return fmt.Errorf("frontend %s: protocol %s, want TCP or UDP", s.Frontend, s.Protocol)
+		return invalid("frontend %s: protocol %s, want TCP or UDP", s.Frontend, s.Protocol)
 	case !slices.Contains([]ServiceType{ClusterIP, NodePort, ExternalIP}, s.Type):
-		return fmt.Errorf("frontend %s: unknown service type %q", s.Frontend, s.Type)
+		return invalid("frontend %s: unknown service type %q", s.Frontend, s.Type)
 	case s.SessionAffinity < 0 || s.SessionAffinity > 0xffff*time.Second:
-		return fmt.Errorf("frontend %s: session affinity %s, want 0 to %s", s.Frontend, s.SessionAffinity, 0xffff*time.Second)
+		return invalid("frontend %s: session affinity %s, want 0 to %s", s.Frontend, s.SessionAffinity, 0xffff*time.Second)
 	}
 	seen := map[netip.AddrPort]bool{}
 	for _, b := range s.Backends {
 		switch {
 		case !b.Addr.Addr().Is4() || b.Addr.Port() == 0:
-			return fmt.Errorf("backend %s: want an IPv4 address and a port", b.Addr)
+			return invalid("backend %s: want an IPv4 address and a port", b.Addr)
+		case badAddr(b.Addr.Addr()) != "":
+			return invalid("backend %s is %s", b.Addr, badAddr(b.Addr.Addr()))
+		case b.Addr == s.Frontend:
+			return invalid("backend %s is the service's own frontend", b.Addr)
 		case seen[b.Addr]:
-			return fmt.Errorf("backend %s twice", b.Addr)
+			return invalid("backend %s twice", b.Addr)
 		case b.State > BackendMaintenance:
-			return fmt.Errorf("backend %s: unknown state %d", b.Addr, b.State)
+			return invalid("backend %s: unknown state %d", b.Addr, b.State)
 		}
 		seen[b.Addr] = true
 	}
@@ -136,7 +144,11 @@ func (s *Service) check() error {
 // tc (and, for pods in the socket-LB cgroup, at connect time), their
 // replies back, with the datapath's own conntrack: no iptables rule and no
 // nf_conntrack entry. Established flows keep their backend while it is
-// there. It returns the service's ID. On error nothing changes.
+// there. It returns the service's ID. On error nothing changes: a service
+// that makes no sense is refused with an error wrapping
+// ErrInvalidService (which says what it refuses), and one the
+// node's service tables have no room for with one wrapping
+// ErrServiceTableFull.
 func (d *Datapath) UpsertService(s Service) (uint16, error) {
 	ids, err := d.UpsertServices([]Service{s})
 	if err != nil {
@@ -147,11 +159,13 @@ func (d *Datapath) UpsertService(s Service) (uint16, error) {
 
 // UpsertServices is UpsertService for many services at once, reading the
 // node's service tables once: for an agent that starts with thousands.
-// It stops at the first service in error, after putting those before it.
+// If one of svcs is invalid, it puts none; otherwise it stops at the
+// first service in error (such as one the tables have no room for),
+// after putting those before it, and leaving nothing of that one.
 func (d *Datapath) UpsertServices(svcs []Service) ([]uint16, error) {
 	for i := range svcs {
 		if err := svcs[i].check(); err != nil {
-			return nil, fmt.Errorf("upsert service: %w", err)
+			return nil, fmt.Errorf("upsert service %s/%s: %w", svcs[i].Frontend, svcs[i].Protocol, err)
 		}
 	}
 	ids := make([]uint16, len(svcs))
@@ -160,8 +174,19 @@ func (d *Datapath) UpsertServices(svcs []Service) ([]uint16, error) {
 		if err != nil {
 			return err
 		}
+		if st.nodes, err = d.listNodes(); err != nil {
+			return err
+		}
+		for i := range svcs {
+			if err := st.refuse(&svcs[i]); err != nil {
+				return fmt.Errorf("upsert service %s/%s: %w", svcs[i].Frontend, svcs[i].Protocol, err)
+			}
+		}
 		for i := range svcs {
 			if err := d.upsertService(st, &svcs[i]); err != nil {
+				if errors.Is(err, ErrMapFull) && !errors.Is(err, ErrServiceTableFull) {
+					err = fmt.Errorf("%w: %w", ErrServiceTableFull, err)
+				}
 				// Backends written for it alone go again.
 				return errors.Join(fmt.Errorf("upsert service %s/%s: %w", svcs[i].Frontend, svcs[i].Protocol, err), d.sweepBackends(st))
 			}
@@ -180,11 +205,14 @@ func (d *Datapath) UpsertServices(svcs []Service) ([]uint16, error) {
 type serviceState struct {
 	frontends map[uint16][]maps.Frontend // by service ID, every scope
 	owner     map[maps.Frontend]uint16   // the service ID of each frontend
+	entries   map[maps.Frontend]int      // the frontend table entries of each: its own and its slots
+	used      int                        // the frontend table's entries
 	backends  map[uint32]maps.Backend
 	byAddr    map[backendKey]uint32
 	named     map[uint32]int // how many frontends name each backend
 	locals    map[netip.Addr]bool
 	next      uint32 // the lowest backend ID that may be free
+	nodes     []Node // the other nodes, for UpsertServices
 }
 
 type backendKey struct {
@@ -205,7 +233,7 @@ func (d *Datapath) readServices() (*serviceState, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &serviceState{frontends: map[uint16][]maps.Frontend{}, owner: map[maps.Frontend]uint16{},
+	st := &serviceState{frontends: map[uint16][]maps.Frontend{}, owner: map[maps.Frontend]uint16{}, entries: map[maps.Frontend]int{},
 		backends: backends, byAddr: map[backendKey]uint32{}, named: map[uint32]int{}, locals: locals, next: 1}
 	for _, e := range entries {
 		st.add(e)
@@ -219,6 +247,8 @@ func (d *Datapath) readServices() (*serviceState, error) {
 func (st *serviceState) add(e maps.ServiceEntry) {
 	st.frontends[e.RevNAT] = append(st.frontends[e.RevNAT], e.Frontend)
 	st.owner[e.Frontend] = e.RevNAT
+	st.entries[e.Frontend] = 1 + len(e.Backends) + len(e.Inactive)
+	st.used += st.entries[e.Frontend]
 	for _, id := range append(e.Backends, e.Inactive...) {
 		st.named[id]++
 	}
@@ -271,6 +301,8 @@ func (st *serviceState) forget(d *Datapath, f maps.Frontend) error {
 		st.named[b]--
 	}
 	delete(st.owner, f)
+	st.used -= st.entries[f]
+	delete(st.entries, f)
 	st.frontends[id] = slices.DeleteFunc(st.frontends[id], func(x maps.Frontend) bool { return x == f })
 	if len(st.frontends[id]) == 0 {
 		delete(st.frontends, id)
@@ -278,8 +310,9 @@ func (st *serviceState) forget(d *Datapath, f maps.Frontend) error {
 	return nil
 }
 
-func (d *Datapath) upsertService(st *serviceState, s *Service) error {
+func (d *Datapath) upsertService(st *serviceState, s *Service) (err error) {
 	front := maps.Frontend{Addr: s.Frontend, Proto: s.Protocol}
+	inner := maps.Frontend{Addr: front.Addr, Proto: front.Proto, Scope: maps.ScopeInternal}
 	switch id, ok := st.owner[front]; {
 	case ok && s.ID == 0:
 		s.ID = id
@@ -293,9 +326,47 @@ func (d *Datapath) upsertService(st *serviceState, s *Service) error {
 			}
 		}
 		if s.ID == 0 {
-			return fmt.Errorf("%w: all 65535 service IDs are in use", ErrMapFull)
+			return fmt.Errorf("%w: all 65535 service IDs are in use", ErrServiceTableFull)
 		}
 	}
+
+	// The backends each scope's entry names, by index in s.Backends. The
+	// scopes: traffic from outside takes the external entry, the node's
+	// own (pods, sockets) the internal one where the policies differ. A
+	// ClusterIP is reached from the node's own only.
+	var all, local, inactive []int
+	for i, b := range s.Backends {
+		switch {
+		case b.State != BackendActive:
+			inactive = append(inactive, i)
+		case st.locals[b.Addr.Addr()]:
+			local = append(local, i)
+			fallthrough
+		default:
+			all = append(all, i)
+		}
+	}
+	external := pick(s.ExternalTrafficPolicyLocal && s.Type != ClusterIP, local, all)
+	internal := pick(s.InternalTrafficPolicyLocal, local, all)
+	if s.Type == ClusterIP {
+		external = internal
+	}
+	twoScopes := !slices.Equal(external, internal)
+	innerSize := 0
+	if twoScopes {
+		innerSize = 1 + len(internal) + len(inactive)
+	}
+	if err := d.room(st, s, front, 1+len(external)+len(inactive), innerSize); err != nil {
+		return err
+	}
+	if _, had := st.frontends[s.ID]; !had {
+		defer func() {
+			if err != nil { // a new service: nothing of it stays
+				err = errors.Join(err, d.drop(st, inner), d.drop(st, front), d.deleteMaglev(s.ID))
+			}
+		}()
+	}
+
 	// The service's old frontend, if its ID moves to a new one.
 	for _, f := range slices.Clone(st.frontends[s.ID]) {
 		if f.Addr != front.Addr || f.Proto != front.Proto {
@@ -304,24 +375,18 @@ func (d *Datapath) upsertService(st *serviceState, s *Service) error {
 			}
 		}
 	}
-
 	ids, err := d.backendIDs(st, s)
 	if err != nil {
 		return err
 	}
-	var all, local, inactive []uint32
-	for i, b := range s.Backends {
-		switch {
-		case b.State != BackendActive:
-			inactive = append(inactive, ids[i])
-		case st.locals[b.Addr.Addr()]:
-			local = append(local, ids[i])
-			fallthrough
-		default:
-			all = append(all, ids[i])
+	idsOf := func(indexes []int) []uint32 {
+		out := make([]uint32, len(indexes))
+		for j, i := range indexes {
+			out[j] = ids[i]
 		}
+		return out
 	}
-	entry := maps.ServiceEntry{Frontend: front, RevNAT: s.ID, Backends: all, Inactive: inactive}
+	entry := maps.ServiceEntry{Frontend: front, RevNAT: s.ID, Inactive: idsOf(inactive)}
 	switch s.Type {
 	case NodePort:
 		entry.Flags |= maps.ServiceNodePort
@@ -332,24 +397,15 @@ func (d *Datapath) upsertService(st *serviceState, s *Service) error {
 		entry.Flags |= maps.ServiceAffinity
 		entry.AffinityTimeout = uint16(s.SessionAffinity / time.Second)
 	}
-	// The scopes: traffic from outside takes the external entry, the
-	// node's own (pods, sockets) the internal one where the policies
-	// differ. A ClusterIP is reached from the node's own only.
-	external := pick(s.ExternalTrafficPolicyLocal && s.Type != ClusterIP, local, all)
-	internal := pick(s.InternalTrafficPolicyLocal, local, all)
-	if s.Type == ClusterIP {
-		external = internal
-	}
 	if s.ExternalTrafficPolicyLocal && s.Type != ClusterIP {
 		entry.Flags |= maps.ServiceLocal
 	}
 	if s.InternalTrafficPolicyLocal {
 		entry.Flags |= maps.ServiceInternalLocal
 	}
-	inner := maps.Frontend{Addr: front.Addr, Proto: front.Proto, Scope: maps.ScopeInternal}
-	if !slices.Equal(external, internal) {
+	if twoScopes {
 		e := entry
-		e.Frontend, e.Backends = inner, internal
+		e.Frontend, e.Backends = inner, idsOf(internal)
 		if err := d.put(st, e); err != nil {
 			return err
 		}
@@ -357,7 +413,7 @@ func (d *Datapath) upsertService(st *serviceState, s *Service) error {
 	} else if err := d.drop(st, inner); err != nil {
 		return err
 	}
-	entry.Backends = external
+	entry.Backends = idsOf(external)
 	if err := d.putMaglev(s, &entry, st); err != nil {
 		return err
 	}
@@ -370,11 +426,7 @@ func (d *Datapath) upsertService(st *serviceState, s *Service) error {
 func (d *Datapath) putMaglev(s *Service, entry *maps.ServiceEntry, st *serviceState) error {
 	m := d.node.MaglevTableSize
 	if m == 0 || len(entry.Backends) == 0 {
-		err := d.node.Maps.Maglev.Delete(uint32(s.ID))
-		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete Maglev table: %w", err)
-		}
-		return nil
+		return d.deleteMaglev(s.ID)
 	}
 	names := make([]string, len(entry.Backends))
 	for i, id := range entry.Backends {
@@ -400,7 +452,16 @@ func (d *Datapath) putMaglev(s *Service, entry *maps.ServiceEntry, st *serviceSt
 	return nil
 }
 
-func pick(localOnly bool, local, all []uint32) []uint32 {
+// deleteMaglev deletes the Maglev table of service id, if it has one.
+func (d *Datapath) deleteMaglev(id uint16) error {
+	err := d.node.Maps.Maglev.Delete(uint32(id))
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete Maglev table: %w", err)
+	}
+	return nil
+}
+
+func pick[T any](localOnly bool, local, all []T) []T {
 	if localOnly {
 		return local
 	}
@@ -499,10 +560,7 @@ func (d *Datapath) DeleteService(id uint16) error {
 		for _, f := range slices.Clone(fronts) {
 			errs = append(errs, d.drop(st, f))
 		}
-		errs = append(errs, d.sweepBackends(st))
-		if err := d.node.Maps.Maglev.Delete(uint32(id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, err)
-		}
+		errs = append(errs, d.sweepBackends(st), d.deleteMaglev(id))
 		return errors.Join(errs...)
 	})
 	if err != nil {

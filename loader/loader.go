@@ -93,10 +93,16 @@ type Options struct {
 	// preallocated, about 100 bytes an entry. Default DefaultMaxFlows;
 	// fixed at a node's first load.
 	MaxFlows uint32
-	// MaxServices sizes the service tables (frontends with their backend
-	// slots, backends, reverse NAT): hashes that take memory only for
-	// what they hold. Default DefaultMaxServices; fixed at a node's first
-	// load.
+	// MaxServices is how many services (frontends, as datapath.Service
+	// counts them) the node holds, with ServiceBackendSlots backends each
+	// on average: the frontend table (hr_lb4_services, a frontend's entry
+	// and one per backend slot) holds MaxServices × (1 +
+	// ServiceBackendSlots) entries, the backend table MaxServices ×
+	// ServiceBackendSlots. A service with both traffic policies' scopes
+	// takes its entry and slots twice. Both are hashes that take memory
+	// only for what they hold, besides 16 bytes an entry for their buckets
+	// (6 MiB at the default). Default DefaultMaxServices; fixed at a
+	// node's first load.
 	MaxServices uint32
 	// MaglevTableSize makes services choose backends by Maglev hashing
 	// with tables of this size (a prime such as nat.DefaultTableSize), so
@@ -125,7 +131,12 @@ const minFlowTable = 1024
 // Default table sizes of Options.
 const (
 	DefaultMaxFlows    = 65536
-	DefaultMaxServices = 65536
+	DefaultMaxServices = 16384
+	// ServiceBackendSlots is the average number of backends per service
+	// that the service tables are sized for (see Options.MaxServices).
+	ServiceBackendSlots = 8
+	// MaxServicesLimit is the largest Options.MaxServices.
+	MaxServicesLimit = 1 << 24
 )
 
 // defaultMaglevSlots is the Maglev tables' size of a node made without
@@ -231,6 +242,9 @@ func Load(opts Options) (*Instance, error) {
 	if opts.MaxEndpoints > MaxEndpointsLimit {
 		return nil, fmt.Errorf("MaxEndpoints %d: at most %d", opts.MaxEndpoints, MaxEndpointsLimit)
 	}
+	if opts.MaxServices > MaxServicesLimit {
+		return nil, fmt.Errorf("MaxServices %d: at most %d", opts.MaxServices, MaxServicesLimit)
+	}
 	cidr := opts.NativeRoutingCIDR
 	if cidr.IsValid() && (!cidr.Addr().Is4() || cidr.Masked() != cidr) {
 		return nil, fmt.Errorf("native routing CIDR %s: want an IPv4 network address such as %s", cidr, cidr.Masked())
@@ -276,7 +290,7 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 	switch {
 	case err == nil:
 		prev, err = running.readInfo()
-		flows, services := running.Maps.Conntrack.MaxEntries(), running.Maps.Services.MaxEntries()
+		flows, services := running.Maps.Conntrack.MaxEntries(), running.Maps.Backends.MaxEntries()/ServiceBackendSlots
 		running.Close()
 		if err != nil {
 			return nil, err
@@ -482,9 +496,8 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 	for _, name := range []string{bpf.HostroutingMapHrCt4Any, bpf.HostroutingMapHrCt4New, bpf.HostroutingMapHrSnat4Any, bpf.HostroutingMapHrSnat4New} {
 		spec.Maps[name].MaxEntries = max(opts.MaxFlows/2, minFlowTable)
 	}
-	for _, name := range []string{bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends} {
-		spec.Maps[name].MaxEntries = opts.MaxServices
-	}
+	spec.Maps[bpf.HostroutingMapHrLb4Services].MaxEntries = opts.MaxServices * (1 + ServiceBackendSlots)
+	spec.Maps[bpf.HostroutingMapHrLb4Backends].MaxEntries = opts.MaxServices * ServiceBackendSlots
 	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(config); err != nil {
 		return nil, fmt.Errorf("set datapath config: %w", err)
 	}

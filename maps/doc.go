@@ -19,12 +19,13 @@
 //	hr_info, hr_gc, hr_calls, hr_policy_ret, hr_lb_on, hr_node_addrs, hr_monitor, hr_monitor_state   < 2 KiB
 //	hr_events      monitor events      perf event array         a ring of 64 pages per CPU per reader (OpenMonitor)
 //
-// and with S the service table size (loader.Options.MaxServices, default
-// 65536) and F the flow table size (MaxFlows, default 65536):
+// and with S the number of services (loader.Options.MaxServices, default
+// 16384; the tables hold S services of loader.ServiceBackendSlots = 8
+// backends each on average) and F the flow table size (MaxFlows, default
+// 65536), a power of two P(n) being n rounded up to one:
 //
-//	hr_lb4_services  frontend, slot → entry  hash, not preallocated   16 B × S, + ~100 B per frontend and slot
-//	hr_lb4_backends  ID → backend            hash, not preallocated   16 B × S, + ~90 B per backend
-//	hr_lb4_revnat    service ID → frontend   hash, not preallocated   1 MiB (65536 IDs), + ~80 B per service
+//	hr_lb4_services  frontend, slot → entry  hash, not preallocated   16 B × P(9 × S) (4 MiB), + ~100 B per frontend and slot
+//	hr_lb4_backends  ID → backend            hash, not preallocated   16 B × P(8 × S) (2 MiB), + ~90 B per backend
 //	hr_ct4_tcp       established TCP flows   hash, preallocated       ~112 B × F (7.0 MiB)
 //	hr_ct4_any       established, the rest   hash, preallocated       ~112 B × F/2 (3.5 MiB)
 //	hr_ct4_new       flows not established   LRU hash, preallocated   ~112 B × F/2 (3.5 MiB)
@@ -41,9 +42,10 @@
 // entry per CPU, an LRU hash per-CPU free lists of entries it already
 // counts): at 2 and at 128 CPUs alike 608 B × F, plus 128 B × C for
 // hr_ct_stats. Only hr_ep_stats grows with CPUs × endpoints: 4.8 MiB at
-// 1024 endpoints on 128 CPUs. A default node takes about 41 MiB on 2
-// CPUs, 38 MiB of it the flow tables: size F by the flows a node carries
-// at once. Size E by the node's real pod
+// 1024 endpoints on 128 CPUs. A default node takes about 46 MiB on 2
+// CPUs, 38 MiB of it the flow tables and 6 MiB the service tables: size F
+// by the flows a node carries at once, S by its services. Size E by the
+// node's real pod
 // limit (kubelet's maxPods and some room for churn); the hashes take
 // memory for what they hold and a bucket array of 16 B per entry they may
 // hold.

@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -64,6 +65,12 @@ func main() {
 	flag.StringVar(&cfg.Healthz, "healthz", "127.0.0.1:10256", "address to serve /healthz on; empty for none")
 	flag.StringVar(&cfg.Metrics, "metrics", "", "address to serve /metrics on; empty for none")
 	flag.StringVar(&serviceCIDR, "service-cidr", "", "the API server's --service-cluster-ip-range (e.g. 10.96.0.0/12): unallocated ClusterIPs are rejected")
+	flag.Func("max-services", "how many datapath services (one per Service port and ClusterIP, NodePort or external IP) the node's service tables hold, "+
+		"with 8 backends each on average, from its first load; default the running node's, or 16384", func(s string) error {
+		n, err := strconv.ParseUint(s, 10, 32)
+		cfg.MaxServices = uint32(n)
+		return err
+	})
 	flag.Float64Var(&flowRatio, "flow-memory-ratio", 0.0025,
 		"share of the machine's memory the conntrack and NAT tables take at the node's first load (Cilium's bpf-map-dynamic-size-ratio); 0 for 65536 flows")
 	flag.Parse()

@@ -57,6 +57,12 @@ type NetConf struct {
 	// first ADD's datapath (datapath.Config.CgroupPath). Empty leaves
 	// services to the tc load balancer.
 	CgroupPath string `json:"cgroupPath,omitempty"`
+	// MaxServices sizes the node's service tables when the first ADD
+	// loads the datapath: how many services (frontends) they hold, with
+	// loader.ServiceBackendSlots backends each on average
+	// (datapath.Config.MaxServices). 0 takes the running node's, or the
+	// loader's default; another value than the running node's fails.
+	MaxServices uint32 `json:"maxServices,omitempty"`
 
 	timeout time.Duration // Timeout parsed by validate
 }
@@ -137,6 +143,9 @@ func (c *NetConf) validate() error {
 	if c.CgroupPath != "" && (!filepath.IsAbs(c.CgroupPath) || strings.ContainsRune(c.CgroupPath, 0)) {
 		return cniError(types.ErrInvalidNetworkConfig, "cgroupPath %q is not an absolute path such as /sys/fs/cgroup", trimmed(c.CgroupPath, maxShownPinPath))
 	}
+	if c.MaxServices > loader.MaxServicesLimit {
+		return cniError(types.ErrInvalidNetworkConfig, "maxServices %d: at most %d", c.MaxServices, loader.MaxServicesLimit)
+	}
 	return c.checkDevice()
 }
 
@@ -208,6 +217,7 @@ func (c *NetConf) datapathConfig() (datapath.Config, error) {
 		NativeRoutingCIDR: native,
 		DisableMasquerade: c.Masquerade != nil && !*c.Masquerade,
 		CgroupPath:        c.CgroupPath,
+		MaxServices:       c.MaxServices,
 	}
 	if c.Device != "" {
 		cfg.Devices = []string{c.Device}

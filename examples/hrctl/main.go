@@ -48,7 +48,9 @@
 // externalTrafficPolicy Local (NodePort and ExternalIP services only),
 // --internal-local internalTrafficPolicy Local,
 // --affinity sessionAffinity ClientIP with that timeout, --terminating
-// adds backends that keep their flows and take no new ones. socket-lb
+// names those of --backends that keep their flows and take no new ones.
+// node add refuses a pod CIDR holding an endpoint of this node (its own
+// pods are no other node's). socket-lb
 // puts socket-level load balancing on a cgroup v2 directory (the
 // cgroup2 root, e.g. /sys/fs/cgroup, for the whole node), moving it from
 // the one it was on, or takes it off (--off). monitor turns the node's
@@ -116,12 +118,13 @@ type options struct {
 	ip      netip.Addr
 	force   bool
 	svc     datapath.Service
-	idSet   bool   // --id was given
-	cgroup  string // socket-lb --cgroup
-	off     bool   // socket-lb --off
-	listen  string // serve-metrics --listen
-	perEP   bool   // serve-metrics --endpoints
-	verbose bool   // status --verbose
+	idSet   bool             // --id was given
+	term    []netip.AddrPort // service update --terminating
+	cgroup  string           // socket-lb --cgroup
+	off     bool             // socket-lb --off
+	listen  string           // serve-metrics --listen
+	perEP   bool             // serve-metrics --endpoints
+	verbose bool             // status --verbose
 	mon     monitorOptions
 }
 
@@ -626,7 +629,20 @@ func nodeAddCheck(o *options) error {
 }
 
 // nodeAdd routes the other node's pod CIDRs via its IP: datapath.UpsertNode.
+// A pod CIDR that holds an endpoint of this node is this node's own:
+// routing it away would cut its pods off.
 func nodeAdd(dp *datapath.Datapath, opts options, w io.Writer) error {
+	eps, err := dp.Endpoints()
+	if err != nil {
+		return err
+	}
+	for _, p := range opts.node.PodCIDRs {
+		for _, ep := range eps {
+			if p.Contains(ep.IP) {
+				return fmt.Errorf("pod CIDR %s holds endpoint %s of this node: it is this node's own, not node %s's", p, ep.IP, opts.node.Name)
+			}
+		}
+	}
 	return dp.UpsertNode(opts.node)
 }
 
@@ -731,15 +747,15 @@ func parseAddrPort(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
-// backendsFlag parses a comma-separated list of backends in state.
-func backendsFlag(o *options, state datapath.BackendState) func(string) error {
+// backendsFlag parses a comma-separated list of active backends.
+func backendsFlag(o *options) func(string) error {
 	return func(s string) error {
 		for b := range strings.SplitSeq(s, ",") {
 			ap, err := parseAddrPort(b)
 			if err != nil {
 				return err
 			}
-			o.svc.Backends = append(o.svc.Backends, datapath.Backend{Addr: ap, State: state})
+			o.svc.Backends = append(o.svc.Backends, datapath.Backend{Addr: ap})
 		}
 		return nil
 	}
@@ -761,8 +777,17 @@ func serviceUpdateFlags(fs *flag.FlagSet, o *options) {
 		o.svc.Frontend = ap
 		return err
 	})
-	fs.Func("backends", "the active backends' `IP:PORT`s, comma-separated; the flag may repeat", backendsFlag(o, datapath.BackendActive))
-	fs.Func("terminating", "backends that keep their flows but take no new ones, `IP:PORT`s as --backends", backendsFlag(o, datapath.BackendTerminating))
+	fs.Func("backends", "the backends' `IP:PORT`s, comma-separated; the flag may repeat", backendsFlag(o))
+	fs.Func("terminating", "those of --backends that keep their flows but take no new ones, `IP:PORT`s as --backends", func(s string) error {
+		for b := range strings.SplitSeq(s, ",") {
+			ap, err := parseAddrPort(b)
+			if err != nil {
+				return err
+			}
+			o.term = append(o.term, ap)
+		}
+		return nil
+	})
 	fs.Func("type", "the service `type`: ClusterIP (default), NodePort or ExternalIP", func(s string) error {
 		t, ok := serviceTypes[strings.ToLower(s)]
 		if !ok {
@@ -817,6 +842,13 @@ func serviceUpdateCheck(o *options) error {
 			return fmt.Errorf("backend %s given twice", b.Addr)
 		}
 		seen[b.Addr] = true
+	}
+	for _, t := range o.term {
+		i := slices.IndexFunc(s.Backends, func(b datapath.Backend) bool { return b.Addr == t })
+		if i < 0 {
+			return fmt.Errorf("--terminating %s is not one of --backends", t)
+		}
+		s.Backends[i].State = datapath.BackendTerminating
 	}
 	return nil
 }

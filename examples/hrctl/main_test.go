@@ -335,11 +335,18 @@ func TestHrctlNodeCommands(t *testing.T) {
 		t.Errorf("routes after node add with %s only:\n%s", n1.PodCIDR, r)
 	}
 
-	// What the datapath refuses: exit 1, one line.
+	// What the datapath refuses: exit 1, one line. The node's own pod
+	// CIDR, which holds an endpoint of the node, is no other node's.
+	own := n0.AddPod(t, "own", n0.PodIP(10))
+	own.AddEndpoint(t, dp)
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
+		{[]string{"--name", "self", "--ip", "172.18.0.9", "--pod-cidr", n0.PodCIDR.String()},
+			fmt.Sprintf("pod CIDR %s holds endpoint %s of this node: it is this node's own, not node self's", n0.PodCIDR, own.IP)},
+		{[]string{"--name", n1.Name, "--ip", n1.IP.String(), "--pod-cidr", n1.PodCIDR.String() + ",10.0.0.0/23"},
+			fmt.Sprintf("pod CIDR 10.0.0.0/23 holds endpoint %s of this node", own.IP)},
 		{[]string{"--name", "far", "--ip", "192.168.7.7", "--pod-cidr", "10.0.9.0/24"}, "not on a subnet"},
 		{[]string{"--name", "other", "--ip", "172.18.0.9", "--pod-cidr", "10.0.1.128/25"}, "overlaps"},
 		{[]string{"--name", "other", "--ip", n1.IP.String(), "--pod-cidr", "10.0.9.0/24"}, "belongs to node " + n1.Name},
@@ -984,7 +991,10 @@ func TestHrctlServiceUsage(t *testing.T) {
 		{with("--id", "65536"), `-id: "65536" is not a service ID from 0 to 65535`},
 		{with("--id", "web"), `-id: "web" is not a service ID`},
 		{with("--local"), "--local (externalTrafficPolicy Local) is for NodePort and ExternalIP services, not ClusterIP"},
-		{with("--terminating", "10.0.0.12:8080", "--type", "NodePort"), "backend 10.0.0.12:8080 given twice"},
+		{with("--backends", "10.0.0.12:8080", "--type", "NodePort"), "backend 10.0.0.12:8080 given twice"},
+		{with("--terminating", "10.0.0.13:8080"), "--terminating 10.0.0.13:8080 is not one of --backends"},
+		{with("--terminating", "10.0.0.12:8080,10.0.0.11:80"), "--terminating 10.0.0.11:80 is not one of --backends"},
+		{[]string{"service", "update", "--frontend", "10.96.0.10:80", "--terminating", "10.0.0.11:8080"}, "missing --backends"},
 		{with("extra"), `unexpected argument "extra"`},
 		{[]string{"service", "delete"}, "hrctl service delete: missing --id"},
 		{[]string{"service", "delete", "--id", "0"}, "--id 0: service IDs run from 1 to 65535"},
@@ -1006,9 +1016,9 @@ func TestHrctlServiceUsage(t *testing.T) {
 	}
 	// Well-formed, in any order and case: the missing node is the error.
 	for _, args := range [][]string{
-		with("--type", "nodeport", "--protocol", "UDP", "--local", "--internal-local", "--affinity", "3h", "--terminating", "10.0.0.13:8080", "--id", "0"),
+		with("--type", "nodeport", "--protocol", "UDP", "--local", "--internal-local", "--affinity", "3h", "--terminating", "10.0.0.12:8080", "--id", "0"),
 		{"service", "update", "--backends", "10.0.0.11:8080", "--backends", "10.0.0.12:8080", "--frontend", "10.96.0.10:80", "--type", "ExternalIPs", "--json"},
-		{"service", "update", "--frontend", "10.96.0.10:80", "--terminating", "10.0.0.11:8080"},
+		{"service", "update", "--frontend", "10.96.0.10:80", "--terminating", "10.0.0.11:8080", "--backends", "10.0.0.11:8080"},
 		{"service", "delete", "--id", "65535"}, {"service", "list", "--json"},
 		{"ct", "list"}, {"ct", "flush"}, {"ct", "flush", "--ip", "::ffff:10.0.0.10"}, {"nat", "list", "--json"},
 	} {
@@ -1097,7 +1107,7 @@ func TestHrctlServices(t *testing.T) {
 	terminating := netip.MustParseAddrPort("10.0.0.99:8080")
 	var created struct{ ID uint16 }
 	out := mustRun("--json", "service", "update", "--id", "0", "--frontend", nodePort.String(), "--type", "NodePort",
-		"--local", "--internal-local", "--affinity", "3h", "--backends", tcpBackend.String(), "--terminating", terminating.String())
+		"--local", "--internal-local", "--affinity", "3h", "--backends", tcpBackend.String()+","+terminating.String(), "--terminating", terminating.String())
 	if err := json.Unmarshal([]byte(out), &created); err != nil || created.ID != 2 {
 		t.Errorf("service update --json: %v, %q; want ID 2", err, out)
 	}

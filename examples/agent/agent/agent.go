@@ -83,6 +83,11 @@ type Config struct {
 	// a share of memory); 0 takes the running node's, or the loader's
 	// default.
 	MaxFlows uint32
+	// MaxServices sizes the node's service tables at its first load
+	// (loader.Options.MaxServices): how many datapath services the node
+	// holds, one per Service port and ClusterIP, NodePort or external IP;
+	// 0 takes the running node's, or the loader's default.
+	MaxServices uint32
 	// ServiceCIDR is the API server's --service-cluster-ip-range: an
 	// address in it that no Service has, or a port its Service lacks, is
 	// rejected (datapath.Config.ServiceCIDR); invalid for none.
@@ -117,6 +122,10 @@ type Agent struct {
 	nodes      map[string]datapath.Node                    // other nodes as put on the datapath
 	warned     map[string]string                           // the last problem logged per object, to log it once
 	cniWritten []byte                                      // the CNI configuration last written
+
+	failing      map[string]error // the Services the datapath did not take, and why: owned by the worker
+	unprogrammed string           // why /healthz fails while services fail to program: guarded by mu
+	metrics      agentMetrics
 }
 
 // item is a unit of work: a Node or a Service (with its EndpointSlices),
@@ -154,7 +163,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("make API client: %w", err)
 	}
-	return &Agent{cfg: cfg, log: log, client: client, synced: make(chan struct{})}, nil
+	return &Agent{cfg: cfg, log: log, client: client, synced: make(chan struct{}), metrics: newAgentMetrics()}, nil
 }
 
 // Synced is closed once the agent has brought the datapath in line with
@@ -174,6 +183,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		NativeRoutingCIDR: a.cfg.NativeRoutingCIDR,
 		CgroupPath:        a.cfg.CgroupPath,
 		MaxFlows:          a.cfg.MaxFlows,
+		MaxServices:       a.cfg.MaxServices,
 		ServiceCIDR:       a.cfg.ServiceCIDR,
 	})
 	if err != nil {
@@ -204,6 +214,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.owners = map[uint16]frontendKey{}
 	a.nodes = map[string]datapath.Node{}
 	a.warned = map[string]string{}
+	a.failing = map[string]error{}
 	a.informers, err = a.startInformers(ctx)
 	if err != nil {
 		return err
@@ -316,9 +327,14 @@ func (a *Agent) process(batch []item) map[item]error {
 			services = append(services, it.key)
 		}
 	}
-	for name, err := range a.syncServices(services) {
+	failedServices := a.syncServices(services)
+	for _, name := range services {
+		a.serviceSynced(name, failedServices[name])
+	}
+	for name, err := range failedServices {
 		failed[item{kindService, name}] = err
 	}
+	a.publishHealth()
 	return failed
 }
 

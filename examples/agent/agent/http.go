@@ -26,7 +26,7 @@ func (a *Agent) serve(ctx context.Context, servers *sync.WaitGroup) error {
 	}
 	if a.cfg.Metrics != "" {
 		reg := prometheus.NewRegistry()
-		if err := reg.Register(metrics.NewCollector(a.dp, metrics.Options{})); err != nil {
+		if err := errors.Join(reg.Register(metrics.NewCollector(a.dp, metrics.Options{})), a.metrics.register(reg)); err != nil {
 			return fmt.Errorf("register metrics: %w", err)
 		}
 		if mux[a.cfg.Metrics] == nil {
@@ -53,25 +53,32 @@ func (a *Agent) serve(ctx context.Context, servers *sync.WaitGroup) error {
 	return nil
 }
 
-// health is the body of /healthz, as kube-proxy's.
+// health is the body of /healthz, as kube-proxy's, with the reason it is
+// unhealthy.
 type health struct {
 	LastUpdated time.Time `json:"lastUpdated"`
 	CurrentTime time.Time `json:"currentTime"`
 	Healthy     bool      `json:"healthy"`
+	Reason      string    `json:"reason,omitempty"`
 }
 
 // healthz answers 200 once the agent has brought the datapath in line with
-// the API and the datapath answers, 503 before or when it does not.
+// the API and the datapath answers, 503 with the reason before, when it
+// does not, and while Services fail to program for another reason than
+// being invalid (such as full service tables).
 func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 	a.mu.Lock()
-	h := health{LastUpdated: a.lastUpdated, CurrentTime: time.Now()}
+	h := health{LastUpdated: a.lastUpdated, CurrentTime: time.Now(), Reason: a.unprogrammed}
 	dp := a.dp
 	a.mu.Unlock()
 	select {
 	case <-a.synced:
-		_, err := dp.Devices()
-		h.Healthy = err == nil
+		if _, err := dp.Devices(); err != nil {
+			h.Reason = fmt.Sprintf("datapath: %v", err)
+		}
+		h.Healthy = h.Reason == ""
 	default:
+		h.Reason = "not in line with the API yet"
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
