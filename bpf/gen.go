@@ -5,6 +5,8 @@ package bpf
 
 //go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type endpoint_info -type endpoint_stats -type metric_value -type node_info -type node_entry -type endpoint_meta -type lb4_key -type lb4_service -type lb4_backend -type lb4_reverse_nat -type ct4_key -type ct_entry -type nat4_entry Hostrouting hostrouting.c
 
+//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel SockTerm sockterm.c
+
 import "crypto/sha256"
 
 // ObjectHash identifies the compiled datapath object, so that a loader can
