@@ -30,7 +30,7 @@ func BenchmarkUpsertServices(b *testing.B) {
 	var total time.Duration
 	for b.Loop() {
 		b.StopTimer()
-		dp := node.NewDatapath(b, datapath.Config{MaxServices: 1 << 18})
+		dp := node.NewDatapath(b, datapath.Config{MaxServices: 12500})
 		b.StartTimer()
 		start := time.Now()
 		if _, err := dp.UpsertServices(svcs); err != nil {

@@ -650,53 +650,6 @@ func TestHairpin(t *testing.T) {
 	}
 }
 
-// TestServiceMapFull: a service the frontend table has no room for is
-// refused with ErrMapFull and leaves nothing behind; the services before
-// it stay as they were, and a smaller one still fits.
-func TestServiceMapFull(t *testing.T) {
-	_, a, b, dp := twoPods(t, datapath.Config{MaxServices: 8})
-	backends := func(n int) []datapath.Backend {
-		var bs []datapath.Backend
-		for i := range n {
-			bs = append(bs, datapath.Backend{Addr: netip.AddrPortFrom(b.IP, uint16(8000+i))})
-		}
-		return bs
-	}
-	// Each service takes its frontend entry and one per backend: 3 + 3.
-	for i := range 2 {
-		if _, err := dp.UpsertService(datapath.Service{Frontend: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, 0, byte(i + 1)}), 80),
-			Protocol: datapath.TCP, Backends: backends(2)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	before, err := dp.Services()
-	if err != nil {
-		t.Fatal(err)
-	}
-	big := netip.MustParseAddrPort("10.96.0.9:80")
-	_, err = dp.UpsertService(datapath.Service{Frontend: big, Protocol: datapath.TCP, Backends: backends(4)})
-	if !errors.Is(err, datapath.ErrMapFull) || !strings.Contains(err.Error(), big.String()) {
-		t.Fatalf("a service with no room: %v, want ErrMapFull naming %s", err, big)
-	}
-	after, err := dp.Services()
-	if err != nil || fmt.Sprint(after) != fmt.Sprint(before) {
-		t.Errorf("services after the refusal:\n%v\nwant\n%v (%v)", after, before, err)
-	}
-	node, err := loader.Open(pinPathOf(t, dp))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	bs, err := maps.NewServices(maps.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends, On: node.Maps.ServicesOn}).Backends()
-	if err != nil || len(bs) != 2 {
-		t.Errorf("backends after the refusal: %v, %v; want the two the services name", bs, err)
-	}
-	if _, err := dp.UpsertService(datapath.Service{Frontend: big, Protocol: datapath.TCP, Backends: backends(1)}); err != nil {
-		t.Errorf("a service that fits after the refusal: %v", err)
-	}
-	a.MustTCPEcho(t, b.IP, b.ServeTCPEcho(t))
-}
-
 // TestServiceICMPError: a UDP datagram to a ClusterIP whose backend has
 // no listener fails with ECONNREFUSED at the client, as without a
 // service: the backend's port unreachable reaches the client's socket
