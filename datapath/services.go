@@ -497,12 +497,16 @@ func (d *Datapath) backendIDs(st *serviceState, s *Service) ([]uint32, error) {
 }
 
 // sweepBackends deletes backends no frontend names any more (their flows
-// flushed: IDs are reused), and sets the backend flag of the local
+// flushed: IDs are reused; with socket LB, the node's connected UDP
+// sockets to them destroyed), and sets the backend flag of the local
 // endpoints that are backends (their replies are translated back),
 // clearing it on those that are not.
 func (d *Datapath) sweepBackends(st *serviceState) error {
 	addrs := map[netip.Addr]bool{}
-	var errs []error
+	var (
+		errs []error
+		udp  []netip.AddrPort
+	)
 	for id, b := range st.backends {
 		if st.named[id] > 0 {
 			addrs[b.Addr.Addr()] = true
@@ -513,6 +517,17 @@ func (d *Datapath) sweepBackends(st *serviceState) error {
 		delete(st.backends, id)
 		delete(st.byAddr, backendKey{b.Addr, b.Proto})
 		st.next = min(st.next, id)
+		if b.Proto == maps.UDP {
+			udp = append(udp, b.Addr)
+		}
+	}
+	// Sockets socket LB pointed at a backend that went would send into
+	// the void: destroyed, they see an error and connect again (Linux ≥
+	// 6.5; on older kernels they stay, as before).
+	if len(udp) > 0 && d.node.CgroupAttached() {
+		if _, err := loader.DestroyUDPSockets(d.cfg.Netns, udp); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+			errs = append(errs, err)
+		}
 	}
 	eps, err := d.endpoints.List()
 	if err != nil {

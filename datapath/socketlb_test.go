@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"net"
@@ -27,6 +28,11 @@ func askMain(ask string) int {
 	if _, err := fmt.Sscan(ask, &netns, &proto, &dst); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
+	}
+	if proto == "hold-udp4" {
+		// A UDP client that socket LB gives a backend of dst: it says
+		// "ready", then reads until its socket fails, and says how.
+		return holdUDP(netns, netip.MustParseAddrPort(dst))
 	}
 	if network, ok := strings.CutPrefix(proto, "refused-"); ok {
 		// Whether dialling dst fails with ECONNREFUSED within 100 ms:
@@ -184,5 +190,74 @@ func TestSocketLBNodePort(t *testing.T) {
 		if got, _ := askFromCgroup(t, cgroup, n0.Netns, "bind-tcp4", netip.MustParseAddrPort(dst)); got != want {
 			t.Errorf("bind %s in the node: %s, want %s", dst, got, want)
 		}
+	}
+}
+
+// holdUDP connects a UDP socket to dst from the namespace at netns, says
+// "ready" on stdout, and reads until the socket fails: "aborted" when it
+// was destroyed (ECONNABORTED), else the error.
+func holdUDP(netns string, dst netip.AddrPort) int {
+	var c net.Conn
+	if err := routing.Do(netns, func() (err error) {
+		c, err = net.Dial("udp4", dst.String())
+		return err
+	}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("ready")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.Read(make([]byte, 64))
+	if errors.Is(err, syscall.ECONNABORTED) {
+		fmt.Println("aborted")
+	} else {
+		fmt.Println(err)
+	}
+	return 0
+}
+
+// TestSocketLBBackendGone: a connected UDP socket that socket LB gave a
+// backend is destroyed when that backend leaves its service (a DNS client
+// of a dead DNS pod): its read fails at once with ECONNABORTED, so it
+// connects again, to a live backend. Before, it read (and sent) into the
+// void until its own timeout.
+func TestSocketLBBackendGone(t *testing.T) {
+	cgroup := datapathtest.NewCgroup(t)
+	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{CgroupPath: cgroup})
+	n0 := cn.cluster.Nodes[0]
+	vip := netip.MustParseAddrPort("10.96.0.53:53")
+	gone, stays := netip.AddrPortFrom(cn.b.IP, 5353), netip.AddrPortFrom(cn.a.IP, 5353)
+	if _, err := cn.dps[0].UpsertService(datapath.Service{Frontend: vip, Protocol: datapath.UDP,
+		Backends: []datapath.Backend{{Addr: gone}}}); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), askEnv+"="+fmt.Sprint(n0.Netns, " hold-udp4 ", vip))
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = t.Output()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "ready" {
+		t.Fatalf("client: %q, want ready", lines.Text())
+	}
+	start := time.Now()
+	if _, err := cn.dps[0].UpsertService(datapath.Service{Frontend: vip, Protocol: datapath.UDP,
+		Backends: []datapath.Backend{{Addr: stays}}}); err != nil {
+		t.Fatal(err)
+	}
+	if !lines.Scan() || lines.Text() != "aborted" || time.Since(start) > time.Second {
+		t.Errorf("the client's socket to the gone backend: %q after %v, want aborted at once", lines.Text(), time.Since(start))
 	}
 }
