@@ -59,7 +59,9 @@ func main() {
 	flag.StringVar(&cfg.PinPath, "pin-path", loader.DefaultPinPath, "the node's datapath directory on bpffs")
 	flag.Var(&devs, "device", "device toward other nodes (repeatable, or a comma list)")
 	flag.StringVar(&native, "native-routing-cidr", "", "CIDR holding the pods of all nodes, e.g. 10.0.0.0/8")
-	flag.StringVar(&cfg.CgroupPath, "cgroup", "", "cgroup v2 directory whose sockets get socket-level load balancing")
+	root, _ := loader.Cgroup2Root() // empty where there is none: no socket LB
+	flag.StringVar(&cfg.CgroupPath, "cgroup", root,
+		"cgroup v2 directory whose sockets get socket-level load balancing: the whole node by default (as Cilium's bpf-lb-sock); a child to narrow it, empty to turn it off")
 	flag.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "", "directory to write "+agent.CNIConfFile+" to; empty for none")
 	flag.IntVar(&cfg.MTU, "mtu", 0, "pods' MTU in the CNI configuration; 0 takes the first device's")
 	flag.StringVar(&cfg.Healthz, "healthz", "127.0.0.1:10256", "address to serve /healthz on; empty for none")

@@ -372,7 +372,8 @@ func startBinary(t *testing.T, bin string, cfg Config) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(bin, "--kubeconfig", cfg.Kubeconfig, "--node-name", cfg.NodeName, "--netns", cfg.Netns,
 		"--pin-path", cfg.PinPath, "--device", strings.Join(cfg.Devices, ","),
-		"--native-routing-cidr", cfg.NativeRoutingCIDR.String(), "--healthz", cfg.Healthz, "--metrics", cfg.Metrics)
+		"--native-routing-cidr", cfg.NativeRoutingCIDR.String(), "--healthz", cfg.Healthz, "--metrics", cfg.Metrics,
+		"--cgroup", cfg.CgroupPath) // never the machine's root cgroup: a test's child, or none
 	cmd.Stdout, cmd.Stderr = t.Output(), t.Output()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
