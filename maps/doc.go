@@ -13,10 +13,12 @@
 //	hr_lxc         ifindex slot → endpoint  array               40 B × S, S = 8×E rounded up to a power of two, ≤ 65536
 //	hr_ep_stats    ID → counters       per-CPU array            48 B × C × (E+1)
 //	hr_policy      ID → policy         program array            8 B × (E+1)
-//	hr_metrics     node-wide counters  per-CPU array            16 B × C × 92 (4 directions × 23 metrics)
+//	hr_metrics     node-wide counters  per-CPU array            16 B × C × 100 (4 directions × 25 metrics)
 //	hr_nodes       node IP → name      hash, not preallocated   ~ 150 B per node
 //	hr_ep_meta     ID → container ID   hash, not preallocated   ~ 250 B per endpoint with one
 //	hr_info, hr_gc, hr_calls, hr_policy_ret, hr_lb_on, hr_node_addrs, hr_monitor, hr_monitor_state   < 2 KiB
+//	hr_reject      rejections' rate    per-CPU array            16 B × C
+//	hr_frag4       fragmented datagrams LRU hash, preallocated  ~64 B × 8192 (0.5 MiB)
 //	hr_events      monitor events      perf event array         a ring of 64 pages per CPU per reader (OpenMonitor)
 //
 // and with S the number of services (loader.Options.MaxServices, default
