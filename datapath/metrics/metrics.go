@@ -13,7 +13,8 @@
 //	hostrouting_forward_bytes_total{direction,path}    redirect, fib_redirect, redirect_neigh, stack, pass, arp_reply)
 //	hostrouting_drop_count_total{direction,reason}     packets it dropped (reason: spoofed, invalid, unknown_l3,
 //	hostrouting_drop_bytes_total{direction,reason}     policy, vlan, tail_call, no_backend, nat, nat_no_port,
-//	                                                   ct_full, ip_options, router_msg)
+//	                                                   ct_full, ip_options, router_msg, frag_not_found,
+//	                                                   reject: answered with port unreachable instead)
 //	hostrouting_translation_count_total{direction,kind}  packets translated (kind: dnat, snat, rev_dnat,
 //	hostrouting_translation_bytes_total{direction,kind}  rev_snat), besides their forward or drop
 //	hostrouting_bpf_map_pressure{map_name}             how full each map is, 0 to 1
