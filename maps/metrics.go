@@ -41,31 +41,31 @@ type Metric uint32
 // sees is counted under exactly one outcome, and once more under each
 // translation it undergoes (IsTranslation).
 const (
-	MetricForwardPeer     Metric = iota // delivered to a local pod with bpf_redirect_peer
-	MetricForwardRedirect               // delivered with bpf_redirect to the host device
-	MetricToStack                       // handed to the kernel's stack
-	MetricARPReply                      // ARP request answered by the datapath
-	MetricDropSpoofed                   // source IP or MAC not the endpoint's own
-	MetricDropInvalid                   // truncated or malformed frame
-	MetricDropUnknownL3                 // ethertype the datapath does not carry
-	MetricDropPolicy                    // refused by the endpoint's ingress policy
-	MetricForwardFIB                    // to another node: bpf_fib_lookup + bpf_redirect
-	MetricForwardNeigh                  // to another node: bpf_fib_lookup + bpf_redirect_neigh
-	MetricPass                          // let through where it was going (into the pod, onto the wire)
-	MetricDropVLAN                      // VLAN-tagged frame from a pod
-	MetricDropTailCall                  // a datapath stage was missing (during a reload)
-	MetricDropNoBackend                 // to a service frontend without backends
-	MetricDropNAT                       // a translation failed (packet rewrite)
-	MetricDropNATNoPort                 // no free port to translate a new flow's source to
-	MetricXlateDNAT                     // translated to a service backend (destination NAT)
-	MetricXlateSNAT                     // source translated to the node's address (masquerade, NodePort to another node)
-	MetricXlateRevDNAT                  // a service reply translated back to come from the frontend
-	MetricXlateRevSNAT                  // a masqueraded flow's reply translated back to its pod
-	MetricDropCTFull                    // no room for a new flow's conntrack or NAT entries
-	MetricDropIPOptions                 // a pod's packet with IP options that would leave untranslated
-	MetricDropRouterMsg                 // a router advertisement or redirect from a pod
-	MetricReject                        // to a service without backends (or none): answered with port unreachable
-	MetricDropFragNotFound              // a fragment to translate whose first fragment was not seen
+	MetricForwardPeer      Metric = iota // delivered to a local pod with bpf_redirect_peer
+	MetricForwardRedirect                // delivered with bpf_redirect to the host device
+	MetricToStack                        // handed to the kernel's stack
+	MetricARPReply                       // ARP request answered by the datapath
+	MetricDropSpoofed                    // source IP or MAC not the endpoint's own
+	MetricDropInvalid                    // truncated or malformed frame
+	MetricDropUnknownL3                  // ethertype the datapath does not carry
+	MetricDropPolicy                     // refused by the endpoint's ingress policy
+	MetricForwardFIB                     // to another node: bpf_fib_lookup + bpf_redirect
+	MetricForwardNeigh                   // to another node: bpf_fib_lookup + bpf_redirect_neigh
+	MetricPass                           // let through where it was going (into the pod, onto the wire)
+	MetricDropVLAN                       // VLAN-tagged frame from a pod
+	MetricDropTailCall                   // a datapath stage was missing (during a reload)
+	MetricDropNoBackend                  // to a service frontend without backends
+	MetricDropNAT                        // a translation failed (packet rewrite)
+	MetricDropNATNoPort                  // no free port to translate a new flow's source to
+	MetricXlateDNAT                      // translated to a service backend (destination NAT)
+	MetricXlateSNAT                      // source translated to the node's address (masquerade, NodePort to another node)
+	MetricXlateRevDNAT                   // a service reply translated back to come from the frontend
+	MetricXlateRevSNAT                   // a masqueraded flow's reply translated back to its pod
+	MetricDropCTFull                     // no room for a new flow's conntrack or NAT entries
+	MetricDropIPOptions                  // a pod's packet with IP options that would leave untranslated
+	MetricDropRouterMsg                  // a router advertisement or redirect from a pod
+	MetricReject                         // to a service without backends (or none): answered with port unreachable
+	MetricDropFragNotFound               // a fragment to translate whose first fragment was not seen
 	// MetricCount is the number of metrics.
 	MetricCount
 )
