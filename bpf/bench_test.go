@@ -68,6 +68,18 @@ type benchRun struct {
 	// (a test run of each in turn), and the benchmark reports its own
 	// time as a multiple of empty's: x-empty.
 	empty *ebpf.Program
+	// direct, when set, is the same path without the feature measured
+	// (a packet to the backend's own address instead of a frontend, say),
+	// run interleaved as empty is: the benchmark reports x-direct.
+	direct *benchTarget
+}
+
+// benchTarget is a program and the frame it runs on, and the verdict it
+// must return.
+type benchTarget struct {
+	prog  *ebpf.Program
+	frame []byte
+	want  uint32
 }
 
 // benchmarkProg runs prog b.N times on frame, at most perRun times per test
@@ -102,32 +114,29 @@ func (r benchRun) run(b *testing.B) {
 	if r.node != nil {
 		do = r.node.Do
 	}
-	measure := func(prog *ebpf.Program, n int, want uint32) (time.Duration, error) {
-		verdict, perOp, err := prog.Benchmark(r.frame, n, nil)
-		if err != nil {
-			return 0, err
-		}
-		if verdict != want {
-			return 0, fmt.Errorf("%s: verdict %d, want %d", prog, verdict, want)
-		}
-		return perOp * time.Duration(n), nil
-	}
-	var total, empty time.Duration
+	var total, empty, direct time.Duration
 	b.ResetTimer()
 	err := do(func() error {
 		for done := 0; done < b.N; {
 			n := min(b.N-done, r.perRun)
-			t, err := measure(r.prog, n, r.want)
+			t, err := measureFrame(r.prog, r.frame, n, r.want)
 			if err != nil {
 				return err
 			}
 			total += t
 			if r.empty != nil {
-				t, err := measure(r.empty, n, tcActOK)
+				t, err := measureFrame(r.empty, r.frame, n, tcActOK)
 				if err != nil {
 					return err
 				}
 				empty += t
+			}
+			if r.direct != nil {
+				t, err := measureFrame(r.direct.prog, r.direct.frame, n, r.direct.want)
+				if err != nil {
+					return err
+				}
+				direct += t
 			}
 			done += n
 		}
@@ -138,12 +147,32 @@ func (r benchRun) run(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/op")
-	if r.empty != nil {
-		if empty <= 0 {
-			b.Fatalf("the empty program took %v for %d runs", empty, b.N)
+	for _, base := range []struct {
+		name string
+		t    time.Duration
+		set  bool
+	}{{"x-empty", empty, r.empty != nil}, {"x-direct", direct, r.direct != nil}} {
+		if !base.set {
+			continue
 		}
-		b.ReportMetric(float64(total)/float64(empty), "x-empty")
+		if base.t <= 0 {
+			b.Fatalf("the %s baseline took %v for %d runs", base.name, base.t, b.N)
+		}
+		b.ReportMetric(float64(total)/float64(base.t), base.name)
 	}
+}
+
+// measureFrame runs prog n times on frame and returns the time the kernel
+// measured, checking the verdict.
+func measureFrame(prog *ebpf.Program, frame []byte, n int, want uint32) (time.Duration, error) {
+	verdict, perOp, err := prog.Benchmark(frame, n, nil)
+	if err != nil {
+		return 0, err
+	}
+	if verdict != want {
+		return 0, fmt.Errorf("%s: verdict %d, want %d", prog, verdict, want)
+	}
+	return perOp * time.Duration(n), nil
 }
 
 // checkOnly fails b unless m is the only metric that moved, by at least

@@ -498,39 +498,35 @@ func TestRouterAdvertisementFromPod(t *testing.T) {
 
 // BenchmarkServiceEstablished measures a segment of an established TCP
 // service flow (its entries in the established table), both ways, against
-// the same segment sent without the service: out, pod A's segment through
-// from-container (DNAT to a backend on another node, handed to the
-// stack); in, the backend's reply through from-netdev (reverse DNAT,
-// delivered to A by bpf_redirect_peer). One packet per test run.
+// the same segment without the service, run interleaved (x-direct): out,
+// pod A's segment through from-container (DNAT to a backend on another
+// node, handed to the stack; direct: to the backend's own address); in,
+// the backend's reply through from-netdev (reverse DNAT, delivered to A
+// by bpf_redirect_peer; direct: a packet of no service flow). One packet
+// per test run.
 func BenchmarkServiceEstablished(b *testing.B) {
-	t := &testing.T{}
-	for _, bc := range []struct {
-		name    string
-		service bool
-		out     bool
-	}{{"out/direct", false, true}, {"out/service", true, true}, {"in/direct", false, false}, {"in/service", true, false}} {
-		b.Run(bc.name, func(b *testing.B) {
+	for _, out := range []bool{true, false} {
+		b.Run(map[bool]string{true: "out", false: "in"}[out], func(b *testing.B) {
+			t := &testing.T{}
 			d := loadDatapathWith(b, configPeer, func(*ebpf.CollectionSpec) {})
 			d.addPods(podA)
 			d.addTCPService()
-			f := &tcpFlow{d: d, client: netip.AddrPortFrom(podA.ip, 20000), backend: tcpBackends[0], cseq: 1, bseq: 1}
-			if bc.service {
-				f = openFlow(t, d, 20000)
-				if t.Failed() {
-					b.Fatal("flow not opened")
-				}
+			f := openFlow(t, d, 20000)
+			if t.Failed() {
+				b.Fatal("flow not opened")
 			}
-			dst := f.backend
-			if bc.service {
-				dst = tcpFrontend
+			other := netip.AddrPortFrom(podA.ip, 20001)
+			if out {
+				benchRun{prog: d.objs.FromContainer, frame: segment(f.client, tcpFrontend, tcpACK, f.cseq, f.bseq, 64).frame(),
+					perRun: 1, want: tcActOK, empty: emptyProgram(b),
+					direct: &benchTarget{d.objs.FromContainer, segment(other, f.backend, tcpACK, 1, 1, 64).frame(), tcActOK}}.run(b)
+				return
 			}
-			pkt, prog, want := segment(f.client, dst, tcpACK, f.cseq, f.bseq, 64), d.objs.FromContainer, uint32(tcActOK)
-			if !bc.out {
-				pkt = segment(f.backend, f.client, tcpACK, f.bseq, f.cseq, 64)
-				pkt.dstMAC, pkt.srcMAC = loMAC, peerNodeMAC
-				prog, want = d.objs.FromNetdev, tcActRedirect
-			}
-			benchmarkVsEmpty(b, prog, pkt.frame(), 1, want)
+			reply, direct := segment(f.backend, f.client, tcpACK, f.bseq, f.cseq, 64), segment(f.backend, other, tcpACK, 1, 1, 64)
+			reply.dstMAC, reply.srcMAC = loMAC, peerNodeMAC
+			direct.dstMAC, direct.srcMAC = loMAC, peerNodeMAC
+			benchRun{prog: d.objs.FromNetdev, frame: reply.frame(), perRun: 1, want: tcActRedirect, empty: emptyProgram(b),
+				direct: &benchTarget{d.objs.FromNetdev, direct.frame(), tcActRedirect}}.run(b)
 		})
 	}
 }

@@ -290,7 +290,9 @@ func BenchmarkFromContainerService(b *testing.B) {
 			if v, _ := d.run(d.objs.FromContainer, podA.ifindex, pkt.frame()); v != tcActRedirect {
 				b.Fatalf("first packet: verdict %d", v)
 			}
-			benchmarkVsEmpty(b, d.objs.FromContainer, pkt.frame(), 1, tcActRedirect)
+			direct := ipv4From(podA, benchPodB.ip).withPorts(40001, backendPort)
+			benchRun{prog: d.objs.FromContainer, frame: pkt.frame(), perRun: 1, want: tcActRedirect, empty: emptyProgram(b),
+				direct: &benchTarget{d.objs.FromContainer, direct.frame(), tcActRedirect}}.run(b)
 			if got := d.endpointStats(benchPodB.ifindex).ToPackets; got < uint64(b.N) {
 				b.Errorf("pod B received %d packets, want at least %d", got, b.N)
 			}

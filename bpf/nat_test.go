@@ -113,7 +113,10 @@ func BenchmarkToNetdevMasquerade(b *testing.B) {
 					b.Fatalf("after a reply and another packet: %v, %v; want established", e, err)
 				}
 			}
-			benchmarkVsEmpty(b, d.objs.ToNetdev, pkt.frame(), 1, tcActOK)
+			native := ipv4From(podA, remoteIP).withPorts(40000, 53)
+			native.dstMAC, native.srcMAC = peerNodeMAC, loMAC
+			benchRun{prog: d.objs.ToNetdev, frame: pkt.frame(), perRun: 1, want: tcActOK, empty: emptyProgram(b),
+				direct: &benchTarget{d.objs.ToNetdev, native.frame(), tcActOK}}.run(b)
 		})
 	}
 }

@@ -19,15 +19,16 @@ import (
 	"github.com/hostrouting/hostrouting/loader"
 )
 
-// firstLoadEnv makes the test binary, run with -test.run=^TestHelperFirstLoad$,
-// a process that makes a node's first load and exits: "PIN_PATH NETNS".
+// firstLoadEnv makes the test binary a process that makes a node's first
+// load and exits (TestMain): "PIN_PATH NETNS".
 const firstLoadEnv = "HOSTROUTING_TEST_FIRST_LOAD"
 
-// TestHelperFirstLoad is the process TestFirstLoadKilledConverges kills.
-func TestHelperFirstLoad(t *testing.T) {
+// TestMain runs the tests, or, with firstLoadEnv set, is the process
+// TestFirstLoadKilledConverges kills.
+func TestMain(m *testing.M) {
 	arg := os.Getenv(firstLoadEnv)
 	if arg == "" {
-		t.Skip("the helper process of TestFirstLoadKilledConverges")
+		os.Exit(m.Run())
 	}
 	pin, netns, _ := strings.Cut(arg, " ")
 	if _, err := loader.Load(loader.Options{PinPath: pin, Netns: netns}); err != nil {
@@ -40,7 +41,7 @@ func TestHelperFirstLoad(t *testing.T) {
 // firstLoad is a process that makes the first load of a node at pin in
 // the network namespace at netns.
 func firstLoad(pin, netns string) *exec.Cmd {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperFirstLoad$")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), firstLoadEnv+"="+pin+" "+netns)
 	return cmd
 }
