@@ -197,6 +197,7 @@ func nativeConfig(cfg bpf.HostroutingConfig, prefix netip.Prefix) bpf.Hostroutin
 	a := prefix.Masked().Addr().As4()
 	cfg.NativeCidr = binary.NativeEndian.Uint32(a[:])
 	cfg.NativeMask = binary.NativeEndian.Uint32(net.CIDRMask(prefix.Bits(), 32))
+	cfg.CoarseClock = 1 // as the loader sets it on this kernel
 	return cfg
 }
 

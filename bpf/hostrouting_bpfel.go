@@ -27,7 +27,9 @@ type HostroutingConfig struct {
 	NatPortMin     uint16
 	NatPortMax     uint16
 	SockHostnsOnly uint8
-	Pad2           [3]uint8
+	CoarseClock    uint8
+	SetRetval      uint8
+	Pad2           uint8
 	_              [2]byte
 	MaglevM        uint32
 	NetnsCookie    uint64

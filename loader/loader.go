@@ -36,6 +36,8 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/bpf"
@@ -588,6 +590,12 @@ func configOf(f Features, opts Options) bpf.HostroutingConfig {
 		LxcMask: lxcSlots(opts.MaxEndpoints) - 1, NatPortMin: opts.NATPorts[0], NatPortMax: opts.NATPorts[1]}
 	if opts.Masquerade {
 		c.Masquerade = 1
+	}
+	if probeHelper(asm.FnKtimeGetCoarseNs) == nil {
+		c.CoarseClock = 1
+	}
+	if features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval) == nil {
+		c.SetRetval = 1
 	}
 	c.NativeCidr, c.NativeMask = prefixKey(opts.NativeRoutingCIDR)
 	c.ServiceCidr, c.ServiceMask = prefixKey(opts.ServiceCIDR)

@@ -116,7 +116,9 @@ struct config {
 	__u16 nat_port_min;  /* the ports sources are translated to */
 	__u16 nat_port_max;
 	__u8 sock_hostns_only; /* socket LB for the node's own sockets only */
-	__u8 pad2[3];
+	__u8 coarse_clock;   /* the kernel has bpf_ktime_get_coarse_ns (5.11): flow expiry reads it */
+	__u8 set_retval;     /* the kernel has bpf_set_retval (5.18): socket LB refuses with ECONNREFUSED */
+	__u8 pad2;
 	__u32 maglev_m;      /* Maglev table size; 0: random backend selection */
 	__u64 netns_cookie;  /* the node's network namespace */
 	__be32 service_cidr; /* ClusterIPs: what is for none of them is rejected */

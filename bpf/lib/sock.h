@@ -77,10 +77,12 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx)
 }
 
 /* sock4_refuse fails the socket's call with ECONNREFUSED, as Cilium's
- * SYS_REJECT: the error a REJECT rule's port unreachable would give. */
+ * SYS_REJECT: the error a REJECT rule's port unreachable would give (EPERM
+ * on kernels without bpf_set_retval). */
 static __always_inline int sock4_refuse(void)
 {
-	bpf_set_retval(-ECONNREFUSED);
+	if (CONFIG.set_retval)
+		bpf_set_retval(-ECONNREFUSED);
 	return 0;
 }
 
