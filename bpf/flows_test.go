@@ -753,3 +753,61 @@ func TestFragmentsMasquerade(t *testing.T) {
 		t.Errorf("drop-frag-not-found %d, want 1", got)
 	}
 }
+
+// BenchmarkNodePortRemote measures a client's datagram of an established
+// UDP flow to a NodePort whose backend is on another node, through
+// from-netdev: DNAT to the backend, SNAT to the node's address, out by
+// bpf_fib_lookup + bpf_redirect_neigh (in the FIB node's namespace, its
+// loopback the device with the node's address), against a datagram from
+// the wire to a local pod (x-direct) and the empty program. One packet
+// per test run.
+func BenchmarkNodePortRemote(b *testing.B) {
+	f := newFIBNode(b)
+	lo := f.ifindex["lo"]
+	d := loadDatapath(b, withMasquerade(fibConfig(1)))
+	local := podB.withIfindex(f.ifindex["lxca"])
+	d.addPods(local)
+	node := netip.MustParseAddr("172.18.0.2")
+	if err := d.objs.HrNodeAddrs.Put(lo, ipv4Key(node)); err != nil {
+		b.Fatal(err)
+	}
+	backend := netip.MustParseAddrPort("10.0.2.10:8080")
+	if err := d.services().PutBackends([]maps.Backend{{ID: 21, Addr: backend, Proto: maps.UDP}}); err != nil {
+		b.Fatal(err)
+	}
+	front := netip.AddrPortFrom(node, 30053)
+	if err := d.services().Put(maps.ServiceEntry{Frontend: maps.Frontend{Addr: front, Proto: maps.UDP},
+		RevNAT: 3, Backends: []uint32{21}, Flags: maps.ServiceNodePort}); err != nil {
+		b.Fatal(err)
+	}
+	client := netip.AddrPortFrom(outsideIP, 5000)
+	in := func(src, dst netip.AddrPort) []byte {
+		p := udpDatagram(src, dst, make([]byte, 32))
+		p.dstMAC, p.srcMAC, p.ttl = mac{}, gw0MAC, 255
+		return p.frame()
+	}
+	run := func(frame []byte) (uint32, []byte) {
+		var verdict uint32
+		var out []byte
+		if err := f.node.Do(func() error {
+			verdict, out = d.run(d.objs.FromNetdev, lo, frame)
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+		return verdict, out
+	}
+	// The flow: a datagram, the backend's reply, another datagram.
+	verdict, out := run(in(client, front))
+	natted, _ := frameTuple(out)
+	if verdict != tcActRedirect || natted.Addr() != node {
+		b.Fatalf("first datagram: verdict %d from %s, want redirected from %s", verdict, natted, node)
+	}
+	run(in(backend, natted))
+	run(in(client, front))
+	if e, err := d.snat().Lookup(maps.SNATKey{Dir: maps.NATOut, Proto: maps.UDP, Src: client, Dst: backend}); err != nil || !e.Established {
+		b.Fatalf("NodePort flow's SNAT entry: %v, %v; want established", e, err)
+	}
+	benchRun{prog: d.objs.FromNetdev, frame: in(client, front), perRun: 1, want: tcActRedirect, node: f.node,
+		empty: emptyProgram(b), direct: &benchTarget{d.objs.FromNetdev, in(client, netip.AddrPortFrom(local.ip, 53)), tcActRedirect}}.run(b)
+}
