@@ -532,7 +532,7 @@ int to_netdev(struct __sk_buff *ctx)
 	struct iphdr *ip;
 	struct l4 l4;
 	__be32 *nat;
-	int ret = 0;
+	int ret = 0, have_l4;
 
 	/* BPF masquerade: pods' own flows leaving the native routing CIDR
 	 * take the device's address (a flow's first packet its port too);
@@ -549,10 +549,11 @@ int to_netdev(struct __sk_buff *ctx)
 		 * never leaves the node. */
 		if (ip->ihl != 5)
 			return drop_endpoint(ctx, dir, METRIC_DROP_IP_OPTIONS, 0);
+		have_l4 = load_l4(ctx, ip, &l4);
 		/* A fragment whose first went by unseen cannot be translated. */
-		if (!load_l4(ctx, ip, &l4) && is_later_fragment(ip))
+		if (!have_l4 && is_later_fragment(ip))
 			return drop_endpoint(ctx, dir, METRIC_DROP_FRAG_NOT_FOUND, 0);
-		if (load_l4(ctx, ip, &l4)) {
+		if (have_l4) {
 			struct ct4_key out = {
 				.saddr = ip->saddr, .daddr = ip->daddr, .sport = l4.sport, .dport = l4.dport,
 				.proto = ip->protocol, .dir = NAT_OUT,

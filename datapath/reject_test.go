@@ -10,6 +10,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -75,12 +76,16 @@ func TestRejectNoBackend(t *testing.T) {
 			}
 		}
 	}
+	before := metricsNow(t, cn.dps[0]).Total(maps.MetricReject)
 	for _, network := range []string{"tcp4", "udp4"} {
 		checkRefused(t, "no backend", cn.a.Netns, network, empty)
 		checkRefused(t, "a terminating backend only", cn.a.Netns, network, terminating)
 		checkRefused(t, "a port the service lacks", cn.a.Netns, network, netip.AddrPortFrom(empty.Addr(), 81))
 		checkRefused(t, "an unallocated ClusterIP", cn.a.Netns, network, netip.MustParseAddrPort("10.96.7.7:80"))
 		checkRefused(t, "a NodePort without backends, from the wire", cn.cluster.Wire, network, nodePort)
+	}
+	if got := metricsNow(t, cn.dps[0]).Total(maps.MetricReject).Packets - before.Packets; got < 10 {
+		t.Errorf("the datapath rejected %d packets, want the 10 refusals' (no socket LB here)", got)
 	}
 }
 
@@ -96,11 +101,17 @@ func TestRejectNoBackendSocketLB(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	before := metricsNow(t, cn.dps[0]).Total(maps.MetricReject)
 	for _, network := range []string{"tcp4", "udp4"} {
 		for _, dst := range []netip.AddrPort{empty, netip.MustParseAddrPort("10.96.7.7:80")} {
 			if got, _ := askFromCgroup(t, cgroup, cn.a.Netns, "refused-"+network, dst); got != "refused" {
 				t.Errorf("socket LB, %s to %s: %s, want refused within 100ms", network, dst, got)
 			}
 		}
+	}
+	// Refused at the socket: no packet left for the tc load balancer to
+	// reject.
+	if after := metricsNow(t, cn.dps[0]).Total(maps.MetricReject); after != before {
+		t.Errorf("the tc load balancer rejected %d packets: want the sockets refused before any packet", after.Packets-before.Packets)
 	}
 }
