@@ -249,6 +249,24 @@ func BenchmarkFromContainerToStack(b *testing.B) {
 	checkOnly(b, d, maps.MetricToStack)
 }
 
+// BenchmarkFromContainerToStackServices is BenchmarkFromContainerToStack
+// on a node with services and a ClusterIP in its ClusterIP table: the
+// packet, for no frontend, is looked up there too before it leaves
+// (x-direct: the same packet on a node without services).
+func BenchmarkFromContainerToStackServices(b *testing.B) {
+	plain := loadDatapath(b, configPeer)
+	plain.addPods(podA, podB)
+	d := loadDatapath(b, configPeer)
+	d.addPods(podA, podB)
+	d.addService(podB)
+	if err := d.services().PutClusterIP(clusterIP.Addr()); err != nil {
+		b.Fatal(err)
+	}
+	frame := ipv4From(podA, remoteIP).frame()
+	benchRun{prog: d.objs.FromContainer, frame: frame, perRun: b.N, want: tcActOK, empty: emptyProgram(b),
+		direct: &benchTarget{plain.objs.FromContainer, frame, tcActOK}}.run(b)
+}
+
 // BenchmarkToContainer measures the to-container step on a device's egress.
 func BenchmarkToContainer(b *testing.B) {
 	benchmarkToContainer(b, false)

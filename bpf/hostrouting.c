@@ -110,12 +110,13 @@ static __always_inline int ipv4_from_container(struct __sk_buff *ctx)
 		return local_delivery(ctx, dir, eth, ip, dst, src->id);
 	/* A pod's own address is never a frontend: only what is not for a
 	 * local endpoint may be for a service. An address of the service
-	 * CIDR that is no frontend is rejected. */
+	 * CIDR that is no frontend, or a ClusterIP on a port it does not
+	 * serve, is rejected. */
 	if (lb_enabled() && is_frontend(ctx, ip)) {
 		ctx->cb[CB_SRC_ID] = src->id;
 		return tail_call(ctx, dir, CALL_IPV4_LB);
 	}
-	if (in_service_cidr(ip->daddr))
+	if (unserved(ip->daddr))
 		return is_later_fragment(ip) ? drop_endpoint(ctx, dir, METRIC_DROP_FRAG_NOT_FOUND, src->id) :
 					       reject(ctx, dir, src->id);
 	return ipv4_leave(ctx, dir, eth, ip, len, 0);
@@ -188,7 +189,7 @@ int tail_ipv4_revnat(struct __sk_buff *ctx)
 		/* A backend that is a client itself: its requests to services. */
 		if (!ret && !lookup_endpoint4(ip->daddr) && is_frontend(ctx, ip))
 			return tail_call(ctx, dir, CALL_IPV4_LB);
-		if (!ret && in_service_cidr(ip->daddr))
+		if (!ret && unserved(ip->daddr))
 			return reject(ctx, dir, src_id);
 	} else if (ip->protocol == IPPROTO_ICMP) {
 		/* Its errors about a service flow, e.g. no listener. */

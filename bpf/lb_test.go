@@ -21,7 +21,7 @@ var (
 
 // services is the datapath's service table, as package maps writes it.
 func (d *datapath) services() *maps.Services {
-	return maps.NewServices(maps.ServiceMaps{Services: d.objs.HrLb4Services, Backends: d.objs.HrLb4Backends, On: d.objs.HrLbOn})
+	return maps.NewServices(maps.ServiceMaps{Services: d.objs.HrLb4Services, Backends: d.objs.HrLb4Backends, On: d.objs.HrLbOn, ClusterIPs: d.objs.HrLb4ClusterIps})
 }
 
 // addService registers clusterIP (service ID 1) with one active backend
@@ -259,6 +259,48 @@ func TestServiceCIDRReject(t *testing.T) {
 		}
 	}
 	if got := d.metrics()[maps.MetricReject].Packets; got != 2 {
+		t.Errorf("reject counted %d, want 2", got)
+	}
+}
+
+// TestClusterIPReject: without a service CIDR, a pod's TCP or UDP packet
+// to a ClusterIP on a port or protocol its services lack is rejected, once
+// the address is in the ClusterIP table; other addresses leave as before.
+func TestClusterIPReject(t *testing.T) {
+	d := loadDatapath(t, configPeer)
+	d.addPods(podA, podB)
+	d.addService(podB)
+	wrong := netip.AddrPortFrom(clusterIP.Addr(), 54)
+	run := func(dst netip.AddrPort, tcp bool) uint32 {
+		pkt := ipv4From(podA, dst.Addr()).withPorts(40000, dst.Port())
+		if tcp {
+			pkt.proto = ipProtoTCP // the ports are where UDP has them
+		}
+		verdict, _ := d.run(d.objs.FromContainer, podA.ifindex, pkt.frame())
+		return verdict
+	}
+	if v := run(wrong, false); v == tcActRedirect {
+		t.Fatalf("to %s without the ClusterIP table: verdict %d, want it left alone", wrong, v)
+	}
+	if err := d.services().PutClusterIP(clusterIP.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	before := d.metrics()[maps.MetricReject].Packets
+	for _, c := range []struct {
+		dst         netip.AddrPort
+		tcp, reject bool
+	}{
+		{wrong, false, true},
+		{clusterIP, true, true}, // the service is UDP
+		{clusterIP, false, false},
+		{netip.MustParseAddrPort("192.0.2.1:53"), false, false},
+	} {
+		v := run(c.dst, c.tcp)
+		if got := v == tcActRedirect && c.dst != clusterIP || c.tcp && v == tcActRedirect; got != c.reject {
+			t.Errorf("to %s (tcp %t): verdict %d, want rejected %t", c.dst, c.tcp, v, c.reject)
+		}
+	}
+	if got := d.metrics()[maps.MetricReject].Packets - before; got != 2 {
 		t.Errorf("reject counted %d, want 2", got)
 	}
 }

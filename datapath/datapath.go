@@ -333,7 +333,7 @@ func (d *Datapath) use(node *loader.Instance) {
 	d.metrics = maps.NewMetrics(node.Maps.Metrics)
 	d.nodes = maps.NewNodes(node.Maps.Nodes)
 	d.services = maps.NewServices(maps.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends,
-		On: node.Maps.ServicesOn})
+		On: node.Maps.ServicesOn, ClusterIPs: node.Maps.ClusterIPs})
 	d.flows = d.newGC(nat.Options{})
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -113,5 +114,87 @@ func TestRejectNoBackendSocketLB(t *testing.T) {
 	// reject.
 	if after := metricsNow(t, cn.dps[0]).Total(maps.MetricReject); after != before {
 		t.Errorf("the tc load balancer rejected %d packets: want the sockets refused before any packet", after.Packets-before.Packets)
+	}
+}
+
+// clusterIPTable reads the ClusterIP addresses dp's node rejects the
+// other ports of.
+func clusterIPTable(t *testing.T, dp *datapath.Datapath) map[netip.Addr]bool {
+	t.Helper()
+	node, err := loader.Open(pinPathOf(t, dp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	got, err := maps.NewServices(maps.ServiceMaps{ClusterIPs: node.Maps.ClusterIPs}).ClusterIPs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestRejectWrongPort: without a service CIDR in Config, a ClusterIP on a
+// port or protocol its services lack is refused all the same (as
+// kube-proxy's REJECT rules and Cilium's wildcard frontends do), via the
+// tc load balancer and via socket LB; NodePorts and external IPs are not
+// ClusterIPs (a node address's other ports are the node's own). Before,
+// such a packet left by the default route and its sender hung. Deleting
+// the last service at an address takes the address out.
+func TestRejectWrongPort(t *testing.T) {
+	cgroup := datapathtest.NewCgroup(t)
+	cn := newCrossNode(t, datapathtest.ClusterOptions{}, datapath.Config{})
+	n0 := cn.cluster.Nodes[0]
+	backend := nameServer(t, cn.b)
+	vip := netip.MustParseAddrPort("10.96.0.30:53")
+	var ids []uint16
+	for _, s := range []datapath.Service{
+		{Frontend: vip, Protocol: datapath.UDP, Backends: []datapath.Backend{{Addr: backend}}},
+		{Frontend: netip.AddrPortFrom(vip.Addr(), 80), Protocol: datapath.TCP},
+		{Frontend: netip.AddrPortFrom(n0.IP, 30091), Protocol: datapath.TCP, Type: datapath.NodePort},
+		{Frontend: netip.MustParseAddrPort("198.51.100.9:80"), Protocol: datapath.TCP, Type: datapath.ExternalIP},
+	} {
+		id, err := cn.dps[0].UpsertService(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if got := clusterIPTable(t, cn.dps[0]); len(got) != 1 || !got[vip.Addr()] {
+		t.Fatalf("ClusterIP table %v, want only %s", got, vip.Addr())
+	}
+	wrong := netip.AddrPortFrom(vip.Addr(), 8080)
+	for _, network := range []string{"tcp4", "udp4"} {
+		checkRefused(t, "tc: a port the ClusterIP lacks", cn.a.Netns, network, wrong)
+	}
+	checkRefused(t, "tc: TCP to a UDP-only port", cn.a.Netns, "tcp4", vip)
+	for _, network := range []string{"tcp4", "udp4"} {
+		if got, _ := askFromCgroup(t, cgroup, cn.a.Netns, "refused-"+network, wrong); got != "refused" {
+			t.Errorf("no socket LB yet, %s to %s: %s, want refused by tc", network, wrong, got)
+		}
+	}
+	if err := cn.dps[0].SetSocketLB(cgroup); err != nil {
+		t.Fatal(err)
+	}
+	before := metricsNow(t, cn.dps[0]).Total(maps.MetricReject)
+	for _, network := range []string{"tcp4", "udp4"} {
+		if got, _ := askFromCgroup(t, cgroup, cn.a.Netns, "refused-"+network, wrong); got != "refused" {
+			t.Errorf("socket LB, %s to %s: %s, want refused", network, wrong, got)
+		}
+	}
+	if after := metricsNow(t, cn.dps[0]).Total(maps.MetricReject); after != before {
+		t.Errorf("the tc load balancer rejected %d packets: want the sockets refused before any packet", after.Packets-before.Packets)
+	}
+	// The address stays while a service has it.
+	if err := cn.dps[0].DeleteService(ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if got := clusterIPTable(t, cn.dps[0]); !got[vip.Addr()] {
+		t.Errorf("ClusterIP table %v after deleting one of its services, want %s", got, vip.Addr())
+	}
+	if err := cn.dps[0].DeleteService(ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got := clusterIPTable(t, cn.dps[0]); len(got) != 0 {
+		t.Errorf("ClusterIP table %v after deleting its last service, want empty", got)
 	}
 }

@@ -207,6 +207,7 @@ type serviceState struct {
 	owner     map[maps.Frontend]uint16   // the service ID of each frontend
 	entries   map[maps.Frontend]int      // the frontend table entries of each: its own and its slots
 	used      int                        // the frontend table's entries
+	clusterIP map[netip.Addr]int         // the ClusterIP frontends at each address
 	backends  map[uint32]maps.Backend
 	byAddr    map[backendKey]uint32
 	named     map[uint32]int // how many frontends name each backend
@@ -233,7 +234,7 @@ func (d *Datapath) readServices() (*serviceState, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &serviceState{frontends: map[uint16][]maps.Frontend{}, owner: map[maps.Frontend]uint16{}, entries: map[maps.Frontend]int{},
+	st := &serviceState{frontends: map[uint16][]maps.Frontend{}, owner: map[maps.Frontend]uint16{}, entries: map[maps.Frontend]int{}, clusterIP: map[netip.Addr]int{},
 		backends: backends, byAddr: map[backendKey]uint32{}, named: map[uint32]int{}, locals: locals, next: 1}
 	for _, e := range entries {
 		st.add(e)
@@ -249,6 +250,9 @@ func (st *serviceState) add(e maps.ServiceEntry) {
 	st.owner[e.Frontend] = e.RevNAT
 	st.entries[e.Frontend] = 1 + len(e.Backends) + len(e.Inactive)
 	st.used += st.entries[e.Frontend]
+	if isClusterIP(e.Flags) {
+		st.clusterIP[e.Frontend.Addr.Addr()]++
+	}
 	for _, id := range append(e.Backends, e.Inactive...) {
 		st.named[id]++
 	}
@@ -299,6 +303,11 @@ func (st *serviceState) forget(d *Datapath, f maps.Frontend) error {
 	}
 	for _, b := range append(old.Backends, old.Inactive...) {
 		st.named[b]--
+	}
+	if err == nil && isClusterIP(old.Flags) {
+		if st.clusterIP[f.Addr.Addr()]--; st.clusterIP[f.Addr.Addr()] <= 0 {
+			delete(st.clusterIP, f.Addr.Addr())
+		}
 	}
 	delete(st.owner, f)
 	st.used -= st.entries[f]
@@ -503,10 +512,8 @@ func (d *Datapath) backendIDs(st *serviceState, s *Service) ([]uint32, error) {
 // clearing it on those that are not.
 func (d *Datapath) sweepBackends(st *serviceState) error {
 	addrs := map[netip.Addr]bool{}
-	var (
-		errs []error
-		udp  []netip.AddrPort
-	)
+	errs := []error{d.syncClusterIPs(st)}
+	var udp []netip.AddrPort
 	for id, b := range st.backends {
 		if st.named[id] > 0 {
 			addrs[b.Addr.Addr()] = true
@@ -544,6 +551,31 @@ func (d *Datapath) sweepBackends(st *serviceState) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// syncClusterIPs makes the ClusterIP table hold the addresses of the
+// ClusterIP frontends in st, so that their other ports are rejected.
+func (d *Datapath) syncClusterIPs(st *serviceState) error {
+	have, err := d.services.ClusterIPs()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for a := range st.clusterIP {
+		if !have[a] {
+			errs = append(errs, d.services.PutClusterIP(a))
+		}
+	}
+	for a := range have {
+		if st.clusterIP[a] == 0 {
+			errs = append(errs, d.services.DeleteClusterIP(a))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func isClusterIP(f maps.ServiceFlags) bool {
+	return f&(maps.ServiceNodePort|maps.ServiceExternal) == 0
 }
 
 // localAddrs returns the addresses of the node's endpoints.

@@ -117,20 +117,20 @@ type Backend struct {
 	State BackendState
 }
 
-// Services is the frontend map with its backend and switch maps
-// (hr_lb4_services, hr_lb4_backends, hr_lb_on).
+// Services is the frontend map with its backend, switch and ClusterIP
+// maps (hr_lb4_services, hr_lb4_backends, hr_lb_on, hr_lb4_cluster_ips).
 type Services struct {
-	services, backends, on *ebpf.Map
+	services, backends, on, clusterIPs *ebpf.Map
 }
 
 // ServiceMaps are the loaded maps of the services (loader.Maps).
 type ServiceMaps struct {
-	Services, Backends, On *ebpf.Map
+	Services, Backends, On, ClusterIPs *ebpf.Map
 }
 
 // NewServices wraps the loaded service maps.
 func NewServices(m ServiceMaps) *Services {
-	return &Services{services: m.Services, backends: m.Backends, on: m.On}
+	return &Services{services: m.Services, backends: m.Backends, on: m.On, clusterIPs: m.ClusterIPs}
 }
 
 func lbKey(f Frontend, slot uint16) (bpf.HostroutingLb4Key, error) {
@@ -370,6 +370,47 @@ func (s *Services) Backends() (map[uint32]Backend, error) {
 		return nil, fmt.Errorf("list backends: %w", err)
 	}
 	return all, nil
+}
+
+// ClusterIPs returns the addresses the ClusterIP table holds: a packet
+// to one of them that matches no frontend is rejected.
+func (s *Services) ClusterIPs() (map[netip.Addr]bool, error) {
+	all := map[netip.Addr]bool{}
+	err := ListBatch(s.clusterIPs, func(addrs []uint32, _ []uint8) error {
+		for _, a := range addrs {
+			all[ipv4Addr(a)] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list ClusterIPs: %w", err)
+	}
+	return all, nil
+}
+
+// PutClusterIP adds addr to the ClusterIP table.
+func (s *Services) PutClusterIP(addr netip.Addr) error {
+	if !addr.Is4() {
+		return fmt.Errorf("ClusterIP %s: want an IPv4 address", addr)
+	}
+	a := addr.As4()
+	if err := s.clusterIPs.Update(binary.NativeEndian.Uint32(a[:]), uint8(1), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write ClusterIP %s: %w", addr, mapErr(err, s.clusterIPs))
+	}
+	return nil
+}
+
+// DeleteClusterIP takes addr out of the ClusterIP table; a missing one is
+// not an error.
+func (s *Services) DeleteClusterIP(addr netip.Addr) error {
+	if !addr.Is4() {
+		return nil
+	}
+	a := addr.As4()
+	if err := s.clusterIPs.Delete(binary.NativeEndian.Uint32(a[:])); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete ClusterIP %s: %w", addr, err)
+	}
+	return nil
 }
 
 // enable turns the datapath's service lookups on (hr_lb_on).

@@ -95,6 +95,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_lb_on SEC(".maps");
 
+/* The addresses of ClusterIP frontends (value unused): a packet to one of
+ * them on a port or protocol no service has is rejected, as kube-proxy
+ * rejects it, even without a service CIDR. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_lb4_cluster_ips SEC(".maps");
+
 /* in_service_cidr tells whether addr is in the service CIDR. */
 static __always_inline int in_service_cidr(__be32 addr)
 {
@@ -106,6 +118,14 @@ static __always_inline int lb_enabled(void)
 	__u32 zero = 0, *on = bpf_map_lookup_elem(&hr_lb_on, &zero);
 
 	return on && *on;
+}
+
+/* unserved tells whether a packet to addr that matched no frontend is
+ * for a service all the same, so is rejected rather than routed: addr is
+ * in the service CIDR or is a ClusterIP (on another port). */
+static __always_inline int unserved(__be32 addr)
+{
+	return in_service_cidr(addr) || (lb_enabled() && bpf_map_lookup_elem(&hr_lb4_cluster_ips, &addr));
 }
 
 /* L4 header offsets of an option-less IPv4 packet behind Ethernet. */

@@ -38,7 +38,8 @@ static __always_inline int sock4_skip(void *ctx)
 /* sock4_xlate gives a socket that connects or sends to a frontend one of
  * its backends. Returns 0 when it must be refused instead: a service
  * without usable backends, or an address of the service CIDR that is no
- * frontend (unless CONFIG drops those), else 1. */
+ * frontend or a ClusterIP on a port it does not serve (unless CONFIG
+ * drops those), else 1. */
 static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx)
 {
 	struct lb4_key key = {
@@ -52,7 +53,7 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx)
 		return 1;
 	svc = lb4_lookup_frontend(&key, bpf_get_netns_cookie(ctx) == CONFIG.netns_cookie);
 	if (!svc)
-		return CONFIG.no_backend_drop || !in_service_cidr(key.address);
+		return CONFIG.no_backend_drop || !unserved(key.address);
 	/* The node's sockets are inside traffic: the internal scope, where
 	 * a service has one. */
 	if (svc->flags & LB_F_TWO_SCOPES) {
