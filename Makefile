@@ -9,7 +9,7 @@ TESTLOG ?= test.log
 CNITOOL_VERSION := v1.3.1
 KUBE_DIR ?= .cache/kube/server
 
-.PHONY: demo test test-deps generate kube-bin kube-up kube-down
+.PHONY: demo test test-deps vet print-modules generate kube-bin kube-up kube-down
 
 demo:
 	go run ./examples/samenode
@@ -31,14 +31,30 @@ test-deps:
 	@# loaders mounting it at once would stack two instances.
 	@[ "$$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" = bpf_fs ] || mount -t bpf bpf /sys/fs/bpf
 
-# examples/bench is its own module (gonum/plot stays out of embedders'
-# module graphs), so ./... at the root does not reach it: its tests, the
-# smoke test included, run second and append to the same log.
+# The modules: the SDK at the root (an embedder inherits its four
+# dependencies only), and nested modules for what needs more: the
+# Prometheus collector, the examples that use client-go, the CNI library,
+# gopacket or gonum/plot, and an outside embedder's module that checks the
+# root's module graph. ./... stops at a nested go.mod, so each module is
+# tested on its own, in turn, into one log.
 # kube-bin comes first: tests that start an API server would otherwise
 # build it inside go test's 10-minute timeout.
+MODULES := . datapath/metrics examples/agent examples/cluster examples/cni-hostrouting examples/hrctl examples/bench internal/embedder
+TESTFILTER := grep -E '^(--- (FAIL|SKIP)|ok|FAIL|panic)|_test.go:[0-9]+:'
+
 test: test-deps kube-bin
-	PATH="$(GOBIN):$$PATH" go test -count=1 -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(--- (FAIL|SKIP)|ok|FAIL|panic)|_test.go:[0-9]+:'
-	PATH="$(GOBIN):$$PATH" go -C examples/bench test -count=1 -v ./... 2>&1 | tee -a $(TESTLOG) | grep -E '^(--- (FAIL|SKIP)|ok|FAIL|panic)|_test.go:[0-9]+:'
+	@rm -f $(TESTLOG); status=0; \
+	for m in $(MODULES); do \
+		echo "=== module $$m"; \
+		PATH="$(GOBIN):$$PATH" go -C $$m test -count=1 -v ./... 2>&1 | tee -a $(TESTLOG) | $(TESTFILTER) || status=1; \
+	done; exit $$status
+
+print-modules:
+	@echo $(MODULES)
+
+# go vet in every module.
+vet:
+	@for m in $(MODULES); do go -C $$m vet ./... || exit 1; done
 
 # A local Kubernetes API server (etcd and kube-apiserver on 127.0.0.1):
 # kube-bin builds them once into .cache/kube/bin (about 12 minutes the first
@@ -55,5 +71,4 @@ kube-down:
 
 # Regenerates the bpf2go output (needs clang-19 and libbpf-dev).
 generate:
-	go generate ./...
-	go -C examples/bench generate ./...
+	@for m in $(MODULES); do go -C $$m generate ./... || exit 1; done

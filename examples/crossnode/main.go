@@ -298,10 +298,10 @@ Left running (--keep). Inspect it with:
   ip netns exec %[2]s iptables -w -x -v -n -L FORWARD
   ls -R %[4]s   # maps, programs, one tcx link per device and program
   bpftool link show pinned %[4]s/links/<name>
-  ip netns exec %[2]s go run ./examples/hrctl --pin-path %[4]s status
-  ip netns exec %[2]s go run ./examples/hrctl --pin-path %[4]s node list
-  ip netns exec %[1]s go run ./examples/hrctl --pin-path %[5]s endpoint list
-  ip netns exec %[1]s go run ./examples/hrctl --pin-path %[5]s endpoint stats
+  ip netns exec %[2]s go -C examples/hrctl run . --pin-path %[4]s status
+  ip netns exec %[2]s go -C examples/hrctl run . --pin-path %[4]s node list
+  ip netns exec %[1]s go -C examples/hrctl run . --pin-path %[5]s endpoint list
+  ip netns exec %[1]s go -C examples/hrctl run . --pin-path %[5]s endpoint stats
 Remove it with:
   rm -r %[6]s-node* && %[7]s
 `, n2.netns, n1.netns, pods[0].netns, n1.pinPath, n2.pinPath,

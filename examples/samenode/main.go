@@ -341,9 +341,9 @@ Left running (--keep). Inspect it with:
   ip netns exec %[3]s-a bash -c 'echo >/dev/tcp/10.0.0.11/80'   # lxcB shows B's RST, never A's SYN
   ls -R %[2]s     # maps, programs, one tcx link per device and program
   bpftool link show pinned %[2]s/links/<name>
-  go run ./examples/hrctl --pin-path %[2]s status
-  go run ./examples/hrctl --pin-path %[2]s endpoint list
-  go run ./examples/hrctl --pin-path %[2]s endpoint stats
+  go -C examples/hrctl run . --pin-path %[2]s status
+  go -C examples/hrctl run . --pin-path %[2]s endpoint list
+  go -C examples/hrctl run . --pin-path %[2]s endpoint stats
   bpftool prog show pinned %[2]s/progs/from_container
   bpftool map dump pinned %[2]s/hr_endpoints
 Remove it with:

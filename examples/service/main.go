@@ -470,7 +470,7 @@ func printKept(out io.Writer, c *cluster, opts options) {
 	fmt.Fprintf(out, "  ip netns exec %s curl -s http://%s:%d/   # a NodePort from the wire\n", c.wire.NetnsName, cp.ip, nodePort)
 	fmt.Fprintf(out, "  ip netns exec %s iptables-save | grep -E '%s'\n", w2.netns, iptablesPattern)
 	fmt.Fprintf(out, "  ip netns exec %s conntrack -L | grep -E '%s'\n", w2.netns, conntrackPattern)
-	fmt.Fprintf(out, "  ip netns exec %s go run ./examples/hrctl --pin-path %s status\n", w2.netns, w2.pinPath)
+	fmt.Fprintf(out, "  ip netns exec %s go -C examples/hrctl run . --pin-path %s status\n", w2.netns, w2.pinPath)
 	fmt.Fprintf(out, "  ls -R %s   # maps, programs, links (cgroup_* for socket LB)\n", w2.pinPath)
 	fmt.Fprintf(out, "Remove it with:\n  %s\n", strings.Join(remove, " && "))
 }
