@@ -255,6 +255,7 @@ type HostroutingSock4Key struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	HostroutingMapHrCalls                = "hr_calls"
+	HostroutingMapHrClusterIps           = "hr_cluster_ips"
 	HostroutingMapHrCt4Any               = "hr_ct4_any"
 	HostroutingMapHrCt4New               = "hr_ct4_new"
 	HostroutingMapHrCt4Tcp               = "hr_ct4_tcp"
@@ -270,7 +271,6 @@ const (
 	HostroutingMapHrInfo                 = "hr_info"
 	HostroutingMapHrLb4Affinity          = "hr_lb4_affinity"
 	HostroutingMapHrLb4Backends          = "hr_lb4_backends"
-	HostroutingMapHrLb4ClusterIps        = "hr_lb4_cluster_ips"
 	HostroutingMapHrLb4Maglev            = "hr_lb4_maglev"
 	HostroutingMapHrLb4Services          = "hr_lb4_services"
 	HostroutingMapHrLbOn                 = "hr_lb_on"
@@ -376,39 +376,39 @@ type HostroutingProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type HostroutingMapSpecs struct {
-	HrCalls         *ebpf.MapSpec `ebpf:"hr_calls"`
-	HrCt4Any        *ebpf.MapSpec `ebpf:"hr_ct4_any"`
-	HrCt4New        *ebpf.MapSpec `ebpf:"hr_ct4_new"`
-	HrCt4Tcp        *ebpf.MapSpec `ebpf:"hr_ct4_tcp"`
-	HrCtStats       *ebpf.MapSpec `ebpf:"hr_ct_stats"`
-	HrDevices       *ebpf.MapSpec `ebpf:"hr_devices"`
-	HrEndpoints     *ebpf.MapSpec `ebpf:"hr_endpoints"`
-	HrEndpoints6    *ebpf.MapSpec `ebpf:"hr_endpoints6"`
-	HrEpMeta        *ebpf.MapSpec `ebpf:"hr_ep_meta"`
-	HrEpStats       *ebpf.MapSpec `ebpf:"hr_ep_stats"`
-	HrEvents        *ebpf.MapSpec `ebpf:"hr_events"`
-	HrFrag4         *ebpf.MapSpec `ebpf:"hr_frag4"`
-	HrGc            *ebpf.MapSpec `ebpf:"hr_gc"`
-	HrInfo          *ebpf.MapSpec `ebpf:"hr_info"`
-	HrLb4Affinity   *ebpf.MapSpec `ebpf:"hr_lb4_affinity"`
-	HrLb4Backends   *ebpf.MapSpec `ebpf:"hr_lb4_backends"`
-	HrLb4ClusterIps *ebpf.MapSpec `ebpf:"hr_lb4_cluster_ips"`
-	HrLb4Maglev     *ebpf.MapSpec `ebpf:"hr_lb4_maglev"`
-	HrLb4Services   *ebpf.MapSpec `ebpf:"hr_lb4_services"`
-	HrLbOn          *ebpf.MapSpec `ebpf:"hr_lb_on"`
-	HrLxc           *ebpf.MapSpec `ebpf:"hr_lxc"`
-	HrMetrics       *ebpf.MapSpec `ebpf:"hr_metrics"`
-	HrMonitor       *ebpf.MapSpec `ebpf:"hr_monitor"`
-	HrMonitorState  *ebpf.MapSpec `ebpf:"hr_monitor_state"`
-	HrNodeAddrs     *ebpf.MapSpec `ebpf:"hr_node_addrs"`
-	HrNodes         *ebpf.MapSpec `ebpf:"hr_nodes"`
-	HrPolicy        *ebpf.MapSpec `ebpf:"hr_policy"`
-	HrPolicyRet     *ebpf.MapSpec `ebpf:"hr_policy_ret"`
-	HrReject        *ebpf.MapSpec `ebpf:"hr_reject"`
-	HrSnat4Any      *ebpf.MapSpec `ebpf:"hr_snat4_any"`
-	HrSnat4New      *ebpf.MapSpec `ebpf:"hr_snat4_new"`
-	HrSnat4Tcp      *ebpf.MapSpec `ebpf:"hr_snat4_tcp"`
-	HrSock4Revnat   *ebpf.MapSpec `ebpf:"hr_sock4_revnat"`
+	HrCalls        *ebpf.MapSpec `ebpf:"hr_calls"`
+	HrClusterIps   *ebpf.MapSpec `ebpf:"hr_cluster_ips"`
+	HrCt4Any       *ebpf.MapSpec `ebpf:"hr_ct4_any"`
+	HrCt4New       *ebpf.MapSpec `ebpf:"hr_ct4_new"`
+	HrCt4Tcp       *ebpf.MapSpec `ebpf:"hr_ct4_tcp"`
+	HrCtStats      *ebpf.MapSpec `ebpf:"hr_ct_stats"`
+	HrDevices      *ebpf.MapSpec `ebpf:"hr_devices"`
+	HrEndpoints    *ebpf.MapSpec `ebpf:"hr_endpoints"`
+	HrEndpoints6   *ebpf.MapSpec `ebpf:"hr_endpoints6"`
+	HrEpMeta       *ebpf.MapSpec `ebpf:"hr_ep_meta"`
+	HrEpStats      *ebpf.MapSpec `ebpf:"hr_ep_stats"`
+	HrEvents       *ebpf.MapSpec `ebpf:"hr_events"`
+	HrFrag4        *ebpf.MapSpec `ebpf:"hr_frag4"`
+	HrGc           *ebpf.MapSpec `ebpf:"hr_gc"`
+	HrInfo         *ebpf.MapSpec `ebpf:"hr_info"`
+	HrLb4Affinity  *ebpf.MapSpec `ebpf:"hr_lb4_affinity"`
+	HrLb4Backends  *ebpf.MapSpec `ebpf:"hr_lb4_backends"`
+	HrLb4Maglev    *ebpf.MapSpec `ebpf:"hr_lb4_maglev"`
+	HrLb4Services  *ebpf.MapSpec `ebpf:"hr_lb4_services"`
+	HrLbOn         *ebpf.MapSpec `ebpf:"hr_lb_on"`
+	HrLxc          *ebpf.MapSpec `ebpf:"hr_lxc"`
+	HrMetrics      *ebpf.MapSpec `ebpf:"hr_metrics"`
+	HrMonitor      *ebpf.MapSpec `ebpf:"hr_monitor"`
+	HrMonitorState *ebpf.MapSpec `ebpf:"hr_monitor_state"`
+	HrNodeAddrs    *ebpf.MapSpec `ebpf:"hr_node_addrs"`
+	HrNodes        *ebpf.MapSpec `ebpf:"hr_nodes"`
+	HrPolicy       *ebpf.MapSpec `ebpf:"hr_policy"`
+	HrPolicyRet    *ebpf.MapSpec `ebpf:"hr_policy_ret"`
+	HrReject       *ebpf.MapSpec `ebpf:"hr_reject"`
+	HrSnat4Any     *ebpf.MapSpec `ebpf:"hr_snat4_any"`
+	HrSnat4New     *ebpf.MapSpec `ebpf:"hr_snat4_new"`
+	HrSnat4Tcp     *ebpf.MapSpec `ebpf:"hr_snat4_tcp"`
+	HrSock4Revnat  *ebpf.MapSpec `ebpf:"hr_sock4_revnat"`
 }
 
 // HostroutingVariableSpecs contains global variables before they are loaded into the kernel.
@@ -438,44 +438,45 @@ func (o *HostroutingObjects) Close() error {
 //
 // It can be passed to LoadHostroutingObjects or ebpf.CollectionSpec.LoadAndAssign.
 type HostroutingMaps struct {
-	HrCalls         *ebpf.Map `ebpf:"hr_calls"`
-	HrCt4Any        *ebpf.Map `ebpf:"hr_ct4_any"`
-	HrCt4New        *ebpf.Map `ebpf:"hr_ct4_new"`
-	HrCt4Tcp        *ebpf.Map `ebpf:"hr_ct4_tcp"`
-	HrCtStats       *ebpf.Map `ebpf:"hr_ct_stats"`
-	HrDevices       *ebpf.Map `ebpf:"hr_devices"`
-	HrEndpoints     *ebpf.Map `ebpf:"hr_endpoints"`
-	HrEndpoints6    *ebpf.Map `ebpf:"hr_endpoints6"`
-	HrEpMeta        *ebpf.Map `ebpf:"hr_ep_meta"`
-	HrEpStats       *ebpf.Map `ebpf:"hr_ep_stats"`
-	HrEvents        *ebpf.Map `ebpf:"hr_events"`
-	HrFrag4         *ebpf.Map `ebpf:"hr_frag4"`
-	HrGc            *ebpf.Map `ebpf:"hr_gc"`
-	HrInfo          *ebpf.Map `ebpf:"hr_info"`
-	HrLb4Affinity   *ebpf.Map `ebpf:"hr_lb4_affinity"`
-	HrLb4Backends   *ebpf.Map `ebpf:"hr_lb4_backends"`
-	HrLb4ClusterIps *ebpf.Map `ebpf:"hr_lb4_cluster_ips"`
-	HrLb4Maglev     *ebpf.Map `ebpf:"hr_lb4_maglev"`
-	HrLb4Services   *ebpf.Map `ebpf:"hr_lb4_services"`
-	HrLbOn          *ebpf.Map `ebpf:"hr_lb_on"`
-	HrLxc           *ebpf.Map `ebpf:"hr_lxc"`
-	HrMetrics       *ebpf.Map `ebpf:"hr_metrics"`
-	HrMonitor       *ebpf.Map `ebpf:"hr_monitor"`
-	HrMonitorState  *ebpf.Map `ebpf:"hr_monitor_state"`
-	HrNodeAddrs     *ebpf.Map `ebpf:"hr_node_addrs"`
-	HrNodes         *ebpf.Map `ebpf:"hr_nodes"`
-	HrPolicy        *ebpf.Map `ebpf:"hr_policy"`
-	HrPolicyRet     *ebpf.Map `ebpf:"hr_policy_ret"`
-	HrReject        *ebpf.Map `ebpf:"hr_reject"`
-	HrSnat4Any      *ebpf.Map `ebpf:"hr_snat4_any"`
-	HrSnat4New      *ebpf.Map `ebpf:"hr_snat4_new"`
-	HrSnat4Tcp      *ebpf.Map `ebpf:"hr_snat4_tcp"`
-	HrSock4Revnat   *ebpf.Map `ebpf:"hr_sock4_revnat"`
+	HrCalls        *ebpf.Map `ebpf:"hr_calls"`
+	HrClusterIps   *ebpf.Map `ebpf:"hr_cluster_ips"`
+	HrCt4Any       *ebpf.Map `ebpf:"hr_ct4_any"`
+	HrCt4New       *ebpf.Map `ebpf:"hr_ct4_new"`
+	HrCt4Tcp       *ebpf.Map `ebpf:"hr_ct4_tcp"`
+	HrCtStats      *ebpf.Map `ebpf:"hr_ct_stats"`
+	HrDevices      *ebpf.Map `ebpf:"hr_devices"`
+	HrEndpoints    *ebpf.Map `ebpf:"hr_endpoints"`
+	HrEndpoints6   *ebpf.Map `ebpf:"hr_endpoints6"`
+	HrEpMeta       *ebpf.Map `ebpf:"hr_ep_meta"`
+	HrEpStats      *ebpf.Map `ebpf:"hr_ep_stats"`
+	HrEvents       *ebpf.Map `ebpf:"hr_events"`
+	HrFrag4        *ebpf.Map `ebpf:"hr_frag4"`
+	HrGc           *ebpf.Map `ebpf:"hr_gc"`
+	HrInfo         *ebpf.Map `ebpf:"hr_info"`
+	HrLb4Affinity  *ebpf.Map `ebpf:"hr_lb4_affinity"`
+	HrLb4Backends  *ebpf.Map `ebpf:"hr_lb4_backends"`
+	HrLb4Maglev    *ebpf.Map `ebpf:"hr_lb4_maglev"`
+	HrLb4Services  *ebpf.Map `ebpf:"hr_lb4_services"`
+	HrLbOn         *ebpf.Map `ebpf:"hr_lb_on"`
+	HrLxc          *ebpf.Map `ebpf:"hr_lxc"`
+	HrMetrics      *ebpf.Map `ebpf:"hr_metrics"`
+	HrMonitor      *ebpf.Map `ebpf:"hr_monitor"`
+	HrMonitorState *ebpf.Map `ebpf:"hr_monitor_state"`
+	HrNodeAddrs    *ebpf.Map `ebpf:"hr_node_addrs"`
+	HrNodes        *ebpf.Map `ebpf:"hr_nodes"`
+	HrPolicy       *ebpf.Map `ebpf:"hr_policy"`
+	HrPolicyRet    *ebpf.Map `ebpf:"hr_policy_ret"`
+	HrReject       *ebpf.Map `ebpf:"hr_reject"`
+	HrSnat4Any     *ebpf.Map `ebpf:"hr_snat4_any"`
+	HrSnat4New     *ebpf.Map `ebpf:"hr_snat4_new"`
+	HrSnat4Tcp     *ebpf.Map `ebpf:"hr_snat4_tcp"`
+	HrSock4Revnat  *ebpf.Map `ebpf:"hr_sock4_revnat"`
 }
 
 func (m *HostroutingMaps) Close() error {
 	return _HostroutingClose(
 		m.HrCalls,
+		m.HrClusterIps,
 		m.HrCt4Any,
 		m.HrCt4New,
 		m.HrCt4Tcp,
@@ -491,7 +492,6 @@ func (m *HostroutingMaps) Close() error {
 		m.HrInfo,
 		m.HrLb4Affinity,
 		m.HrLb4Backends,
-		m.HrLb4ClusterIps,
 		m.HrLb4Maglev,
 		m.HrLb4Services,
 		m.HrLbOn,

@@ -21,7 +21,7 @@ var (
 
 // services is the datapath's service table, as package maps writes it.
 func (d *datapath) services() *maps.Services {
-	return maps.NewServices(maps.ServiceMaps{Services: d.objs.HrLb4Services, Backends: d.objs.HrLb4Backends, On: d.objs.HrLbOn, ClusterIPs: d.objs.HrLb4ClusterIps})
+	return maps.NewServices(maps.ServiceMaps{Services: d.objs.HrLb4Services, Backends: d.objs.HrLb4Backends, On: d.objs.HrLbOn, ClusterIPs: d.objs.HrClusterIps})
 }
 
 // addService registers clusterIP (service ID 1) with one active backend

@@ -224,7 +224,7 @@ var mapNames = []string{
 	bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEndpoints6, bpf.HostroutingMapHrDevices, bpf.HostroutingMapHrLxc,
 	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
 	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta,
-	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLbOn, bpf.HostroutingMapHrLb4ClusterIps,
+	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLbOn, bpf.HostroutingMapHrClusterIps,
 	bpf.HostroutingMapHrCt4Tcp, bpf.HostroutingMapHrCt4Any, bpf.HostroutingMapHrCt4New, bpf.HostroutingMapHrCtStats,
 	bpf.HostroutingMapHrSnat4Tcp, bpf.HostroutingMapHrSnat4Any, bpf.HostroutingMapHrSnat4New, bpf.HostroutingMapHrNodeAddrs,
 	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrLb4Maglev,
@@ -501,7 +501,7 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 	}
 	spec.Maps[bpf.HostroutingMapHrLb4Services].MaxEntries = opts.MaxServices * (1 + ServiceBackendSlots)
 	spec.Maps[bpf.HostroutingMapHrLb4Backends].MaxEntries = opts.MaxServices * ServiceBackendSlots
-	spec.Maps[bpf.HostroutingMapHrLb4ClusterIps].MaxEntries = opts.MaxServices
+	spec.Maps[bpf.HostroutingMapHrClusterIps].MaxEntries = opts.MaxServices
 	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(config); err != nil {
 		return nil, fmt.Errorf("set datapath config: %w", err)
 	}
@@ -659,7 +659,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		Services:      m[bpf.HostroutingMapHrLb4Services],
 		Backends:      m[bpf.HostroutingMapHrLb4Backends],
 		ServicesOn:    m[bpf.HostroutingMapHrLbOn],
-		ClusterIPs:    m[bpf.HostroutingMapHrLb4ClusterIps],
+		ClusterIPs:    m[bpf.HostroutingMapHrClusterIps],
 		Conntrack:     m[bpf.HostroutingMapHrCt4Tcp],
 		ConntrackAny:  m[bpf.HostroutingMapHrCt4Any],
 		ConntrackNew:  m[bpf.HostroutingMapHrCt4New],

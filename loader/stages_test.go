@@ -108,7 +108,7 @@ func TestMapSizes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(sizes) != 31 {
+		if len(sizes) != 32 {
 			t.Errorf("%d maps reported: %+v", len(sizes), sizes)
 		}
 		for _, s := range sizes {

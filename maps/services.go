@@ -118,7 +118,7 @@ type Backend struct {
 }
 
 // Services is the frontend map with its backend, switch and ClusterIP
-// maps (hr_lb4_services, hr_lb4_backends, hr_lb_on, hr_lb4_cluster_ips).
+// maps (hr_lb4_services, hr_lb4_backends, hr_lb_on, hr_cluster_ips).
 type Services struct {
 	services, backends, on, clusterIPs *ebpf.Map
 }

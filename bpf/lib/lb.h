@@ -105,7 +105,7 @@ struct {
 	__uint(max_entries, 16384);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} hr_lb4_cluster_ips SEC(".maps");
+} hr_cluster_ips SEC(".maps");
 
 /* in_service_cidr tells whether addr is in the service CIDR. */
 static __always_inline int in_service_cidr(__be32 addr)
@@ -125,7 +125,7 @@ static __always_inline int lb_enabled(void)
  * in the service CIDR or is a ClusterIP (on another port). */
 static __always_inline int unserved(__be32 addr)
 {
-	return in_service_cidr(addr) || (lb_enabled() && bpf_map_lookup_elem(&hr_lb4_cluster_ips, &addr));
+	return in_service_cidr(addr) || (lb_enabled() && bpf_map_lookup_elem(&hr_cluster_ips, &addr));
 }
 
 /* L4 header offsets of an option-less IPv4 packet behind Ethernet. */
