@@ -9,8 +9,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/hostrouting/hostrouting/bpf"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/bpf"
 	"github.com/hostrouting/hostrouting/maps"
 )
 

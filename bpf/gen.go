@@ -1,16 +1,5 @@
-// Package bpf holds the hostrouting datapath's C sources and their bpf2go
-// output: the compiled object and the Go types that mirror its structs.
-// Regenerate with `go generate ./bpf` (needs clang-19 and libbpf-dev).
+// Package bpf holds the hostrouting datapath's C sources (hostrouting.c,
+// sockterm.c, lib/*.h) and their BPF_PROG_RUN tests. Their bpf2go output,
+// the compiled objects and the Go mirrors of the C structs, is the
+// internal package internal/bpf: no C struct is part of the SDK's API.
 package bpf
-
-//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type endpoint_info -type endpoint_stats -type metric_value -type node_info -type node_entry -type endpoint_meta -type lb4_key -type lb4_service -type lb4_backend -type lb4_reverse_nat -type ct4_key -type ct_entry -type nat4_entry Hostrouting hostrouting.c
-
-//go:generate go tool bpf2go -cc clang-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel SockTerm sockterm.c
-
-import "crypto/sha256"
-
-// ObjectHash identifies the compiled datapath object, so that a loader can
-// tell whether pinned programs came from the same code.
-func ObjectHash() [sha256.Size]byte {
-	return sha256.Sum256(_HostroutingBytes)
-}

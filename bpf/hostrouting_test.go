@@ -13,9 +13,9 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
-	"github.com/hostrouting/hostrouting/bpf"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/examples/policy"
+	"github.com/hostrouting/hostrouting/internal/bpf"
 	"github.com/hostrouting/hostrouting/maps"
 )
 

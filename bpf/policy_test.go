@@ -8,8 +8,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 
-	"github.com/hostrouting/hostrouting/bpf"
 	"github.com/hostrouting/hostrouting/examples/policy"
+	"github.com/hostrouting/hostrouting/internal/bpf"
 	"github.com/hostrouting/hostrouting/maps"
 )
 

@@ -4,7 +4,7 @@ import (
 	"net"
 	"testing"
 
-	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/internal/bpf"
 	"github.com/hostrouting/hostrouting/maps"
 )
 

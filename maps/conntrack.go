@@ -12,7 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/internal/bpf"
 )
 
 // ICMP is the protocol of ICMP echoes, which the datapath masquerades by

@@ -6,7 +6,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/internal/bpf"
 )
 
 // GCStatus is the health of a node's conntrack garbage collector as its

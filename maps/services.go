@@ -9,7 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/internal/bpf"
 )
 
 // Protocol is a frontend's or backend's L4 protocol.

@@ -9,7 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/internal/bpf"
 )
 
 // NATDir is which way a source NAT entry looks at a flow (enum nat_dir in

@@ -5,7 +5,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/internal/bpf"
 )
 
 // EndpointStats are one endpoint's counters, summed over CPUs. "From" is

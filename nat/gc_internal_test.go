@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hostrouting/hostrouting/bpf"
+	"github.com/hostrouting/hostrouting/internal/bpf"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
