@@ -114,6 +114,14 @@ func parseConf(stdin []byte) (*NetConf, error) {
 	if err := json.Unmarshal(stdin, conf); err != nil {
 		return nil, cniError(types.ErrDecodingFailure, "parse netconf: %v", err)
 	}
+	// cni's conversion of an older result, and podOf, take the entries of
+	// these lists (keys matched as encoding/json does) to be objects: a
+	// null one would panic them.
+	for k, v := range conf.RawPrevResult {
+		if list, _ := v.([]any); (strings.EqualFold(k, "interfaces") || strings.EqualFold(k, "ips")) && slices.Contains(list, nil) {
+			return nil, cniError(types.ErrDecodingFailure, "parse prevResult: %s has a null entry", k)
+		}
+	}
 	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
 		return nil, cniError(types.ErrDecodingFailure, "parse prevResult: %v", err)
 	}
