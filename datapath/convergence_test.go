@@ -228,7 +228,7 @@ func TestRemovedMapPinIsRepaired(t *testing.T) {
 
 	// The fix: what is left goes, pods fall back to the kernel's routing,
 	// and a new node starts on the same pin path.
-	if err := datapath.Cleanup(pin, node.Netns); err != nil {
+	if err := datapath.Cleanup(datapath.Location{PinPath: pin, Netns: node.Netns}); err != nil {
 		t.Fatalf("Cleanup of the partial node: %v", err)
 	}
 	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {

@@ -21,11 +21,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
@@ -175,11 +177,11 @@ type Datapath struct {
 	closed    bool
 	cfg       Config
 	node      *loader.Instance
-	endpoints *maps.Endpoints
-	stats     *maps.Stats
-	metrics   *maps.Metrics
-	nodes     *maps.Nodes
-	services  *maps.Services
+	endpoints *tables.Endpoints
+	stats     *tables.Stats
+	metrics   *tables.Metrics
+	nodes     *tables.Nodes
+	services  *tables.Services
 	flows     *nat.GC // flushes the flows of endpoints and backends that go
 }
 
@@ -263,16 +265,16 @@ func (cfg *Config) check() ([]int, error) {
 	if cfg.MaxEndpoints > loader.MaxEndpointsLimit {
 		return nil, fmt.Errorf("MaxEndpoints %d: at most %d", cfg.MaxEndpoints, loader.MaxEndpointsLimit)
 	}
-	if c := cfg.NativeRoutingCIDR; c.IsValid() && (!c.Addr().Is4() || c.Masked() != c) {
-		return nil, fmt.Errorf("native routing CIDR %s: want an IPv4 network address such as %s", c, c.Masked())
+	if err := checkCIDR("native routing CIDR", cfg.NativeRoutingCIDR, "10.0.0.0/8"); err != nil {
+		return nil, err
 	}
-	if c := cfg.ServiceCIDR; c.IsValid() && (!c.Addr().Is4() || c.Masked() != c) {
-		return nil, fmt.Errorf("service CIDR %s: want an IPv4 network address such as %s", c, c.Masked())
+	if err := checkCIDR("service CIDR", cfg.ServiceCIDR, "10.96.0.0/12"); err != nil {
+		return nil, err
 	}
 	if cfg.NoBackendResponse > NoBackendDrop {
 		return nil, fmt.Errorf("no-backend response %d: want NoBackendReject or NoBackendDrop", cfg.NoBackendResponse)
 	}
-	if _, err := routing.Netns(cfg.Netns); err != nil {
+	if err := checkNetns(cfg.Netns); err != nil {
 		return nil, err
 	}
 	if cfg.CgroupPath != "" {
@@ -301,20 +303,67 @@ func (cfg *Config) check() ([]int, error) {
 	return devices, nil
 }
 
-// Open adopts the datapath pinned at pinPath for the node whose network
-// namespace is at netns ("" for the caller's), without loading or
-// attaching anything: for tools and for CNI DEL and CHECK, which must not
-// start a node that is not there. A missing pin path gives an error
-// wrapping os.ErrNotExist, one without a node loader.ErrNoNode.
-func Open(pinPath, netns string) (*Datapath, error) {
-	if pinPath == "" {
-		pinPath = loader.DefaultPinPath
+// checkCIDR checks that c, if valid, is an IPv4 network address; the
+// error suggests the network of an IPv4 prefix, or example for another.
+func checkCIDR(what string, c netip.Prefix, example string) error {
+	switch {
+	case !c.IsValid() || c.Addr().Is4() && c.Masked() == c:
+		return nil
+	case !c.Addr().Is4():
+		return fmt.Errorf("%s %s: want an IPv4 network such as %s (IPv6 is not supported yet)", what, c, example)
 	}
-	node, err := loader.Open(pinPath)
+	return fmt.Errorf("%s %s: want a network address, %s (its host bits zero)", what, c, c.Masked())
+}
+
+// checkNetns checks that netns ("" for the caller's) is a network
+// namespace. A bare name, as `ip netns` takes, is no path: the error says
+// which path it may mean.
+func checkNetns(netns string) error {
+	_, err := routing.Netns(netns)
+	if err == nil || strings.Contains(netns, "/") {
+		return err
+	}
+	named := filepath.Join(routing.NetnsDir, netns)
+	if _, statErr := os.Stat(named); statErr == nil {
+		return fmt.Errorf("netns %q: want a path, such as %s (a name as `ip netns` takes is no path): %w", netns, named, err)
+	}
+	return fmt.Errorf("netns %q: want the path of a network namespace, such as %s or /proc/PID/ns/net (there is no %s either): %w",
+		netns, filepath.Join(routing.NetnsDir, "NAME"), named, err)
+}
+
+// Location says where a node's datapath is, for Open and Cleanup: the
+// fields mean what Config's of the same names do.
+type Location struct {
+	// PinPath is the node instance's directory on a bpf filesystem.
+	// Default loader.DefaultPinPath.
+	PinPath string
+	// Netns is the path of the node's network namespace (such as
+	// /var/run/netns/node1); empty for the caller's own.
+	Netns string
+}
+
+// Location returns where the node cfg configures is.
+func (cfg Config) Location() Location {
+	return Location{PinPath: cfg.PinPath, Netns: cfg.Netns}
+}
+
+// Open adopts the datapath pinned at at.PinPath for the node whose network
+// namespace is at.Netns, without loading or attaching anything: for tools
+// and for CNI DEL and CHECK, which must not start a node that is not
+// there. A missing pin path gives an error wrapping os.ErrNotExist, one
+// without a node loader.ErrNoNode.
+func Open(at Location) (*Datapath, error) {
+	if at.PinPath == "" {
+		at.PinPath = loader.DefaultPinPath
+	}
+	if err := checkNetns(at.Netns); err != nil {
+		return nil, fmt.Errorf("open datapath at %s: %w", at.PinPath, err)
+	}
+	node, err := loader.Open(at.PinPath)
 	if err != nil {
 		return nil, err
 	}
-	return newDatapath(Config{PinPath: pinPath, Netns: netns, NativeRoutingCIDR: node.NativeRoutingCIDR}, node), nil
+	return newDatapath(Config{PinPath: at.PinPath, Netns: at.Netns, NativeRoutingCIDR: node.NativeRoutingCIDR}, node), nil
 }
 
 func newDatapath(cfg Config, node *loader.Instance) *Datapath {
@@ -327,18 +376,18 @@ func newDatapath(cfg Config, node *loader.Instance) *Datapath {
 func (d *Datapath) use(node *loader.Instance) {
 	d.node = node
 	d.cfg.NativeRoutingCIDR = node.NativeRoutingCIDR
-	d.endpoints = maps.NewEndpoints(maps.EndpointMaps{ByIPv4: node.Maps.Endpoints, ByIPv6: node.Maps.Endpoints6,
+	d.endpoints = tables.NewEndpoints(tables.EndpointMaps{ByIPv4: node.Maps.Endpoints, ByIPv6: node.Maps.Endpoints6,
 		ByDevice: node.Maps.Devices, Slots: node.Maps.DeviceSlots, Meta: node.Maps.EndpointMeta})
-	d.stats = maps.NewStats(node.Maps.EndpointStats)
-	d.metrics = maps.NewMetrics(node.Maps.Metrics)
-	d.nodes = maps.NewNodes(node.Maps.Nodes)
-	d.services = maps.NewServices(maps.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends,
+	d.stats = tables.NewStats(node.Maps.EndpointStats)
+	d.metrics = tables.NewMetrics(node.Maps.Metrics)
+	d.nodes = tables.NewNodes(node.Maps.Nodes)
+	d.services = tables.NewServices(tables.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends,
 		On: node.Maps.ServicesOn, ClusterIPs: node.Maps.ClusterIPs})
 	d.flows = d.newGC(nat.Options{})
 }
 
 func (d *Datapath) newGC(opts nat.Options) *nat.GC {
-	return nat.NewGC(maps.NewConntrack(d.node.Maps.ConntrackTables()...), maps.NewSNAT(d.node.Maps.SNATTables()...), opts)
+	return nat.NewGC(tables.NewConntrack(d.node.Maps.ConntrackTables()...), tables.NewSNAT(d.node.Maps.SNATTables()...), opts)
 }
 
 // GC returns a garbage collector of the node's conntrack and SNAT tables
@@ -348,9 +397,9 @@ func (d *Datapath) newGC(opts nat.Options) *nat.GC {
 // Entries of endpoints and backends that go are flushed by the datapath
 // itself. The GC works on this handle's maps: after a reload by another
 // process (which keeps the maps) it goes on working.
-func (d *Datapath) GC(opts nat.Options) *nat.GC {
+func (d *Datapath) GC(opts nat.Options) (*nat.GC, error) {
 	var gc *nat.GC
-	d.read(func() error {
+	err := d.read(func() error {
 		status, onPass := d.node.Maps.GCStatus, opts.OnPass
 		opts.OnPass = func(pass nat.Stats) {
 			t := gc.Stats()
@@ -359,7 +408,7 @@ func (d *Datapath) GC(opts nat.Options) *nat.GC {
 			if t.LastError != nil {
 				s.LastError = t.LastError.Error()
 			}
-			maps.WriteGCStatus(status, s) // best effort: the pass itself is done
+			tables.WriteGCStatus(status, s) // best effort: the pass itself is done
 			if onPass != nil {
 				onPass(pass)
 			}
@@ -367,7 +416,10 @@ func (d *Datapath) GC(opts nat.Options) *nat.GC {
 		gc = d.newGC(opts)
 		return nil
 	})
-	return gc
+	if err != nil {
+		return nil, fmt.Errorf("conntrack GC: %w", err)
+	}
+	return gc, nil
 }
 
 // read runs fn, which only reads, on an open handle.
@@ -527,24 +579,27 @@ func (d *Datapath) Remove() error {
 	return errors.Join(append(errs, d.node.Remove())...)
 }
 
-// Cleanup removes the node at pinPath, whose network namespace is at
-// netns, whatever state it is in: as Remove for a node that opens, and
-// for one that does not (pins removed by hand, a version whose maps do
-// not load) what is left of it: its attachments, pins and routes to other
-// nodes. It leaves everything it did not make, and a node that is gone
-// already is not an error. `hrctl cleanup` runs it.
-func Cleanup(pinPath, netns string) error {
-	if pinPath == "" {
-		pinPath = loader.DefaultPinPath
+// Cleanup removes the node at at, whatever state it is in: as Remove for
+// a node that opens, and for one that does not (pins removed by hand, a
+// version whose maps do not load) what is left of it: its attachments,
+// pins and routes to other nodes. It leaves everything it did not make,
+// and a node that is gone already is not an error. `hrctl cleanup` runs
+// it.
+func Cleanup(at Location) error {
+	if at.PinPath == "" {
+		at.PinPath = loader.DefaultPinPath
 	}
-	dp, err := Open(pinPath, netns)
+	if err := checkNetns(at.Netns); err != nil {
+		return fmt.Errorf("clean up datapath at %s: %w", at.PinPath, err)
+	}
+	dp, err := Open(at)
 	switch {
 	case err == nil:
 		return dp.Remove()
 	case errors.Is(err, os.ErrNotExist):
 		return nil
 	}
-	return errors.Join(loader.Cleanup(pinPath, netns), routing.DeleteAllNodeRoutes(netns))
+	return errors.Join(loader.Cleanup(at.PinPath, at.Netns), routing.DeleteAllNodeRoutes(at.Netns))
 }
 
 // setNodeAddrs records each device's first IPv4 address: what pods'
@@ -558,13 +613,19 @@ func (d *Datapath) setNodeAddrs(ifindexes []int) error {
 	var k uint32
 	var v uint32
 	var stale []uint32
-	for it := d.node.Maps.NodeAddrs.Iterate(); it.Next(&k, &v); {
+	it := d.node.Maps.NodeAddrs.Iterate()
+	for it.Next(&k, &v) {
 		if !slices.Contains(ifindexes, int(k)) {
 			stale = append(stale, k)
 		}
 	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read node device addresses: %w", err)
+	}
 	for _, k := range stale {
-		d.node.Maps.NodeAddrs.Delete(k)
+		if err := d.node.Maps.NodeAddrs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget the address of former node device %d: %w", k, err)
+		}
 	}
 	for _, ifindex := range ifindexes {
 		link, err := h.LinkByIndex(ifindex)
@@ -572,8 +633,18 @@ func (d *Datapath) setNodeAddrs(ifindexes []int) error {
 			return fmt.Errorf("node device %d: %w", ifindex, err)
 		}
 		addrs, err := h.AddrList(link, netlink.FAMILY_V4)
-		if err != nil || len(addrs) == 0 {
-			continue // nothing to translate to: masquerade by it drops, counted
+		for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 3; try++ {
+			addrs, err = h.AddrList(link, netlink.FAMILY_V4) // changed meanwhile: read again
+		}
+		if err != nil {
+			return fmt.Errorf("node device %s addresses: %w", link.Attrs().Name, err)
+		}
+		if len(addrs) == 0 {
+			// Nothing to translate to: masquerade by it drops, counted.
+			if err := d.node.Maps.NodeAddrs.Delete(uint32(ifindex)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("forget the address of node device %s: %w", link.Attrs().Name, err)
+			}
+			continue
 		}
 		if err := d.node.Maps.NodeAddrs.Update(uint32(ifindex), addrs[0].IP.To4(), ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("node device %s address: %w", link.Attrs().Name, err)

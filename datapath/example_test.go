@@ -300,8 +300,13 @@ func ExampleDatapath_SetIngressPolicy() {
 		fmt.Println(err)
 		return
 	}
+	replacements, err := dp.PolicyMapReplacements()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	var objs policy.PolicyObjects
-	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: dp.PolicyMapReplacements()}); err != nil {
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: replacements}); err != nil {
 		fmt.Println(err)
 		return
 	}
@@ -536,7 +541,7 @@ func (c *exampleCluster) AddPod(node *topology.Node, name string, ip netip.Addr,
 // Close removes the datapath, the pods and the namespaces, and prints what
 // it could not remove, so that the example fails.
 func (c *exampleCluster) Close() {
-	errs := []error{datapath.Cleanup(c.PinPath, c.Node.Netns)}
+	errs := []error{datapath.Cleanup(datapath.Location{PinPath: c.PinPath, Netns: c.Node.Netns})}
 	for i := len(c.undo) - 1; i >= 0; i-- {
 		errs = append(errs, c.undo[i]())
 	}

@@ -37,6 +37,7 @@ import (
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/internal/netcheck"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
@@ -291,7 +292,7 @@ func flowStats(t *testing.T, dp *datapath.Datapath) [maps.FlowClassCount]maps.Fl
 		t.Fatal(err)
 	}
 	defer node.Close()
-	s, err := maps.ReadFlowStats(node.Maps.FlowStats)
+	s, err := tables.ReadFlowStats(node.Maps.FlowStats)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +313,7 @@ func conntrackEntries(t *testing.T, dp *datapath.Datapath) []maps.CTEntry {
 		t.Fatal(err)
 	}
 	defer node.Close()
-	all, err := maps.NewConntrack(node.Maps.ConntrackTables()...).List()
+	all, err := tables.NewConntrack(node.Maps.ConntrackTables()...).List()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -888,7 +889,11 @@ func forgedNodePortOn(t *testing.T, cn *crossNode, forge func(next uint32) []net
 
 	time.Sleep(12 * time.Second) // past the closing timeout (10s)
 	for i, d := range cn.dps {
-		pass, err := d.GC(nat.Options{}).Collect()
+		gc, err := d.GC(nat.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pass, err := gc.Collect()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1105,7 +1110,7 @@ func entriesOf(pin string, addr netip.AddrPort) string {
 		return err.Error()
 	}
 	defer node.Close()
-	all, err := maps.NewConntrack(node.Maps.ConntrackTables()...).List()
+	all, err := tables.NewConntrack(node.Maps.ConntrackTables()...).List()
 	if err != nil {
 		return err.Error()
 	}
@@ -1200,7 +1205,10 @@ func TestCRRClusterIP(t *testing.T) {
 	end := time.Now().Add(duration)
 	var wg sync.WaitGroup
 
-	gc := dp.GC(nat.Options{})
+	gc, err := dp.GC(nat.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	stop := gc.Start(time.Second)
 	defer stop()
 	const workers, rate = 2, 1500 // connections a second, at most: the CPUs are shared

@@ -477,7 +477,7 @@ func TestMonitorOneReader(t *testing.T) {
 	if _, err := dp.OpenMonitor(); !errors.Is(err, datapath.ErrMonitorBusy) {
 		t.Fatalf("second OpenMonitor: %v, want ErrMonitorBusy", err)
 	}
-	other, err := datapath.Open(pin, node.Netns) // as another process would
+	other, err := datapath.Open(datapath.Location{PinPath: pin, Netns: node.Netns}) // as another process would
 	if err != nil {
 		t.Fatal(err)
 	}

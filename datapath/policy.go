@@ -11,14 +11,19 @@ import (
 
 // PolicyMapReplacements are the maps an ingress policy program must be
 // loaded with (ebpf.CollectionOptions.MapReplacements), so that it can hand
-// its verdict back to the datapath; see SetIngressPolicy.
-func (d *Datapath) PolicyMapReplacements() map[string]*ebpf.Map {
+// its verdict back to the datapath; see SetIngressPolicy. They belong to
+// the handle: load the program before Close (which closes them; the
+// program keeps its own reference).
+func (d *Datapath) PolicyMapReplacements() (map[string]*ebpf.Map, error) {
 	var m map[string]*ebpf.Map
-	d.read(func() error {
+	err := d.read(func() error {
 		m = d.node.PolicyMapReplacements()
 		return nil
 	})
-	return m
+	if err != nil {
+		return nil, fmt.Errorf("policy map replacements: %w", err)
+	}
+	return m, nil
 }
 
 // SetIngressPolicy puts prog into the ingress policy slot of the endpoint

@@ -24,8 +24,12 @@ func loadPolicy(t *testing.T, dp *datapath.Datapath) *policy.PolicyObjects {
 	if err != nil {
 		t.Fatal(err)
 	}
+	replacements, err := dp.PolicyMapReplacements()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var objs policy.PolicyObjects
-	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: dp.PolicyMapReplacements()}); err != nil {
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: replacements}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { objs.Close() })

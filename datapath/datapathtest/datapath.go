@@ -41,7 +41,7 @@ func (n *Node) NewDatapath(t testing.TB, cfg datapath.Config) *datapath.Datapath
 	}
 	t.Cleanup(func() {
 		dp.Close()
-		left, err := datapath.Open(cfg.PinPath, cfg.Netns)
+		left, err := datapath.Open(cfg.Location())
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, loader.ErrNoNode) {
 			return // removed by the test
 		}

@@ -16,12 +16,15 @@ import (
 // its conntrack garbage collector's passes are among them (the GC
 // records them in the node).
 func ExampleNewCollector() {
-	dp, err := datapath.Open("/sys/fs/bpf/hostrouting", "")
+	dp, err := datapath.Open(datapath.Location{PinPath: "/sys/fs/bpf/hostrouting"})
 	if err != nil {
 		panic(err)
 	}
 	defer dp.Close()
-	gc := dp.GC(nat.Options{})
+	gc, err := dp.GC(nat.Options{})
+	if err != nil {
+		panic(err)
+	}
 	stop := gc.Start(30 * time.Second)
 	defer stop()
 

@@ -54,7 +54,11 @@ func TestCollector(t *testing.T) {
 	dp := node.NewDatapath(t, datapath.Config{MaxEndpoints: 64})
 	a.AddEndpoint(t, dp)
 	epB := b.AddEndpoint(t, dp)
-	if _, err := dp.GC(nat.Options{}).Collect(); err != nil { // an agent's GC pass, recorded in the node
+	gc, err := dp.GC(nat.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gc.Collect(); err != nil { // an agent's GC pass, recorded in the node
 		t.Fatal(err)
 	}
 	mon, err := dp.OpenMonitor()

@@ -177,7 +177,7 @@ func (c *cluster) startAgents(ctx context.Context) error {
 		actx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- a.Run(actx) }()
-		c.undo = append(c.undo, func() error { return datapath.Cleanup(n.pinPath, n.path) }, func() error {
+		c.undo = append(c.undo, func() error { return datapath.Cleanup(datapath.Location{PinPath: n.pinPath, Netns: n.path}) }, func() error {
 			cancel()
 			return <-done
 		})
@@ -329,7 +329,7 @@ func (c *cluster) curl(ctx context.Context, n int) error {
 		}
 		fmt.Fprintf(c.out, "  curl %s  →  %s\n", url, answer)
 	}
-	dp, err := datapath.Open(c.nodes[0].pinPath, c.nodes[0].path)
+	dp, err := datapath.Open(datapath.Location{PinPath: c.nodes[0].pinPath, Netns: c.nodes[0].path})
 	if err != nil {
 		return err
 	}

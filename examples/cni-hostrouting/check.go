@@ -37,7 +37,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	dp, err := datapath.Open(conf.PinPath, "")
+	dp, err := datapath.Open(datapath.Location{PinPath: conf.PinPath})
 	switch {
 	case noDatapath(err):
 		return cniError(types.ErrInternal, "no datapath at pinPath %s: %v", conf.PinPath, err)

@@ -55,7 +55,7 @@ func testCrossNode(t *testing.T, extra map[string]any) {
 	// What a node agent does: each node gets routes to the other's pods.
 	var dps [2]*datapath.Datapath
 	for i, n := range nodes {
-		dp, err := datapath.Open(n.pinPath, n.Netns)
+		dp, err := datapath.Open(datapath.Location{PinPath: n.pinPath, Netns: n.Netns})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,7 +189,7 @@ func TestServiceKeysReachNode(t *testing.T) {
 			}
 			n := newTestNodeOn(t, c.Nodes[0], c.Nodes[0].PodCIDR, hr)
 			n.mustAdd(t, "a")
-			dp, err := datapath.Open(n.pinPath, n.Netns)
+			dp, err := datapath.Open(datapath.Location{PinPath: n.pinPath, Netns: n.Netns})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -113,7 +113,7 @@ func cmdDel(args *skel.CmdArgs) error {
 
 func delEndpoints(conf *NetConf, args *skel.CmdArgs) error {
 	// Never load a datapath on DEL: only adopt one that is there.
-	dp, err := datapath.Open(conf.PinPath, "")
+	dp, err := datapath.Open(datapath.Location{PinPath: conf.PinPath})
 	switch {
 	case noDatapath(err):
 		return nil

@@ -461,7 +461,7 @@ func (n *testNode) hrAdd(p *datapathtest.Pod, prev map[string]any) ([]byte, erro
 // t.Cleanup.
 func (n *testNode) datapath(t *testing.T) *datapath.Datapath {
 	t.Helper()
-	dp, err := datapath.Open(n.pinPath, n.Netns)
+	dp, err := datapath.Open(datapath.Location{PinPath: n.pinPath, Netns: n.Netns})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,8 +4,9 @@
 // node's map replacements and put into endpoints' policy slots.
 //
 //	spec, _ := policy.LoadPolicy()
+//	replacements, err := dp.PolicyMapReplacements()
 //	var objs policy.PolicyObjects
-//	err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: dp.PolicyMapReplacements()})
+//	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: replacements})
 //	err = objs.Denied.Put(policy.PolicyPair{Endpoint: uint32(b.ID), Source: uint32(a.ID)}, uint8(1))
 //	err = dp.SetIngressPolicy(b.IP, objs.DenyListed)
 //

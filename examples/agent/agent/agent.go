@@ -190,7 +190,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("start datapath: %w", err)
 	}
 	defer dp.Close()
-	defer dp.GC(nat.Options{}).Start(30 * time.Second)()
+	gc, err := dp.GC(nat.Options{})
+	if err != nil {
+		return err
+	}
+	defer gc.Start(30 * time.Second)()
 	a.mu.Lock()
 	a.dp = dp
 	a.mu.Unlock()

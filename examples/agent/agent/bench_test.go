@@ -17,6 +17,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
@@ -117,7 +118,7 @@ func BenchmarkStartup(b *testing.B) {
 		if programming, _ = time.ParseDuration(m[1]); programming == 0 {
 			programming = time.Millisecond / 2 // logged rounded to 0s
 		}
-		dp, err := datapath.Open(pinPath, n.Netns)
+		dp, err := datapath.Open(datapath.Location{PinPath: pinPath, Netns: n.Netns})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -141,7 +142,7 @@ func BenchmarkStartup(b *testing.B) {
 		for b.Loop() {
 			pinPath := datapathtest.PinPath(b)
 			total, prog := run(b, pinPath)
-			if err := datapath.Cleanup(pinPath, n.Netns); err != nil {
+			if err := datapath.Cleanup(datapath.Location{PinPath: pinPath, Netns: n.Netns}); err != nil {
 				b.Fatal(err)
 			}
 			totals, programming = append(totals, total), append(programming, prog)
@@ -179,7 +180,7 @@ func BenchmarkEndpointSliceLatency(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer inst.Close()
-	svcMap := maps.NewServices(maps.ServiceMaps{Services: inst.Maps.Services, Backends: inst.Maps.Backends, On: inst.Maps.ServicesOn})
+	svcMap := tables.NewServices(tables.ServiceMaps{Services: inst.Maps.Services, Backends: inst.Maps.Backends, On: inst.Maps.ServicesOn})
 	backendIDs := func(i int) []uint32 {
 		entry, err := svcMap.Entry(maps.Frontend{Addr: benchVIP(i), Proto: maps.TCP})
 		if err != nil {

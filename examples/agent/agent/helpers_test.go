@@ -129,7 +129,7 @@ func newPinPath(t testing.TB, n *datapathtest.Node) string {
 	t.Helper()
 	pinPath := datapathtest.PinPath(t)
 	t.Cleanup(func() {
-		if err := datapath.Cleanup(pinPath, n.Netns); err != nil {
+		if err := datapath.Cleanup(datapath.Location{PinPath: pinPath, Netns: n.Netns}); err != nil {
 			t.Errorf("clean up datapath of %s: %v", n.Name, err)
 		}
 	})
@@ -182,7 +182,7 @@ func (r *running) stop(t testing.TB) {
 // n, for the test to look at (and to add pods to, as a CNI would).
 func openDatapath(t testing.TB, n *datapathtest.Node, pinPath string) *datapath.Datapath {
 	t.Helper()
-	dp, err := datapath.Open(pinPath, n.Netns)
+	dp, err := datapath.Open(datapath.Location{PinPath: pinPath, Netns: n.Netns})
 	if err != nil {
 		t.Fatal(err)
 	}
