@@ -38,11 +38,25 @@ type Endpoint struct {
 	PodIfName   string
 }
 
+// ErrInvalidEndpoint is wrapped by the error of AddEndpoint for an
+// endpoint that makes no sense, naming what is wrong: no or a malformed
+// address or MAC, an ID beyond MaxEndpoints, a pod MAC that is its host
+// device's own.
+var ErrInvalidEndpoint = errors.New("invalid endpoint")
+
 // AddEndpoint puts ep on the datapath: its facts into the endpoint maps and
 // from-container/to-container onto its host-side device. Adding the same
 // endpoint again is an update that keeps its ID, counters and policy. An
 // endpoint left behind by a pod whose device is gone (a DEL that never
 // came) gives way to ep. On error nothing of ep is left behind.
+//
+// AddEndpoint changes no route, address or neighbour entry: the pod's
+// traffic with other pods and the wire is the datapath's, but the node's
+// own (a kubelet probe, a host-network process, replies the stack
+// routes) needs the route to the pod in the node's namespace, which the
+// CNI makes as it wires the veth: routing.SetupVeth does, or
+// routing.AddEndpointRoute (removed with routing.DelEndpointRoute).
+// Without it, node → pod fails.
 func (d *Datapath) AddEndpoint(ep Endpoint) (EndpointInfo, error) {
 	var added EndpointInfo
 	err := d.locked(func() error {
@@ -141,26 +155,36 @@ func (d *Datapath) addEndpoint(ep Endpoint) (EndpointInfo, error) {
 	return m, nil
 }
 
+// invalidEndpoint returns an error wrapping ErrInvalidEndpoint.
+func invalidEndpoint(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidEndpoint, fmt.Sprintf(format, args...))
+}
+
 // endpointOf checks ep and finds its host device.
 func (d *Datapath) endpointOf(ep Endpoint) (EndpointInfo, error) {
 	switch {
 	case !ep.IP.IsValid():
-		return EndpointInfo{}, errors.New("no IP address")
+		return EndpointInfo{}, invalidEndpoint("no IP address")
 	case !ep.IP.Is4():
-		return EndpointInfo{}, fmt.Errorf("address %s: want IPv4 in IP (IPv6 goes in IPv6)", ep.IP)
+		return EndpointInfo{}, invalidEndpoint("address %s: want IPv4 in IP (IPv6 goes in IPv6)", ep.IP)
 	case ep.IPv6.IsValid() && (!ep.IPv6.Is6() || ep.IPv6.Is4In6() || ep.IPv6.Zone() != "" || ep.IPv6.IsLinkLocalUnicast()):
-		return EndpointInfo{}, fmt.Errorf("IPv6 address %s: want a global or unique-local IPv6 address", ep.IPv6)
+		return EndpointInfo{}, invalidEndpoint("IPv6 address %s: want a global or unique-local IPv6 address", ep.IPv6)
 	case len(ep.MAC) != 6:
-		return EndpointInfo{}, fmt.Errorf("pod MAC %q: want 6 bytes", ep.MAC)
+		return EndpointInfo{}, invalidEndpoint("pod MAC %q: want 6 bytes", ep.MAC)
 	case int(ep.ID) > d.maxEndpoints():
-		return EndpointInfo{}, fmt.Errorf("endpoint ID %d: the node's endpoint IDs run from 1 to %d (MaxEndpoints)", ep.ID, d.maxEndpoints())
+		return EndpointInfo{}, invalidEndpoint("endpoint ID %d: the node's endpoint IDs run from 1 to %d (MaxEndpoints)", ep.ID, d.maxEndpoints())
 	}
 	ifindex, nodeMAC, err := hostDevice(d.cfg.Netns, ep.IfName)
 	if err != nil {
 		return EndpointInfo{}, err
 	}
 	if len(nodeMAC) != 6 {
-		return EndpointInfo{}, fmt.Errorf("host device %q has no Ethernet address", ep.IfName)
+		return EndpointInfo{}, invalidEndpoint("host device %q has no Ethernet address", ep.IfName)
+	}
+	if bytes.Equal(ep.MAC, nodeMAC) {
+		// Every frame of the pod would look like the node's own: the
+		// source check drops them all (drop-spoofed).
+		return EndpointInfo{}, invalidEndpoint("pod MAC %s is the MAC of host device %q: want the MAC of the pod's own interface (its veth peer)", ep.MAC, ep.IfName)
 	}
 	m := EndpointInfo{IP: ep.IP, IPv6: ep.IPv6, IfIndex: ifindex, ID: ep.ID, MAC: ep.MAC, NodeMAC: nodeMAC,
 		ContainerID: ep.ContainerID, PodIfName: ep.PodIfName}

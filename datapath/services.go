@@ -159,17 +159,20 @@ func (d *Datapath) UpsertService(s Service) (uint16, error) {
 
 // UpsertServices is UpsertService for many services at once, reading the
 // node's service tables once: for an agent that starts with thousands.
+// It returns their IDs, ids[i] of svcs[i], and leaves svcs as it is.
 // If one of svcs is invalid, it puts none; otherwise it stops at the
 // first service in error (such as one the tables have no room for),
-// after putting those before it, and leaving nothing of that one.
-func (d *Datapath) UpsertServices(svcs []Service) ([]uint16, error) {
+// after putting those before it, and leaving nothing of that one: with
+// the error it returns the IDs of the services it put, svcs[:len(ids)].
+func (d *Datapath) UpsertServices(svcs []Service) (ids []uint16, err error) {
+	svcs = slices.Clone(svcs) // check and upsertService fill in Type and ID
 	for i := range svcs {
 		if err := svcs[i].check(); err != nil {
 			return nil, fmt.Errorf("upsert service %s/%s: %w", svcs[i].Frontend, svcs[i].Protocol, err)
 		}
 	}
-	ids := make([]uint16, len(svcs))
-	err := d.locked(func() error {
+	ids = make([]uint16, 0, len(svcs))
+	err = d.locked(func() error {
 		st, err := d.readServices()
 		if err != nil {
 			return err
@@ -190,14 +193,14 @@ func (d *Datapath) UpsertServices(svcs []Service) ([]uint16, error) {
 				// Backends written for it alone go again.
 				return errors.Join(fmt.Errorf("upsert service %s/%s: %w", svcs[i].Frontend, svcs[i].Protocol, err), d.sweepBackends(st))
 			}
-			ids[i] = svcs[i].ID
+			ids = append(ids, svcs[i].ID)
 		}
 		return d.sweepBackends(st)
 	})
-	if err != nil {
-		return nil, err
+	if len(ids) == 0 {
+		ids = nil
 	}
-	return ids, nil
+	return ids, err
 }
 
 // serviceState is what the node's service tables hold, read once per
