@@ -21,23 +21,57 @@ import (
 )
 
 // MonitorLevel says which packets the datapath reports as events, besides
-// counting them (Cilium's monitor aggregation).
+// counting them (Cilium's monitor aggregation). A higher level reports
+// everything a lower one does, and more.
 type MonitorLevel uint32
 
-// Monitor levels.
+// Monitor levels, from none to every decision.
 const (
 	MonitorOff   MonitorLevel = iota // no events (a new node's level)
 	MonitorDrops                     // an event per dropped packet
-	MonitorAll                       // an event per packet and program, and per translation: a trace of every decision
 	// MonitorConnections reports drops, and of each connection its first
 	// packets and state changes: translations that start or close a flow
 	// the datapath tracks (services, masquerade), and TCP segments with
 	// SYN, FIN or RST. Untracked packets of other protocols are counted,
 	// not reported (Cilium's aggregation "medium").
 	MonitorConnections
+	MonitorAll // an event per packet and program, and per translation: a trace of every decision
 )
 
-// String names l as hrctl monitor does: "off", "drop", "all", "connection".
+// The levels as the programs read them in hr_monitor (enum monitor_level
+// in bpf/lib/common.h). Those numbers came before the order above and
+// stay: a running node's pinned hr_monitor, and the processes of other
+// versions that share it, keep meaning the same level by them.
+const (
+	wireOff         = 0 // MONITOR_OFF
+	wireDrops       = 1 // MONITOR_DROPS
+	wireAll         = 2 // MONITOR_ALL
+	wireConnections = 3 // MONITOR_CONNECTIONS
+)
+
+// wire returns l as the programs read it.
+func (l MonitorLevel) wire() uint32 {
+	switch l {
+	case MonitorAll:
+		return wireAll
+	case MonitorConnections:
+		return wireConnections
+	}
+	return uint32(l)
+}
+
+// monitorLevel returns the level the programs read as v.
+func monitorLevel(v uint32) MonitorLevel {
+	switch v {
+	case wireAll:
+		return MonitorAll
+	case wireConnections:
+		return MonitorConnections
+	}
+	return MonitorLevel(v)
+}
+
+// String names l as hrctl monitor does: "off", "drop", "connection", "all".
 func (l MonitorLevel) String() string {
 	switch l {
 	case MonitorOff:
@@ -67,8 +101,8 @@ const maxCaptureLength = 0xffff
 // when nobody reads them: a full per-CPU ring drops events, counted as
 // lost by Monitor.
 func (d *Datapath) SetMonitor(level MonitorLevel, capture int) error {
-	if level > MonitorConnections {
-		return fmt.Errorf("monitor level %d: want MonitorOff, MonitorDrops, MonitorAll or MonitorConnections", uint32(level))
+	if level > MonitorAll {
+		return fmt.Errorf("monitor level %d: want MonitorOff, MonitorDrops, MonitorConnections or MonitorAll", uint32(level))
 	}
 	if capture < 0 || capture > maxCaptureLength {
 		return fmt.Errorf("monitor capture length %d: want 0 to %d bytes", capture, maxCaptureLength)
@@ -77,7 +111,7 @@ func (d *Datapath) SetMonitor(level MonitorLevel, capture int) error {
 		capture = DefaultCaptureLength
 	}
 	return d.read(func() error {
-		cfg := bpf.HostroutingMonitorConfig{Level: uint32(level), CapLen: uint32(capture)}
+		cfg := bpf.HostroutingMonitorConfig{Level: level.wire(), CapLen: uint32(capture)}
 		return d.node.Maps.Monitor.Put(uint32(0), cfg)
 	})
 }
@@ -86,7 +120,7 @@ func (d *Datapath) SetMonitor(level MonitorLevel, capture int) error {
 func (d *Datapath) MonitorSettings() (MonitorLevel, int, error) {
 	var cfg bpf.HostroutingMonitorConfig
 	err := d.read(func() error { return d.node.Maps.Monitor.Lookup(uint32(0), &cfg) })
-	return MonitorLevel(cfg.Level), int(cfg.CapLen), err
+	return monitorLevel(cfg.Level), int(cfg.CapLen), err
 }
 
 // Event is what a program did with one packet (struct monitor_event), or

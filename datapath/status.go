@@ -119,7 +119,7 @@ func (d *Datapath) status() (Status, error) {
 		BackendSelection:  "Random",
 		AttachMode:        "tc (clsact + cls_bpf)",
 		Kernel:            kernelRelease(),
-		Monitor:           MonitorLevel(mon.Level),
+		Monitor:           monitorLevel(mon.Level),
 		MonitorCapture:    int(mon.CapLen),
 		GC:                gc,
 		Flows:             flows,
