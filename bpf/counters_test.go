@@ -6,6 +6,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -137,7 +138,7 @@ func TestCountersAddUp(t *testing.T) {
 		t.Errorf("%d packets counted in all, %d sent: each must land in exactly one cell", total, runs)
 	}
 	for id, w := range wantStats {
-		s, err := maps.NewStats(d.objs.HrEpStats).Get(id)
+		s, err := tables.NewStats(d.objs.HrEpStats).Get(id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,7 +147,7 @@ func TestCountersAddUp(t *testing.T) {
 		}
 	}
 	// Nothing was counted for no endpoint (ID 0).
-	if s, err := maps.NewStats(d.objs.HrEpStats).Get(0); err != nil || s != (maps.EndpointStats{}) {
+	if s, err := tables.NewStats(d.objs.HrEpStats).Get(0); err != nil || s != (maps.EndpointStats{}) {
 		t.Errorf("endpoint 0: %+v (%v), want nothing", s, err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
 )
@@ -137,12 +138,12 @@ func (f *tcpFlow) entries(t *testing.T) (svc, reply maps.CTEntry) {
 	return svc, reply
 }
 
-func (d *datapath) conntrack() *maps.Conntrack {
-	return maps.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New)
+func (d *datapath) conntrack() *tables.Conntrack {
+	return tables.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New)
 }
 
-func (d *datapath) snat() *maps.SNAT {
-	return maps.NewSNAT(d.objs.HrSnat4Tcp, d.objs.HrSnat4Any, d.objs.HrSnat4New)
+func (d *datapath) snat() *tables.SNAT {
+	return tables.NewSNAT(d.objs.HrSnat4Tcp, d.objs.HrSnat4Any, d.objs.HrSnat4New)
 }
 
 // flowDatapath loads the datapath with flow tables of size entries each,
@@ -206,7 +207,7 @@ func TestFlowsSurviveFloods(t *testing.T) {
 			t.Fatalf("reply of flow %s after the floods: from %s (verdict %d)", f.client, src, verdict)
 		}
 	}
-	stats, err := maps.ReadFlowStats(d.objs.HrCtStats)
+	stats, err := tables.ReadFlowStats(d.objs.HrCtStats)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -242,8 +243,8 @@ func ipv6Key(ip netip.Addr) [16]byte {
 }
 
 // endpoints is the datapath's endpoint table, as package maps writes it.
-func (d *datapath) endpoints() *maps.Endpoints {
-	return maps.NewEndpoints(maps.EndpointMaps{ByIPv4: d.objs.HrEndpoints, ByIPv6: d.objs.HrEndpoints6, ByDevice: d.objs.HrDevices, Slots: d.objs.HrLxc, Meta: d.objs.HrEpMeta})
+func (d *datapath) endpoints() *tables.Endpoints {
+	return tables.NewEndpoints(tables.EndpointMaps{ByIPv4: d.objs.HrEndpoints, ByIPv6: d.objs.HrEndpoints6, ByDevice: d.objs.HrDevices, Slots: d.objs.HrLxc, Meta: d.objs.HrEpMeta})
 }
 
 // addPods registers each pod in the endpoint maps (by address, device and
@@ -259,7 +260,7 @@ func (d *datapath) addPods(pods ...pod) {
 		if err := d.endpoints().Put(ep); err != nil {
 			d.tb.Fatalf("add endpoint %s: %v", p.ip, err)
 		}
-		if err := maps.NewStats(d.objs.HrEpStats).Reset(p.id); err != nil {
+		if err := tables.NewStats(d.objs.HrEpStats).Reset(p.id); err != nil {
 			d.tb.Fatal(err)
 		}
 		d.ids[p.ifindex] = p.id
@@ -344,7 +345,7 @@ func (d *datapath) tryRun(prog *ebpf.Program, ctx skbContext, frame []byte) (uin
 // table returns every node-wide counter, summed over all CPUs.
 func (d *datapath) table() *maps.MetricTable {
 	d.tb.Helper()
-	all, err := maps.NewMetrics(d.objs.HrMetrics).All()
+	all, err := tables.NewMetrics(d.objs.HrMetrics).All()
 	if err != nil {
 		d.tb.Fatal(err)
 	}
@@ -384,7 +385,7 @@ func (d *datapath) endpointStats(ifindex uint32) maps.EndpointStats {
 	if !ok {
 		d.tb.Fatalf("no endpoint registered on ifindex %d", ifindex)
 	}
-	s, err := maps.NewStats(d.objs.HrEpStats).Get(id)
+	s, err := tables.NewStats(d.objs.HrEpStats).Get(id)
 	if err != nil {
 		d.tb.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -20,8 +21,8 @@ var (
 )
 
 // services is the datapath's service table, as package maps writes it.
-func (d *datapath) services() *maps.Services {
-	return maps.NewServices(maps.ServiceMaps{Services: d.objs.HrLb4Services, Backends: d.objs.HrLb4Backends, On: d.objs.HrLbOn, ClusterIPs: d.objs.HrClusterIps})
+func (d *datapath) services() *tables.Services {
+	return tables.NewServices(tables.ServiceMaps{Services: d.objs.HrLb4Services, Backends: d.objs.HrLb4Backends, On: d.objs.HrLbOn, ClusterIPs: d.objs.HrClusterIps})
 }
 
 // addService registers clusterIP (service ID 1) with one active backend
@@ -84,7 +85,7 @@ func TestLBClusterIP(t *testing.T) {
 	want = want.withPorts(40000, backendPort).forwarded(b)
 	checkFrame(t, "to the ClusterIP, as B gets it", got, want.frame())
 
-	cts, err := maps.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New).List()
+	cts, err := tables.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New).List()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +185,7 @@ func TestLBHairpin(t *testing.T) {
 	want = want.withPorts(clusterIP.Port(), 40000).forwarded(a)
 	checkFrame(t, "A's reply, as A gets it", got, want.frame())
 
-	cts, err := maps.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New).List()
+	cts, err := tables.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New).List()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +226,7 @@ func TestLBNoBackend(t *testing.T) {
 				checkFrame(t, "the rejection A gets", got[:14+56], want.frame())
 				checkIPv4Checksum(t, got)
 			}
-			if n, err := maps.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New).List(); err != nil || len(n) != 0 {
+			if n, err := tables.NewConntrack(d.objs.HrCt4Tcp, d.objs.HrCt4Any, d.objs.HrCt4New).List(); err != nil || len(n) != 0 {
 				t.Errorf("conntrack after a rejected packet: %v %v, want empty", n, err)
 			}
 		})

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -43,7 +44,7 @@ func TestMasquerade(t *testing.T) {
 	if verdict != tcActOK {
 		t.Fatalf("out: verdict %d, want TC_ACT_OK", verdict)
 	}
-	entries, err := maps.NewSNAT(d.objs.HrSnat4Tcp, d.objs.HrSnat4Any, d.objs.HrSnat4New).List()
+	entries, err := tables.NewSNAT(d.objs.HrSnat4Tcp, d.objs.HrSnat4Any, d.objs.HrSnat4New).List()
 	if err != nil || len(entries) != 2 {
 		t.Fatalf("SNAT entries %v, %v: want OUT and IN", entries, err)
 	}

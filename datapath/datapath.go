@@ -27,6 +27,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
@@ -176,11 +177,11 @@ type Datapath struct {
 	closed    bool
 	cfg       Config
 	node      *loader.Instance
-	endpoints *maps.Endpoints
-	stats     *maps.Stats
-	metrics   *maps.Metrics
-	nodes     *maps.Nodes
-	services  *maps.Services
+	endpoints *tables.Endpoints
+	stats     *tables.Stats
+	metrics   *tables.Metrics
+	nodes     *tables.Nodes
+	services  *tables.Services
 	flows     *nat.GC // flushes the flows of endpoints and backends that go
 }
 
@@ -375,18 +376,18 @@ func newDatapath(cfg Config, node *loader.Instance) *Datapath {
 func (d *Datapath) use(node *loader.Instance) {
 	d.node = node
 	d.cfg.NativeRoutingCIDR = node.NativeRoutingCIDR
-	d.endpoints = maps.NewEndpoints(maps.EndpointMaps{ByIPv4: node.Maps.Endpoints, ByIPv6: node.Maps.Endpoints6,
+	d.endpoints = tables.NewEndpoints(tables.EndpointMaps{ByIPv4: node.Maps.Endpoints, ByIPv6: node.Maps.Endpoints6,
 		ByDevice: node.Maps.Devices, Slots: node.Maps.DeviceSlots, Meta: node.Maps.EndpointMeta})
-	d.stats = maps.NewStats(node.Maps.EndpointStats)
-	d.metrics = maps.NewMetrics(node.Maps.Metrics)
-	d.nodes = maps.NewNodes(node.Maps.Nodes)
-	d.services = maps.NewServices(maps.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends,
+	d.stats = tables.NewStats(node.Maps.EndpointStats)
+	d.metrics = tables.NewMetrics(node.Maps.Metrics)
+	d.nodes = tables.NewNodes(node.Maps.Nodes)
+	d.services = tables.NewServices(tables.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends,
 		On: node.Maps.ServicesOn, ClusterIPs: node.Maps.ClusterIPs})
 	d.flows = d.newGC(nat.Options{})
 }
 
 func (d *Datapath) newGC(opts nat.Options) *nat.GC {
-	return nat.NewGC(maps.NewConntrack(d.node.Maps.ConntrackTables()...), maps.NewSNAT(d.node.Maps.SNATTables()...), opts)
+	return nat.NewGC(tables.NewConntrack(d.node.Maps.ConntrackTables()...), tables.NewSNAT(d.node.Maps.SNATTables()...), opts)
 }
 
 // GC returns a garbage collector of the node's conntrack and SNAT tables
@@ -407,7 +408,7 @@ func (d *Datapath) GC(opts nat.Options) (*nat.GC, error) {
 			if t.LastError != nil {
 				s.LastError = t.LastError.Error()
 			}
-			maps.WriteGCStatus(status, s) // best effort: the pass itself is done
+			tables.WriteGCStatus(status, s) // best effort: the pass itself is done
 			if onPass != nil {
 				onPass(pass)
 			}

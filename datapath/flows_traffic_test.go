@@ -37,6 +37,7 @@ import (
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/internal/netcheck"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
@@ -291,7 +292,7 @@ func flowStats(t *testing.T, dp *datapath.Datapath) [maps.FlowClassCount]maps.Fl
 		t.Fatal(err)
 	}
 	defer node.Close()
-	s, err := maps.ReadFlowStats(node.Maps.FlowStats)
+	s, err := tables.ReadFlowStats(node.Maps.FlowStats)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +313,7 @@ func conntrackEntries(t *testing.T, dp *datapath.Datapath) []maps.CTEntry {
 		t.Fatal(err)
 	}
 	defer node.Close()
-	all, err := maps.NewConntrack(node.Maps.ConntrackTables()...).List()
+	all, err := tables.NewConntrack(node.Maps.ConntrackTables()...).List()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1109,7 +1110,7 @@ func entriesOf(pin string, addr netip.AddrPort) string {
 		return err.Error()
 	}
 	defer node.Close()
-	all, err := maps.NewConntrack(node.Maps.ConntrackTables()...).List()
+	all, err := tables.NewConntrack(node.Maps.ConntrackTables()...).List()
 	if err != nil {
 		return err.Error()
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
@@ -39,7 +40,7 @@ func TestTranslationTables(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer node.Close()
-	ct, snat := maps.NewConntrack(node.Maps.ConntrackTables()...), maps.NewSNAT(node.Maps.SNATTables()...)
+	ct, snat := tables.NewConntrack(node.Maps.ConntrackTables()...), tables.NewSNAT(node.Maps.SNATTables()...)
 
 	traffic := func() {
 		t.Helper()

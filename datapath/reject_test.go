@@ -10,6 +10,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
@@ -126,7 +127,7 @@ func clusterIPTable(t *testing.T, dp *datapath.Datapath) map[netip.Addr]bool {
 		t.Fatal(err)
 	}
 	defer node.Close()
-	got, err := maps.NewServices(maps.ServiceMaps{ClusterIPs: node.Maps.ClusterIPs}).ClusterIPs()
+	got, err := tables.NewServices(tables.ServiceMaps{ClusterIPs: node.Maps.ClusterIPs}).ClusterIPs()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
@@ -22,7 +23,7 @@ func serviceTables(t *testing.T, dp *datapath.Datapath) ([]maps.ServiceEntry, ma
 		t.Fatal(err)
 	}
 	defer node.Close()
-	s := maps.NewServices(maps.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends, On: node.Maps.ServicesOn})
+	s := tables.NewServices(tables.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends, On: node.Maps.ServicesOn})
 	entries, err := s.List()
 	if err != nil {
 		t.Fatal(err)

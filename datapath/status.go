@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/tables"
 
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -82,11 +83,11 @@ func (d *Datapath) status() (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	gc, err := maps.ReadGCStatus(d.node.Maps.GCStatus)
+	gc, err := tables.ReadGCStatus(d.node.Maps.GCStatus)
 	if err != nil {
 		return Status{}, err
 	}
-	flows, err := maps.ReadFlowStats(d.node.Maps.FlowStats)
+	flows, err := tables.ReadFlowStats(d.node.Maps.FlowStats)
 	if err != nil {
 		return Status{}, err
 	}

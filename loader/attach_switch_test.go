@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
@@ -59,7 +60,7 @@ func TestAttachSwitchNeverLeavesAGap(t *testing.T) {
 	}
 	probes := newProber(t, pod)
 	seen := func(n *loader.Instance) uint64 {
-		c, err := maps.NewMetrics(n.Maps.Metrics).Get(maps.FromContainer, maps.MetricDropUnknownL3)
+		c, err := tables.NewMetrics(n.Maps.Metrics).Get(maps.FromContainer, maps.MetricDropUnknownL3)
 		if err != nil {
 			t.Fatal(err)
 		}

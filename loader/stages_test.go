@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
@@ -74,7 +75,7 @@ func TestStagesOutliveReload(t *testing.T) {
 	if v := runProbe(t, second.Program(loader.FromContainer)); v != 0 {
 		t.Errorf("new program: verdict %d, want TC_ACT_OK", v)
 	}
-	metrics := maps.NewMetrics(second.Maps.Metrics)
+	metrics := tables.NewMetrics(second.Maps.Metrics)
 	before, err := metrics.Get(maps.FromContainer, maps.MetricDropTailCall)
 	if err != nil {
 		t.Fatal(err)

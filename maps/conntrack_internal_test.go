@@ -3,7 +3,6 @@ package maps
 import (
 	"net/netip"
 	"testing"
-	"unsafe"
 )
 
 func TestConntrackStrings(t *testing.T) {
@@ -43,25 +42,5 @@ func TestSNATStrings(t *testing.T) {
 		if got := c.e.String(); got != c.want {
 			t.Errorf("String:\n got %q\nwant %q", got, c.want)
 		}
-	}
-}
-
-func TestConntrackKeyRoundTrip(t *testing.T) {
-	k := CTKey{Dir: CTReply, Proto: UDP, Src: netip.MustParseAddrPort("10.1.2.3:4567"), Dst: netip.MustParseAddrPort("192.168.9.8:53")}
-	bk, err := ctKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Network order in memory, as the C struct holds it.
-	b := (*[4]byte)(unsafe.Pointer(&bk.Saddr))
-	if *b != [4]byte{10, 1, 2, 3} {
-		t.Errorf("saddr bytes %v", *b)
-	}
-	p := (*[2]byte)(unsafe.Pointer(&bk.Dport))
-	if *p != [2]byte{0, 53} {
-		t.Errorf("dport bytes %v", *p)
-	}
-	if got := ctKeyOf(&bk); got != k {
-		t.Errorf("round trip: %v, want %v", got, k)
 	}
 }

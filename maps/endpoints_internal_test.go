@@ -16,26 +16,3 @@ func TestEndpointStringIsCiliums(t *testing.T) {
 		t.Errorf("String() = %q\nwant       %q", got, want)
 	}
 }
-
-func TestEndpointKeyRoundTrip(t *testing.T) {
-	for _, s := range []string{"10.0.0.85", "0.0.0.1", "255.255.255.255"} {
-		ip := netip.MustParseAddr(s)
-		k, err := ipv4Key(ip)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := ipv4Addr(k); got != ip {
-			t.Errorf("%s: key round trip gives %s", ip, got)
-		}
-	}
-	for _, bad := range []netip.Addr{{}, netip.MustParseAddr("::ffff:10.0.0.1"), netip.MustParseAddr("fd00::1")} {
-		if _, err := ipv4Key(bad); err == nil {
-			t.Errorf("ipv4Key(%v) accepted", bad)
-		}
-	}
-	for _, bad := range []netip.Addr{{}, netip.MustParseAddr("::ffff:10.0.0.1"), netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fe80::1%eth0")} {
-		if _, err := ipv6Key(bad); err == nil {
-			t.Errorf("ipv6Key(%v) accepted", bad)
-		}
-	}
-}

@@ -2,8 +2,6 @@ package maps
 
 import (
 	"fmt"
-
-	"github.com/cilium/ebpf"
 )
 
 // FlowClass is a class of flow tables (enum ct_class in
@@ -46,24 +44,4 @@ type FlowStats struct {
 	// Failed counts new flows whose entries could not be made (no free
 	// NAT port, or no room): their packets were dropped.
 	Failed uint64
-}
-
-// ReadFlowStats sums the per-CPU flow statistics map m
-// (loader.Maps.FlowStats) by class.
-func ReadFlowStats(m *ebpf.Map) ([FlowClassCount]FlowStats, error) {
-	var out [FlowClassCount]FlowStats
-	const stats = 4 // CT_STAT_MAX
-	for c := range FlowClassCount {
-		fields := []*uint64{&out[c].Created, &out[c].Promoted, &out[c].Refused, &out[c].Failed}
-		for i, f := range fields {
-			var per []uint64
-			if err := m.Lookup(uint32(c)*stats+uint32(i), &per); err != nil {
-				return out, fmt.Errorf("flow statistics %s: %w", c, mapErr(err, m))
-			}
-			for _, v := range per {
-				*f += v
-			}
-		}
-	}
-	return out, nil
 }

@@ -1,12 +1,7 @@
 package maps
 
 import (
-	"fmt"
 	"time"
-
-	"github.com/cilium/ebpf"
-
-	"github.com/hostrouting/hostrouting/internal/bpf"
 )
 
 // GCStatus is the health of a node's conntrack garbage collector as its
@@ -19,42 +14,4 @@ type GCStatus struct {
 	CTRemoved    uint64 // expired conntrack entries removed
 	SNATRemoved  uint64 // expired source NAT entries removed
 	LastError    string // the last pass's error (cut to 95 bytes), empty if it succeeded
-}
-
-// ReadGCStatus reads hr_gc (loader.Maps.GCStatus).
-func ReadGCStatus(m *ebpf.Map) (GCStatus, error) {
-	var v bpf.HostroutingGcStatus
-	if err := m.Lookup(uint32(0), &v); err != nil {
-		return GCStatus{}, fmt.Errorf("read GC status: %w", err)
-	}
-	s := GCStatus{LastDuration: time.Duration(v.LastDuration), Runs: v.Runs, Errors: v.Errors,
-		CTRemoved: v.CtRemoved, SNATRemoved: v.SnatRemoved}
-	if v.LastRun != 0 {
-		s.LastRun = time.Unix(0, int64(v.LastRun))
-	}
-	var msg []byte
-	for _, c := range v.LastError {
-		if c == 0 {
-			break
-		}
-		msg = append(msg, byte(c))
-	}
-	s.LastError = string(msg)
-	return s, nil
-}
-
-// WriteGCStatus writes s to hr_gc.
-func WriteGCStatus(m *ebpf.Map, s GCStatus) error {
-	v := bpf.HostroutingGcStatus{LastDuration: uint64(s.LastDuration), Runs: s.Runs, Errors: s.Errors,
-		CtRemoved: s.CTRemoved, SnatRemoved: s.SNATRemoved}
-	if !s.LastRun.IsZero() {
-		v.LastRun = uint64(s.LastRun.UnixNano())
-	}
-	for i := 0; i < len(s.LastError) && i < len(v.LastError)-1; i++ {
-		v.LastError[i] = int8(s.LastError[i])
-	}
-	if err := m.Put(uint32(0), v); err != nil {
-		return fmt.Errorf("write GC status: %w", err)
-	}
-	return nil
 }

@@ -3,10 +3,6 @@ package maps
 import (
 	"fmt"
 	"strings"
-
-	"github.com/cilium/ebpf"
-
-	"github.com/hostrouting/hostrouting/internal/bpf"
 )
 
 // Direction is where the datapath saw a packet: the program that decided
@@ -119,45 +115,6 @@ func (t *MetricTable) Total(m Metric) Counter {
 		c = c.Add(t[d][m])
 	}
 	return c
-}
-
-// Metrics is the node-wide counter map.
-type Metrics struct {
-	m *ebpf.Map
-}
-
-// NewMetrics wraps the loaded metrics map (loader.Maps.Metrics).
-func NewMetrics(m *ebpf.Map) *Metrics {
-	return &Metrics{m: m}
-}
-
-// Get returns the counter of metric m in direction d, summed over CPUs.
-func (ms *Metrics) Get(d Direction, m Metric) (Counter, error) {
-	var per []bpf.HostroutingMetricValue
-	if err := ms.m.Lookup(uint32(d)*uint32(MetricCount)+uint32(m), &per); err != nil {
-		return Counter{}, fmt.Errorf("metric %s %s: %w", d, m, mapErr(err, ms.m))
-	}
-	var c Counter
-	for _, v := range per {
-		c.Packets += v.Packets
-		c.Bytes += v.Bytes
-	}
-	return c, nil
-}
-
-// All returns every counter.
-func (ms *Metrics) All() (*MetricTable, error) {
-	var t MetricTable
-	for d := range DirectionCount {
-		for m := range MetricCount {
-			c, err := ms.Get(d, m)
-			if err != nil {
-				return nil, err
-			}
-			t[d][m] = c
-		}
-	}
-	return &t, nil
 }
 
 // Sub returns t − o, counter by counter: what moved between two readings.

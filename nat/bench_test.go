@@ -55,7 +55,7 @@ func fill(b *testing.B, ct, snat *ebpf.Map, expires uint32) {
 // "expired" removes them all, "live" only reads them. entries/s counts
 // both tables' entries.
 func BenchmarkCollect(b *testing.B) {
-	ct, snat := tables(b)
+	ct, snat := loadTables(b)
 	gc := nat.NewGC(ct, snat, nat.Options{})
 	b.Run("expired", func(b *testing.B) {
 		var entries uint64

@@ -8,8 +8,8 @@
 // The datapath translates service flows and masqueraded flows itself,
 // with no nf_conntrack, and remembers them in its conntrack and source
 // NAT tables, keyed by a flow's tuple as its packets carry it (network
-// order) and a direction. maps.Conntrack and maps.SNAT read and write
-// them, and their entries print as lines of Cilium's
+// order) and a direction. Datapath.Flows lists them (maps.CTEntry and
+// maps.SNATEntry), and their entries print as lines of Cilium's
 // `cilium bpf ct list global` and `cilium bpf nat list`.
 //
 // Every tenant of a node shares them, so that no tenant can break

@@ -6,8 +6,8 @@ import (
 	"log"
 	"time"
 
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
-	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
 )
 
@@ -20,7 +20,7 @@ func ExampleGC() {
 	}
 	defer node.Close()
 
-	gc := nat.NewGC(maps.NewConntrack(node.Maps.ConntrackTables()...), maps.NewSNAT(node.Maps.SNATTables()...), nat.Options{
+	gc := nat.NewGC(tables.NewConntrack(node.Maps.ConntrackTables()...), tables.NewSNAT(node.Maps.SNATTables()...), nat.Options{
 		// Idle established TCP flows go after an hour, not six.
 		Timeouts: nat.Timeouts{TCPEstablished: time.Hour},
 		OnPass: func(pass nat.Stats) {
@@ -47,7 +47,7 @@ func ExampleGC_Collect() {
 		log.Fatal(err)
 	}
 	defer node.Close()
-	gc := nat.NewGC(maps.NewConntrack(node.Maps.ConntrackTables()...), maps.NewSNAT(node.Maps.SNATTables()...), nat.Options{})
+	gc := nat.NewGC(tables.NewConntrack(node.Maps.ConntrackTables()...), tables.NewSNAT(node.Maps.SNATTables()...), nat.Options{})
 	pass, err := gc.Collect()
 	if err != nil {
 		log.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -161,8 +162,8 @@ type Stats struct {
 // more) and those of new flows make room only by evicting. Its methods may
 // be called from several goroutines; passes and flushes take turns.
 type GC struct {
-	ct       *maps.Conntrack
-	snat     *maps.SNAT
+	ct       *tables.Conntrack
+	snat     *tables.SNAT
 	timeouts Timeouts
 	onPass   func(Stats)
 
@@ -172,10 +173,9 @@ type GC struct {
 }
 
 // NewGC returns a GC of the tables ct and snat (either may be nil: the GC
-// leaves that table alone), e.g. of loader.Maps.Conntrack and SNAT:
-//
-//	gc := nat.NewGC(maps.NewConntrack(n.Maps.ConntrackTables()...), maps.NewSNAT(n.Maps.SNATTables()...), nat.Options{})
-func NewGC(ct *maps.Conntrack, snat *maps.SNAT, opts Options) *GC {
+// leaves that table alone). Their handles are internal: embedders get a
+// node's GC from datapath.Datapath.GC.
+func NewGC(ct *tables.Conntrack, snat *tables.SNAT, opts Options) *GC {
 	return &GC{ct: ct, snat: snat, timeouts: opts.Timeouts.withDefaults(), onPass: opts.OnPass}
 }
 
@@ -257,7 +257,7 @@ func (g *GC) collectCT(now uint32) (TableStats, error) {
 		errs []error
 	)
 	for _, m := range g.ct.Tables() {
-		err := maps.ListBatch(m, func(keys []ctKey, vals []bpf.HostroutingCtEntry) error {
+		err := tables.ListBatch(m, func(keys []ctKey, vals []bpf.HostroutingCtEntry) error {
 			s.Scanned += uint64(len(keys))
 			for i := range keys {
 				if garbage, _ := g.ctGarbage(&keys[i], &vals[i], now); !garbage {
@@ -351,7 +351,7 @@ func (g *GC) collectSNAT(now uint32) (TableStats, error) {
 		errs []error
 	)
 	for _, m := range g.snat.Tables() {
-		err := maps.ListBatch(m, func(keys []ctKey, vals []bpf.HostroutingNat4Entry) error {
+		err := tables.ListBatch(m, func(keys []ctKey, vals []bpf.HostroutingNat4Entry) error {
 			all = slices.Grow(all, len(keys))
 			for i := range keys {
 				all = append(all, snatMember{keys[i], vals[i], m})
@@ -378,7 +378,7 @@ func (g *GC) collectSNAT(now uint32) (TableStats, error) {
 	flush := func() {
 		n := 0
 		for m, keys := range del {
-			removed, err := maps.DeleteBatch(m, keys)
+			removed, err := tables.DeleteBatch(m, keys)
 			n += removed
 			errs = append(errs, err)
 			del[m] = keys[:0]
@@ -488,7 +488,7 @@ func flushMap[V any](m *ebpf.Map, match func(*ctKey, *V) bool) (int, error) {
 		del     []ctKey
 		removed int
 	)
-	err := maps.ListBatch(m, func(keys []ctKey, vals []V) error {
+	err := tables.ListBatch(m, func(keys []ctKey, vals []V) error {
 		del = del[:0]
 		for i := range keys {
 			if match(&keys[i], &vals[i]) {
@@ -498,7 +498,7 @@ func flushMap[V any](m *ebpf.Map, match func(*ctKey, *V) bool) (int, error) {
 		if len(del) == 0 {
 			return nil
 		}
-		n, err := maps.DeleteBatch(m, del)
+		n, err := tables.DeleteBatch(m, del)
 		removed += n
 		return err
 	})

@@ -10,15 +10,16 @@ import (
 	"time"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
 )
 
-// tables loads a node's datapath (nothing attached) for a fresh
+// loadTables loads a node's datapath (nothing attached) for a fresh
 // namespace and pin path, and returns its conntrack and source NAT
 // tables; t.Cleanup removes the node.
-func tables(t testing.TB) (*maps.Conntrack, *maps.SNAT) {
+func loadTables(t testing.TB) (*tables.Conntrack, *tables.SNAT) {
 	t.Helper()
 	node := datapathtest.NewNode(t, "gc")
 	n, err := loader.Load(loader.Options{PinPath: datapathtest.PinPath(t), Netns: node.Netns})
@@ -30,14 +31,14 @@ func tables(t testing.TB) (*maps.Conntrack, *maps.SNAT) {
 			t.Errorf("remove node: %v", err)
 		}
 	})
-	return maps.NewConntrack(n.Maps.ConntrackTables()...), maps.NewSNAT(n.Maps.SNATTables()...)
+	return tables.NewConntrack(n.Maps.ConntrackTables()...), tables.NewSNAT(n.Maps.SNATTables()...)
 }
 
 func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 const hour = 3600
 
-func ctKeys(t *testing.T, ct *maps.Conntrack) []maps.CTKey {
+func ctKeys(t *testing.T, ct *tables.Conntrack) []maps.CTKey {
 	t.Helper()
 	all, err := ct.List()
 	if err != nil {
@@ -51,7 +52,7 @@ func ctKeys(t *testing.T, ct *maps.Conntrack) []maps.CTKey {
 	return keys
 }
 
-func snatKeys(t *testing.T, s *maps.SNAT) []maps.SNATKey {
+func snatKeys(t *testing.T, s *tables.SNAT) []maps.SNATKey {
 	t.Helper()
 	all, err := s.List()
 	if err != nil {
@@ -87,7 +88,7 @@ func natPair(proto maps.Protocol, pod, remote, node string, outExpires, inExpire
 // TestCollect writes entries that are live, expired, and past a Timeouts
 // bound, and checks that one pass removes exactly the garbage.
 func TestCollect(t *testing.T) {
-	ct, snat := tables(t)
+	ct, snat := loadTables(t)
 	now := maps.MonotonicSeconds()
 	svc := func(src string, proto maps.Protocol, flags maps.CTFlags, expires uint32) maps.CTEntry {
 		return maps.CTEntry{Dir: maps.CTService, Proto: proto, Src: ap(src), Dst: ap("10.96.0.10:80"),
@@ -179,7 +180,7 @@ func TestCollect(t *testing.T) {
 }
 
 func TestFlush(t *testing.T) {
-	ct, snat := tables(t)
+	ct, snat := loadTables(t)
 	now := maps.MonotonicSeconds()
 	pod := netip.MustParseAddr("10.0.0.5")
 	ctPod := []maps.CTEntry{
@@ -232,7 +233,7 @@ func TestFlush(t *testing.T) {
 }
 
 func TestGCLoop(t *testing.T) {
-	ct, snat := tables(t)
+	ct, snat := loadTables(t)
 	var passes atomic.Int64
 	gc := nat.NewGC(ct, snat, nat.Options{OnPass: func(nat.Stats) { passes.Add(1) }})
 	stale := func(port uint16) maps.CTEntry {

@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
@@ -144,7 +145,7 @@ func checkBPFConntrack(pin string, tc bool, client netip.Addr) error {
 		return err
 	}
 	defer node.Close()
-	entries, err := maps.NewConntrack(node.Maps.ConntrackTables()...).List()
+	entries, err := tables.NewConntrack(node.Maps.ConntrackTables()...).List()
 	if err != nil {
 		return fmt.Errorf("list BPF conntrack: %w", err)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
@@ -66,7 +67,7 @@ func testTwoPods(t *testing.T, hr map[string]any) {
 	a.MustPing(t, b.IP)
 	b.MustPing(t, a.IP)
 	txA, txB := n.txPackets(t, a), n.txPackets(t, b)
-	metrics := maps.NewMetrics(node.Maps.Metrics)
+	metrics := tables.NewMetrics(node.Maps.Metrics)
 	peer, err := metrics.Get(maps.FromContainer, maps.MetricForwardPeer)
 	if err != nil {
 		t.Fatal(err)
@@ -710,7 +711,7 @@ func requirePrivileged(t *testing.T, reason string) {
 }
 
 // endpointTable is the endpoint table of the node's maps.
-func endpointTable(node *loader.Instance) *maps.Endpoints {
-	return maps.NewEndpoints(maps.EndpointMaps{ByIPv4: node.Maps.Endpoints, ByIPv6: node.Maps.Endpoints6,
+func endpointTable(node *loader.Instance) *tables.Endpoints {
+	return tables.NewEndpoints(tables.EndpointMaps{ByIPv4: node.Maps.Endpoints, ByIPv6: node.Maps.Endpoints6,
 		ByDevice: node.Maps.Devices, Slots: node.Maps.DeviceSlots, Meta: node.Maps.EndpointMeta})
 }

@@ -102,6 +102,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/metrics"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
@@ -1036,7 +1037,7 @@ func compareTuples(p1, p2 maps.Protocol, d1, d2 uint8, s1, s2, t1, t2 netip.Addr
 // ctList prints the conntrack table as `cilium bpf ct list global`: a
 // line per entry (maps.CTEntry.String).
 func ctList(m loader.Maps, opts options, w io.Writer) error {
-	entries, err := maps.NewConntrack(m.ConntrackTables()...).List()
+	entries, err := tables.NewConntrack(m.ConntrackTables()...).List()
 	if err != nil {
 		return err
 	}
@@ -1081,7 +1082,7 @@ func ctFlushFlags(fs *flag.FlagSet, o *options) {
 // GC's FlushEndpoint, on the conntrack table only), and says how many.
 // Flows whose entries go start again as new ones with their next packet.
 func ctFlush(m loader.Maps, opts options, w io.Writer) error {
-	ct := maps.NewConntrack(m.ConntrackTables()...)
+	ct := tables.NewConntrack(m.ConntrackTables()...)
 	var (
 		n   int
 		err error
@@ -1134,7 +1135,7 @@ type natJSON struct {
 // natList prints the source NAT table as `cilium bpf nat list`: a line per
 // entry (maps.SNATEntry.String), a translated flow's OUT and IN.
 func natList(m loader.Maps, opts options, w io.Writer) error {
-	entries, err := maps.NewSNAT(m.SNATTables()...).List()
+	entries, err := tables.NewSNAT(m.SNATTables()...).List()
 	if err != nil {
 		return err
 	}

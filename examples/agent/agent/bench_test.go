@@ -17,6 +17,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
@@ -179,7 +180,7 @@ func BenchmarkEndpointSliceLatency(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer inst.Close()
-	svcMap := maps.NewServices(maps.ServiceMaps{Services: inst.Maps.Services, Backends: inst.Maps.Backends, On: inst.Maps.ServicesOn})
+	svcMap := tables.NewServices(tables.ServiceMaps{Services: inst.Maps.Services, Backends: inst.Maps.Backends, On: inst.Maps.ServicesOn})
 	backendIDs := func(i int) []uint32 {
 		entry, err := svcMap.Entry(maps.Frontend{Addr: benchVIP(i), Proto: maps.TCP})
 		if err != nil {

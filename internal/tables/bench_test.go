@@ -1,4 +1,4 @@
-package maps_test
+package tables_test
 
 import (
 	"encoding/binary"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
@@ -57,7 +58,7 @@ func benchEndpoint(i int) maps.Endpoint {
 }
 
 // rawEndpoints returns eps as hr_endpoints keys and values, for
-// ebpf.Map.BatchUpdate: maps.Endpoints has no batch write.
+// ebpf.Map.BatchUpdate: tables.Endpoints has no batch write.
 func rawEndpoints(eps []maps.Endpoint) ([]uint32, []bpf.HostroutingEndpointInfo) {
 	keys := make([]uint32, len(eps))
 	values := make([]bpf.HostroutingEndpointInfo, len(eps))
@@ -201,7 +202,7 @@ func benchmarkLookup(b *testing.B, count int) {
 	// syscalls around it.
 	b.ReportMetric(float64(inProg.Nanoseconds())/float64(b.N), "ns/op")
 
-	all, err := maps.NewMetrics(n.Maps.Metrics).All()
+	all, err := tables.NewMetrics(n.Maps.Metrics).All()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -217,7 +218,7 @@ func benchmarkLookup(b *testing.B, count int) {
 
 // BenchmarkEndpointsBatchUpdate writes 1k and 10k endpoints into an
 // empty endpoint map, with one ebpf.Map.BatchUpdate on the raw map
-// (loader.Instance.Maps.Endpoints) and with maps.Endpoints.Put one by one, and
+// (loader.Instance.Maps.Endpoints) and with tables.Endpoints.Put one by one, and
 // reports entries/s. The map is emptied between iterations, off the clock.
 func BenchmarkEndpointsBatchUpdate(b *testing.B) {
 	n := loadNode(b)
@@ -233,7 +234,7 @@ func BenchmarkEndpointsBatchUpdate(b *testing.B) {
 				return err
 			},
 			"put": func() error {
-				m := maps.NewEndpoints(maps.EndpointMaps{ByIPv4: n.Maps.Endpoints, ByIPv6: n.Maps.Endpoints6, ByDevice: n.Maps.Devices, Slots: n.Maps.DeviceSlots, Meta: n.Maps.EndpointMeta})
+				m := tables.NewEndpoints(tables.EndpointMaps{ByIPv4: n.Maps.Endpoints, ByIPv6: n.Maps.Endpoints6, ByDevice: n.Maps.Devices, Slots: n.Maps.DeviceSlots, Meta: n.Maps.EndpointMeta})
 				for _, ep := range eps {
 					if err := m.Put(ep); err != nil {
 						return err

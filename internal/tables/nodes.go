@@ -1,11 +1,10 @@
-package maps
+package tables
 
 import (
 	"fmt"
 	"net/netip"
 
 	"github.com/cilium/ebpf"
-
 	"github.com/hostrouting/hostrouting/internal/bpf"
 )
 

@@ -1,4 +1,4 @@
-package maps
+package tables
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/maps"
 )
 
 // The fuzz targets here feed the decoders of raw map entries (the structs
@@ -79,12 +80,12 @@ func specMap(f *testing.F, name string, max uint32) *ebpf.Map {
 // flow, its reply with the frontend, and an inbound flow's.
 func ctSeeds(t testing.TB) (keys, vals [][]byte) {
 	ap := netip.MustParseAddrPort
-	for _, e := range []CTEntry{
-		{Dir: CTService, Proto: TCP, Src: ap("10.0.0.1:41234"), Dst: ap("10.96.0.10:80"), Expires: 21590, BackendID: 3, RevNAT: 1,
-			Flags: CTSeenReply | CTEstablished | CTSeq, SeqEnd: 0xdeadbeef, Packets: 12},
-		{Dir: CTReply, Proto: UDP, Src: ap("10.0.1.5:53"), Dst: ap("10.0.0.1:41234"), Expires: 60, BackendID: 3, RevNAT: 1,
-			Frontend: ap("10.96.0.10:53"), Flags: CTSeenReply | CTClosing, Packets: 1},
-		{Dir: CTInbound, Proto: ICMP, Src: ap("10.0.0.7:31755"), Dst: ap("203.0.113.9:31755"), Expires: 7, Flags: 0x100},
+	for _, e := range []maps.CTEntry{
+		{Dir: maps.CTService, Proto: maps.TCP, Src: ap("10.0.0.1:41234"), Dst: ap("10.96.0.10:80"), Expires: 21590, BackendID: 3, RevNAT: 1,
+			Flags: maps.CTSeenReply | maps.CTEstablished | maps.CTSeq, SeqEnd: 0xdeadbeef, Packets: 12},
+		{Dir: maps.CTReply, Proto: maps.UDP, Src: ap("10.0.1.5:53"), Dst: ap("10.0.0.1:41234"), Expires: 60, BackendID: 3, RevNAT: 1,
+			Frontend: ap("10.96.0.10:53"), Flags: maps.CTSeenReply | maps.CTClosing, Packets: 1},
+		{Dir: maps.CTInbound, Proto: maps.ICMP, Src: ap("10.0.0.7:31755"), Dst: ap("203.0.113.9:31755"), Expires: 7, Flags: 0x100},
 	} {
 		k, err := ctKey(e.Key())
 		if err != nil {
@@ -132,13 +133,13 @@ func FuzzConntrackEntry(f *testing.F) {
 		if back != want {
 			t.Errorf("key %+v decodes to %v, encodes back to %+v", k, e.Key(), back)
 		}
-		if e.Remaining != Remaining(v.St.Expires, now) || e.Remaining != time.Duration(int64(v.St.Expires)-int64(now))*time.Second {
+		if e.Remaining != maps.Remaining(v.St.Expires, now) || e.Remaining != time.Duration(int64(v.St.Expires)-int64(now))*time.Second {
 			t.Errorf("expires %d at %d: remaining %v", v.St.Expires, now, e.Remaining)
 		}
 		if e.Frontend.IsValid() != (v.NatAddr != 0) || e.Frontend.IsValid() && !e.Frontend.Addr().Is4() {
 			t.Errorf("NAT address %#x gives frontend %v", v.NatAddr, e.Frontend)
 		}
-		if s := e.String(); !strings.HasPrefix(s, e.Key().String()+" ") || strings.Contains(s, "Frontend=") != e.Frontend.IsValid() {
+		if s := e.String(); !strings.HasPrefix(s, e.Key().String()+" ") || strings.Contains(s, "maps.Frontend=") != e.Frontend.IsValid() {
 			t.Errorf("entry %+v prints as %q", e, s)
 		}
 		if m == nil {
@@ -179,11 +180,11 @@ func FuzzConntrackEntry(f *testing.F) {
 // with it; SNAT.Put writes what Lookup reads back as the same entry.
 func FuzzSNATEntry(f *testing.F) {
 	ap := netip.MustParseAddrPort
-	for _, e := range []SNATEntry{
-		{Dir: NATOut, Proto: TCP, Src: ap("10.0.0.5:40000"), Dst: ap("172.18.0.1:9000"), To: ap("172.18.0.2:33388"), Expires: 3045, Established: true},
-		{Dir: NATIn, Proto: TCP, Src: ap("172.18.0.1:9000"), Dst: ap("172.18.0.2:33388"), To: ap("10.0.0.5:40000"), Expires: 3045, Closing: true},
-		{Dir: NATIn, Proto: UDP, Src: ap("172.18.0.1:53"), Dst: ap("172.18.0.2:51000"), To: ap("172.18.0.2:51000"), Expires: 9, Host: true},
-		{Dir: NATOut, Proto: ICMP, Src: ap("10.0.0.10:31755"), Dst: ap("172.18.0.1:31755"), To: ap("172.18.0.2:33671"), Expires: 2870},
+	for _, e := range []maps.SNATEntry{
+		{Dir: maps.NATOut, Proto: maps.TCP, Src: ap("10.0.0.5:40000"), Dst: ap("172.18.0.1:9000"), To: ap("172.18.0.2:33388"), Expires: 3045, Established: true},
+		{Dir: maps.NATIn, Proto: maps.TCP, Src: ap("172.18.0.1:9000"), Dst: ap("172.18.0.2:33388"), To: ap("10.0.0.5:40000"), Expires: 3045, Closing: true},
+		{Dir: maps.NATIn, Proto: maps.UDP, Src: ap("172.18.0.1:53"), Dst: ap("172.18.0.2:51000"), To: ap("172.18.0.2:51000"), Expires: 9, Host: true},
+		{Dir: maps.NATOut, Proto: maps.ICMP, Src: ap("10.0.0.10:31755"), Dst: ap("172.18.0.1:31755"), To: ap("172.18.0.2:33671"), Expires: 2870},
 	} {
 		k, err := snatKey(e.Key())
 		if err != nil {
@@ -192,7 +193,7 @@ func FuzzSNATEntry(f *testing.F) {
 		v := bpf.HostroutingNat4Entry{ToAddr: addrKey(e.To.Addr()), ToPort: htons(e.To.Port())}
 		v.St.Expires = e.Expires
 		if e.Established {
-			v.St.Flags = natFlagEstablished | uint16(CTSeenReply)
+			v.St.Flags = natFlagEstablished | uint16(maps.CTSeenReply)
 		}
 		if e.Closing {
 			v.St.Flags |= natFlagClosing
@@ -224,19 +225,19 @@ func FuzzSNATEntry(f *testing.F) {
 			e.Established != (v.St.Flags&natFlagEstablished != 0) || uint16(e.Flags) != v.St.Flags {
 			t.Errorf("flags %#04x decode to %+v", v.St.Flags, e)
 		}
-		if e.Remaining != Remaining(v.St.Expires, now) {
+		if e.Remaining != maps.Remaining(v.St.Expires, now) {
 			t.Errorf("expires %d at %d: remaining %v", v.St.Expires, now, e.Remaining)
 		}
 		_ = e.String()
 
 		// The pair the datapath makes with an outgoing entry points back
 		// at it (an ICMP echo's identifier is both of its "ports").
-		if r := e.Reverse(); e.Dir == NATOut && !e.Host && (e.Proto != ICMP || e.Src.Port() == e.Dst.Port()) {
-			pair := SNATEntry{Dir: r.Dir, Proto: r.Proto, Src: r.Src, Dst: r.Dst, To: e.Src}
-			if r.Dir != NATIn || pair.Reverse() != e.Key() {
+		if r := e.Reverse(); e.Dir == maps.NATOut && !e.Host && (e.Proto != maps.ICMP || e.Src.Port() == e.Dst.Port()) {
+			pair := maps.SNATEntry{Dir: r.Dir, Proto: r.Proto, Src: r.Src, Dst: r.Dst, To: e.Src}
+			if r.Dir != maps.NATIn || pair.Reverse() != e.Key() {
 				t.Errorf("%v pairs with %v, which pairs with %v", e, pair, pair.Reverse())
 			}
-		} else if e.Host && r != (SNATKey{}) {
+		} else if e.Host && r != (maps.SNATKey{}) {
 			t.Errorf("host entry %v pairs with %v", e, r)
 		}
 		if m == nil {
@@ -253,9 +254,9 @@ func FuzzSNATEntry(f *testing.F) {
 			t.Fatalf("Lookup(%v): %v", e.Key(), err)
 		}
 		// Put writes the flags it knows, and SeenReply with Established.
-		wantFlags := CTFlags(v.St.Flags) & (CTFlags(natFlagHost) | CTClosing | CTEstablished)
+		wantFlags := maps.CTFlags(v.St.Flags) & (maps.CTFlags(natFlagHost) | maps.CTClosing | maps.CTEstablished)
 		if e.Established {
-			wantFlags |= CTSeenReply
+			wantFlags |= maps.CTSeenReply
 		}
 		read.Remaining = e.Remaining
 		e.Flags = wantFlags
@@ -273,10 +274,10 @@ func FuzzSNATEntry(f *testing.F) {
 func FuzzEndpointInfo(f *testing.F) {
 	mac, _ := net.ParseMAC("c6:6d:95:cd:34:a2")
 	nodeMAC, _ := net.ParseMAC("2a:0a:d9:17:44:22")
-	for _, ep := range []Endpoint{
+	for _, ep := range []maps.Endpoint{
 		{IP: netip.MustParseAddr("10.0.0.85"), IfIndex: 34, ID: 1445, MAC: mac, NodeMAC: nodeMAC},
 		{IP: netip.MustParseAddr("10.0.0.86"), IPv6: netip.MustParseAddr("fd00::86"), IfIndex: 35, ID: 2,
-			Flags: EndpointARPResponder | EndpointPolicy | EndpointLBBackend, MAC: mac, NodeMAC: nodeMAC},
+			Flags: maps.EndpointARPResponder | maps.EndpointPolicy | maps.EndpointLBBackend, MAC: mac, NodeMAC: nodeMAC},
 	} {
 		v, err := infoOf(ep)
 		if err != nil {
@@ -317,7 +318,7 @@ func FuzzEndpointInfo(f *testing.F) {
 			putString(meta.ContainerId[:], id)
 			want, _, _ := strings.Cut(id, "\x00")
 			if got := getString(meta.ContainerId[:]); got != want {
-				t.Errorf("container ID %q reads back as %q", id, got)
+				t.Errorf("container maps.ID %q reads back as %q", id, got)
 			}
 		}
 	})
@@ -329,10 +330,10 @@ func FuzzEndpointInfo(f *testing.F) {
 // Delete removes every slot; a frontend that is no IPv4 address is
 // refused, naming it.
 func FuzzServiceEntry(f *testing.F) {
-	front, _ := lbKey(Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: TCP}, 0)
+	front, _ := lbKey(maps.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: maps.TCP}, 0)
 	fb, _ := binary.Append(nil, binary.NativeEndian, front)
 	ids := binary.NativeEndian.AppendUint32(binary.NativeEndian.AppendUint32(nil, 1), 2)
-	f.Add(fb, ids, uint8(1), uint16(1), uint16(ServiceAffinity|ServiceMaglev), uint16(10800))
+	f.Add(fb, ids, uint8(1), uint16(1), uint16(maps.ServiceAffinity|maps.ServiceMaglev), uint16(10800))
 	f.Add(fb, []byte{}, uint8(0), uint16(7), uint16(0), uint16(0))
 	f.Add([]byte{}, bytes.Repeat([]byte{0xff}, 40), uint8(3), uint16(0xffff), uint16(0xffff), uint16(0xffff))
 	var sm ServiceMaps
@@ -350,10 +351,10 @@ func FuzzServiceEntry(f *testing.F) {
 		if err != nil || back != want {
 			t.Fatalf("key %+v decodes to %v, encodes back to %+v, %v", k, fe, back, err)
 		}
-		if s := fe.String(); strings.HasSuffix(s, "/i") != (fe.Scope == ScopeInternal) {
+		if s := fe.String(); strings.HasSuffix(s, "/i") != (fe.Scope == maps.ScopeInternal) {
 			t.Errorf("frontend %+v prints as %q", fe, s)
 		}
-		v6 := Frontend{Addr: netip.AddrPortFrom(netip.AddrFrom16(fe.Addr.Addr().As16()), fe.Addr.Port()), Proto: fe.Proto}
+		v6 := maps.Frontend{Addr: netip.AddrPortFrom(netip.AddrFrom16(fe.Addr.Addr().As16()), fe.Addr.Port()), Proto: fe.Proto}
 		if _, err := lbKey(v6, 0); err == nil || !strings.Contains(err.Error(), v6.Addr.String()) {
 			t.Errorf("lbKey(%v): %v, want an error naming it", v6, err)
 		}
@@ -361,7 +362,7 @@ func FuzzServiceEntry(f *testing.F) {
 			return
 		}
 
-		e := ServiceEntry{Frontend: fe, RevNAT: revNAT, Flags: ServiceFlags(flags), AffinityTimeout: affinity}
+		e := maps.ServiceEntry{Frontend: fe, RevNAT: revNAT, Flags: maps.ServiceFlags(flags), AffinityTimeout: affinity}
 		var slots []uint32
 		for b := backends; len(b) >= 4 && len(slots) < 64; b = b[4:] {
 			slots = append(slots, binary.NativeEndian.Uint32(b))
@@ -388,8 +389,8 @@ func FuzzServiceEntry(f *testing.F) {
 		if err := s.Delete(fe); err != nil {
 			t.Fatalf("Delete(%v): %v", fe, err)
 		}
-		if _, err := s.Entry(fe); !errors.Is(err, ErrNotFound) {
-			t.Errorf("Entry after Delete: %v, want ErrNotFound", err)
+		if _, err := s.Entry(fe); !errors.Is(err, maps.ErrNotFound) {
+			t.Errorf("Entry after Delete: %v, want maps.ErrNotFound", err)
 		}
 		var rest []bpf.HostroutingLb4Key
 		var (
@@ -428,7 +429,7 @@ func FuzzGCStatus(f *testing.F) {
 			t.Errorf("%+v reads as %+v", v, s)
 		}
 
-		in := GCStatus{LastDuration: time.Duration(lastDuration), Runs: runs, Errors: errs, CTRemoved: ct, SNATRemoved: snat, LastError: lastError}
+		in := maps.GCStatus{LastDuration: time.Duration(lastDuration), Runs: runs, Errors: errs, CTRemoved: ct, SNATRemoved: snat, LastError: lastError}
 		if lastRun != 0 { // 0 is no run: the epoch's first nanosecond reads back as none
 			in.LastRun = time.Unix(0, lastRun)
 		}

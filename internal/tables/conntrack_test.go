@@ -1,4 +1,4 @@
-package maps_test
+package tables_test
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
@@ -33,7 +34,7 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 func TestConntrackPutListDelete(t *testing.T) {
 	n := translationNode(t)
-	ct := maps.NewConntrack(n.Maps.ConntrackTables()...)
+	ct := tables.NewConntrack(n.Maps.ConntrackTables()...)
 	now := maps.MonotonicSeconds()
 	entries := []maps.CTEntry{
 		{Dir: maps.CTService, Proto: maps.TCP, Src: ap("10.0.0.1:41234"), Dst: ap("10.96.0.10:80"),
@@ -107,8 +108,8 @@ func TestConntrackPutListDelete(t *testing.T) {
 // deletes them in one call.
 func TestConntrackListMany(t *testing.T) {
 	n := translationNode(t)
-	ct := maps.NewConntrack(n.Maps.ConntrackTables()...)
-	const count = 3*maps.DefaultBatchSize + 17
+	ct := tables.NewConntrack(n.Maps.ConntrackTables()...)
+	const count = 3*tables.DefaultBatchSize + 17
 	var keys []maps.CTKey
 	for i := range count {
 		e := maps.CTEntry{Dir: maps.CTService, Proto: maps.UDP,
@@ -146,7 +147,7 @@ func TestConntrackListMany(t *testing.T) {
 
 func TestSNATPutListDelete(t *testing.T) {
 	n := translationNode(t)
-	snat := maps.NewSNAT(n.Maps.SNATTables()...)
+	snat := tables.NewSNAT(n.Maps.SNATTables()...)
 	now := maps.MonotonicSeconds()
 	out := maps.SNATEntry{Dir: maps.NATOut, Proto: maps.TCP, Src: ap("10.0.0.5:40000"), Dst: ap("172.18.0.1:9000"),
 		To: ap("172.18.0.2:33388"), Expires: now + 3045}
