@@ -20,7 +20,7 @@ func NewCgroup(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(root, "hrtest-"+randomHex(6))
+	dir := filepath.Join(root, prefixed(t, "DirPrefix", DirPrefix, 6))
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatalf("make cgroup: %v", err)
 	}

@@ -59,7 +59,7 @@ func NewClusterWith(t testing.TB, opts ClusterOptions) *Cluster {
 		t.Fatalf("new cluster: %d nodes, want 1 to %d", opts.Nodes, MaxClusterNodes)
 	}
 	ctx := context.Background()
-	w, err := topology.NewWire(ctx, topology.Options{Prefix: "hr-" + randomHex(4), MTU: opts.MTU})
+	w, err := topology.NewWire(ctx, topology.Options{Prefix: prefixed(t, "NetnsPrefix", NetnsPrefix, 4), MTU: opts.MTU})
 	if err != nil {
 		t.Fatalf("new cluster: %v", err)
 	}

@@ -15,7 +15,7 @@ import (
 // removes whatever is left there in t.Cleanup.
 func PinPath(t testing.TB) string {
 	t.Helper()
-	dir := filepath.Join(loader.DefaultBPFFS, "hrtest-"+randomHex(6))
+	dir := filepath.Join(loader.DefaultBPFFS, prefixed(t, "DirPrefix", DirPrefix, 6))
 	t.Cleanup(func() {
 		if err := os.RemoveAll(dir); err != nil {
 			t.Errorf("remove pin path %s: %v", dir, err)
@@ -55,7 +55,8 @@ func (n *Node) NewDatapath(t testing.TB, cfg datapath.Config) *datapath.Datapath
 	return dp
 }
 
-// AddEndpoint puts the pod on dp and fails the test on error.
+// AddEndpoint puts the pod on dp (as Endpoint describes it) and fails the
+// test on error.
 func (p *Pod) AddEndpoint(t testing.TB, dp *datapath.Datapath) maps.Endpoint {
 	t.Helper()
 	ep, err := dp.AddEndpoint(p.Endpoint())
@@ -65,7 +66,8 @@ func (p *Pod) AddEndpoint(t testing.TB, dp *datapath.Datapath) maps.Endpoint {
 	return ep
 }
 
-// Endpoint describes the pod as datapath.AddEndpoint takes it.
+// Endpoint describes the pod as datapath.AddEndpoint takes it, with the
+// datapath's ARP responder if the pod needs it (Pod.ARPResponder).
 func (p *Pod) Endpoint() datapath.Endpoint {
-	return datapath.Endpoint{IfName: p.HostIf, IP: p.IP, MAC: p.MAC}
+	return datapath.Endpoint{IfName: p.HostIf, IP: p.IP, MAC: p.MAC, ARPResponder: p.ARPResponder}
 }

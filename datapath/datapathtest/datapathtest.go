@@ -64,12 +64,39 @@ func NewNode(t testing.TB, name string) *Node {
 	return &Node{Name: name, NetnsName: nsName, Netns: path}
 }
 
+// Name prefixes of what the fixtures make outside the test's own
+// directories, so that what a killed test left behind is found by its
+// name (this repository's CI looks for "hrtest" pins). An embedder's tests
+// may set them to names of their own, once, before any test starts (in
+// TestMain): then their leftovers are told from others' on a shared
+// machine. A prefix must not contain "/".
+var (
+	// NetnsPrefix begins the name of every network namespace under
+	// routing.NetnsDir: NetnsPrefix+"<random>-<name>" (NewNode, NewNetns,
+	// AddPod, AddHost), NetnsPrefix+"<random>-wire" (NewCluster).
+	NetnsPrefix = "hr-"
+	// DirPrefix begins the name of every directory made below
+	// /sys/fs/bpf (PinPath) and the cgroup2 mount (NewCgroup):
+	// DirPrefix+"<random>".
+	DirPrefix = "hrtest-"
+)
+
+// prefixed returns prefix followed by n random bytes in hex, failing the
+// test if prefix is no prefix of a file name.
+func prefixed(t testing.TB, what, prefix string, n int) string {
+	t.Helper()
+	if strings.Contains(prefix, "/") || strings.ContainsRune(prefix, 0) {
+		t.Fatalf("datapathtest.%s %q: want a prefix of a file name (no \"/\")", what, prefix)
+	}
+	return prefix + randomHex(n)
+}
+
 // NewNetns creates a bare, uniquely named namespace with lo up and IPv6
 // off, deleted by t.Cleanup: for a pod whose veth a CNI plugin under test
 // makes.
 func NewNetns(t testing.TB, name string) (nsName, path string) {
 	t.Helper()
-	nsName = "hr-" + randomHex(4) + "-" + name
+	nsName = prefixed(t, "NetnsPrefix", NetnsPrefix, 4) + "-" + name
 	path, err := topology.NewNetns(context.Background(), nsName, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -167,6 +194,11 @@ type Pod struct {
 	HostIfIndex int
 	HostMAC     net.HardwareAddr
 	Node        *Node
+	// ARPResponder is what Endpoint asks of the datapath: to answer the
+	// pod's ARP requests, as a pod whose host-side device has no IPv4
+	// address (Calico-style) needs, for no one else answers for its
+	// gateway. LookupPod sets it for such a pod.
+	ARPResponder bool
 }
 
 // AddPod creates a pod namespace and wires it to the node with

@@ -3,10 +3,10 @@
 // ptp-like addressing a CNI using hostrouting sets up, plus helpers that send
 // real traffic between them and read counters.
 //
-// Everything is made in namespaces with unique names ("hr-<random>-<name>")
-// and removed by t.Cleanup, also when the test fails. The machine's root
-// network namespace is never changed. The fixtures need root; call
-// RequireRoot (NewNode does) to skip otherwise, or set
+// Everything is made in namespaces with unique names ("hr-<random>-<name>";
+// see NetnsPrefix) and removed by t.Cleanup, also when the test fails. The
+// machine's root network namespace is never changed. The fixtures need
+// root; call RequireRoot (NewNode does) to skip otherwise, or set
 // HOSTROUTING_REQUIRE_PRIVILEGED=1 to make that a failure.
 //
 // A pod that the code under test wires itself (a CNI plugin, plain `ip`

@@ -24,6 +24,8 @@ import (
 // The Pod's fields come from the kernel: IP is the first IPv4 address on
 // podIfName, MAC its Ethernet address, HostIfIndex and HostMAC those of
 // hostIf; NetnsName is set only for a namespace under routing.NetnsDir.
+// ARPResponder is set when hostIf has no IPv4 address (Calico-style):
+// nothing but the datapath then answers the pod's ARP for its gateway.
 //
 // When hostIf is a veth, LookupPod checks that podIfName is its peer (by
 // ifindex). It waits up to 5s for both ends to be operationally up. It
@@ -63,6 +65,10 @@ func (n *Node) LookupPod(name, podNetns, podIfName, hostIf string) (*Pod, error)
 	if err != nil {
 		return fail("%v", err)
 	}
+	hostAddrs, err := ipv4Addrs(n.Netns, hostLink)
+	if err != nil {
+		return fail("node %s: %v", n.Name, err)
+	}
 	pa, ha := podLink.Attrs(), hostLink.Attrs()
 	if len(pa.HardwareAddr) != 6 || len(ha.HardwareAddr) != 6 {
 		return fail("%s (%s) and %s (%s) must both have an Ethernet address", podIfName, pa.HardwareAddr, hostIf, ha.HardwareAddr)
@@ -86,6 +92,8 @@ func (n *Node) LookupPod(name, podNetns, podIfName, hostIf string) (*Pod, error)
 		HostIfIndex: ha.Index,
 		HostMAC:     ha.HardwareAddr,
 		Node:        n,
+
+		ARPResponder: len(hostAddrs) == 0,
 	}, nil
 }
 
@@ -121,19 +129,32 @@ func linkByName(nsPath, ifname string) (netlink.Link, error) {
 // firstIPv4 returns the first IPv4 address on link in the namespace at
 // nsPath.
 func firstIPv4(nsPath string, link netlink.Link) (netip.Addr, error) {
-	h, err := routing.Handle(nsPath)
+	addrs, err := ipv4Addrs(nsPath, link)
 	if err != nil {
 		return netip.Addr{}, err
+	}
+	if len(addrs) == 0 {
+		return netip.Addr{}, fmt.Errorf("%q has no IPv4 address", link.Attrs().Name)
+	}
+	return addrs[0], nil
+}
+
+// ipv4Addrs returns the IPv4 addresses on link in the namespace at nsPath.
+func ipv4Addrs(nsPath string, link netlink.Link) ([]netip.Addr, error) {
+	h, err := routing.Handle(nsPath)
+	if err != nil {
+		return nil, err
 	}
 	defer h.Close()
 	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("addresses of %q: %w", link.Attrs().Name, err)
+		return nil, fmt.Errorf("addresses of %q: %w", link.Attrs().Name, err)
 	}
+	var ips []netip.Addr
 	for _, a := range addrs {
 		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
-			return ip, nil
+			ips = append(ips, ip)
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("%q has no IPv4 address", link.Attrs().Name)
+	return ips, nil
 }
