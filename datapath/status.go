@@ -11,8 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/netlinksafe"
 	"github.com/hostrouting/hostrouting/internal/tables"
-
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
@@ -154,7 +154,7 @@ func (d *Datapath) devices() ([]Device, error) {
 			continue
 		}
 		dev := Device{Name: link.Attrs().Name}
-		if addrs, err := h.AddrList(link, netlink.FAMILY_V4); err == nil && len(addrs) > 0 {
+		if addrs, err := netlinksafe.AddrList(h, link, netlink.FAMILY_V4); err == nil && len(addrs) > 0 {
 			dev.IP, _ = netip.AddrFromSlice(addrs[0].IP.To4())
 		}
 		devs = append(devs, dev)

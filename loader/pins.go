@@ -9,10 +9,10 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/netlinksafe"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -236,7 +236,7 @@ func removeEmptyDir(dir string) error {
 // Cleanup removes what a node instance left at pinPath when it cannot be
 // opened any more (pins removed by hand, a version whose maps do not
 // load): its tcx links, its clsact filters on the devices of the network
-// namespace at netns (known by the instance's name while hr_info is left
+// namespace at netns ("" for the process's; known by the instance's name while hr_info is left
 // to tell it) and a clsact qdisc it made there, and its pins, by name.
 // Everything else stays. For a node that opens, Open and Remove are the
 // thorough way.
@@ -259,7 +259,7 @@ func Cleanup(pinPath, netns string) error {
 	var errs []error
 	if n.tag != "" {
 		errs = append(errs, routing.Do(netns, func() error {
-			links, err := netlink.LinkList()
+			links, err := netlinksafe.LinkList(nil)
 			if err != nil {
 				return fmt.Errorf("list devices: %w", err)
 			}

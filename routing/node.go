@@ -10,6 +10,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/hostrouting/hostrouting/internal/netlinksafe"
 )
 
 // RouteProtocol marks every route UpsertNodeRoutes makes (rtm_protocol 200,
@@ -19,7 +21,7 @@ import (
 const RouteProtocol netlink.RouteProtocol = 0xc8
 
 // UpsertNodeRoutes makes the direct routes to another node's pods in the
-// namespace at nsPath ("" is the caller's), as Cilium's auto direct node
+// namespace at nsPath ("" is the process's), as Cilium's auto direct node
 // routes do: `podCIDR via nodeIP dev device proto 200` in the main table for
 // each of podCIDRs. Routes of ours via nodeIP on device whose CIDR is no
 // longer listed are removed, so the call converges on exactly podCIDRs;
@@ -104,7 +106,7 @@ func upsertNodeRoutes(nsPath, device string, from, nodeIP netip.Addr, podCIDRs [
 
 // DeleteNodeRoutes removes every route of ours via nodeIP on device and the
 // managed neighbour entry UpsertNodeRoutes made for it, in the namespace at
-// nsPath. Other neighbour entries for nodeIP are left to the kernel. Nothing
+// nsPath ("" is the process's). Other neighbour entries for nodeIP are left to the kernel. Nothing
 // to remove, a missing device included, is not an error.
 func DeleteNodeRoutes(nsPath, device string, nodeIP netip.Addr) error {
 	nodeIP = nodeIP.Unmap()
@@ -137,7 +139,7 @@ func DeleteNodeRoutes(nsPath, device string, nodeIP netip.Addr) error {
 			}
 		}
 	}
-	neighs, err := h.NeighList(link.Attrs().Index, netlink.FAMILY_V4)
+	neighs, err := netlinksafe.NeighList(h, link.Attrs().Index, netlink.FAMILY_V4)
 	if err != nil {
 		return fail(fmt.Errorf("list neighbours: %w", err))
 	}
@@ -152,7 +154,7 @@ func DeleteNodeRoutes(nsPath, device string, nodeIP netip.Addr) error {
 }
 
 // NodeRoutes lists the routes UpsertNodeRoutes made in the namespace at
-// nsPath: pod CIDRs, sorted, by the node IP they go via.
+// nsPath ("" is the process's): pod CIDRs, sorted, by the node IP they go via.
 func NodeRoutes(nsPath string) (map[netip.Addr][]netip.Prefix, error) {
 	h, err := Handle(nsPath)
 	if err != nil {
@@ -215,7 +217,7 @@ func checkPodCIDRs(cidrs []netip.Prefix) error {
 // CIDR takes over a link subnet.
 func checkOnLink(h *netlink.Handle, link netlink.Link, nodeIP netip.Addr, cidrs []netip.Prefix) error {
 	name := link.Attrs().Name
-	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	addrs, err := netlinksafe.AddrList(h, link, netlink.FAMILY_V4)
 	if err != nil {
 		return fmt.Errorf("list addresses of %q: %w", name, err)
 	}
@@ -261,7 +263,7 @@ func checkConflicts(h *netlink.Handle, link netlink.Link, from, nodeIP netip.Add
 			return fmt.Errorf("pod CIDR %s overlaps %s, routed via node %s", p, q, r.Gw)
 		}
 	}
-	same, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: prefixNet(p)}, netlink.RT_FILTER_DST)
+	same, err := netlinksafe.RouteListFiltered(h, netlink.FAMILY_V4, &netlink.Route{Dst: prefixNet(p)}, netlink.RT_FILTER_DST)
 	if err != nil {
 		return fmt.Errorf("list routes to %s: %w", p, err)
 	}
@@ -297,7 +299,7 @@ func setManagedNeighbor(h *netlink.Handle, link netlink.Link, ip netip.Addr) err
 	}
 	// Kernels before 5.16 ignore NDA_FLAGS_EXT and keep an entry that is
 	// never resolved; remove it.
-	neighs, err := h.NeighList(n.LinkIndex, netlink.FAMILY_V4)
+	neighs, err := netlinksafe.NeighList(h, n.LinkIndex, netlink.FAMILY_V4)
 	if err != nil {
 		return fmt.Errorf("list neighbours: %w", err)
 	}
@@ -313,7 +315,7 @@ func setManagedNeighbor(h *netlink.Handle, link netlink.Link, ip netip.Addr) err
 
 // nodeRouteList returns the IPv4 routes of ours in the main table.
 func nodeRouteList(h *netlink.Handle) ([]netlink.Route, error) {
-	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+	rs, err := netlinksafe.RouteListFiltered(h, netlink.FAMILY_V4, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return nil, fmt.Errorf("list routes proto %d: %w", RouteProtocol, err)
 	}
@@ -365,7 +367,7 @@ func lastAddr(p netip.Prefix) netip.Addr {
 }
 
 // DeleteAllNodeRoutes removes every route UpsertNodeRoutes made in the
-// namespace at nsPath (`ip route show proto 200`) and the managed
+// namespace at nsPath ("" is the process's; `ip route show proto 200`) and the managed
 // neighbour entries of their next hops: for a node whose registry of
 // other nodes is lost.
 func DeleteAllNodeRoutes(nsPath string) error {

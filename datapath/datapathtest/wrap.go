@@ -10,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/hostrouting/hostrouting/internal/netlinksafe"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -146,7 +147,7 @@ func ipv4Addrs(nsPath string, link netlink.Link) ([]netip.Addr, error) {
 		return nil, err
 	}
 	defer h.Close()
-	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	addrs, err := netlinksafe.AddrList(h, link, netlink.FAMILY_V4)
 	if err != nil {
 		return nil, fmt.Errorf("addresses of %q: %w", link.Attrs().Name, err)
 	}
