@@ -139,7 +139,7 @@ func FuzzConntrackEntry(f *testing.F) {
 		if e.Frontend.IsValid() != (v.NatAddr != 0) || e.Frontend.IsValid() && !e.Frontend.Addr().Is4() {
 			t.Errorf("NAT address %#x gives frontend %v", v.NatAddr, e.Frontend)
 		}
-		if s := e.String(); !strings.HasPrefix(s, e.Key().String()+" ") || strings.Contains(s, "maps.Frontend=") != e.Frontend.IsValid() {
+		if s := e.String(); !strings.HasPrefix(s, e.Key().String()+" ") || strings.Contains(s, "Frontend=") != e.Frontend.IsValid() {
 			t.Errorf("entry %+v prints as %q", e, s)
 		}
 		if m == nil {
@@ -318,7 +318,7 @@ func FuzzEndpointInfo(f *testing.F) {
 			putString(meta.ContainerId[:], id)
 			want, _, _ := strings.Cut(id, "\x00")
 			if got := getString(meta.ContainerId[:]); got != want {
-				t.Errorf("container maps.ID %q reads back as %q", id, got)
+				t.Errorf("container ID %q reads back as %q", id, got)
 			}
 		}
 	})
@@ -390,7 +390,7 @@ func FuzzServiceEntry(f *testing.F) {
 			t.Fatalf("Delete(%v): %v", fe, err)
 		}
 		if _, err := s.Entry(fe); !errors.Is(err, maps.ErrNotFound) {
-			t.Errorf("Entry after Delete: %v, want maps.ErrNotFound", err)
+			t.Errorf("Entry after Delete: %v, want ErrNotFound", err)
 		}
 		var rest []bpf.HostroutingLb4Key
 		var (
