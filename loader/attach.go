@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/netlinksafe"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -59,9 +60,9 @@ func (p Program) ingress() bool {
 }
 
 // Attach attaches program p to the device with index ifindex in the
-// network namespace at nsPath ("" for the caller's). It is idempotent:
-// attaching again keeps one attachment, renewed with the node's current
-// program.
+// network namespace at nsPath ("" for the process's, see routing.Do).
+// It is idempotent: attaching again keeps one attachment, renewed with the
+// node's current program.
 //
 // Renewing an attachment (after a reload) makes before it breaks: the
 // hook runs the old program until the new one runs, never neither.
@@ -104,7 +105,11 @@ func (n *Instance) Attach(nsPath string, ifindex int, p Program) error {
 		}
 		// A node reloaded from tcx mode leaves its link behind, running
 		// in front of the filter until it goes.
-		return unpinLink(n.linkPin(ifindex, p))
+		pin, err := n.linkPin(ifindex, p)
+		if err != nil {
+			return err
+		}
+		return unpinLink(pin)
 	})
 	if err != nil {
 		return fmt.Errorf("attach %s to ifindex %d: %w", p, ifindex, err)
@@ -113,15 +118,19 @@ func (n *Instance) Attach(nsPath string, ifindex int, p Program) error {
 }
 
 // Detach removes program p from the device with index ifindex in the
-// network namespace at nsPath, also in the attach mode of an earlier load
+// network namespace at nsPath ("" for the process's), also in the attach mode of an earlier load
 // whose renewal is not committed. Detaching what is not attached, or from
 // a device that is gone, is not an error.
 func (n *Instance) Detach(nsPath string, ifindex int, p Program) error {
 	err := routing.Do(nsPath, func() error {
-		if !n.Features.TCX.Enabled {
-			return errors.Join(n.detachClsact(ifindex, p), unpinLink(n.linkPin(ifindex, p)))
+		pin, err := n.linkPin(ifindex, p)
+		if err != nil {
+			return err
 		}
-		if err := unpinLink(n.linkPin(ifindex, p)); err != nil {
+		if !n.Features.TCX.Enabled {
+			return errors.Join(n.detachClsact(ifindex, p), unpinLink(pin))
+		}
+		if err := unpinLink(pin); err != nil {
 			return err
 		}
 		if renewing, err := n.Renewing(); err != nil || !renewing {
@@ -135,16 +144,21 @@ func (n *Instance) Detach(nsPath string, ifindex int, p Program) error {
 	return nil
 }
 
-// linkPin names the pin of a tcx link; called inside the device's netns,
-// whose inode keeps devices of different namespaces apart.
-func (n *Instance) linkPin(ifindex int, p Program) string {
+// linkPin names the pin of a tcx link; called inside the device's netns
+// (routing.Do), whose inode keeps devices of different namespaces apart.
+func (n *Instance) linkPin(ifindex int, p Program) (string, error) {
 	var st unix.Stat_t
-	unix.Stat("/proc/thread-self/ns/net", &st)
-	return filepath.Join(n.PinPath, "links", fmt.Sprintf("%d_%d_%s", st.Ino, ifindex, p.objectName()))
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return "", fmt.Errorf("name the link pin: the thread's netns: %w", err)
+	}
+	return filepath.Join(n.PinPath, "links", fmt.Sprintf("%d_%d_%s", st.Ino, ifindex, p.objectName())), nil
 }
 
 func (n *Instance) attachTCX(ifindex int, p Program, prog *ebpf.Program) error {
-	pin := n.linkPin(ifindex, p)
+	pin, err := n.linkPin(ifindex, p)
+	if err != nil {
+		return err
+	}
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 		defer l.Close()
 		if info, err := l.Info(); err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
@@ -266,7 +280,7 @@ func (n *Instance) filterName(p Program) string {
 func (n *Instance) attachClsact(ifindex int, p Program, prog *ebpf.Program) (created bool, err error) {
 	attrs := clsactFilter(ifindex, p)
 	if dev, err := netlink.LinkByIndex(ifindex); err == nil {
-		filters, _ := netlink.FilterList(dev, attrs.Parent)
+		filters, _ := netlinksafe.FilterList(nil, dev, attrs.Parent)
 		for _, f := range filters {
 			bf, ok := f.(*netlink.BpfFilter)
 			if ok && bf.Handle == attrs.Handle && bf.Priority == attrs.Priority && strings.HasPrefix(bf.Name, "hostrouting_") && bf.Name != n.filterName(p) {
@@ -311,7 +325,7 @@ func (n *Instance) detachFilter(ifindex int, p Program) error {
 	if err != nil {
 		return nil // the device is gone, and its filters with it
 	}
-	filters, err := netlink.FilterList(link, attrs.Parent)
+	filters, err := netlinksafe.FilterList(nil, link, attrs.Parent)
 	if err != nil {
 		return fmt.Errorf("list cls_bpf filters: %w", err)
 	}
@@ -328,9 +342,9 @@ func (n *Instance) detachFilter(ifindex int, p Program) error {
 }
 
 // Attached tells whether the node's program p is attached to the device
-// with index ifindex in the network namespace at nsPath, at its hook (tc
-// ingress for from-container, egress for to-container) and in the node's
-// attach mode.
+// with index ifindex in the network namespace at nsPath ("" for the
+// process's), at its hook (tc ingress for from-container, egress for
+// to-container) and in the node's attach mode.
 func (n *Instance) Attached(nsPath string, ifindex int, p Program) (bool, error) {
 	info, err := n.progs[p].Info()
 	if err != nil {
@@ -360,7 +374,7 @@ func (n *Instance) Attached(nsPath string, ifindex int, p Program) (bool, error)
 		if err != nil {
 			return err
 		}
-		filters, err := netlink.FilterList(dev, clsactFilter(ifindex, p).Parent)
+		filters, err := netlinksafe.FilterList(nil, dev, clsactFilter(ifindex, p).Parent)
 		if err != nil {
 			return err
 		}
@@ -404,7 +418,7 @@ func (n *Instance) releaseOwnQdisc(ifindex int) error {
 				continue
 			}
 			for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-				if filters, err := netlink.FilterList(dev, parent); err != nil || len(filters) > 0 {
+				if filters, err := netlinksafe.FilterList(nil, dev, parent); err != nil || len(filters) > 0 {
 					return err // still in use: keep it
 				}
 			}

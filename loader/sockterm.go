@@ -15,7 +15,7 @@ import (
 )
 
 // DestroyUDPSockets destroys the connected UDP sockets of the network
-// namespace at netns (empty for the caller's) whose peer is one of
+// namespace at netns (empty for the process's) whose peer is one of
 // backends, as Cilium does when a service backend goes: a client that
 // socket LB gave that backend (a DNS client of a dead DNS pod) then gets
 // an error (ECONNABORTED) and connects again, to a live backend, instead

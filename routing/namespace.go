@@ -102,21 +102,29 @@ func (id NetnsID) String() string {
 // ErrNotNetns is returned for a path that is not a network namespace.
 var ErrNotNetns = errors.New("not a network namespace")
 
-// Netns identifies the network namespace at path ("" for this process's),
-// which must be a namespace file (nsfs), as /var/run/netns/NAME and
-// /proc/PID/ns/net are.
+// Netns identifies the network namespace at path, which must be a
+// namespace file (nsfs), as /var/run/netns/NAME and /proc/PID/ns/net are;
+// "" is this process's, the one it started in, as for [Do] and [Handle].
 func Netns(path string) (NetnsID, error) {
-	p := path
-	if p == "" {
-		p = "/proc/self/ns/net"
-	}
 	var fs unix.Statfs_t
-	if err := unix.Statfs(p, &fs); err != nil {
-		return NetnsID{}, fmt.Errorf("network namespace %q: %w", path, err)
-	}
 	var st unix.Stat_t
-	if err := unix.Stat(p, &st); err != nil {
-		return NetnsID{}, fmt.Errorf("network namespace %q: %w", path, err)
+	if path == "" {
+		if homeErr != nil {
+			return NetnsID{}, fmt.Errorf("the process's network namespace: %w", homeErr)
+		}
+		if err := unix.Fstatfs(int(home), &fs); err != nil {
+			return NetnsID{}, fmt.Errorf("the process's network namespace: %w", err)
+		}
+		if err := unix.Fstat(int(home), &st); err != nil {
+			return NetnsID{}, fmt.Errorf("the process's network namespace: %w", err)
+		}
+	} else {
+		if err := unix.Statfs(path, &fs); err != nil {
+			return NetnsID{}, fmt.Errorf("network namespace %q: %w", path, err)
+		}
+		if err := unix.Stat(path, &st); err != nil {
+			return NetnsID{}, fmt.Errorf("network namespace %q: %w", path, err)
+		}
 	}
 	if fs.Type != unix.NSFS_MAGIC {
 		return NetnsID{}, fmt.Errorf("%w: %q is no namespace file (nsfs), as /var/run/netns/NAME and /proc/PID/ns/net are", ErrNotNetns, path)

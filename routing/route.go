@@ -12,7 +12,7 @@ import (
 
 // AddEndpointRoute makes the node route to a local endpoint,
 // `addr/32 dev ifname scope link`, in the namespace at nsPath ("" is the
-// caller's). It replaces an existing route to addr, so repeating it is fine.
+// process's). It replaces an existing route to addr, so repeating it is fine.
 func AddEndpointRoute(nsPath, ifname string, addr netip.Addr) error {
 	if !addr.Is4() {
 		return fmt.Errorf("add endpoint route %s dev %q: only IPv4 is supported yet", addr, ifname)
@@ -29,8 +29,9 @@ func AddEndpointRoute(nsPath, ifname string, addr netip.Addr) error {
 	return replaceEndpointRoute(h, link, addr)
 }
 
-// DelEndpointRoute removes the route AddEndpointRoute made. A missing route
-// or device is not an error.
+// DelEndpointRoute removes the route AddEndpointRoute made in the namespace
+// at nsPath ("" is the process's). A missing route or device is not an
+// error.
 func DelEndpointRoute(nsPath, ifname string, addr netip.Addr) error {
 	if !addr.Is4() {
 		return fmt.Errorf("delete endpoint route %s dev %q: only IPv4 is supported yet", addr, ifname)

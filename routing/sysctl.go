@@ -46,9 +46,9 @@ var forwardingSysctls = []sysctl{
 // conf/all and conf/<dev> rp_filter, so devices made afterwards (inheriting
 // conf/default) are unfiltered; devices that already exist keep their own.
 //
-// An empty nsPath changes the caller's namespace: right for an agent running
-// inside its node's namespace, wrong on a machine's root namespace unless
-// that is intended.
+// An empty nsPath changes the process's namespace (the one it started in):
+// right for an agent running inside its node's namespace, wrong on a
+// machine's root namespace unless that is intended.
 func EnableForwarding(nsPath string) error {
 	return Do(nsPath, func() error {
 		for _, s := range forwardingSysctls {
@@ -60,7 +60,8 @@ func EnableForwarding(nsPath string) error {
 	})
 }
 
-// DisableIPv6 turns IPv6 off in the network namespace at nsPath, for
+// DisableIPv6 turns IPv6 off in the network namespace at nsPath ("" is
+// the process's), for
 // devices there now and made later: for IPv4-only setups, where IPv6
 // autoconfiguration (DAD, MLD reports, router solicitations) would only add
 // traffic. A kernel without IPv6 is left as it is.

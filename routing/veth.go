@@ -21,7 +21,7 @@ var DefaultGateway = netip.AddrFrom4([4]byte{169, 254, 1, 1})
 // VethConfig describes a pod's veth pair for SetupVeth.
 type VethConfig struct {
 	// HostNetns is the path of the node's network namespace; "" is the
-	// caller's.
+	// process's (the one it started in).
 	HostNetns string
 	// HostIfName names the node-side device (at most 15 bytes), e.g. "lxc1234".
 	HostIfName string
@@ -243,7 +243,7 @@ func checkIfName(name string) error {
 }
 
 // DeleteVeth removes the veth pair whose node end is hostIfName in the
-// namespace at hostNetns ("" is the caller's). The pod end, the addresses and
+// namespace at hostNetns ("" is the process's). The pod end, the addresses and
 // the routes through the pair go with it. A missing link is not an error.
 func DeleteVeth(hostNetns, hostIfName string) error {
 	h, err := Handle(hostNetns)
