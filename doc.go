@@ -86,14 +86,37 @@
 //   - loader: feature probes, loading once per node, pinning under one bpffs
 //     directory per node instance, adoption by a restarted process,
 //     attach/detach in any network namespace.
-//   - maps: typed access to the endpoint, counter, metric, service,
-//     conntrack and NAT maps.
+//   - maps: the datapath's vocabulary: endpoint, service, conntrack and NAT
+//     entries, flags, metrics and counters, as datapath hands them out.
 //   - nat: garbage collection of the conntrack and SNAT tables, Maglev
 //     lookup tables.
 //   - routing: netlink/netns helpers a CNI needs: veth pairs with ptp-like
 //     /32 addressing (or Calico-style), node-side routes, sysctls — inside given namespaces.
-//   - bpf: the C datapath and its bpf2go output (committed; regenerate with
-//     `go generate ./bpf` and clang-19).
+//   - bpf: the C datapath and its BPF_PROG_RUN tests; the bpf2go output is
+//     internal/bpf (regenerate with `go generate ./internal/bpf` and clang-19).
+//
+// # Stability
+//
+// The root module requires github.com/cilium/ebpf,
+// github.com/vishvananda/netlink, github.com/vishvananda/netns and
+// golang.org/x/sys only; what needs more (the Prometheus collector
+// datapath/metrics, the agent, the CNI plugin, hrctl, the benchmarks) is
+// a module of its own. internal/embedder checks that in CI.
+//
+// Stable, and checked against the previous commit by CI (.ci/apidiff: an
+// incompatible change needs a reason in its commit): datapath,
+// datapath/datapathtest, routing, nat, maps and loader. Before v1 a minor
+// release may still break them, and says so in its notes.
+//
+// Not API, free to change with any commit: everything under internal/ —
+// the bpf2go types that mirror the C structs (internal/bpf) and the
+// handles that read and write the pinned maps (internal/tables), which
+// only datapath and this repository's tools (hrctl, the benchmarks) use —
+// the C programs' maps, their layout and the pin directory's contents, and
+// the parts of loader that datapath alone calls to coordinate processes
+// sharing a node (Instance's Renewing, CommitRenewal, RenewCgroup,
+// Current and ClaimEvents, LockPinPath, the raw Instance.Maps): they are
+// documented as such and will move under internal/.
 //
 // The examples folder holds runnable programs: samenode (the demo),
 // crossnode (three kind-like nodes), service (the NodePort demo without
