@@ -2,6 +2,7 @@ package loader_test
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -28,6 +29,16 @@ const firstLoadEnv = "HOSTROUTING_TEST_FIRST_LOAD"
 func TestMain(m *testing.M) {
 	arg := os.Getenv(firstLoadEnv)
 	if arg == "" {
+		// The examples load programs: without root, as the tests skip,
+		// they are left out (HOSTROUTING_REQUIRE_PRIVILEGED keeps them).
+		flag.Parse()
+		if os.Geteuid() != 0 && os.Getenv("HOSTROUTING_REQUIRE_PRIVILEGED") != "1" {
+			skip := "^Example"
+			if s := flag.Lookup("test.skip").Value.String(); s != "" {
+				skip = s + "|" + skip
+			}
+			flag.Set("test.skip", skip)
+		}
 		os.Exit(m.Run())
 	}
 	pin, netns, _ := strings.Cut(arg, " ")
