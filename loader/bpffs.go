@@ -160,6 +160,9 @@ type Lock struct {
 // and DELs, an agent restarting — serialise on it. A pin path that is gone
 // (the node was removed) gives an error wrapping ErrNoNode, and is not
 // made again.
+//
+// Not API: datapath's coordination of the processes sharing a node; it
+// may change with any commit (see the module's doc, Stability).
 func LockPinPath(pinPath string) (*Lock, error) {
 	lock, err := lockDir(pinPath)
 	if errors.Is(err, os.ErrNotExist) {
@@ -203,6 +206,9 @@ const eventsDir = "events"
 // (Maps.Events) until Unlock: a perf event array has one ring per CPU, so
 // a second reader would silently take them from the first. A claim held
 // by another reader, in any process, gives ErrEventsBusy.
+//
+// Not API: datapath's coordination of the processes sharing a node; it
+// may change with any commit (see the module's doc, Stability).
 func (n *Instance) ClaimEvents() (*Lock, error) {
 	dir := filepath.Join(n.PinPath, eventsDir)
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {

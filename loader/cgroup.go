@@ -123,6 +123,9 @@ func reachCgroup(path string) (string, error) {
 
 // RenewCgroup puts this load's socket-LB programs on the pinned cgroup
 // links, if there are any.
+//
+// Not API: datapath's coordination of the processes sharing a node; it
+// may change with any commit (see the module's doc, Stability).
 func (n *Instance) RenewCgroup() error {
 	for _, h := range socketHooks {
 		l, err := link.LoadPinnedLink(n.cgroupLinkPin(h.name), nil)

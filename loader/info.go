@@ -96,6 +96,9 @@ var ErrStale = errors.New("node reloaded by another process")
 // Current tells whether the pinned node is still the one this handle
 // opened: an error wrapping ErrStale if another process reloaded it, one
 // wrapping ErrNoNode if the node was removed.
+//
+// Not API: datapath's coordination of the processes sharing a node; it
+// may change with any commit (see the module's doc, Stability).
 func (n *Instance) Current() error {
 	info, err := readPinnedInfo(n.PinPath)
 	if err != nil {
@@ -125,6 +128,9 @@ func readPinnedInfo(path string) (bpf.HostroutingNodeInfo, error) {
 // earlier load: a reload replaced the pinned programs, and whoever made it
 // (this process, or one that died half-way) has not committed the renewal
 // yet. Renew every attachment (Attach again), then call CommitRenewal.
+//
+// Not API: datapath's coordination of the processes sharing a node; it
+// may change with any commit (see the module's doc, Stability).
 func (n *Instance) Renewing() (bool, error) {
 	info, err := n.readInfo()
 	if err != nil {
@@ -137,6 +143,9 @@ func (n *Instance) Renewing() (bool, error) {
 // and unpins the tail-call stages of earlier loads: programs of an earlier
 // load still attached somewhere would lose their stages and drop what they
 // see (counted as drop-tail-call).
+//
+// Not API: datapath's coordination of the processes sharing a node; it
+// may change with any commit (see the module's doc, Stability).
 func (n *Instance) CommitRenewal() error {
 	if err := n.updateInfo(func(info *bpf.HostroutingNodeInfo) error {
 		if info.ObjectId != n.id {

@@ -209,7 +209,9 @@ type Instance struct {
 	MaxEndpoints uint32
 	// Adopted tells that the programs were found pinned and reused.
 	Adopted bool
-	// Maps are the node's maps.
+	// Maps are the node's maps. Not API: their layout is the C
+	// programs', free to change with any commit; read a node through
+	// datapath.
 	Maps Maps
 
 	id        uint64 // the object this handle's programs come from
