@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -209,7 +211,12 @@ func (d *Datapath) isBackend(ip netip.Addr) (bool, error) {
 }
 
 // stale tells whether ep's host device is gone from the node: no device
-// with its ifindex, or another one (a new device may reuse the index).
+// with its ifindex, or another one in its place. A new device may take the
+// index, the name and the MAC of a deleted one (a CNI such as Calico gives
+// every host-side veth ee:ee:ee:ee:ee:ee), so the device is known by what
+// the kernel ties to it alone: the attachments AddEndpoint made on it (a
+// tcx link is unbound, a cls_bpf filter deleted, with its device). When in
+// doubt (an error) the endpoint is not stale.
 func (d *Datapath) stale(ep EndpointInfo) bool {
 	h, err := routing.Handle(d.cfg.Netns)
 	if err != nil {
@@ -217,7 +224,21 @@ func (d *Datapath) stale(ep EndpointInfo) bool {
 	}
 	defer h.Close()
 	l, err := h.LinkByIndex(ep.IfIndex)
-	return err != nil || !bytes.Equal(l.Attrs().HardwareAddr, ep.NodeMAC)
+	if errors.As(err, &netlink.LinkNotFoundError{}) {
+		return true
+	}
+	if err != nil {
+		return false
+	}
+	if !bytes.Equal(l.Attrs().HardwareAddr, ep.NodeMAC) {
+		return true
+	}
+	for _, p := range []Program{FromContainer, ToContainer} {
+		if ours, err := d.node.HasAttachment(d.cfg.Netns, ep.IfIndex, p); err != nil || ours {
+			return false
+		}
+	}
+	return true
 }
 
 // maxEndpoints is the node's endpoint limit: the highest endpoint ID.

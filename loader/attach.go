@@ -390,6 +390,62 @@ func (n *Instance) Attached(nsPath string, ifindex int, p Program) (bool, error)
 	return found, nil
 }
 
+// HasAttachment tells whether the device with index ifindex in the
+// network namespace at nsPath ("" for the process's) still carries the
+// attachment of p that this node instance made on it, in either attach
+// mode and of any load (also one whose renewal is not committed): the tcx
+// link pinned for it, bound to a device with that index, or the node's
+// cls_bpf filter. The kernel ties both to the one device they were made
+// on: a tcx link is unbound, and a filter deleted, when it goes. So a
+// device made later in its place, with the same index, name and MAC, as a
+// CNI that gives every host-side veth ee:ee:ee:ee:ee:ee makes it, carries
+// none. Unlike Attached, it does not ask which load's program runs.
+func (n *Instance) HasAttachment(nsPath string, ifindex int, p Program) (bool, error) {
+	found := false
+	err := routing.Do(nsPath, func() error {
+		pin, err := n.linkPin(ifindex, p)
+		if err != nil {
+			return err
+		}
+		l, err := link.LoadPinnedLink(pin, nil)
+		switch {
+		case err == nil:
+			info, err := l.Info()
+			l.Close()
+			if err != nil {
+				return fmt.Errorf("pinned tcx link: %w", err)
+			}
+			if info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
+				found = true
+				return nil
+			}
+		case !errors.Is(err, os.ErrNotExist):
+			return fmt.Errorf("open pinned link: %w", err)
+		}
+		dev, err := netlink.LinkByIndex(ifindex)
+		if errors.As(err, &netlink.LinkNotFoundError{}) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		attrs := clsactFilter(ifindex, p)
+		filters, err := netlinksafe.FilterList(nil, dev, attrs.Parent)
+		if err != nil {
+			return err
+		}
+		for _, f := range filters {
+			bf, ok := f.(*netlink.BpfFilter)
+			found = found || (ok && bf.Handle == attrs.Handle && bf.Priority == attrs.Priority && bf.Name == n.filterName(p))
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("attachment of %s on ifindex %d: %w", p, ifindex, err)
+	}
+	return found, nil
+}
+
 // noteOwnQdisc records that the node made the clsact qdisc of ifindex, if
 // it is one of the node's devices (a pod's goes with its veth).
 func (n *Instance) noteOwnQdisc(ifindex int) error {
