@@ -27,6 +27,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
+	"github.com/hostrouting/hostrouting/internal/netlinksafe"
 	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -42,8 +43,9 @@ type Config struct {
 	// pinned. Default loader.DefaultPinPath.
 	PinPath string
 	// Netns is the node's network namespace (a path such as
-	// /var/run/netns/node1); empty for the caller's own. A node instance
-	// belongs to one namespace: another is refused.
+	// /var/run/netns/node1); empty for this process's, the one it started
+	// in (see routing.Do), whichever namespace the calling thread is in. A
+	// node instance belongs to one namespace: another is refused.
 	Netns string
 	// MaxEndpoints is the node's endpoint limit (see
 	// loader.Options.MaxEndpoints). Zero takes the running node's, or
@@ -315,7 +317,7 @@ func checkCIDR(what string, c netip.Prefix, example string) error {
 	return fmt.Errorf("%s %s: want a network address, %s (its host bits zero)", what, c, c.Masked())
 }
 
-// checkNetns checks that netns ("" for the caller's) is a network
+// checkNetns checks that netns ("" for the process's) is a network
 // namespace. A bare name, as `ip netns` takes, is no path: the error says
 // which path it may mean.
 func checkNetns(netns string) error {
@@ -338,7 +340,7 @@ type Location struct {
 	// Default loader.DefaultPinPath.
 	PinPath string
 	// Netns is the path of the node's network namespace (such as
-	// /var/run/netns/node1); empty for the caller's own.
+	// /var/run/netns/node1); empty for this process's (see Config.Netns).
 	Netns string
 }
 
@@ -632,10 +634,7 @@ func (d *Datapath) setNodeAddrs(ifindexes []int) error {
 		if err != nil {
 			return fmt.Errorf("node device %d: %w", ifindex, err)
 		}
-		addrs, err := h.AddrList(link, netlink.FAMILY_V4)
-		for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 3; try++ {
-			addrs, err = h.AddrList(link, netlink.FAMILY_V4) // changed meanwhile: read again
-		}
+		addrs, err := netlinksafe.AddrList(h, link, netlink.FAMILY_V4)
 		if err != nil {
 			return fmt.Errorf("node device %s addresses: %w", link.Attrs().Name, err)
 		}
