@@ -161,7 +161,7 @@ func TestMonitor(t *testing.T) {
 	for _, bad := range []struct {
 		level   datapath.MonitorLevel
 		capture int
-	}{{datapath.MonitorConnections + 1, 0}, {datapath.MonitorAll, -1}, {datapath.MonitorAll, 70000}} {
+	}{{datapath.MonitorAll + 1, 0}, {datapath.MonitorAll, -1}, {datapath.MonitorAll, 70000}} {
 		if err := dp.SetMonitor(bad.level, bad.capture); err == nil {
 			t.Errorf("SetMonitor(%d, %d) took it", bad.level, bad.capture)
 		}
