@@ -503,7 +503,9 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 	}
 	spec.Maps[bpf.HostroutingMapHrLb4Services].MaxEntries = opts.MaxServices * (1 + ServiceBackendSlots)
 	spec.Maps[bpf.HostroutingMapHrLb4Backends].MaxEntries = opts.MaxServices * ServiceBackendSlots
-	spec.Maps[bpf.HostroutingMapHrClusterIps].MaxEntries = opts.MaxServices
+	// As many as the frontend table can hold frontends: it is never the
+	// table that fills first.
+	spec.Maps[bpf.HostroutingMapHrClusterIps].MaxEntries = opts.MaxServices * (1 + ServiceBackendSlots)
 	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(config); err != nil {
 		return nil, fmt.Errorf("set datapath config: %w", err)
 	}
