@@ -83,9 +83,11 @@
 //   - datapath/datapathtest: network-namespace fixtures (nodes, pods,
 //     traffic, counters, a real kube-apiserver) for tests, ours and an
 //     embedding CNI's or agent's.
-//   - loader: feature probes, loading once per node, pinning under one bpffs
-//     directory per node instance, adoption by a restarted process,
-//     attach/detach in any network namespace.
+//   - loader: the kernel features the datapath probes for and their
+//     fallbacks, the defaults and limits of a node's tables, and the errors
+//     of loading and pins; the loading itself (once per node, pinned, adopted
+//     by a restarted process, attached in any network namespace) is
+//     internal/instance, which datapath drives.
 //   - maps: the datapath's vocabulary: endpoint, service, conntrack and NAT
 //     entries, flags, metrics and counters, as datapath hands them out.
 //   - nat: garbage collection of the conntrack and SNAT tables, Maglev
@@ -109,14 +111,12 @@
 // release may still break them, and says so in its notes.
 //
 // Not API, free to change with any commit: everything under internal/ —
-// the bpf2go types that mirror the C structs (internal/bpf) and the
-// handles that read and write the pinned maps (internal/tables), which
-// only datapath and this repository's tools (hrctl, the benchmarks) use —
-// the C programs' maps, their layout and the pin directory's contents, and
-// the parts of loader that datapath alone calls to coordinate processes
-// sharing a node (Instance's Renewing, CommitRenewal, RenewCgroup,
-// Current and ClaimEvents, LockPinPath, the raw Instance.Maps): they are
-// documented as such and will move under internal/.
+// the bpf2go types that mirror the C structs (internal/bpf), the handles
+// that read and write the pinned maps (internal/tables), the loading,
+// pinning, attaching and the protocol by which processes sharing a node
+// coordinate (internal/instance) — which only datapath and this
+// repository's tools (hrctl, the benchmarks) use, and the C programs'
+// maps, their layout and the pin directory's contents.
 //
 // The examples folder holds runnable programs: samenode (the demo),
 // crossnode (three kind-like nodes), service (the NodePort demo without

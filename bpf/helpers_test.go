@@ -190,7 +190,7 @@ func loadDatapath(tb testing.TB, cfg bpf.HostroutingConfig) *datapath {
 }
 
 // loadDatapathWith is loadDatapath with the spec changed by edit first
-// (map sizes, as loader.Options would).
+// (map sizes, as instance.Options would).
 func loadDatapathWith(tb testing.TB, cfg bpf.HostroutingConfig, edit func(*ebpf.CollectionSpec)) *datapath {
 	tb.Helper()
 	datapathtest.RequireRoot(tb)

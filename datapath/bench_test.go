@@ -16,6 +16,7 @@ import (
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -106,7 +107,7 @@ func (n *benchNode) fillEndpoints(b *testing.B, count int) {
 	if count == 0 {
 		return
 	}
-	ln, err := loader.Open(n.pinPath)
+	ln, err := instance.Open(n.pinPath)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -153,7 +154,7 @@ func TestReloadKilledHalfWayConverges(t *testing.T) {
 		child.Process.Signal(syscall.SIGKILL)
 		child.Wait()
 
-		probe, err := loader.Open(cfg.PinPath)
+		probe, err := instance.Open(cfg.PinPath)
 		if err != nil {
 			t.Fatalf("round %d: open the node after the kill: %v", round, err)
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/netlinksafe"
 	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
@@ -47,13 +48,14 @@ type Config struct {
 	// in (see routing.Do), whichever namespace the calling thread is in. A
 	// node instance belongs to one namespace: another is refused.
 	Netns string
-	// MaxEndpoints is the node's endpoint limit (see
-	// loader.Options.MaxEndpoints). Zero takes the running node's, or
+	// MaxEndpoints is the node's endpoint limit, at most
+	// loader.MaxEndpointsLimit. Zero takes the running node's, or
 	// loader.DefaultMaxEndpoints for a new one.
 	MaxEndpoints uint32
 	// MaxFlows and MaxServices size the tables of translated flows and of
-	// services (see loader.Options). Zero takes the running node's, or the
-	// loader's defaults for a new one.
+	// services (loader.ServiceBackendSlots backends per service on
+	// average). Zero takes the running node's, or the loader's defaults
+	// for a new one.
 	MaxFlows, MaxServices uint32
 	// Disable forces fallbacks the kernel would not need.
 	Disable Disable
@@ -178,7 +180,7 @@ type Datapath struct {
 	mu        sync.Mutex // guards everything below
 	closed    bool
 	cfg       Config
-	node      *loader.Instance
+	node      *instance.Instance
 	endpoints *tables.Endpoints
 	stats     *tables.Stats
 	metrics   *tables.Metrics
@@ -201,7 +203,7 @@ func New(cfg Config) (*Datapath, error) {
 	masquerade := len(devices) > 0 && cfg.NativeRoutingCIDR.IsValid()
 	hostnsOnly := cfg.SocketLBHostnsOnly
 	maglev := cfg.MaglevTableSize
-	if running, err := loader.Open(cfg.PinPath); err == nil {
+	if running, err := instance.Open(cfg.PinPath); err == nil {
 		if !cfg.NativeRoutingCIDR.IsValid() {
 			cfg.NativeRoutingCIDR = running.NativeRoutingCIDR
 		}
@@ -222,7 +224,7 @@ func New(cfg Config) (*Datapath, error) {
 		}
 		running.Close()
 	}
-	node, err := loader.Load(loader.Options{PinPath: cfg.PinPath, Netns: cfg.Netns, MaxEndpoints: cfg.MaxEndpoints,
+	node, err := instance.Load(instance.Options{PinPath: cfg.PinPath, Netns: cfg.Netns, MaxEndpoints: cfg.MaxEndpoints,
 		MaxFlows: cfg.MaxFlows, MaxServices: cfg.MaxServices,
 		Disable: cfg.Disable, NativeRoutingCIDR: cfg.NativeRoutingCIDR,
 		Masquerade: masquerade && !cfg.DisableMasquerade, NATPorts: cfg.NATPorts, SocketLBHostnsOnly: hostnsOnly,
@@ -280,7 +282,7 @@ func (cfg *Config) check() ([]int, error) {
 		return nil, err
 	}
 	if cfg.CgroupPath != "" {
-		if err := loader.CheckCgroup(cfg.CgroupPath); err != nil {
+		if err := instance.CheckCgroup(cfg.CgroupPath); err != nil {
 			return nil, err
 		}
 	}
@@ -361,21 +363,21 @@ func Open(at Location) (*Datapath, error) {
 	if err := checkNetns(at.Netns); err != nil {
 		return nil, fmt.Errorf("open datapath at %s: %w", at.PinPath, err)
 	}
-	node, err := loader.Open(at.PinPath)
+	node, err := instance.Open(at.PinPath)
 	if err != nil {
 		return nil, err
 	}
 	return newDatapath(Config{PinPath: at.PinPath, Netns: at.Netns, NativeRoutingCIDR: node.NativeRoutingCIDR}, node), nil
 }
 
-func newDatapath(cfg Config, node *loader.Instance) *Datapath {
+func newDatapath(cfg Config, node *instance.Instance) *Datapath {
 	d := &Datapath{cfg: cfg}
 	d.use(node)
 	return d
 }
 
 // use makes node the handle d works with.
-func (d *Datapath) use(node *loader.Instance) {
+func (d *Datapath) use(node *instance.Instance) {
 	d.node = node
 	d.cfg.NativeRoutingCIDR = node.NativeRoutingCIDR
 	d.endpoints = tables.NewEndpoints(tables.EndpointMaps{ByIPv4: node.Maps.Endpoints, ByIPv6: node.Maps.Endpoints6,
@@ -444,7 +446,7 @@ func (d *Datapath) locked(fn func() error) error {
 	if d.closed {
 		return ErrClosed
 	}
-	lock, err := loader.LockPinPath(d.node.PinPath)
+	lock, err := instance.LockPinPath(d.node.PinPath)
 	if errors.Is(err, loader.ErrNoNode) {
 		return fmt.Errorf("%w: pin path %s is gone", ErrRemoved, d.cfg.PinPath)
 	}
@@ -472,7 +474,7 @@ func (d *Datapath) current() error {
 	case errors.Is(err, loader.ErrNoNode):
 		return fmt.Errorf("%w: %w", ErrRemoved, err)
 	case errors.Is(err, loader.ErrStale):
-		node, err := loader.Open(d.node.PinPath)
+		node, err := instance.Open(d.node.PinPath)
 		if err != nil {
 			return fmt.Errorf("adopt the reloaded node: %w", err)
 		}
@@ -548,7 +550,7 @@ func (d *Datapath) Remove() error {
 		return ErrClosed
 	}
 	d.closed = true
-	lock, err := loader.LockPinPath(d.node.PinPath)
+	lock, err := instance.LockPinPath(d.node.PinPath)
 	if errors.Is(err, loader.ErrNoNode) {
 		return d.node.Close()
 	}
@@ -601,7 +603,7 @@ func Cleanup(at Location) error {
 	case errors.Is(err, os.ErrNotExist):
 		return nil
 	}
-	return errors.Join(loader.Cleanup(at.PinPath, at.Netns), routing.DeleteAllNodeRoutes(at.Netns))
+	return errors.Join(instance.Cleanup(at.PinPath, at.Netns), routing.DeleteAllNodeRoutes(at.Netns))
 }
 
 // setNodeAddrs records each device's first IPv4 address: what pods'

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
@@ -322,7 +323,7 @@ func TestRestartAdoptsRunningDatapath(t *testing.T) {
 	a.AddEndpoint(t, first)
 	b.AddEndpoint(t, first)
 	progID := func() any {
-		n, err := loader.Open(cfg.PinPath)
+		n, err := instance.Open(cfg.PinPath)
 		if err != nil {
 			t.Fatal(err)
 		}

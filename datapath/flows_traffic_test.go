@@ -36,9 +36,9 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/netcheck"
 	"github.com/hostrouting/hostrouting/internal/tables"
-	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
 	"github.com/hostrouting/hostrouting/routing"
@@ -287,7 +287,7 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 // flowStats reads the node's flow statistics (hr_ct_stats).
 func flowStats(t *testing.T, dp *datapath.Datapath) [maps.FlowClassCount]maps.FlowStats {
 	t.Helper()
-	node, err := loader.Open(pinPathOf(t, dp))
+	node, err := instance.Open(pinPathOf(t, dp))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +308,7 @@ func statsDelta(s, before maps.FlowStats) maps.FlowStats {
 // conntrackEntries lists the node's conntrack entries.
 func conntrackEntries(t *testing.T, dp *datapath.Datapath) []maps.CTEntry {
 	t.Helper()
-	node, err := loader.Open(pinPathOf(t, dp))
+	node, err := instance.Open(pinPathOf(t, dp))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1105,7 +1105,7 @@ func (s *portSchedule) done(port uint16, ok bool) {
 // entriesOf lists the conntrack entries of the node pinned at pin whose
 // source or destination is addr, for failure messages.
 func entriesOf(pin string, addr netip.AddrPort) string {
-	node, err := loader.Open(pin)
+	node, err := instance.Open(pin)
 	if err != nil {
 		return err.Error()
 	}

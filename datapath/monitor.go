@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf/perf"
 
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
@@ -302,7 +303,7 @@ func parseTuple(b []byte) Tuple {
 // from several goroutines.
 type Monitor struct {
 	rd    *perf.Reader
-	claim *loader.Lock // the node's events are this monitor's
+	claim *instance.Lock // the node's events are this monitor's
 	lost  atomic.Uint64
 	// state is hr_monitor_state: the events the programs skipped while
 	// a ring was full, skipped0 their count when the monitor opened,

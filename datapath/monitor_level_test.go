@@ -7,7 +7,7 @@ import (
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/internal/bpf"
-	"github.com/hostrouting/hostrouting/loader"
+	"github.com/hostrouting/hostrouting/internal/instance"
 )
 
 // TestMonitorLevelOrder: the levels are ordered by how much they report,
@@ -27,7 +27,7 @@ func TestMonitorLevelOrder(t *testing.T) {
 
 	node := datapathtest.NewNode(t, "node")
 	dp := node.NewDatapath(t, datapath.Config{})
-	node2, err := loader.Open(pinPathOf(t, dp))
+	node2, err := instance.Open(pinPathOf(t, dp))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,8 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
-	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
 )
@@ -35,7 +35,7 @@ func TestTranslationTables(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node, err := loader.Open(st.PinPath)
+	node, err := instance.Open(st.PinPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,8 +10,8 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
-	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -122,7 +122,7 @@ func TestRejectNoBackendSocketLB(t *testing.T) {
 // other ports of.
 func clusterIPTable(t *testing.T, dp *datapath.Datapath) map[netip.Addr]bool {
 	t.Helper()
-	node, err := loader.Open(pinPathOf(t, dp))
+	node, err := instance.Open(pinPathOf(t, dp))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/hostrouting/hostrouting/loader"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
 )
@@ -535,7 +535,7 @@ func (d *Datapath) sweepBackends(st *serviceState) error {
 	// the void: destroyed, they see an error and connect again (Linux ≥
 	// 6.5; on older kernels they stay, as before).
 	if len(udp) > 0 && d.node.CgroupAttached() {
-		if _, err := loader.DestroyUDPSockets(d.cfg.Netns, udp); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		if _, err := instance.DestroyUDPSockets(d.cfg.Netns, udp); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
 			errs = append(errs, err)
 		}
 	}
@@ -663,7 +663,7 @@ func (d *Datapath) Services() ([]Service, error) {
 // to the tc load balancer. Sockets connected meanwhile keep their backend.
 func (d *Datapath) SetSocketLB(cgroupPath string) error {
 	if cgroupPath != "" {
-		if err := loader.CheckCgroup(cgroupPath); err != nil {
+		if err := instance.CheckCgroup(cgroupPath); err != nil {
 			return err
 		}
 	}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
-	"github.com/hostrouting/hostrouting/loader"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -299,7 +299,7 @@ func TestMaglev(t *testing.T) {
 	}
 	share := func() map[uint32]int {
 		t.Helper()
-		node, err := loader.Open(pinPathOf(t, cn.dps[0]))
+		node, err := instance.Open(pinPathOf(t, cn.dps[0]))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,8 +9,8 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
-	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -18,7 +18,7 @@ import (
 // of dp's node, as the maps hold them.
 func serviceTables(t *testing.T, dp *datapath.Datapath) ([]maps.ServiceEntry, map[uint32]maps.Backend) {
 	t.Helper()
-	node, err := loader.Open(pinPathOf(t, dp))
+	node, err := instance.Open(pinPathOf(t, dp))
 	if err != nil {
 		t.Fatal(err)
 	}

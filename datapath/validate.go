@@ -18,7 +18,7 @@ var (
 	ErrInvalidService = errors.New("invalid service")
 	// ErrServiceTableFull is wrapped by the error of UpsertService and
 	// UpsertServices when the node's service tables have no room for a
-	// service (loader.Options.MaxServices sizes them). It wraps ErrMapFull.
+	// service (Config.MaxServices sizes them). It wraps ErrMapFull.
 	ErrServiceTableFull = fmt.Errorf("service table full: %w", ErrMapFull)
 )
 
@@ -100,7 +100,7 @@ func (d *Datapath) room(st *serviceState, s *Service, front maps.Frontend, exter
 	return nil
 }
 
-// maxServices is the node's loader.Options.MaxServices.
+// maxServices is the node's MaxServices (Config.MaxServices).
 func (d *Datapath) maxServices() uint32 {
 	return d.node.Maps.Backends.MaxEntries() / loader.ServiceBackendSlots
 }

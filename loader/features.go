@@ -33,28 +33,6 @@ type Features struct {
 	CheckMTU      Feature // bpf_check_mtu (else unresolved next hops go by the stack)
 }
 
-const (
-	featRedirectPeer = 1 << iota
-	featRedirectNeigh
-	featFIBLookup
-	featTCX
-	featCheckMTU
-)
-
-// bits encodes the enabled features for the pinned node_info.
-func (f Features) bits() uint32 {
-	var b uint32
-	for _, x := range []struct {
-		f   Feature
-		bit uint32
-	}{{f.RedirectPeer, featRedirectPeer}, {f.RedirectNeigh, featRedirectNeigh}, {f.FIBLookup, featFIBLookup}, {f.TCX, featTCX}, {f.CheckMTU, featCheckMTU}} {
-		if x.f.Enabled {
-			b |= x.bit
-		}
-	}
-	return b
-}
-
 // ProbeFeatures asks the running kernel which features it has and applies
 // the forced fallbacks of d. Probes are cached for the process.
 func ProbeFeatures(d Disable) Features {
@@ -64,28 +42,6 @@ func ProbeFeatures(d Disable) Features {
 		FIBLookup:     decide(d.FIBLookup, probeHelper(asm.FnFibLookup)),
 		TCX:           decide(d.TCX, probeTCX()),
 		CheckMTU:      decide(false, probeHelper(asm.FnCheckMtu)),
-	}
-}
-
-// featuresFromBits rebuilds what a loader decided from the pinned bits,
-// with reasons taken from a fresh probe where a feature is off.
-func featuresFromBits(b uint32) Features {
-	probed := ProbeFeatures(Disable{})
-	adopt := func(bit uint32, p Feature) Feature {
-		if b&bit != 0 {
-			return Feature{Enabled: true, Reason: "kernel supports it"}
-		}
-		if p.Enabled {
-			return Feature{Reason: "disabled by config"}
-		}
-		return p
-	}
-	return Features{
-		RedirectPeer:  adopt(featRedirectPeer, probed.RedirectPeer),
-		RedirectNeigh: adopt(featRedirectNeigh, probed.RedirectNeigh),
-		FIBLookup:     adopt(featFIBLookup, probed.FIBLookup),
-		TCX:           adopt(featTCX, probed.TCX),
-		CheckMTU:      adopt(featCheckMTU, probed.CheckMTU),
 	}
 }
 

@@ -4,7 +4,7 @@
 //
 // # Memory
 //
-// With E the node's endpoint limit (loader.Options.MaxEndpoints) and C the
+// With E the node's endpoint limit (datapath.Config.MaxEndpoints) and C the
 // number of possible CPUs, the maps take about (kernel bookkeeping aside):
 //
 //	hr_endpoints   IPv4 → endpoint     hash, not preallocated   ~ 100 B per IPv4 endpoint
@@ -21,7 +21,7 @@
 //	hr_frag4       fragmented datagrams LRU hash, preallocated  ~64 B × 8192 (0.5 MiB)
 //	hr_events      monitor events      perf event array         a ring of 64 pages per CPU per reader (OpenMonitor)
 //
-// and with S the number of services (loader.Options.MaxServices, default
+// and with S the number of services (datapath.Config.MaxServices, default
 // 16384; the tables hold S services of loader.ServiceBackendSlots = 8
 // backends each on average) and F the flow table size (MaxFlows, default
 // 65536), a power of two P(n) being n rounded up to one:
@@ -51,5 +51,5 @@
 // limit (kubelet's maxPods and some room for churn); the hashes take
 // memory for what they hold and a bucket array of 16 B per entry they may
 // hold.
-// loader.Instance.MapSizes and `hrctl status` report what a node's maps take.
+// datapath.Datapath.MapUsage and `hrctl status` report what a node's maps take.
 package maps

@@ -14,7 +14,7 @@
 //
 // Every tenant of a node shares them, so that no tenant can break
 // another's flows they come in three tables each (sizes from
-// loader.Options.MaxFlows, F):
+// datapath.Config.MaxFlows, F):
 //
 //	hr_ct4_new, hr_snat4_new   LRU hash, F/2   flows not established yet: a flood of new flows
 //	                                           (SYNs, one pod's datagrams) evicts only new flows
@@ -92,7 +92,7 @@
 // # SNAT port policy
 //
 // A new translated flow gets a port of the node's NAT range,
-// loader.Options.NATPorts (datapath.Config.NATPorts; default
+// datapath.Config.NATPorts (default
 // loader.DefaultNATPorts, 32768-65535): its own source port if that is in
 // the range and free, else a random one of the range (bpf_get_prandom_u32),
 // up to NAT_RETRIES = 32 tries in all. A port is claimed by making the

@@ -6,6 +6,7 @@ import (
 	"log"
 	"time"
 
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/nat"
@@ -14,7 +15,7 @@ import (
 // A node agent collects its node's translation tables every 30 seconds,
 // until it stops, and flushes a pod's entries when the pod goes.
 func ExampleGC() {
-	node, err := loader.Open(loader.DefaultPinPath)
+	node, err := instance.Open(loader.DefaultPinPath)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -42,7 +43,7 @@ func ExampleGC() {
 
 // One pass, as a command that cleans up a node once would make it.
 func ExampleGC_Collect() {
-	node, err := loader.Open(loader.DefaultPinPath)
+	node, err := instance.Open(loader.DefaultPinPath)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
-	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/nat"
 )
@@ -22,7 +22,7 @@ import (
 func loadTables(t testing.TB) (*tables.Conntrack, *tables.SNAT) {
 	t.Helper()
 	node := datapathtest.NewNode(t, "gc")
-	n, err := loader.Load(loader.Options{PinPath: datapathtest.PinPath(t), Netns: node.Netns})
+	n, err := instance.Load(instance.Options{PinPath: datapathtest.PinPath(t), Netns: node.Netns})
 	if err != nil {
 		t.Fatal(err)
 	}

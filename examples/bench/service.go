@@ -8,8 +8,8 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
-	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -140,7 +140,7 @@ func upsertServices(dp *datapath.Datapath, svcs []kubeService) error {
 // connects the socket to the backend itself, and the direct path leave
 // none of any flow to it.
 func checkBPFConntrack(pin string, tc bool, client netip.Addr) error {
-	node, err := loader.Open(pin)
+	node, err := instance.Open(pin)
 	if err != nil {
 		return err
 	}

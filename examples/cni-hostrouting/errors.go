@@ -31,7 +31,7 @@ import (
 // DEL returns no error when there is nothing to remove (see cmdDel).
 
 // procRoot matches the /proc/PID/root by which the loader reaches bpffs
-// from the private mount namespace of `ip netns exec` (see loader.Open):
+// from the private mount namespace of `ip netns exec` (see instance.Open):
 // messages name the pin path as configured instead.
 var procRoot = regexp.MustCompile(`/proc/[0-9]+/root(` + regexp.QuoteMeta(loader.DefaultBPFFS) + `)`)
 

@@ -26,6 +26,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -528,9 +529,9 @@ func (n *testNode) check(p *datapathtest.Pod) error {
 }
 
 // open opens the node's pinned datapath, closed by t.Cleanup.
-func (n *testNode) open(t *testing.T) *loader.Instance {
+func (n *testNode) open(t *testing.T) *instance.Instance {
 	t.Helper()
-	node, err := loader.Open(n.pinPath)
+	node, err := instance.Open(n.pinPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -539,7 +540,7 @@ func (n *testNode) open(t *testing.T) *loader.Instance {
 }
 
 // checkEndpoint checks p's entry in the endpoint map.
-func (n *testNode) checkEndpoint(t *testing.T, node *loader.Instance, p *datapathtest.Pod) {
+func (n *testNode) checkEndpoint(t *testing.T, node *instance.Instance, p *datapathtest.Pod) {
 	t.Helper()
 	ep, err := endpointTable(node).Lookup(p.IP)
 	if err != nil {
@@ -552,7 +553,7 @@ func (n *testNode) checkEndpoint(t *testing.T, node *loader.Instance, p *datapat
 
 // checkGone checks that nothing of p's endpoint is left: no map entry, no
 // counters, no pinned links.
-func (n *testNode) checkGone(t *testing.T, node *loader.Instance, p *datapathtest.Pod) {
+func (n *testNode) checkGone(t *testing.T, node *instance.Instance, p *datapathtest.Pod) {
 	t.Helper()
 	if ep, err := endpointTable(node).Lookup(p.IP); !errors.Is(err, maps.ErrNotFound) {
 		t.Errorf("pod %s after DEL: endpoint %v, err %v; want not found", p.Name, ep, err)
@@ -711,7 +712,7 @@ func requirePrivileged(t *testing.T, reason string) {
 }
 
 // endpointTable is the endpoint table of the node's maps.
-func endpointTable(node *loader.Instance) *tables.Endpoints {
+func endpointTable(node *instance.Instance) *tables.Endpoints {
 	return tables.NewEndpoints(tables.EndpointMaps{ByIPv4: node.Maps.Endpoints, ByIPv6: node.Maps.Endpoints6,
 		ByDevice: node.Maps.Devices, Slots: node.Maps.DeviceSlots, Meta: node.Maps.EndpointMeta})
 }

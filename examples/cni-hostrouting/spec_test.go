@@ -20,6 +20,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -335,7 +336,7 @@ func TestEndpointMapFull(t *testing.T) {
 func TestLockTimeout(t *testing.T) {
 	n := newTestNode(t, map[string]any{"timeout": "1s"})
 	a := n.mustAdd(t, "a")
-	lock, err := loader.LockPinPath(n.pinPath)
+	lock, err := instance.LockPinPath(n.pinPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -102,6 +102,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/metrics"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -145,7 +146,7 @@ type command struct {
 	run func(dp *datapath.Datapath, o options, w io.Writer) error
 	// runMaps, in place of run, runs a command on the node's maps: the
 	// conntrack and NAT commands, which the datapath API does not cover.
-	runMaps func(m loader.Maps, o options, w io.Writer) error
+	runMaps func(m instance.Maps, o options, w io.Writer) error
 	// runAt, in place of run, runs a command that opens the node itself:
 	// cleanup, which must also work on a node that does not open.
 	runAt func(o options, s stdio) error
@@ -277,7 +278,7 @@ func run(args []string, std stdio) int {
 	case cmd.runAt != nil:
 		err = cmd.runAt(opts, std)
 	case cmd.runMaps != nil:
-		var node *loader.Instance
+		var node *instance.Instance
 		node, err = openNode(opts.pinPath)
 		if err == nil {
 			err = cmd.runMaps(node.Maps, opts, stdout)
@@ -369,9 +370,9 @@ func open(pinPath string) (*datapath.Datapath, error) {
 }
 
 // openNode opens the maps of the node pinned at pinPath, as open does the
-// datapath: loader.Open, which loads and attaches nothing either.
-func openNode(pinPath string) (*loader.Instance, error) {
-	n, err := loader.Open(pinPath)
+// datapath: instance.Open, which loads and attaches nothing either.
+func openNode(pinPath string) (*instance.Instance, error) {
+	n, err := instance.Open(pinPath)
 	if err != nil {
 		return nil, openError(pinPath, err)
 	}
@@ -386,7 +387,7 @@ func openError(pinPath string, err error) error {
 	case errors.Is(err, loader.ErrPartialPins):
 		return partialNode(pinPath, err)
 	case errors.Is(err, loader.ErrNoNode):
-		if dir, err := loader.ReadPinDir(pinPath); err == nil && len(dir.Own) > 0 {
+		if dir, err := instance.ReadPinDir(pinPath); err == nil && len(dir.Own) > 0 {
 			return fmt.Errorf("pin path %s holds what is left of a hostrouting node (%s) but none of its maps: "+
 				"remove it with `hrctl --pin-path %s cleanup`, then start the node again", pinPath, strings.Join(dir.Own, ", "), pinPath)
 		}
@@ -1036,7 +1037,7 @@ func compareTuples(p1, p2 maps.Protocol, d1, d2 uint8, s1, s2, t1, t2 netip.Addr
 
 // ctList prints the conntrack table as `cilium bpf ct list global`: a
 // line per entry (maps.CTEntry.String).
-func ctList(m loader.Maps, opts options, w io.Writer) error {
+func ctList(m instance.Maps, opts options, w io.Writer) error {
 	entries, err := tables.NewConntrack(m.ConntrackTables()...).List()
 	if err != nil {
 		return err
@@ -1081,7 +1082,7 @@ func ctFlushFlags(fs *flag.FlagSet, o *options) {
 // ctFlush removes the conntrack entries, all or those of --ip (with the
 // GC's FlushEndpoint, on the conntrack table only), and says how many.
 // Flows whose entries go start again as new ones with their next packet.
-func ctFlush(m loader.Maps, opts options, w io.Writer) error {
+func ctFlush(m instance.Maps, opts options, w io.Writer) error {
 	ct := tables.NewConntrack(m.ConntrackTables()...)
 	var (
 		n   int
@@ -1134,7 +1135,7 @@ type natJSON struct {
 
 // natList prints the source NAT table as `cilium bpf nat list`: a line per
 // entry (maps.SNATEntry.String), a translated flow's OUT and IN.
-func natList(m loader.Maps, opts options, w io.Writer) error {
+func natList(m instance.Maps, opts options, w io.Writer) error {
 	entries, err := tables.NewSNAT(m.SNATTables()...).List()
 	if err != nil {
 		return err
@@ -1190,7 +1191,7 @@ func cleanup(opts options, std stdio) error {
 		fmt.Fprintf(w, "No hostrouting node at %s: nothing to clean.\n", pinPath)
 		return nil
 	}
-	dir, dirErr := loader.ReadPinDir(pinPath)
+	dir, dirErr := instance.ReadPinDir(pinPath)
 	if openErr != nil && dirErr == nil && len(dir.Own) == 0 {
 		fmt.Fprintf(w, "No hostrouting node at %s: nothing to clean.\n", pinPath)
 		if len(dir.Others) > 0 {
@@ -1224,7 +1225,7 @@ func cleanup(opts options, std stdio) error {
 }
 
 // describeNode lists what cleanup removes of a node that opens.
-func describeNode(w io.Writer, dp *datapath.Datapath, pinPath string, dir loader.PinDir, dirErr error) {
+func describeNode(w io.Writer, dp *datapath.Datapath, pinPath string, dir instance.PinDir, dirErr error) {
 	pins := ""
 	if dirErr == nil {
 		pins = " (" + strings.Join(dir.Own, ", ") + ")"
@@ -1254,7 +1255,7 @@ func describeNode(w io.Writer, dp *datapath.Datapath, pinPath string, dir loader
 // describeLeftovers lists what cleanup removes of a node that does not
 // open: what its pin directory holds; its programs wherever they are
 // attached in this network namespace; its routes.
-func describeLeftovers(w io.Writer, pinPath string, openErr error, dir loader.PinDir, dirErr error) {
+func describeLeftovers(w io.Writer, pinPath string, openErr error, dir instance.PinDir, dirErr error) {
 	if dirErr != nil {
 		fmt.Fprintf(w, "  Pin Path:         %s (%s)\n", pinPath, oneLine(openErr))
 	} else {
@@ -1316,7 +1317,7 @@ func confirm(r io.Reader, w io.Writer, question string) bool {
 // operator gave it.
 func partialNode(pinPath string, err error) error {
 	missing := "map pins were removed by hand that no running program uses"
-	if dir, dirErr := loader.ReadPinDir(pinPath); dirErr == nil {
+	if dir, dirErr := instance.ReadPinDir(pinPath); dirErr == nil {
 		switch m := dir.Missing; len(m) {
 		case 0:
 		case 1:

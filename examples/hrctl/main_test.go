@@ -28,6 +28,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/netcheck"
 	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
@@ -761,7 +762,7 @@ func TestHrctlCleanupBroken(t *testing.T) {
 			}
 			foreign := pinForeign(t, pin)
 			if tc.remove == nil { // every map the node pinned
-				dir, err := loader.ReadPinDir(pin)
+				dir, err := instance.ReadPinDir(pin)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -814,7 +815,7 @@ func TestHrctlCleanupBroken(t *testing.T) {
 				t.Errorf("cleanup with stdin /dev/null asked, or named the pin path as hrctl reaches it:\n%s", stdout)
 			}
 			checkCleaned(t, pin, foreign)
-			// Without hr_info, loader.Cleanup cannot tell the node's clsact
+			// Without hr_info, instance.Cleanup cannot tell the node's clsact
 			// filters from others' and leaves them; tcx links are pinned.
 			filtersKnown := !slices.Contains(tc.remove, "hr_info")
 			for _, p := range []*datapathtest.Pod{a, b} {
@@ -1052,7 +1053,7 @@ func TestHrctlServices(t *testing.T) {
 	backend.AddEndpoint(t, dp)
 	tcpBackend := netip.AddrPortFrom(backend.IP, backend.ServeTCPEcho(t))
 	udpBackend := netip.AddrPortFrom(backend.IP, backend.ServeUDPEcho(t))
-	node, err := loader.Open(pin) // the tables, as the test sees them
+	node, err := instance.Open(pin) // the tables, as the test sees them
 	if err != nil {
 		t.Fatal(err)
 	}

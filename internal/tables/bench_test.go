@@ -13,6 +13,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -29,10 +30,10 @@ const loIfindex = 1
 // loadNode loads the datapath as a node would, with the largest endpoint
 // limit (loader.MaxEndpointsLimit), on a fresh pin path; b.Cleanup removes
 // it.
-func loadNode(b *testing.B) *loader.Instance {
+func loadNode(b *testing.B) *instance.Instance {
 	b.Helper()
 	datapathtest.RequireRoot(b)
-	n, err := loader.Load(loader.Options{PinPath: datapathtest.PinPath(b), MaxEndpoints: loader.MaxEndpointsLimit})
+	n, err := instance.Load(instance.Options{PinPath: datapathtest.PinPath(b), MaxEndpoints: loader.MaxEndpointsLimit})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -75,7 +76,7 @@ func rawEndpoints(eps []maps.Endpoint) ([]uint32, []bpf.HostroutingEndpointInfo)
 // fillEndpoints writes eps to the node's endpoint maps (by IPv4 address
 // and by device) with one batch update each, and zeroed counters for each
 // of them, as a node with len(eps) endpoints has.
-func fillEndpoints(b *testing.B, n *loader.Instance, eps []maps.Endpoint) {
+func fillEndpoints(b *testing.B, n *instance.Instance, eps []maps.Endpoint) {
 	b.Helper()
 	keys, values := rawEndpoints(eps)
 	if _, err := n.Maps.Endpoints.BatchUpdate(keys, values, nil); err != nil {
@@ -218,7 +219,7 @@ func benchmarkLookup(b *testing.B, count int) {
 
 // BenchmarkEndpointsBatchUpdate writes 1k and 10k endpoints into an
 // empty endpoint map, with one ebpf.Map.BatchUpdate on the raw map
-// (loader.Instance.Maps.Endpoints) and with tables.Endpoints.Put one by one, and
+// (instance.Instance.Maps.Endpoints) and with tables.Endpoints.Put one by one, and
 // reports entries/s. The map is emptied between iterations, off the clock.
 func BenchmarkEndpointsBatchUpdate(b *testing.B) {
 	n := loadNode(b)

@@ -25,7 +25,7 @@ type Conntrack struct {
 }
 
 // NewConntrack wraps the loaded conntrack tables, in the order of
-// loader.Maps.ConntrackTables: established TCP, established other
+// instance.Maps.ConntrackTables: established TCP, established other
 // protocols, new. With one table, every entry is in it.
 func NewConntrack(tables ...*ebpf.Map) *Conntrack {
 	return &Conntrack{tables: tables}

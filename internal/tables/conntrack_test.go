@@ -8,17 +8,17 @@ import (
 	"time"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
-	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
 // translationNode loads a node's datapath (no devices, nothing attached)
 // for a fresh namespace and pin path; t.Cleanup removes both.
-func translationNode(t testing.TB) *loader.Instance {
+func translationNode(t testing.TB) *instance.Instance {
 	t.Helper()
 	node := datapathtest.NewNode(t, "ct")
-	n, err := loader.Load(loader.Options{PinPath: datapathtest.PinPath(t), Netns: node.Netns})
+	n, err := instance.Load(instance.Options{PinPath: datapathtest.PinPath(t), Netns: node.Netns})
 	if err != nil {
 		t.Fatal(err)
 	}

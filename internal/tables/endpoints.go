@@ -24,7 +24,7 @@ type Endpoints struct {
 }
 
 // EndpointMaps are the loaded maps of the endpoint table
-// (loader.Maps.Endpoints, Endpoints6, Devices, DeviceSlots, EndpointMeta).
+// (instance.Maps.Endpoints, Endpoints6, Devices, DeviceSlots, EndpointMeta).
 type EndpointMaps struct {
 	ByIPv4, ByIPv6, ByDevice, Slots, Meta *ebpf.Map
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // ReadFlowStats sums the per-CPU flow statistics map m
-// (loader.Maps.FlowStats) by class.
+// (instance.Maps.FlowStats) by class.
 func ReadFlowStats(m *ebpf.Map) ([maps.FlowClassCount]maps.FlowStats, error) {
 	var out [maps.FlowClassCount]maps.FlowStats
 	const stats = 4 // CT_STAT_MAX

@@ -9,7 +9,7 @@ import (
 	"github.com/hostrouting/hostrouting/maps"
 )
 
-// ReadGCStatus reads hr_gc (loader.Maps.GCStatus).
+// ReadGCStatus reads hr_gc (instance.Maps.GCStatus).
 func ReadGCStatus(m *ebpf.Map) (maps.GCStatus, error) {
 	var v bpf.HostroutingGcStatus
 	if err := m.Lookup(uint32(0), &v); err != nil {

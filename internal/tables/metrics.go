@@ -13,7 +13,7 @@ type Metrics struct {
 	m *ebpf.Map
 }
 
-// NewMetrics wraps the loaded metrics map (loader.Maps.Metrics).
+// NewMetrics wraps the loaded metrics map (instance.Maps.Metrics).
 func NewMetrics(m *ebpf.Map) *Metrics {
 	return &Metrics{m: m}
 }

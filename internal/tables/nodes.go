@@ -14,7 +14,7 @@ type Nodes struct {
 	m *ebpf.Map
 }
 
-// NewNodes wraps the loaded node map (loader.Maps.Nodes).
+// NewNodes wraps the loaded node map (instance.Maps.Nodes).
 func NewNodes(m *ebpf.Map) *Nodes {
 	return &Nodes{m: m}
 }

@@ -18,7 +18,7 @@ type Services struct {
 	services, backends, on, clusterIPs *ebpf.Map
 }
 
-// ServiceMaps are the loaded maps of the services (loader.Maps).
+// ServiceMaps are the loaded maps of the services (instance.Maps).
 type ServiceMaps struct {
 	Services, Backends, On, ClusterIPs *ebpf.Map
 }

@@ -29,7 +29,7 @@ type SNAT struct {
 }
 
 // NewSNAT wraps the loaded source NAT tables, in the order of
-// loader.Maps.SNATTables: established TCP, established other protocols,
+// instance.Maps.SNATTables: established TCP, established other protocols,
 // new. With one table, every entry is in it.
 func NewSNAT(tables ...*ebpf.Map) *SNAT {
 	return &SNAT{tables: tables}

@@ -13,7 +13,7 @@ type Stats struct {
 	m *ebpf.Map
 }
 
-// NewStats wraps the loaded counter map (loader.Maps.EndpointStats).
+// NewStats wraps the loaded counter map (instance.Maps.EndpointStats).
 func NewStats(m *ebpf.Map) *Stats {
 	return &Stats{m: m}
 }

@@ -79,12 +79,12 @@ type Config struct {
 	// first device.
 	MTU int
 	// MaxFlows sizes the node's conntrack and NAT tables at its first
-	// load (loader.Options.MaxFlows; loader.FlowsForMemory sizes them by
+	// load (instance.Options.MaxFlows; loader.FlowsForMemory sizes them by
 	// a share of memory); 0 takes the running node's, or the loader's
 	// default.
 	MaxFlows uint32
 	// MaxServices sizes the node's service tables at its first load
-	// (loader.Options.MaxServices): how many datapath services the node
+	// (instance.Options.MaxServices): how many datapath services the node
 	// holds, one per Service port and ClusterIP, NodePort or external IP;
 	// 0 takes the running node's, or the loader's default.
 	MaxServices uint32

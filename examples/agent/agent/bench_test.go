@@ -17,8 +17,8 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
-	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 )
 
@@ -175,7 +175,7 @@ func BenchmarkEndpointSliceLatency(b *testing.B) {
 	slicesOf := e.createBenchServices(b)
 	pinPath := newPinPath(b, n)
 	start(b, e.agentConfig(b, n, pinPath))
-	inst, err := loader.Open(pinPath)
+	inst, err := instance.Open(pinPath)
 	if err != nil {
 		b.Fatal(err)
 	}

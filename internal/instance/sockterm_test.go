@@ -1,4 +1,4 @@
-package loader_test
+package instance_test
 
 import (
 	"errors"
@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
-	"github.com/hostrouting/hostrouting/loader"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -46,7 +46,7 @@ func TestDestroyUDPSockets(t *testing.T) {
 			results <- err
 		}()
 	}
-	n, err := loader.DestroyUDPSockets(node.Netns, []netip.AddrPort{gone})
+	n, err := instance.DestroyUDPSockets(node.Netns, []netip.AddrPort{gone})
 	if err != nil {
 		t.Fatal(err)
 	}

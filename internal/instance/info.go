@@ -1,4 +1,4 @@
-package loader
+package instance
 
 import (
 	"errors"
@@ -7,9 +7,23 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
-
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/loader"
 )
+
+// A node's first load commits with its last step, the first write of
+// hr_info (object_id is never 0 afterwards), and it pins hr_info, zeroed,
+// before anything else (startLoad). So a pin directory whose hr_info reads
+// object_id 0 holds what a first load left that never committed: one in
+// progress in another process, or one killed half-way (a CNI ADD on a
+// fresh node killed by its runtime's timeout). Nothing can run its
+// programs (Load returns an Instance, and so lets anyone attach, only
+// after the commit) and nothing but the load wrote its maps: it can go
+// as a whole. Open sees no node there,
+// and Load, which holds the directory's lock and so knows the loader that
+// left it is gone, removes it and starts the first load over. A pin
+// directory that lacks hr_info but holds other maps is not told apart
+// from a committed node whose pins were removed by hand (ErrPartialPins).
 
 func (n *Instance) readInfo() (bpf.HostroutingNodeInfo, error) {
 	var info bpf.HostroutingNodeInfo
@@ -37,20 +51,6 @@ func (n *Instance) updateInfo(change func(*bpf.HostroutingNodeInfo) error) error
 	}
 	return n.writeInfo(&info)
 }
-
-// A node's first load commits with its last step, the first write of
-// hr_info (object_id is never 0 afterwards), and it pins hr_info, zeroed,
-// before anything else (startLoad). So a pin directory whose hr_info reads
-// object_id 0 holds what a first load left that never committed: one in
-// progress in another process, or one killed half-way (a CNI ADD on a
-// fresh node killed by its runtime's timeout). Nothing can run its
-// programs (Load returns an Instance, and so lets anyone attach, only
-// after the commit) and nothing but the load wrote its maps: it can go
-// as a whole. Open sees no node there,
-// and Load, which holds the directory's lock and so knows the loader that
-// left it is gone, removes it and starts the first load over. A pin
-// directory that lacks hr_info but holds other maps is not told apart
-// from a committed node whose pins were removed by hand (ErrPartialPins).
 
 // uncommitted tells whether the pin directory at path holds a first load
 // that never committed: hr_info pinned, its object ID 0. An hr_info that
@@ -89,23 +89,16 @@ func discardUncommitted(path string) error {
 	return unpinNode(path)
 }
 
-// ErrStale is returned for a handle whose pinned programs were replaced by
-// another process's reload: open the node again.
-var ErrStale = errors.New("node reloaded by another process")
-
 // Current tells whether the pinned node is still the one this handle
 // opened: an error wrapping ErrStale if another process reloaded it, one
 // wrapping ErrNoNode if the node was removed.
-//
-// Not API: datapath's coordination of the processes sharing a node; it
-// may change with any commit (see the module's doc, Stability).
 func (n *Instance) Current() error {
 	info, err := readPinnedInfo(n.PinPath)
 	if err != nil {
 		return err
 	}
 	if info.ObjectId != n.id {
-		return fmt.Errorf("%w: it runs object %016x, this handle %016x", ErrStale, info.ObjectId, n.id)
+		return fmt.Errorf("%w: it runs object %016x, this handle %016x", loader.ErrStale, info.ObjectId, n.id)
 	}
 	return nil
 }
@@ -116,7 +109,7 @@ func readPinnedInfo(path string) (bpf.HostroutingNodeInfo, error) {
 	var err error
 	if n.info, err = loadPinnedMap(filepath.Join(path, bpf.HostroutingMapHrInfo)); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return bpf.HostroutingNodeInfo{}, fmt.Errorf("node at %s: %w", path, ErrNoNode)
+			return bpf.HostroutingNodeInfo{}, fmt.Errorf("node at %s: %w", path, loader.ErrNoNode)
 		}
 		return bpf.HostroutingNodeInfo{}, err
 	}
@@ -128,9 +121,6 @@ func readPinnedInfo(path string) (bpf.HostroutingNodeInfo, error) {
 // earlier load: a reload replaced the pinned programs, and whoever made it
 // (this process, or one that died half-way) has not committed the renewal
 // yet. Renew every attachment (Attach again), then call CommitRenewal.
-//
-// Not API: datapath's coordination of the processes sharing a node; it
-// may change with any commit (see the module's doc, Stability).
 func (n *Instance) Renewing() (bool, error) {
 	info, err := n.readInfo()
 	if err != nil {
@@ -143,13 +133,10 @@ func (n *Instance) Renewing() (bool, error) {
 // and unpins the tail-call stages of earlier loads: programs of an earlier
 // load still attached somewhere would lose their stages and drop what they
 // see (counted as drop-tail-call).
-//
-// Not API: datapath's coordination of the processes sharing a node; it
-// may change with any commit (see the module's doc, Stability).
 func (n *Instance) CommitRenewal() error {
 	if err := n.updateInfo(func(info *bpf.HostroutingNodeInfo) error {
 		if info.ObjectId != n.id {
-			return fmt.Errorf("commit renewal: %w", ErrStale)
+			return fmt.Errorf("commit renewal: %w", loader.ErrStale)
 		}
 		info.RenewedId = info.ObjectId
 		return nil

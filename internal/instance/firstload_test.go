@@ -1,4 +1,4 @@
-package loader_test
+package instance_test
 
 import (
 	"errors"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/loader"
 )
 
@@ -42,7 +43,7 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	}
 	pin, netns, _ := strings.Cut(arg, " ")
-	if _, err := loader.Load(loader.Options{PinPath: pin, Netns: netns}); err != nil {
+	if _, err := instance.Load(instance.Options{PinPath: pin, Netns: netns}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
@@ -71,7 +72,7 @@ func TestFirstLoadKilledConverges(t *testing.T) {
 		t.Fatalf("first load: %v\n%s", err, out)
 	}
 	whole := time.Since(start)
-	useAndRemove(t, node, pod, loader.Options{PinPath: pin, Netns: node.Netns})
+	useAndRemove(t, node, pod, instance.Options{PinPath: pin, Netns: node.Netns})
 
 	const rounds = 10
 	var halfWay int
@@ -85,13 +86,13 @@ func TestFirstLoadKilledConverges(t *testing.T) {
 		child.Process.Signal(syscall.SIGKILL)
 		child.Wait()
 
-		probe, err := loader.Open(pin)
+		probe, err := instance.Open(pin)
 		if err == nil {
 			probe.Close()
-		} else if d, _ := loader.ReadPinDir(pin); len(d.Own) > 0 {
+		} else if d, _ := instance.ReadPinDir(pin); len(d.Own) > 0 {
 			halfWay++ // pins, but no node
 		}
-		useAndRemove(t, node, pod, loader.Options{PinPath: pin, Netns: node.Netns})
+		useAndRemove(t, node, pod, instance.Options{PinPath: pin, Netns: node.Netns})
 		if t.Failed() {
 			t.Fatalf("round %d: the node did not recover from its first load killed after %s", round, whole)
 		}
@@ -106,7 +107,7 @@ func TestFirstLoadKilledConverges(t *testing.T) {
 func TestAbandonedFirstLoadConverges(t *testing.T) {
 	node := datapathtest.NewNode(t, "node")
 	pod := node.AddPod(t, "a", netipA)
-	opts := func(pin string) loader.Options { return loader.Options{PinPath: pin, Netns: node.Netns} }
+	opts := func(pin string) instance.Options { return instance.Options{PinPath: pin, Netns: node.Netns} }
 
 	t.Run("some maps", func(t *testing.T) {
 		pin := datapathtest.PinPath(t)
@@ -136,7 +137,7 @@ func TestAbandonedFirstLoadConverges(t *testing.T) {
 
 	t.Run("all but the commit", func(t *testing.T) {
 		pin := datapathtest.PinPath(t)
-		n, err := loader.Load(opts(pin))
+		n, err := instance.Load(opts(pin))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -158,7 +159,7 @@ func TestAbandonedFirstLoadConverges(t *testing.T) {
 // assertNoNode fails t unless Open finds no node at pin.
 func assertNoNode(t *testing.T, pin string) {
 	t.Helper()
-	if n, err := loader.Open(pin); !errors.Is(err, loader.ErrNoNode) {
+	if n, err := instance.Open(pin); !errors.Is(err, loader.ErrNoNode) {
 		if err == nil {
 			n.Close()
 		}
@@ -169,9 +170,9 @@ func assertNoNode(t *testing.T, pin string) {
 // useAndRemove loads the node with opts, attaches and detaches its pod
 // programs on the pod's device, and removes it, leaving nothing at the
 // pin path. It returns the removed node.
-func useAndRemove(t *testing.T, node *datapathtest.Node, pod *datapathtest.Pod, opts loader.Options) *loader.Instance {
+func useAndRemove(t *testing.T, node *datapathtest.Node, pod *datapathtest.Pod, opts instance.Options) *instance.Instance {
 	t.Helper()
-	n, err := loader.Load(opts)
+	n, err := instance.Load(opts)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -193,7 +194,7 @@ func useAndRemove(t *testing.T, node *datapathtest.Node, pod *datapathtest.Pod, 
 		t.Errorf("Remove: %v", err)
 	}
 	if _, err := os.Stat(opts.PinPath); !errors.Is(err, os.ErrNotExist) {
-		d, _ := loader.ReadPinDir(opts.PinPath)
+		d, _ := instance.ReadPinDir(opts.PinPath)
 		t.Errorf("after Remove, %s: %v (holds %v)", opts.PinPath, err, d)
 	}
 	return n

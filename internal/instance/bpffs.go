@@ -1,4 +1,4 @@
-package loader
+package instance
 
 import (
 	"errors"
@@ -8,15 +8,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/hostrouting/hostrouting/loader"
 	"golang.org/x/sys/unix"
 )
-
-// DefaultBPFFS is where the bpf filesystem is mounted when it is missing
-// and the pin path lies below it.
-const DefaultBPFFS = "/sys/fs/bpf"
-
-// ErrNotBPFFS is returned when a pin path is not on a bpf filesystem.
-var ErrNotBPFFS = errors.New("not on a bpf filesystem")
 
 // preparePinDir checks that dir lies on a bpf filesystem, making bpffs
 // reachable first if dir is below DefaultBPFFS and nothing is mounted there,
@@ -40,9 +34,9 @@ func preparePinDir(dir string) (path string, created bool, err error) {
 	if ok, err := onBPFFS(existing); err != nil {
 		return "", false, fmt.Errorf("pin path %q: %w", dir, err)
 	} else if !ok && existing == dir {
-		return "", false, fmt.Errorf("pin path %q: %w", dir, ErrNotBPFFS)
+		return "", false, fmt.Errorf("pin path %q: %w", dir, loader.ErrNotBPFFS)
 	} else if !ok {
-		return "", false, fmt.Errorf("pin path %q: its parent %s is %w", dir, existing, ErrNotBPFFS)
+		return "", false, fmt.Errorf("pin path %q: its parent %s is %w", dir, existing, loader.ErrNotBPFFS)
 	}
 	if existing == dir {
 		return dir, false, checkPinDir(dir)
@@ -62,10 +56,10 @@ func preparePinDir(dir string) (path string, created bool, err error) {
 //   - on a machine without bpffs, a new mount at DefaultBPFFS if mayMount,
 //     else pinPath as it is.
 func reach(pinPath string, mayMount bool) (string, error) {
-	if !strings.HasPrefix(pinPath+"/", DefaultBPFFS+"/") {
+	if !strings.HasPrefix(pinPath+"/", loader.DefaultBPFFS+"/") {
 		return pinPath, nil
 	}
-	if ok, err := onBPFFS(DefaultBPFFS); err == nil && ok {
+	if ok, err := onBPFFS(loader.DefaultBPFFS); err == nil && ok {
 		return pinPath, nil
 	}
 	root, private := ancestorRoot()
@@ -76,23 +70,23 @@ func reach(pinPath string, mayMount bool) (string, error) {
 		return pinPath, nil
 	}
 	if private {
-		return "", fmt.Errorf("pin path %q: no bpffs at %s for this private mount namespace to share (mount it on the machine first): %w", pinPath, DefaultBPFFS, ErrNotBPFFS)
+		return "", fmt.Errorf("pin path %q: no bpffs at %s for this private mount namespace to share (mount it on the machine first): %w", pinPath, loader.DefaultBPFFS, loader.ErrNotBPFFS)
 	}
-	if err := os.MkdirAll(DefaultBPFFS, 0o755); err != nil {
-		return "", fmt.Errorf("create %s: %w", DefaultBPFFS, err)
+	if err := os.MkdirAll(loader.DefaultBPFFS, 0o755); err != nil {
+		return "", fmt.Errorf("create %s: %w", loader.DefaultBPFFS, err)
 	}
 	// Processes starting at once (a runtime's parallel CNI ADDs) would
 	// stack one instance each: mount under a lock, if still missing.
-	lock, err := lockDir(DefaultBPFFS)
+	lock, err := lockDir(loader.DefaultBPFFS)
 	if err != nil {
 		return "", err
 	}
 	defer lock.Unlock()
-	if ok, err := onBPFFS(DefaultBPFFS); err == nil && ok {
+	if ok, err := onBPFFS(loader.DefaultBPFFS); err == nil && ok {
 		return pinPath, nil
 	}
-	if err := unix.Mount("bpf", DefaultBPFFS, "bpf", 0, "mode=0700"); err != nil {
-		return "", fmt.Errorf("mount bpffs at %s: %w", DefaultBPFFS, err)
+	if err := unix.Mount("bpf", loader.DefaultBPFFS, "bpf", 0, "mode=0700"); err != nil {
+		return "", fmt.Errorf("mount bpffs at %s: %w", loader.DefaultBPFFS, err)
 	}
 	return pinPath, nil
 }
@@ -102,7 +96,7 @@ func reach(pinPath string, mayMount bool) (string, error) {
 // whether this process's mount namespace differs from an ancestor's.
 func ancestorRoot() (root string, private bool) {
 	return ancestorRootWith(func(root string) bool {
-		ok, err := onBPFFS(root + DefaultBPFFS)
+		ok, err := onBPFFS(root + loader.DefaultBPFFS)
 		return err == nil && ok
 	})
 }
@@ -160,13 +154,10 @@ type Lock struct {
 // and DELs, an agent restarting — serialise on it. A pin path that is gone
 // (the node was removed) gives an error wrapping ErrNoNode, and is not
 // made again.
-//
-// Not API: datapath's coordination of the processes sharing a node; it
-// may change with any commit (see the module's doc, Stability).
 func LockPinPath(pinPath string) (*Lock, error) {
 	lock, err := lockDir(pinPath)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("node at %s: %w: %w", pinPath, ErrNoNode, err)
+		return nil, fmt.Errorf("node at %s: %w: %w", pinPath, loader.ErrNoNode, err)
 	}
 	return lock, err
 }
@@ -194,10 +185,6 @@ func (l *Lock) Unlock() error {
 	return l.f.Close()
 }
 
-// ErrEventsBusy is returned by ClaimEvents while another reader holds the
-// node's events.
-var ErrEventsBusy = errors.New("the node's events have a reader already")
-
 // eventsDir is the directory below a pin path whose lock a reader of the
 // node's events holds.
 const eventsDir = "events"
@@ -206,9 +193,6 @@ const eventsDir = "events"
 // (Maps.Events) until Unlock: a perf event array has one ring per CPU, so
 // a second reader would silently take them from the first. A claim held
 // by another reader, in any process, gives ErrEventsBusy.
-//
-// Not API: datapath's coordination of the processes sharing a node; it
-// may change with any commit (see the module's doc, Stability).
 func (n *Instance) ClaimEvents() (*Lock, error) {
 	dir := filepath.Join(n.PinPath, eventsDir)
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
@@ -221,7 +205,7 @@ func (n *Instance) ClaimEvents() (*Lock, error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, ErrEventsBusy
+			return nil, loader.ErrEventsBusy
 		}
 		return nil, fmt.Errorf("claim events: %w", err)
 	}

@@ -1,4 +1,4 @@
-package loader
+package instance
 
 import (
 	"crypto/rand"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -41,7 +42,7 @@ func TestLinkPinEmptyNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := &Instance{PinPath: "/sys/fs/bpf/test"}
-	want := filepath.Join(n.PinPath, "links", fmt.Sprintf("%d_7_%s", process.Ino, FromContainer.objectName()))
+	want := filepath.Join(n.PinPath, "links", fmt.Sprintf("%d_7_%s", process.Ino, objectName(loader.FromContainer)))
 
 	pins := make(chan string, 1)
 	errs := make(chan error, 1)
@@ -57,7 +58,7 @@ func TestLinkPinEmptyNetns(t *testing.T) {
 			return
 		}
 		errs <- routing.Do("", func() error {
-			pin, err := n.linkPin(7, FromContainer)
+			pin, err := n.linkPin(7, loader.FromContainer)
 			pins <- pin
 			return err
 		})

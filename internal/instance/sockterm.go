@@ -1,4 +1,4 @@
-package loader
+package instance
 
 import (
 	"encoding/binary"
@@ -9,7 +9,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-
 	"github.com/hostrouting/hostrouting/internal/bpf"
 	"github.com/hostrouting/hostrouting/routing"
 )

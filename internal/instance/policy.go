@@ -1,4 +1,4 @@
-package loader
+package instance
 
 import (
 	"errors"
@@ -6,14 +6,9 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
-
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/loader"
 )
-
-// ErrPolicyNotLinked is returned by SetPolicy for a program that was not
-// loaded with the node's PolicyMapReplacements: its verdicts would reach
-// no one.
-var ErrPolicyNotLinked = errors.New("policy program does not use the node's hr_policy_ret map (load it with PolicyMapReplacements)")
 
 // PolicyMapReplacements are the maps an ingress policy program must be
 // loaded with (ebpf.CollectionOptions.MapReplacements): the node's
@@ -40,7 +35,7 @@ func (n *Instance) SetPolicy(id uint16, prog *ebpf.Program) error {
 		return fmt.Errorf("set policy of endpoint %d: %w", id, err)
 	}
 	if !linked {
-		return fmt.Errorf("set policy of endpoint %d: %w", id, ErrPolicyNotLinked)
+		return fmt.Errorf("set policy of endpoint %d: %w", id, loader.ErrPolicyNotLinked)
 	}
 	if err := n.Maps.Policy.Update(uint32(id), prog, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("set policy of endpoint %d: %w", id, err)

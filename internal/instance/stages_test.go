@@ -1,4 +1,4 @@
-package loader_test
+package instance_test
 
 import (
 	"errors"
@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -42,7 +43,7 @@ func runProbe(t *testing.T, prog *ebpf.Program) uint32 {
 func TestStagesOutliveReload(t *testing.T) {
 	datapathtest.RequireRoot(t)
 	pin := datapathtest.PinPath(t)
-	first, err := loader.Load(loader.Options{PinPath: pin})
+	first, err := instance.Load(instance.Options{PinPath: pin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +52,7 @@ func TestStagesOutliveReload(t *testing.T) {
 		t.Fatalf("first load: verdict %d for an ARP probe, want TC_ACT_OK", v)
 	}
 
-	second, err := loader.Load(loader.Options{PinPath: pin, Disable: loader.Disable{RedirectPeer: true}})
+	second, err := instance.Load(instance.Options{PinPath: pin, Disable: loader.Disable{RedirectPeer: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +101,7 @@ func TestMapSizes(t *testing.T) {
 	datapathtest.RequireRoot(t)
 	memory := map[uint32]uint64{}
 	for _, limit := range []uint32{64, 4096} {
-		n, err := loader.Load(loader.Options{PinPath: datapathtest.PinPath(t), MaxEndpoints: limit})
+		n, err := instance.Load(instance.Options{PinPath: datapathtest.PinPath(t), MaxEndpoints: limit})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -139,7 +140,7 @@ func TestMapSizes(t *testing.T) {
 func TestRemoveLeavesNothing(t *testing.T) {
 	datapathtest.RequireRoot(t)
 	pin := datapathtest.PinPath(t)
-	n, err := loader.Load(loader.Options{PinPath: pin})
+	n, err := instance.Load(instance.Options{PinPath: pin})
 	if err != nil {
 		t.Fatal(err)
 	}

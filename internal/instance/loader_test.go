@@ -1,4 +1,4 @@
-package loader_test
+package instance_test
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/loader"
 )
 
@@ -17,7 +18,7 @@ var netipA = netip.MustParseAddr("10.0.0.10")
 func TestLoadAdoptClose(t *testing.T) {
 	datapathtest.RequireRoot(t)
 	pin := datapathtest.PinPath(t)
-	first, err := loader.Load(loader.Options{PinPath: pin})
+	first, err := instance.Load(instance.Options{PinPath: pin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +34,7 @@ func TestLoadAdoptClose(t *testing.T) {
 		}
 	}
 
-	second, err := loader.Load(loader.Options{PinPath: pin})
+	second, err := instance.Load(instance.Options{PinPath: pin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +43,7 @@ func TestLoadAdoptClose(t *testing.T) {
 	}
 	second.Close()
 
-	third, err := loader.Load(loader.Options{PinPath: pin, Disable: loader.Disable{RedirectPeer: true}})
+	third, err := instance.Load(instance.Options{PinPath: pin, Disable: loader.Disable{RedirectPeer: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func TestLoadAdoptClose(t *testing.T) {
 	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("after Remove, %s: %v", pin, err)
 	}
-	if _, err := loader.Open(pin); err == nil {
+	if _, err := instance.Open(pin); err == nil {
 		t.Error("Open of a removed node succeeded")
 	}
 }
@@ -64,7 +65,7 @@ func TestAttachIsIdempotent(t *testing.T) {
 	for _, mode := range []loader.Disable{{}, {TCX: true}} {
 		node := datapathtest.NewNode(t, "node")
 		pod := node.AddPod(t, "a", netipA)
-		n, err := loader.Load(loader.Options{PinPath: datapathtest.PinPath(t), Disable: mode})
+		n, err := instance.Load(instance.Options{PinPath: datapathtest.PinPath(t), Disable: mode})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -103,7 +104,7 @@ func TestAttachIsIdempotent(t *testing.T) {
 	}
 }
 
-func assertAttached(t *testing.T, n *loader.Instance, nsPath string, ifindex int, want bool) {
+func assertAttached(t *testing.T, n *instance.Instance, nsPath string, ifindex int, want bool) {
 	t.Helper()
 	for _, p := range []loader.Program{loader.FromContainer, loader.ToContainer} {
 		got, err := n.Attached(nsPath, ifindex, p)
@@ -115,7 +116,7 @@ func assertAttached(t *testing.T, n *loader.Instance, nsPath string, ifindex int
 
 func TestAttachToMissingDevice(t *testing.T) {
 	node := datapathtest.NewNode(t, "node")
-	n, err := loader.Load(loader.Options{PinPath: datapathtest.PinPath(t)})
+	n, err := instance.Load(instance.Options{PinPath: datapathtest.PinPath(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,27 +134,27 @@ func TestPinPathMustBeOnBPFFS(t *testing.T) {
 	datapathtest.RequireRoot(t)
 	dir := t.TempDir()
 	for _, pin := range []string{dir, filepath.Join(dir, "sub", "node"), "relative/path"} {
-		if _, err := loader.Load(loader.Options{PinPath: pin}); err == nil {
+		if _, err := instance.Load(instance.Options{PinPath: pin}); err == nil {
 			t.Errorf("Load(%q) succeeded", pin)
 		}
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Errorf("failed loads left %d entries in %s", len(entries), dir)
 	}
-	if _, err := loader.Open(dir); !errors.Is(err, loader.ErrNotBPFFS) {
+	if _, err := instance.Open(dir); !errors.Is(err, loader.ErrNotBPFFS) {
 		t.Errorf("Open(%s) = %v, want ErrNotBPFFS", dir, err)
 	}
 	empty := datapathtest.PinPath(t)
 	if err := os.Mkdir(empty, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loader.Open(empty); !errors.Is(err, loader.ErrNoNode) {
+	if _, err := instance.Open(empty); !errors.Is(err, loader.ErrNoNode) {
 		t.Errorf("Open(empty bpffs dir) = %v, want ErrNoNode", err)
 	}
 }
 
 // renewing tells whether n's attachments still wait for renewal.
-func renewing(t *testing.T, n *loader.Instance) bool {
+func renewing(t *testing.T, n *instance.Instance) bool {
 	t.Helper()
 	r, err := n.Renewing()
 	if err != nil {

@@ -1,4 +1,4 @@
-package loader
+package instance
 
 import (
 	"errors"
@@ -9,21 +9,12 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
-
 	"github.com/hostrouting/hostrouting/internal/bpf"
 	"github.com/hostrouting/hostrouting/internal/netlinksafe"
+	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/routing"
+	"golang.org/x/sys/unix"
 )
-
-// ErrPartialPins is returned for a pin directory that lacks some of a
-// node's pins (removed by hand) which cannot be found again through the
-// programs that still run.
-var ErrPartialPins = errors.New("node's pins incomplete")
-
-// ErrForeignPinPath is returned for a pin path that is the bpf
-// filesystem's root or holds files that are not a node's.
-var ErrForeignPinPath = errors.New("not a node's pin directory")
 
 func loadPinnedMap(path string) (*ebpf.Map, error) {
 	return ebpf.LoadPinnedMap(path, nil)
@@ -120,7 +111,7 @@ func repairPins(path, given string, missing []string) error {
 		}
 	}
 	return fmt.Errorf("%w: %s removed by hand, and no running program uses them to pin them again; remove what is left (`hrctl --pin-path %s cleanup`, or datapath.Cleanup) and start the node again",
-		ErrPartialPins, strings.Join(lost, ", "), given)
+		loader.ErrPartialPins, strings.Join(lost, ", "), given)
 }
 
 // programsIn returns the IDs of the programs in program array m.
@@ -157,7 +148,7 @@ func checkPinDir(dir string) error {
 	}
 	if st.Dev != parent.Dev || dir == "/" {
 		return fmt.Errorf("%w: pin path %q is the root of a bpf filesystem: use a directory of its own below it, such as %s",
-			ErrForeignPinPath, dir, filepath.Join(dir, "hostrouting"))
+			loader.ErrForeignPinPath, dir, filepath.Join(dir, "hostrouting"))
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -174,7 +165,7 @@ func checkPinDir(dir string) error {
 		if len(names) > 5 {
 			names = append(names[:5], "…")
 		}
-		return fmt.Errorf("%w: pin path %q holds %s: use a new or empty directory", ErrForeignPinPath, dir, strings.Join(names, ", "))
+		return fmt.Errorf("%w: pin path %q holds %s: use a new or empty directory", loader.ErrForeignPinPath, dir, strings.Join(names, ", "))
 	}
 	return nil
 }
@@ -201,7 +192,7 @@ func unpinNode(path string) error {
 		pins = append(pins, filepath.Join(path, name))
 	}
 	for _, p := range programs {
-		pin := filepath.Join(path, "progs", p.objectName())
+		pin := filepath.Join(path, "progs", objectName(p))
 		pins = append(pins, pin, pin+"_new")
 	}
 	for _, h := range socketHooks {

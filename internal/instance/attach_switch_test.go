@@ -1,4 +1,4 @@
-package loader_test
+package instance_test
 
 import (
 	"encoding/binary"
@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/datapath/datapathtest"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
@@ -37,13 +38,13 @@ func TestAttachSwitchNeverLeavesAGap(t *testing.T) {
 	cidr := netip.MustParsePrefix("10.0.0.0/8")
 	clsact := loader.Disable{TCX: true}
 	// Each step is another object (config), so each Load reloads.
-	steps := []loader.Options{{}, {NativeRoutingCIDR: cidr}, {Disable: clsact}, {Disable: clsact, NativeRoutingCIDR: cidr}}
+	steps := []instance.Options{{}, {NativeRoutingCIDR: cidr}, {Disable: clsact}, {Disable: clsact, NativeRoutingCIDR: cidr}}
 	for i := range steps {
 		steps[i].PinPath, steps[i].Netns = pin, node.Netns
 	}
 	programs := []loader.Program{loader.FromContainer, loader.ToContainer}
 
-	n, err := loader.Load(steps[0])
+	n, err := instance.Load(steps[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ func TestAttachSwitchNeverLeavesAGap(t *testing.T) {
 		}
 	}
 	probes := newProber(t, pod)
-	seen := func(n *loader.Instance) uint64 {
+	seen := func(n *instance.Instance) uint64 {
 		c, err := tables.NewMetrics(n.Maps.Metrics).Get(maps.FromContainer, maps.MetricDropUnknownL3)
 		if err != nil {
 			t.Fatal(err)
@@ -72,7 +73,7 @@ func TestAttachSwitchNeverLeavesAGap(t *testing.T) {
 		for i := range steps {
 			next := steps[(i+1)%len(steps)]
 			from, to := modeOf(steps[i]), modeOf(next)
-			m, err := loader.Load(next)
+			m, err := instance.Load(next)
 			if err != nil {
 				t.Fatalf("round %d: reload %s → %s: %v", round, from, to, err)
 			}
@@ -112,7 +113,7 @@ func TestAttachSwitchNeverLeavesAGap(t *testing.T) {
 }
 
 // modeOf names the attach mode a load with opts gets.
-func modeOf(opts loader.Options) string {
+func modeOf(opts instance.Options) string {
 	if opts.Disable.TCX {
 		return "clsact"
 	}
@@ -121,7 +122,7 @@ func modeOf(opts loader.Options) string {
 
 // assertHooks fails t unless the device runs n's from-container and
 // to-container, each as the one program of its hook, in mode.
-func assertHooks(t *testing.T, n *loader.Instance, node *datapathtest.Node, ifindex int, mode string) {
+func assertHooks(t *testing.T, n *instance.Instance, node *datapathtest.Node, ifindex int, mode string) {
 	t.Helper()
 	assertAttached(t, n, node.Netns, ifindex, true)
 	var tcx, filters int
