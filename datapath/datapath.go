@@ -174,6 +174,34 @@ var (
 	ErrMapFull = maps.ErrMapFull
 )
 
+// The errors of a node's loading and pins, as loader names them:
+// errors.Is works against either name.
+var (
+	// ErrNoNode is returned by Open for a pin directory that holds no
+	// node.
+	ErrNoNode = loader.ErrNoNode
+	// ErrOtherNetns is returned for a pin path whose node belongs to
+	// another network namespace.
+	ErrOtherNetns = loader.ErrOtherNetns
+	// ErrNotBPFFS is returned when a pin path is not on a bpf filesystem.
+	ErrNotBPFFS = loader.ErrNotBPFFS
+	// ErrPartialPins is returned for a pin directory that lacks some of a
+	// node's pins (removed by hand) which cannot be found again.
+	ErrPartialPins = loader.ErrPartialPins
+	// ErrForeignPinPath is returned for a pin path that is the bpf
+	// filesystem's root or holds files that are not a node's.
+	ErrForeignPinPath = loader.ErrForeignPinPath
+	// ErrOtherInstance is returned for a device that runs the datapath of
+	// another node instance (another pin path).
+	ErrOtherInstance = loader.ErrOtherInstance
+	// ErrStale is returned when another process reloaded the node with
+	// other code or config meanwhile: open it again.
+	ErrStale = loader.ErrStale
+	// ErrPolicyNotLinked is returned by SetIngressPolicy for a program not
+	// loaded with PolicyMapReplacements.
+	ErrPolicyNotLinked = loader.ErrPolicyNotLinked
+)
+
 // Datapath is the host-routing datapath of one node. Its methods may be
 // called from several goroutines and processes.
 type Datapath struct {

@@ -318,7 +318,7 @@ type Monitor struct {
 
 // ErrMonitorBusy is returned by OpenMonitor while another monitor, in
 // this process or another, reads the node's events.
-var ErrMonitorBusy = loader.ErrEventsBusy
+var ErrMonitorBusy = loader.ErrMonitorBusy
 
 // OpenMonitor starts reading the node's events: every event reported from
 // its return on reaches Run. SetMonitor says which packets are reported;

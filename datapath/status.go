@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hostrouting/hostrouting/internal/bpf"
+	"github.com/hostrouting/hostrouting/internal/instance"
 	"github.com/hostrouting/hostrouting/internal/netlinksafe"
 	"github.com/hostrouting/hostrouting/internal/tables"
 	"github.com/hostrouting/hostrouting/loader"
@@ -35,7 +36,7 @@ type Status struct {
 	Endpoints         int               // endpoints on the node
 	PinPath           string            // the node instance's pin directory
 	Metrics           *maps.MetricTable // node-wide counters
-	Maps              []loader.MapSize  // the node's maps: memory, entries and pressure
+	Maps              []MapSize         // the node's maps: memory, entries and pressure
 	Services          int               // service frontends
 	SocketLB          string            // "Enabled", "Enabled (host namespace only)" or "Disabled"
 	BackendSelection  string            // "Random" or "Maglev (table size M)"
@@ -113,7 +114,7 @@ func (d *Datapath) status() (Status, error) {
 		Endpoints:         len(eps),
 		PinPath:           d.cfg.PinPath,
 		Metrics:           metrics,
-		Maps:              sizes,
+		Maps:              mapSizes(sizes),
 		Services:          countFrontends(services),
 		SocketLB:          socketLB,
 		Masquerading:      d.node.Masquerade,
@@ -235,7 +236,7 @@ func (s Status) format(verbose bool) string {
 	fmt.Fprintf(&b, "Pin Path:         %s\n", s.PinPath)
 	if len(s.Maps) > 0 {
 		var total uint64
-		var fullest loader.MapSize
+		var fullest MapSize
 		for _, m := range s.Maps {
 			total += m.Memory
 			if isHash(m.Type) && m.Pressure() >= fullest.Pressure() {
@@ -350,13 +351,42 @@ func features(f loader.Features) []feature {
 		{"bpf_fib_lookup", f.FIBLookup}, {"bpf_check_mtu", f.CheckMTU}, {"tcx", f.TCX}}
 }
 
+// MapSize is what one of the node's maps takes.
+type MapSize struct {
+	Name       string
+	Type       ebpf.MapType
+	MaxEntries uint32
+	Memory     uint64 // bytes charged to the map (memlock), as the kernel reports it
+	// Entries is how many entries a hash map holds, counted key by key
+	// (an array always holds MaxEntries).
+	Entries uint32
+}
+
+// Pressure is how full the map is, from 0 to 1 (Cilium's map pressure):
+// Entries of MaxEntries.
+func (s MapSize) Pressure() float64 {
+	if s.MaxEntries == 0 {
+		return 0
+	}
+	return float64(s.Entries) / float64(s.MaxEntries)
+}
+
+func mapSizes(usage []instance.MapSize) []MapSize {
+	sizes := make([]MapSize, len(usage))
+	for i, u := range usage {
+		sizes[i] = MapSize(u)
+	}
+	return sizes
+}
+
 // MapUsage reports the node's maps with their memory and how full each
-// is (loader.MapSize.Pressure): hash maps counted key by key, one system
-// call per entry (Status leaves it out).
-func (d *Datapath) MapUsage() ([]loader.MapSize, error) {
-	var sizes []loader.MapSize
-	err := d.read(func() (err error) {
-		sizes, err = d.node.MapUsage()
+// is (MapSize.Pressure): hash maps counted key by key, one system call
+// per entry (Status leaves it out).
+func (d *Datapath) MapUsage() ([]MapSize, error) {
+	var sizes []MapSize
+	err := d.read(func() error {
+		usage, err := d.node.MapUsage()
+		sizes = mapSizes(usage)
 		return err
 	})
 	return sizes, err

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,26 +54,6 @@ var (
 	// to another network namespace.
 	ErrOtherNetns = errors.New("node of another network namespace")
 )
-
-// MapSize is what one of the node's maps takes.
-type MapSize struct {
-	Name       string
-	Type       ebpf.MapType
-	MaxEntries uint32
-	Memory     uint64 // bytes charged to the map (memlock), as the kernel reports it
-	// Entries is how many entries a hash map holds, as MapUsage counts
-	// them (an array always holds MaxEntries); 0 from MapSizes.
-	Entries uint32
-}
-
-// Pressure is how full the map is, from 0 to 1 (Cilium's map pressure):
-// Entries of MaxEntries.
-func (s MapSize) Pressure() float64 {
-	if s.MaxEntries == 0 {
-		return 0
-	}
-	return float64(s.Entries) / float64(s.MaxEntries)
-}
 
 // FlowEntryBytes is what one unit of Options.MaxFlows takes across the
 // flow tables, as measured on Linux 6.18: established TCP conntrack and

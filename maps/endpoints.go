@@ -5,14 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-
-	"github.com/cilium/ebpf"
 )
 
 var (
-	// ErrNotFound is returned for a key the map does not hold. It wraps
-	// ebpf.ErrKeyNotExist.
-	ErrNotFound = fmt.Errorf("not found: %w", ebpf.ErrKeyNotExist)
+	// ErrNotFound is returned for something the datapath's maps do not
+	// hold.
+	ErrNotFound = errors.New("not found")
 	// ErrMapFull is returned when a map has no room for another entry.
 	ErrMapFull = errors.New("map full")
 )

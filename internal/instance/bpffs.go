@@ -192,7 +192,7 @@ const eventsDir = "events"
 // ClaimEvents makes this process the reader of the node's events
 // (Maps.Events) until Unlock: a perf event array has one ring per CPU, so
 // a second reader would silently take them from the first. A claim held
-// by another reader, in any process, gives ErrEventsBusy.
+// by another reader, in any process, gives ErrMonitorBusy.
 func (n *Instance) ClaimEvents() (*Lock, error) {
 	dir := filepath.Join(n.PinPath, eventsDir)
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
@@ -205,7 +205,7 @@ func (n *Instance) ClaimEvents() (*Lock, error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, loader.ErrEventsBusy
+			return nil, loader.ErrMonitorBusy
 		}
 		return nil, fmt.Errorf("claim events: %w", err)
 	}

@@ -656,22 +656,22 @@ func (n *Instance) allMaps() []*ebpf.Map {
 
 // MapSizes reports the node's maps, in the order of Maps, and the memory
 // each takes.
-func (n *Instance) MapSizes() ([]loader.MapSize, error) {
-	var sizes []loader.MapSize
+func (n *Instance) MapSizes() ([]MapSize, error) {
+	var sizes []MapSize
 	for _, m := range n.allMaps() {
 		info, err := m.Info()
 		if err != nil {
 			return nil, fmt.Errorf("map info: %w", err)
 		}
 		mem, _ := info.Memlock()
-		sizes = append(sizes, loader.MapSize{Name: info.Name, Type: m.Type(), MaxEntries: m.MaxEntries(), Memory: mem})
+		sizes = append(sizes, MapSize{Name: info.Name, Type: m.Type(), MaxEntries: m.MaxEntries(), Memory: mem})
 	}
 	return sizes, nil
 }
 
 // MapUsage is MapSizes with each map's entries counted: hash maps key by
 // key (one system call per entry), arrays as full.
-func (n *Instance) MapUsage() ([]loader.MapSize, error) {
+func (n *Instance) MapUsage() ([]MapSize, error) {
 	sizes, err := n.MapSizes()
 	if err != nil {
 		return nil, err
@@ -775,4 +775,24 @@ func (m Maps) ConntrackTables() []*ebpf.Map {
 // SNATTables are the node's source NAT tables, in ConntrackTables' order.
 func (m Maps) SNATTables() []*ebpf.Map {
 	return []*ebpf.Map{m.SNAT, m.SNATAny, m.SNATNew}
+}
+
+// MapSize is what one of the node's maps takes.
+type MapSize struct {
+	Name       string
+	Type       ebpf.MapType
+	MaxEntries uint32
+	Memory     uint64 // bytes charged to the map (memlock), as the kernel reports it
+	// Entries is how many entries a hash map holds, as MapUsage counts
+	// them (an array always holds MaxEntries); 0 from MapSizes.
+	Entries uint32
+}
+
+// Pressure is how full the map is, from 0 to 1 (Cilium's map pressure):
+// Entries of MaxEntries.
+func (s MapSize) Pressure() float64 {
+	if s.MaxEntries == 0 {
+		return 0
+	}
+	return float64(s.Entries) / float64(s.MaxEntries)
 }
