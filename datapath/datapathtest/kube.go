@@ -10,7 +10,8 @@ import (
 // v1.37 listening on 127.0.0.1 only, with no kubelet, scheduler or controller
 // manager. It stores and serves objects (nodes, pods, services,
 // EndpointSlices) for an agent under test to watch; nothing runs the pods.
-// Every request with Token is allowed. Namespaces get no default service
+// Every request with Token is allowed (it is in group system:masters, also
+// under RBAC: see KubeOptions). Namespaces get no default service
 // account, and pods need none.
 type Kube struct {
 	Kubeconfig string // path of a kubeconfig for client-go or kubectl (URL, CA and Token inline)
@@ -31,7 +32,21 @@ type Kube struct {
 // the kernel kills the servers with it.
 func StartKube(t testing.TB) *Kube {
 	t.Helper()
-	srv, err := kube.Start(t.Context(), t.TempDir(), kube.Options{})
+	return StartKubeWith(t, KubeOptions{})
+}
+
+// KubeOptions change how StartKubeWith runs kube-apiserver.
+type KubeOptions struct {
+	// Authorization is kube-apiserver's --authorization-mode, such as
+	// "Node,RBAC" for a test of the RBAC rules a component needs; empty
+	// for AlwaysAllow, which allows every request.
+	Authorization string
+}
+
+// StartKubeWith is StartKube with opts.
+func StartKubeWith(t testing.TB, opts KubeOptions) *Kube {
+	t.Helper()
+	srv, err := kube.Start(t.Context(), t.TempDir(), kube.Options{Authorization: opts.Authorization})
 	if err != nil {
 		t.Fatalf("start kube: %v", err)
 	}

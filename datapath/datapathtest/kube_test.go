@@ -3,6 +3,8 @@ package datapathtest_test
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -51,5 +53,56 @@ func TestKube(t *testing.T) {
 	k.StartAPIServer(t)
 	if code, err := getDefault(); code != http.StatusOK {
 		t.Errorf("GET namespace default after StartAPIServer: %d %v", code, err)
+	}
+}
+
+// TestKubeRBAC runs kube-apiserver with Node,RBAC: Token may list nodes,
+// a ServiceAccount's own token (TokenRequest) bound to no role may not.
+func TestKubeRBAC(t *testing.T) {
+	k := datapathtest.StartKubeWith(t, datapathtest.KubeOptions{Authorization: "Node,RBAC"})
+	ca, err := os.ReadFile(k.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}}
+	do := func(method, path, token, body string) (int, []byte) {
+		t.Helper()
+		req, err := http.NewRequest(method, k.URL+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+
+	if code, b := do("GET", "/api/v1/nodes", k.Token, ""); code != http.StatusOK {
+		t.Fatalf("admin lists nodes: %d %s", code, b)
+	}
+	if code, b := do("POST", "/api/v1/namespaces/default/serviceaccounts", k.Token,
+		`{"metadata":{"name":"nobody"}}`); code != http.StatusCreated {
+		t.Fatalf("create service account: %d %s", code, b)
+	}
+	code, b := do("POST", "/api/v1/namespaces/default/serviceaccounts/nobody/token", k.Token, `{"spec":{}}`)
+	if code != http.StatusCreated {
+		t.Fatalf("request token: %d %s", code, b)
+	}
+	var tr struct {
+		Status struct{ Token string } `json:"status"`
+	}
+	if err := json.Unmarshal(b, &tr); err != nil || tr.Status.Token == "" {
+		t.Fatalf("token request: %v %s", err, b)
+	}
+	if code, b := do("GET", "/api/v1/nodes", tr.Status.Token, ""); code != http.StatusForbidden {
+		t.Errorf("service account without roles lists nodes: %d %s, want 403", code, b)
 	}
 }

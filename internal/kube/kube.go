@@ -37,13 +37,18 @@ type Options struct {
 	// Otherwise the kernel kills them when it exits, also when it is killed,
 	// as a test binary should.
 	Detach bool
+	// Authorization is kube-apiserver's --authorization-mode, such as
+	// "Node,RBAC"; empty for AlwaysAllow. Token is in group system:masters,
+	// which RBAC allows everything.
+	Authorization string
 }
 
 // Server is a running etcd and kube-apiserver. Clients authenticate with
 // Token, a user in group system:masters; every request is allowed
-// (AlwaysAllow). There is no controller manager: namespaces get no default
-// service account, and the ServiceAccount admission plugin is off so that
-// pods can be created anyway.
+// (AlwaysAllow, unless Options.Authorization says otherwise). There is no
+// controller manager: namespaces get no default service account, and the
+// ServiceAccount admission plugin is off so that pods can be created
+// anyway.
 type Server struct {
 	Dir        string // the directory given to Start, made absolute: kubeconfig, logs, pid files, etcd data, certs
 	Kubeconfig string // path of a kubeconfig with the URL, the CA and the token inline
@@ -115,6 +120,10 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Server, err error)
 		return nil, fmt.Errorf("wait for etcd: %w", err)
 	}
 
+	authz := opts.Authorization
+	if authz == "" {
+		authz = "AlwaysAllow"
+	}
 	s.apiArgs = []string{
 		"--etcd-servers", client,
 		"--bind-address", "127.0.0.1",
@@ -122,7 +131,7 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Server, err error)
 		"--secure-port", strconv.Itoa(ports[2]),
 		"--cert-dir", filepath.Join(dir, "certs"),
 		"--token-auth-file", filepath.Join(dir, "tokens.csv"),
-		"--authorization-mode", "AlwaysAllow",
+		"--authorization-mode", authz,
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file", filepath.Join(dir, "sa.key"),
 		"--service-account-signing-key-file", filepath.Join(dir, "sa.key"),
