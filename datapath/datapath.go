@@ -139,8 +139,6 @@ type (
 	Feature = loader.Feature
 	// Program names a datapath program by where it sits (loader.Program).
 	Program = loader.Program
-	// EndpointInfo is what the datapath knows of an endpoint (maps.Endpoint).
-	EndpointInfo = maps.Endpoint
 	// EndpointStats are an endpoint's counters (maps.EndpointStats).
 	EndpointStats = maps.EndpointStats
 	// MetricTable holds the node-wide counters (maps.MetricTable).

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/hostrouting/hostrouting/internal/netlinksafe"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
 )
@@ -38,6 +39,20 @@ type Endpoint struct {
 	// addresses still finds it (EndpointByContainer). Optional.
 	ContainerID string
 	PodIfName   string
+
+	// The datapath fills in the rest (AddEndpoint's result, Endpoints,
+	// Endpoint); AddEndpoint ignores them.
+
+	// IfIndex is the host-side device's index in the node's netns.
+	IfIndex int
+	// NodeMAC is the host-side device's MAC.
+	NodeMAC net.HardwareAddr
+	// Policy tells whether the endpoint has an ingress policy
+	// (SetIngressPolicy).
+	Policy bool
+	// ServiceBackend tells whether the endpoint is a backend of a service
+	// on the node: its replies are translated back to the frontend.
+	ServiceBackend bool
 }
 
 // ErrInvalidEndpoint is wrapped by the error of AddEndpoint for an
@@ -59,29 +74,31 @@ var ErrInvalidEndpoint = errors.New("invalid endpoint")
 // CNI makes as it wires the veth: routing.SetupVeth does, or
 // routing.AddEndpointRoute (removed with routing.DelEndpointRoute).
 // Without it, node → pod fails.
-func (d *Datapath) AddEndpoint(ep Endpoint) (EndpointInfo, error) {
-	var added EndpointInfo
+// It returns ep as the datapath holds it: with its ID, and the fields
+// the datapath fills in.
+func (d *Datapath) AddEndpoint(ep Endpoint) (Endpoint, error) {
+	var added Endpoint
 	err := d.locked(func() error {
-		var err error
-		added, err = d.addEndpoint(ep)
+		m, err := d.addEndpoint(ep)
+		added = publicEndpoint(m, ep.IfName)
 		return err
 	})
 	if err != nil {
-		return EndpointInfo{}, fmt.Errorf("add endpoint %s on %q: %w", ep.IP, ep.IfName, err)
+		return Endpoint{}, fmt.Errorf("add endpoint %s on %q: %w", ep.IP, ep.IfName, err)
 	}
 	return added, nil
 }
 
-func (d *Datapath) addEndpoint(ep Endpoint) (EndpointInfo, error) {
+func (d *Datapath) addEndpoint(ep Endpoint) (maps.Endpoint, error) {
 	m, err := d.endpointOf(ep)
 	if err != nil {
-		return EndpointInfo{}, err
+		return maps.Endpoint{}, err
 	}
 	all, err := d.endpoints.List()
 	if err != nil {
-		return EndpointInfo{}, err
+		return maps.Endpoint{}, err
 	}
-	var existing *EndpointInfo
+	var existing *maps.Endpoint
 	for i, other := range all {
 		clash := ""
 		switch {
@@ -100,15 +117,15 @@ func (d *Datapath) addEndpoint(ep Endpoint) (EndpointInfo, error) {
 			continue
 		}
 		if !d.stale(other) {
-			return EndpointInfo{}, fmt.Errorf("%w: %s", ErrEndpointExists, clash)
+			return maps.Endpoint{}, fmt.Errorf("%w: %s", ErrEndpointExists, clash)
 		}
 		if err := d.removeEndpoint(other); err != nil {
-			return EndpointInfo{}, fmt.Errorf("remove stale endpoint %s: %w", other.IP, err)
+			return maps.Endpoint{}, fmt.Errorf("remove stale endpoint %s: %w", other.IP, err)
 		}
-		all[i] = EndpointInfo{} // gone: frees its ID
+		all[i] = maps.Endpoint{} // gone: frees its ID
 	}
 	if backend, err := d.isBackend(m.IP); err != nil {
-		return EndpointInfo{}, err
+		return maps.Endpoint{}, err
 	} else if backend {
 		m.Flags |= maps.EndpointLBBackend
 	}
@@ -123,36 +140,36 @@ func (d *Datapath) addEndpoint(ep Endpoint) (EndpointInfo, error) {
 	}
 	if m.ID == 0 {
 		if m.ID, err = freeID(all, d.maxEndpoints()); err != nil {
-			return EndpointInfo{}, err
+			return maps.Endpoint{}, err
 		}
 	}
 
 	if existing == nil || existing.ID != m.ID {
 		if err := d.stats.Reset(m.ID); err != nil {
-			return EndpointInfo{}, err
+			return maps.Endpoint{}, err
 		}
 		// The ID's slot must not keep a policy of an earlier endpoint.
 		if err := d.node.ClearPolicy(m.ID); err != nil {
-			return EndpointInfo{}, err
+			return maps.Endpoint{}, err
 		}
 	}
 	if existing != nil && existing.IPv6 != m.IPv6 {
-		if err := d.endpoints.Delete(EndpointInfo{IPv6: existing.IPv6, IfIndex: existing.IfIndex}); err != nil {
-			return EndpointInfo{}, err
+		if err := d.endpoints.Delete(maps.Endpoint{IPv6: existing.IPv6, IfIndex: existing.IfIndex}); err != nil {
+			return maps.Endpoint{}, err
 		}
 	}
 	if err := d.endpoints.Put(m); err != nil {
 		if existing == nil {
 			d.endpoints.Delete(m)
 		}
-		return EndpointInfo{}, err
+		return maps.Endpoint{}, err
 	}
 	if err := d.attach(m.IfIndex); err != nil {
 		if existing == nil {
 			d.detach(m.IfIndex)
 			d.endpoints.Delete(m)
 		}
-		return EndpointInfo{}, err
+		return maps.Endpoint{}, err
 	}
 	return m, nil
 }
@@ -163,32 +180,32 @@ func invalidEndpoint(format string, args ...any) error {
 }
 
 // endpointOf checks ep and finds its host device.
-func (d *Datapath) endpointOf(ep Endpoint) (EndpointInfo, error) {
+func (d *Datapath) endpointOf(ep Endpoint) (maps.Endpoint, error) {
 	switch {
 	case !ep.IP.IsValid():
-		return EndpointInfo{}, invalidEndpoint("no IP address")
+		return maps.Endpoint{}, invalidEndpoint("no IP address")
 	case !ep.IP.Is4():
-		return EndpointInfo{}, invalidEndpoint("address %s: want IPv4 in IP (IPv6 goes in IPv6)", ep.IP)
+		return maps.Endpoint{}, invalidEndpoint("address %s: want IPv4 in IP (IPv6 goes in IPv6)", ep.IP)
 	case ep.IPv6.IsValid() && (!ep.IPv6.Is6() || ep.IPv6.Is4In6() || ep.IPv6.Zone() != "" || ep.IPv6.IsLinkLocalUnicast()):
-		return EndpointInfo{}, invalidEndpoint("IPv6 address %s: want a global or unique-local IPv6 address", ep.IPv6)
+		return maps.Endpoint{}, invalidEndpoint("IPv6 address %s: want a global or unique-local IPv6 address", ep.IPv6)
 	case len(ep.MAC) != 6:
-		return EndpointInfo{}, invalidEndpoint("pod MAC %q: want 6 bytes", ep.MAC)
+		return maps.Endpoint{}, invalidEndpoint("pod MAC %q: want 6 bytes", ep.MAC)
 	case int(ep.ID) > d.maxEndpoints():
-		return EndpointInfo{}, invalidEndpoint("endpoint ID %d: the node's endpoint IDs run from 1 to %d (MaxEndpoints)", ep.ID, d.maxEndpoints())
+		return maps.Endpoint{}, invalidEndpoint("endpoint ID %d: the node's endpoint IDs run from 1 to %d (MaxEndpoints)", ep.ID, d.maxEndpoints())
 	}
 	ifindex, nodeMAC, err := hostDevice(d.cfg.Netns, ep.IfName)
 	if err != nil {
-		return EndpointInfo{}, err
+		return maps.Endpoint{}, err
 	}
 	if len(nodeMAC) != 6 {
-		return EndpointInfo{}, invalidEndpoint("host device %q has no Ethernet address", ep.IfName)
+		return maps.Endpoint{}, invalidEndpoint("host device %q has no Ethernet address", ep.IfName)
 	}
 	if bytes.Equal(ep.MAC, nodeMAC) {
 		// Every frame of the pod would look like the node's own: the
 		// source check drops them all (drop-spoofed).
-		return EndpointInfo{}, invalidEndpoint("pod MAC %s is the MAC of host device %q: want the MAC of the pod's own interface (its veth peer)", ep.MAC, ep.IfName)
+		return maps.Endpoint{}, invalidEndpoint("pod MAC %s is the MAC of host device %q: want the MAC of the pod's own interface (its veth peer)", ep.MAC, ep.IfName)
 	}
-	m := EndpointInfo{IP: ep.IP, IPv6: ep.IPv6, IfIndex: ifindex, ID: ep.ID, MAC: ep.MAC, NodeMAC: nodeMAC,
+	m := maps.Endpoint{IP: ep.IP, IPv6: ep.IPv6, IfIndex: ifindex, ID: ep.ID, MAC: ep.MAC, NodeMAC: nodeMAC,
 		ContainerID: ep.ContainerID, PodIfName: ep.PodIfName}
 	if ep.ARPResponder {
 		m.Flags |= maps.EndpointARPResponder
@@ -217,7 +234,7 @@ func (d *Datapath) isBackend(ip netip.Addr) (bool, error) {
 // the kernel ties to it alone: the attachments AddEndpoint made on it (a
 // tcx link is unbound, a cls_bpf filter deleted, with its device). When in
 // doubt (an error) the endpoint is not stale.
-func (d *Datapath) stale(ep EndpointInfo) bool {
+func (d *Datapath) stale(ep maps.Endpoint) bool {
 	h, err := routing.Handle(d.cfg.Netns)
 	if err != nil {
 		return false
@@ -247,7 +264,7 @@ func (d *Datapath) maxEndpoints() int {
 }
 
 // freeID returns the lowest endpoint ID no endpoint uses.
-func freeID(eps []EndpointInfo, maxID int) (uint16, error) {
+func freeID(eps []maps.Endpoint, maxID int) (uint16, error) {
 	used := make(map[uint16]bool, len(eps))
 	for _, ep := range eps {
 		used[ep.ID] = true
@@ -280,7 +297,7 @@ func (d *Datapath) RemoveEndpoint(ip netip.Addr) error {
 
 // removeEndpoint takes ep off: attachments, entries, policy, counters,
 // and the translated flows of its address (pod IPs are reused).
-func (d *Datapath) removeEndpoint(ep EndpointInfo) error {
+func (d *Datapath) removeEndpoint(ep maps.Endpoint) error {
 	_, flushErr := d.flows.FlushEndpoint(ep.IP)
 	return errors.Join(d.detach(ep.IfIndex), d.endpoints.Delete(ep), d.node.ClearPolicy(ep.ID), d.stats.Reset(ep.ID), flushErr)
 }
@@ -288,8 +305,8 @@ func (d *Datapath) removeEndpoint(ep EndpointInfo) error {
 // EndpointByContainer returns the endpoint that AddEndpoint recorded for
 // containerID and, if not empty, the pod interface podIfName: for a CNI
 // DEL whose pod namespace and previous result are gone.
-func (d *Datapath) EndpointByContainer(containerID, podIfName string) (EndpointInfo, error) {
-	var found EndpointInfo
+func (d *Datapath) EndpointByContainer(containerID, podIfName string) (Endpoint, error) {
+	var found Endpoint
 	err := d.read(func() error {
 		eps, err := d.endpoints.List()
 		if err != nil {
@@ -297,37 +314,101 @@ func (d *Datapath) EndpointByContainer(containerID, podIfName string) (EndpointI
 		}
 		for _, ep := range eps {
 			if ep.ContainerID == containerID && (podIfName == "" || ep.PodIfName == podIfName) {
-				found = ep
-				return nil
+				found, err = d.named(ep)
+				return err
 			}
 		}
 		return ErrNotFound
 	})
 	if err != nil {
-		return EndpointInfo{}, fmt.Errorf("endpoint of container %q %s: %w", containerID, podIfName, err)
+		return Endpoint{}, fmt.Errorf("endpoint of container %q %s: %w", containerID, podIfName, err)
 	}
 	return found, nil
 }
 
 // Endpoints lists the node's endpoints, ordered by address.
-func (d *Datapath) Endpoints() ([]EndpointInfo, error) {
-	var eps []EndpointInfo
-	err := d.read(func() (err error) {
-		eps, err = d.endpoints.List()
-		return err
+func (d *Datapath) Endpoints() ([]Endpoint, error) {
+	var eps []Endpoint
+	err := d.read(func() error {
+		all, err := d.endpoints.List()
+		if err != nil {
+			return err
+		}
+		names, err := d.deviceNames()
+		if err != nil {
+			return err
+		}
+		for _, m := range all {
+			eps = append(eps, publicEndpoint(m, names[m.IfIndex]))
+		}
+		return nil
 	})
 	return eps, err
 }
 
 // Endpoint returns the endpoint with address ip (its IPv4 or IPv6
 // address).
-func (d *Datapath) Endpoint(ip netip.Addr) (EndpointInfo, error) {
-	var ep EndpointInfo
-	err := d.read(func() (err error) {
-		ep, err = d.endpoints.Lookup(ip)
+func (d *Datapath) Endpoint(ip netip.Addr) (Endpoint, error) {
+	var ep Endpoint
+	err := d.read(func() error {
+		m, err := d.endpoints.Lookup(ip)
+		if err != nil {
+			return err
+		}
+		ep, err = d.named(m)
 		return err
 	})
 	return ep, err
+}
+
+// String formats ep as `cilium bpf endpoint list` does (maps.Endpoint).
+func (ep Endpoint) String() string {
+	m := maps.Endpoint{IP: ep.IP, IPv6: ep.IPv6, IfIndex: ep.IfIndex, ID: ep.ID, MAC: ep.MAC, NodeMAC: ep.NodeMAC,
+		ContainerID: ep.ContainerID, PodIfName: ep.PodIfName}
+	for _, f := range []struct {
+		on   bool
+		flag maps.EndpointFlags
+	}{{ep.ARPResponder, maps.EndpointARPResponder}, {ep.Policy, maps.EndpointPolicy}, {ep.ServiceBackend, maps.EndpointLBBackend}} {
+		if f.on {
+			m.Flags |= f.flag
+		}
+	}
+	return m.String()
+}
+
+// publicEndpoint is the endpoint m of the endpoint maps as AddEndpoint
+// takes and returns it, on the host device named ifName.
+func publicEndpoint(m maps.Endpoint, ifName string) Endpoint {
+	return Endpoint{IfName: ifName, IP: m.IP, IPv6: m.IPv6, MAC: m.MAC, ID: m.ID,
+		ARPResponder: m.Flags&maps.EndpointARPResponder != 0, ContainerID: m.ContainerID, PodIfName: m.PodIfName,
+		IfIndex: m.IfIndex, NodeMAC: m.NodeMAC, Policy: m.Flags&maps.EndpointPolicy != 0,
+		ServiceBackend: m.Flags&maps.EndpointLBBackend != 0}
+}
+
+// named is publicEndpoint of m with the name of its host device, "" if
+// the device is gone.
+func (d *Datapath) named(m maps.Endpoint) (Endpoint, error) {
+	names, err := d.deviceNames()
+	return publicEndpoint(m, names[m.IfIndex]), err
+}
+
+// deviceNames maps the ifindexes of the node's network namespace to the
+// devices' names.
+func (d *Datapath) deviceNames() (map[int]string, error) {
+	h, err := routing.Handle(d.cfg.Netns)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	links, err := netlinksafe.LinkList(h)
+	if err != nil {
+		return nil, fmt.Errorf("list the node's devices: %w", err)
+	}
+	names := make(map[int]string, len(links))
+	for _, l := range links {
+		names[l.Attrs().Index] = l.Attrs().Name
+	}
+	return names, nil
 }
 
 // EndpointStats returns the counters of the endpoint with address ip.

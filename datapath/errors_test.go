@@ -56,3 +56,35 @@ func TestErrorsByDatapathNames(t *testing.T) {
 		t.Errorf("New on a directory of other files: %v, want datapath.ErrForeignPinPath", err)
 	}
 }
+
+// TestEndpointInAndOut: one Endpoint type in and out — what AddEndpoint
+// returns, Endpoints and Endpoint list, and what goes back into
+// AddEndpoint (an update keeping the ID) are the same type, the
+// datapath's fields filled in: device name and index, host MAC, flags
+// as booleans.
+func TestEndpointInAndOut(t *testing.T) {
+	node := datapathtest.NewNode(t, "epio")
+	dp := node.NewDatapath(t, datapath.Config{})
+	pod := node.AddPod(t, "a", netip.MustParseAddr("10.0.0.1"))
+	in := pod.Endpoint()
+	in.ARPResponder = true
+	out, err := dp.AddEndpoint(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.IfName != in.IfName || out.IP != in.IP || out.ID == 0 || out.IfIndex == 0 || len(out.NodeMAC) != 6 || !out.ARPResponder || out.Policy {
+		t.Errorf("AddEndpoint returned %+v for %+v", out, in)
+	}
+	listed, err := dp.Endpoints()
+	if err != nil || len(listed) != 1 || listed[0].String() != out.String() || listed[0].IfName != out.IfName {
+		t.Errorf("Endpoints: %v (%v), want [%s] on %s", listed, err, out, out.IfName)
+	}
+	again, err := dp.AddEndpoint(out)
+	if err != nil || again.ID != out.ID || again.String() != out.String() {
+		t.Errorf("AddEndpoint of its own result: %s (%v), want %s", again, err, out)
+	}
+	got, err := dp.Endpoint(in.IP)
+	if err != nil || got.String() != out.String() || got.IfName != in.IfName {
+		t.Errorf("Endpoint(%s): %s on %q (%v), want %s on %q", in.IP, got, got.IfName, err, out, in.IfName)
+	}
+}

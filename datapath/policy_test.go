@@ -45,7 +45,7 @@ func deny(t *testing.T, objs *policy.PolicyObjects, endpoint, source uint16) {
 	}
 }
 
-func endpointOf(t *testing.T, dp *datapath.Datapath, ip netip.Addr) maps.Endpoint {
+func endpointOf(t *testing.T, dp *datapath.Datapath, ip netip.Addr) datapath.Endpoint {
 	t.Helper()
 	ep, err := dp.Endpoint(ip)
 	if err != nil {
@@ -91,8 +91,8 @@ func TestIngressPolicySameNode(t *testing.T) {
 			if err := dp.SetIngressPolicy(b.IP, objs.DenyListed); err != nil {
 				t.Fatal(err)
 			}
-			if got := endpointOf(t, dp, b.IP); got.Flags&maps.EndpointPolicy == 0 {
-				t.Errorf("b's flags %#x: want the policy flag", got.Flags)
+			if got := endpointOf(t, dp, b.IP); !got.Policy {
+				t.Errorf("b: %s, want the policy flag", got)
 			}
 			dropsBefore := policyDrops(t, dp)
 			statsBefore, err := dp.EndpointStats(b.IP)
@@ -120,8 +120,8 @@ func TestIngressPolicySameNode(t *testing.T) {
 				t.Fatal(err)
 			}
 			a.MustPing(t, b.IP)
-			if got := endpointOf(t, dp, b.IP); got.Flags&maps.EndpointPolicy != 0 {
-				t.Errorf("b's flags %#x after clearing: policy flag still set", got.Flags)
+			if got := endpointOf(t, dp, b.IP); got.Policy {
+				t.Errorf("b after clearing: %s, policy flag still set", got)
 			}
 		})
 	}
@@ -254,8 +254,8 @@ func TestIngressPolicyBadInput(t *testing.T) {
 			t.Errorf("%s: accepted", c.name)
 		}
 	}
-	if got := endpointOf(t, dp, b.IP); got.Flags&maps.EndpointPolicy != 0 {
-		t.Errorf("b's flags %#x after refused policies: policy flag set", got.Flags)
+	if got := endpointOf(t, dp, b.IP); got.Policy {
+		t.Errorf("b after refused policies: %s, policy flag set", got)
 	}
 	a.MustPing(t, b.IP)
 }

@@ -94,7 +94,7 @@ func Example() {
 		return
 	}
 	for _, ep := range eps { // ifindexes and MACs differ from run to run
-		fmt.Printf("endpoint %s id=%d flags=%#04x service backend: %v\n", ep.IP, ep.ID, uint16(ep.Flags), ep.Flags&maps.EndpointLBBackend != 0)
+		fmt.Printf("endpoint %s id=%d service backend: %v\n", ep.IP, ep.ID, ep.ServiceBackend)
 	}
 
 	before, err := dp.Metrics()
@@ -154,8 +154,8 @@ func Example() {
 	})
 	fmt.Println("dropped:", drops)
 	// Output:
-	// endpoint 10.0.0.10 id=1 flags=0x0000 service backend: false
-	// endpoint 10.0.0.21 id=2 flags=0x0004 service backend: true
+	// endpoint 10.0.0.10 id=1 service backend: false
+	// endpoint 10.0.0.21 id=2 service backend: true
 	// client got "hello" from 10.96.0.10:80
 	// xlate-dnat: true
 	// xlate-rev-dnat: true

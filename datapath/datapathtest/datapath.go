@@ -8,7 +8,6 @@ import (
 
 	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/loader"
-	"github.com/hostrouting/hostrouting/maps"
 )
 
 // PinPath returns a fresh pin directory below /sys/fs/bpf for one test, and
@@ -57,7 +56,7 @@ func (n *Node) NewDatapath(t testing.TB, cfg datapath.Config) *datapath.Datapath
 
 // AddEndpoint puts the pod on dp (as Endpoint describes it) and fails the
 // test on error.
-func (p *Pod) AddEndpoint(t testing.TB, dp *datapath.Datapath) maps.Endpoint {
+func (p *Pod) AddEndpoint(t testing.TB, dp *datapath.Datapath) datapath.Endpoint {
 	t.Helper()
 	ep, err := dp.AddEndpoint(p.Endpoint())
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/hostrouting/hostrouting/datapath"
-	"github.com/hostrouting/hostrouting/maps"
 )
 
 // cmdCheck verifies that the pod is on the datapath: its endpoint holds
@@ -61,8 +60,8 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return cniError(types.ErrInternal, "endpoint %s is on ifindex %d, want %d (%s)", p.IP, ep.IfIndex, host.Attrs().Index, p.HostIf)
 	case !bytes.Equal(ep.MAC, p.MAC):
 		return cniError(types.ErrInternal, "endpoint %s has MAC %s, want %s", p.IP, ep.MAC, p.MAC)
-	case (ep.Flags&maps.EndpointARPResponder != 0) != conf.ARPResponder:
-		return cniError(types.ErrInternal, "endpoint %s has flags %#x, want arpResponder %v", p.IP, ep.Flags, conf.ARPResponder)
+	case ep.ARPResponder != conf.ARPResponder:
+		return cniError(types.ErrInternal, "endpoint %s has arpResponder %v, want %v", p.IP, ep.ARPResponder, conf.ARPResponder)
 	}
 	endpointAttached := func(prog datapath.Program) (bool, error) { return dp.Attached(p.IP, prog) }
 	if err := attached(endpointAttached, p.HostIf, datapath.FromContainer, datapath.ToContainer); err != nil {

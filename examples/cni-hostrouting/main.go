@@ -150,7 +150,7 @@ func noDatapath(err error) bool {
 // another container is not the pod's, whatever its address: a DEL that
 // comes late or again, after the address went to a new pod, leaves that
 // pod alone.
-func podEndpoints(dp *datapath.Datapath, conf *NetConf, args *skel.CmdArgs) ([]datapath.EndpointInfo, error) {
+func podEndpoints(dp *datapath.Datapath, conf *NetConf, args *skel.CmdArgs) ([]datapath.Endpoint, error) {
 	var ips []netip.Addr
 	if conf.PrevResult != nil {
 		if p, err := podOf(conf.PrevResult, args); err == nil {
@@ -169,7 +169,7 @@ func podEndpoints(dp *datapath.Datapath, conf *NetConf, args *skel.CmdArgs) ([]d
 			return nil, err
 		}
 	}
-	var eps []datapath.EndpointInfo
+	var eps []datapath.Endpoint
 	for _, ip := range ips {
 		ep, err := dp.Endpoint(ip)
 		switch {
@@ -181,7 +181,7 @@ func podEndpoints(dp *datapath.Datapath, conf *NetConf, args *skel.CmdArgs) ([]d
 			fmt.Fprintf(os.Stderr, "hostrouting: DEL of container %s leaves endpoint %s, which belongs to container %s %s\n",
 				args.ContainerID, ep.IP, ep.ContainerID, ep.PodIfName)
 			continue
-		case slices.ContainsFunc(eps, func(e datapath.EndpointInfo) bool { return e.IP == ep.IP }):
+		case slices.ContainsFunc(eps, func(e datapath.Endpoint) bool { return e.IP == ep.IP }):
 			continue
 		}
 		eps = append(eps, ep)
@@ -192,7 +192,7 @@ func podEndpoints(dp *datapath.Datapath, conf *NetConf, args *skel.CmdArgs) ([]d
 // ownedBy tells whether ep may be the pod's: recorded for its container
 // and interface, or for no container (added by another agent, or before
 // endpoints recorded them).
-func ownedBy(ep datapath.EndpointInfo, args *skel.CmdArgs) bool {
+func ownedBy(ep datapath.Endpoint, args *skel.CmdArgs) bool {
 	return ep.ContainerID == "" ||
 		ep.ContainerID == args.ContainerID && (ep.PodIfName == "" || ep.PodIfName == args.IfName)
 }

@@ -441,16 +441,26 @@ type endpointJSON struct {
 	IP          netip.Addr
 	IPv6        netip.Addr `json:",omitzero"`
 	ID          uint16
-	Flags       maps.EndpointFlags
+	Flags       maps.EndpointFlags // as `cilium bpf endpoint list` shows them
 	IfIndex     int
+	IfName      string `json:",omitempty"`
 	MAC         string
 	NodeMAC     string
 	ContainerID string `json:",omitempty"`
 	PodIfName   string `json:",omitempty"`
 }
 
-func toJSON(ep maps.Endpoint) endpointJSON {
-	return endpointJSON{ep.IP, ep.IPv6, ep.ID, ep.Flags, ep.IfIndex, ep.MAC.String(), ep.NodeMAC.String(),
+func toJSON(ep datapath.Endpoint) endpointJSON {
+	var flags maps.EndpointFlags
+	for _, f := range []struct {
+		on   bool
+		flag maps.EndpointFlags
+	}{{ep.ARPResponder, maps.EndpointARPResponder}, {ep.Policy, maps.EndpointPolicy}, {ep.ServiceBackend, maps.EndpointLBBackend}} {
+		if f.on {
+			flags |= f.flag
+		}
+	}
+	return endpointJSON{ep.IP, ep.IPv6, ep.ID, flags, ep.IfIndex, ep.IfName, ep.MAC.String(), ep.NodeMAC.String(),
 		ep.ContainerID, ep.PodIfName}
 }
 
@@ -561,7 +571,7 @@ func endpointGet(dp *datapath.Datapath, opts options, w io.Writer) error {
 // node's, or returns "" if no device there has its ifindex and MAC: the pod
 // is gone and its endpoint was left behind (a new device may reuse the
 // index).
-func hostDevice(ep maps.Endpoint) string {
+func hostDevice(ep datapath.Endpoint) string {
 	ifc, err := net.InterfaceByIndex(ep.IfIndex)
 	if err != nil || !bytes.Equal(ifc.HardwareAddr, ep.NodeMAC) {
 		return ""
