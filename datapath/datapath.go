@@ -129,20 +129,67 @@ const (
 	NoBackendDrop
 )
 
-// Names of the loader and maps packages an embedder uses with a Datapath.
+// Names of the loader and maps packages an embedder uses with a Datapath:
+// the same types under datapath's names, so that one import is enough.
+// Their fields are shown here, as go doc shows no alias's.
 type (
-	// Disable forces fallbacks (loader.Disable).
+	// Disable forces fallbacks (loader.Disable):
+	//
+	//	type Disable struct {
+	//		RedirectPeer  bool // deliver to local pods with bpf_redirect to the host device
+	//		RedirectNeigh bool // resolve next hops with bpf_fib_lookup and bpf_redirect only
+	//		FIBLookup     bool // leave forwarding off the node to the kernel's stack
+	//		TCX           bool // attach with clsact qdiscs and cls_bpf filters
+	//	}
 	Disable = loader.Disable
-	// Features are the kernel features a node runs with (loader.Features).
+	// Features are the kernel features a node runs with (loader.Features):
+	//
+	//	type Features struct {
+	//		RedirectPeer  Feature // bpf_redirect_peer
+	//		RedirectNeigh Feature // bpf_redirect_neigh
+	//		FIBLookup     Feature // bpf_fib_lookup
+	//		TCX           Feature // tcx links (else clsact + cls_bpf)
+	//		CheckMTU      Feature // bpf_check_mtu (else unresolved next hops go by the stack)
+	//	}
 	Features = loader.Features
-	// Feature is one of them, with the reason it is on or off.
+	// Feature is one of them, with the reason it is on or off
+	// (loader.Feature):
+	//
+	//	type Feature struct {
+	//		Enabled bool
+	//		Reason  string
+	//	}
 	Feature = loader.Feature
-	// Program names a datapath program by where it sits (loader.Program).
+	// Program names a datapath program by where it sits (loader.Program):
+	// FromContainer, ToContainer, FromNetdev, ToNetdev below.
 	Program = loader.Program
-	// EndpointStats are an endpoint's counters (maps.EndpointStats).
+	// EndpointStats are an endpoint's counters (maps.EndpointStats):
+	// "from" is what the pod sent, "to" what was delivered into it.
+	//
+	//	type EndpointStats struct {
+	//		FromPackets, FromBytes uint64
+	//		ToPackets, ToBytes     uint64
+	//		DropPackets, DropBytes uint64
+	//	}
 	EndpointStats = maps.EndpointStats
-	// MetricTable holds the node-wide counters (maps.MetricTable).
+	// MetricTable holds the node-wide counters by direction and outcome
+	// (maps.MetricTable, [maps.DirectionCount][maps.MetricCount]maps.Counter,
+	// each Counter {Packets, Bytes uint64}): Total(metric) sums a metric
+	// over the directions, Sub(earlier) gives a delta, Each visits every
+	// non-zero counter with its Direction and Metric (both print their
+	// Cilium-style names).
 	MetricTable = maps.MetricTable
+	// GCOptions configure the GC that Datapath.GC returns (nat.Options):
+	//
+	//	type Options struct {
+	//		// Timeouts bound entries' lifetimes; zero fields take
+	//		// nat.DatapathTimeouts'.
+	//		Timeouts Timeouts
+	//		// OnPass, if set, is called after each pass (Collect, Run,
+	//		// Start) with that pass's figures (and its error in LastError).
+	//		OnPass func(pass Stats)
+	//	}
+	GCOptions = nat.Options
 )
 
 // The datapath's programs.
@@ -427,7 +474,7 @@ func (d *Datapath) newGC(opts nat.Options) *nat.GC {
 // Entries of endpoints and backends that go are flushed by the datapath
 // itself. The GC works on this handle's maps: after a reload by another
 // process (which keeps the maps) it goes on working.
-func (d *Datapath) GC(opts nat.Options) (*nat.GC, error) {
+func (d *Datapath) GC(opts GCOptions) (*nat.GC, error) {
 	var gc *nat.GC
 	err := d.read(func() error {
 		status, onPass := d.node.Maps.GCStatus, opts.OnPass
