@@ -93,7 +93,9 @@ type Config struct {
 	// hashing, with tables of this prime size (nat.DefaultTableSize,
 	// 16381, as Cilium): every node then sends a flow to the same backend,
 	// and losing one of N backends moves about 1/N of the flows. Zero keeps
-	// the running node's choice, random for a new node.
+	// the running node's choice, random for a new node. A running node
+	// changes size, or turns Maglev on or off (Replace), in place: its
+	// services get new tables before the reloaded programs run.
 	MaglevTableSize uint32
 	// SocketLBHostnsOnly limits socket LB to the sockets of the node's own
 	// network namespace, leaving pods to the tc load balancer (Cilium's
@@ -112,6 +114,16 @@ type Config struct {
 	// terminating ones): Cilium's service-no-backend-response. Zero keeps
 	// the running node's, NoBackendReject for a new node.
 	NoBackendResponse NoBackendResponse
+	// Replace makes this config what the node runs, zero fields included:
+	// on a running node a zero NativeRoutingCIDR, ServiceCIDR, NATPorts,
+	// MaglevTableSize or NoBackendResponse then means what it means for a
+	// new node (none, the default range, random backends, reject), and
+	// masquerade and SocketLBHostnsOnly are as the config says, Devices
+	// or not. Without it, those zero fields keep what the running node has
+	// (so a CNI plugin's config names only what it knows). Sizes
+	// (MaxEndpoints, MaxFlows, MaxServices), Devices and CgroupPath keep
+	// the running node's when zero either way.
+	Replace bool
 }
 
 // NoBackendResponse is what a packet for a service without usable
@@ -276,7 +288,9 @@ func New(cfg Config) (*Datapath, error) {
 	masquerade := len(devices) > 0 && cfg.NativeRoutingCIDR.IsValid()
 	hostnsOnly := cfg.SocketLBHostnsOnly
 	maglev := cfg.MaglevTableSize
-	if running, err := instance.Open(cfg.PinPath); err == nil {
+	if running, err := instance.Open(cfg.PinPath); err == nil && cfg.Replace {
+		running.Close()
+	} else if err == nil {
 		if !cfg.NativeRoutingCIDR.IsValid() {
 			cfg.NativeRoutingCIDR = running.NativeRoutingCIDR
 		}
@@ -558,10 +572,16 @@ func (d *Datapath) current() error {
 	return err
 }
 
-// renew attaches the node's programs to every endpoint and device, in
+// renew writes the services' Maglev tables as the reloaded node wants
+// them, attaches the node's programs to every endpoint and device, in
 // place of an earlier load's, and commits the reload. Endpoints whose
 // device is gone are left for their removal.
 func (d *Datapath) renew() error {
+	// The new programs' Maglev tables (of another size, or Maglev just
+	// turned on or off) before any of them runs.
+	if err := d.reprogramMaglev(); err != nil {
+		return fmt.Errorf("Maglev tables: %w", err)
+	}
 	eps, err := d.endpoints.List()
 	if err != nil {
 		return err

@@ -464,6 +464,36 @@ func (d *Datapath) putMaglev(s *Service, entry *maps.ServiceEntry, st *serviceSt
 	return nil
 }
 
+// reprogramMaglev gives every service the Maglev table the node's
+// MaglevTableSize asks for (none without Maglev), and the flag that has
+// the programs use it.
+func (d *Datapath) reprogramMaglev() error {
+	st, err := d.readServices()
+	if err != nil {
+		return err
+	}
+	entries, err := d.services.List()
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Frontend.Scope != maps.ScopeExternal {
+			continue
+		}
+		want := e
+		want.Flags &^= maps.ServiceMaglev
+		if err := d.putMaglev(&Service{ID: e.RevNAT, Protocol: e.Frontend.Proto}, &want, st); err != nil {
+			return fmt.Errorf("service %d: %w", e.RevNAT, err)
+		}
+		if want.Flags != e.Flags {
+			if err := d.put(st, want); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // deleteMaglev deletes the Maglev table of service id, if it has one.
 func (d *Datapath) deleteMaglev(id uint16) error {
 	err := d.node.Maps.Maglev.Delete(uint32(id))

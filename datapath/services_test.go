@@ -286,9 +286,6 @@ func TestMaglev(t *testing.T) {
 	if _, err := datapath.New(datapath.Config{PinPath: datapathtest.PinPath(t), Netns: n0.Netns, MaglevTableSize: 250}); err == nil {
 		t.Error("a Maglev table size of 250 (not a prime) was taken")
 	}
-	if _, err := datapath.New(datapath.Config{PinPath: pinPathOf(t, dp), Netns: n0.Netns, MaglevTableSize: 509}); err == nil || !strings.Contains(err.Error(), "made with tables of 251") {
-		t.Errorf("another Maglev table size on a running node: %v, want an error naming both", err)
-	}
 	third := n0.AddPod(t, "third", n0.PodIP(50))
 	third.AddEndpoint(t, dp)
 	backends := []datapath.Backend{{Addr: nameServer(t, cn.a)}, {Addr: nameServer(t, cn.b)}, {Addr: nameServer(t, third)}}

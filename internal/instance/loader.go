@@ -286,10 +286,6 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 			return nil, fmt.Errorf("%w: pin path %s holds the node of network namespace %s, not %s (%s)",
 				loader.ErrOtherNetns, opts.PinPath, have, netns, cmpOr(opts.Netns, "this process's"))
 		}
-		if opts.MaglevTableSize != 0 && prev.MaglevSlots != 0 && opts.MaglevTableSize != prev.MaglevSlots {
-			return nil, fmt.Errorf("Maglev table size %d: the node at %s was made with tables of %d, fixed at its first load (Remove it first)",
-				opts.MaglevTableSize, opts.PinPath, prev.MaglevSlots)
-		}
 		if opts.MaxEndpoints == 0 {
 			opts.MaxEndpoints = prev.MaxEndpoints
 		}
@@ -347,8 +343,17 @@ func loadLocked(opts Options, path string, netns routing.NetnsID) (*Instance, er
 	if opts.ServiceCIDR.IsValid() {
 		info.ServicePrefix = uint32(opts.ServiceCIDR.Bits())
 	}
-	if info.MaglevSlots == 0 { // a new node: its tables' size for good
+	switch {
+	case info.MaglevSlots == 0: // a new node
 		info.MaglevSlots = cmp.Or(config.MaglevM, defaultMaglevSlots)
+	case config.MaglevM != 0 && config.MaglevM != info.MaglevSlots:
+		// Tables of another size: a new map of them. The running programs
+		// keep the old one until the reload's renewal, which fills the
+		// new one (datapath) before it attaches a program that reads it.
+		info.MaglevSlots = config.MaglevM
+		if err := os.Remove(filepath.Join(path, bpf.HostroutingMapHrLb4Maglev)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("Maglev table size %d: replace the tables of %d: %w", config.MaglevM, prev.MaglevSlots, err)
+		}
 	}
 	return load(path, opts, config, info)
 }
