@@ -40,10 +40,18 @@ func CreateNetns(name string) (path string, err error) {
 	return path, nil
 }
 
-// makeNetnsAt unshares a new network namespace on this thread, binds it at
-// path and moves the thread back. A thread that cannot go back is never
-// unlocked, so the Go runtime retires it rather than reuse it elsewhere.
+// makeNetnsAt unshares a new network namespace on a thread of its own (a
+// throwaway goroutine's, as Do runs fn), binds it at path and moves the
+// thread back: the caller's thread never changes namespace. A thread that
+// cannot go back is never unlocked, so the Go runtime retires it with its
+// goroutine rather than reuse it elsewhere.
 func makeNetnsAt(path string) error {
+	errc := make(chan error, 1)
+	go func() { errc <- unshareAt(path) }()
+	return <-errc
+}
+
+func unshareAt(path string) error {
 	runtime.LockOSThread()
 	origin, err := netns.Get()
 	if err != nil {
