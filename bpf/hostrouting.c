@@ -154,6 +154,8 @@ int tail_ipv4_lb(struct __sk_buff *ctx)
 	}
 	if (!svc)
 		return to_stack(ctx, dir); /* deleted meanwhile */
+	if (!lb4_src_range_ok(svc, ip->saddr))
+		return drop_endpoint(ctx, dir, METRIC_DROP_SOURCE_RANGE, src_id);
 	ret = lb4_dnat(ctx, dir, ip, &l4, &key, svc);
 	if (ret == METRIC_DROP_NO_BACKEND)
 		return reject(ctx, dir, src_id);
@@ -354,6 +356,8 @@ int tail_ipv4_from_netdev(struct __sk_buff *ctx)
 	}
 	if (!svc || !(svc->flags & (LB_F_NODEPORT | LB_F_EXTERNAL)))
 		return to_stack(ctx, dir);
+	if (!lb4_src_range_ok(svc, ip->saddr))
+		return drop_endpoint(ctx, dir, METRIC_DROP_SOURCE_RANGE, 0);
 	ret = lb4_dnat(ctx, dir, ip, &l4, &key, svc);
 	if (ret == METRIC_DROP_NO_BACKEND)
 		return reject(ctx, dir, 0);

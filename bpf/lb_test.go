@@ -22,7 +22,7 @@ var (
 
 // services is the datapath's service table, as package maps writes it.
 func (d *datapath) services() *tables.Services {
-	return tables.NewServices(tables.ServiceMaps{Services: d.objs.HrLb4Services, Backends: d.objs.HrLb4Backends, On: d.objs.HrLbOn, ClusterIPs: d.objs.HrClusterIps})
+	return tables.NewServices(tables.ServiceMaps{Services: d.objs.HrLb4Services, Backends: d.objs.HrLb4Backends, On: d.objs.HrLbOn, ClusterIPs: d.objs.HrClusterIps, SourceRanges: d.objs.HrLb4Srcrange})
 }
 
 // addService registers clusterIP (service ID 1) with one active backend
@@ -303,6 +303,45 @@ func TestClusterIPReject(t *testing.T) {
 	}
 	if got := d.metrics()[maps.MetricReject].Packets - before; got != 2 {
 		t.Errorf("reject counted %d, want 2", got)
+	}
+}
+
+// TestSourceRangeCheck: a frontend flagged with source ranges takes a
+// pod's packet only from a source its ranges (an LPM trie by service ID
+// and prefix) hold; others are dropped as drop-source-range.
+func TestSourceRangeCheck(t *testing.T) {
+	d := loadDatapath(t, configPeer)
+	d.addPods(podA, podB)
+	d.addService(podB)
+	e, err := d.services().Entry(maps.Frontend{Addr: clusterIP, Proto: maps.UDP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Flags |= maps.ServiceExternal | maps.ServiceSourceRanges
+	if err := d.services().Put(e); err != nil {
+		t.Fatal(err)
+	}
+	send := func() uint32 {
+		v, _ := d.run(d.objs.FromContainer, podA.ifindex, ipv4From(podA, clusterIP.Addr()).withPorts(40000, clusterIP.Port()).frame())
+		return v
+	}
+	if v := send(); v != tcActShot || d.metrics()[maps.MetricDropSourceRange].Packets != 1 {
+		t.Errorf("from %s, no range holds it: verdict %d, drop-source-range %d; want dropped, counted", podA.ip, v, d.metrics()[maps.MetricDropSourceRange].Packets)
+	}
+	if err := d.services().PutSourceRange(e.RevNAT, netip.PrefixFrom(podA.ip, 24).Masked()); err != nil {
+		t.Fatal(err)
+	}
+	if v := send(); v != tcActRedirect {
+		t.Errorf("from %s inside %s: verdict %d, want translated and delivered", podA.ip, netip.PrefixFrom(podA.ip, 24).Masked(), v)
+	}
+	if err := d.services().PutSourceRange(e.RevNAT+1, netip.PrefixFrom(podA.ip, 32)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.services().DeleteSourceRange(e.RevNAT, netip.PrefixFrom(podA.ip, 24).Masked()); err != nil {
+		t.Fatal(err)
+	}
+	if v := send(); v != tcActShot {
+		t.Errorf("from %s, only another service's range holds it: verdict %d, want dropped", podA.ip, v)
 	}
 }
 

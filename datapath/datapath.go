@@ -473,7 +473,7 @@ func (d *Datapath) use(node *instance.Instance) {
 	d.metrics = tables.NewMetrics(node.Maps.Metrics)
 	d.nodes = tables.NewNodes(node.Maps.Nodes)
 	d.services = tables.NewServices(tables.ServiceMaps{Services: node.Maps.Services, Backends: node.Maps.Backends,
-		On: node.Maps.ServicesOn, ClusterIPs: node.Maps.ClusterIPs})
+		On: node.Maps.ServicesOn, ClusterIPs: node.Maps.ClusterIPs, SourceRanges: node.Maps.SourceRanges})
 	d.flows = d.newGC(nat.Options{})
 }
 

@@ -72,6 +72,12 @@ type Service struct {
 	// SessionAffinity keeps a client on its backend for this long after
 	// its last packet (sessionAffinity ClientIP); 0 for none.
 	SessionAffinity time.Duration
+	// SourceRanges, if any, are the only sources that reach a NodePort or
+	// external IP frontend (loadBalancerSourceRanges): packets from others
+	// are dropped (counted as drop-source-range), from the wire and from
+	// pods alike. Socket LB leaves such a frontend to the tc load
+	// balancer, which sees the source.
+	SourceRanges []netip.Prefix
 }
 
 // Backend is a service backend.
@@ -119,7 +125,19 @@ func (s *Service) check() error {
 		return invalid("frontend %s: unknown service type %q", s.Frontend, s.Type)
 	case s.SessionAffinity < 0 || s.SessionAffinity > 0xffff*time.Second:
 		return invalid("frontend %s: session affinity %s, want 0 to %s", s.Frontend, s.SessionAffinity, 0xffff*time.Second)
+	case len(s.SourceRanges) > 0 && s.Type == ClusterIP:
+		return invalid("frontend %s: source ranges are for a NodePort or an external IP, not a ClusterIP", s.Frontend)
 	}
+	ranges := make([]netip.Prefix, 0, len(s.SourceRanges))
+	for _, p := range s.SourceRanges {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return invalid("frontend %s: source range %s: want an IPv4 prefix such as 192.0.2.0/24", s.Frontend, p)
+		}
+		if p = p.Masked(); !slices.Contains(ranges, p) {
+			ranges = append(ranges, p)
+		}
+	}
+	s.SourceRanges = ranges
 	seen := map[netip.AddrPort]bool{}
 	for _, b := range s.Backends {
 		switch {
@@ -415,6 +433,16 @@ func (d *Datapath) upsertService(st *serviceState, s *Service) (err error) {
 	if s.InternalTrafficPolicyLocal {
 		entry.Flags |= maps.ServiceInternalLocal
 	}
+	if len(s.SourceRanges) > 0 {
+		entry.Flags |= maps.ServiceSourceRanges
+	}
+	// The ranges are there before the flag that has them checked, and go
+	// after it.
+	for _, p := range s.SourceRanges {
+		if err := d.services.PutSourceRange(s.ID, p); err != nil {
+			return err
+		}
+	}
 	if twoScopes {
 		e := entry
 		e.Frontend, e.Backends = inner, idsOf(internal)
@@ -429,7 +457,26 @@ func (d *Datapath) upsertService(st *serviceState, s *Service) (err error) {
 	if err := d.putMaglev(s, &entry, st); err != nil {
 		return err
 	}
-	return d.put(st, entry)
+	if err := d.put(st, entry); err != nil {
+		return err
+	}
+	return d.pruneSourceRanges(s.ID, s.SourceRanges)
+}
+
+// pruneSourceRanges deletes the source ranges of service id that keep
+// are not.
+func (d *Datapath) pruneSourceRanges(id uint16, keep []netip.Prefix) error {
+	all, err := d.services.SourceRanges()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range all[id] {
+		if !slices.Contains(keep, p) {
+			errs = append(errs, d.services.DeleteSourceRange(id, p))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // putMaglev gives entry, on a node that chooses backends by Maglev, the
@@ -640,7 +687,7 @@ func (d *Datapath) DeleteService(id uint16) error {
 		for _, f := range slices.Clone(fronts) {
 			errs = append(errs, d.drop(st, f))
 		}
-		errs = append(errs, d.sweepBackends(st), d.deleteMaglev(id))
+		errs = append(errs, d.sweepBackends(st), d.deleteMaglev(id), d.pruneSourceRanges(id, nil))
 		return errors.Join(errs...)
 	})
 	if err != nil {
@@ -661,6 +708,10 @@ func (d *Datapath) Services() ([]Service, error) {
 		if err != nil {
 			return err
 		}
+		ranges, err := d.services.SourceRanges()
+		if err != nil {
+			return err
+		}
 		for _, e := range entries {
 			if e.Frontend.Scope != maps.ScopeExternal {
 				continue
@@ -669,6 +720,9 @@ func (d *Datapath) Services() ([]Service, error) {
 				ExternalTrafficPolicyLocal: e.Flags&maps.ServiceLocal != 0,
 				InternalTrafficPolicyLocal: e.Flags&maps.ServiceInternalLocal != 0,
 				SessionAffinity:            time.Duration(e.AffinityTimeout) * time.Second}
+			if e.Flags&maps.ServiceSourceRanges != 0 {
+				s.SourceRanges = ranges[e.RevNAT]
+			}
 			switch {
 			case e.Flags&maps.ServiceNodePort != 0:
 				s.Type = NodePort

@@ -62,6 +62,7 @@ const (
 	MetricDropRouterMsg                  // a router advertisement or redirect from a pod
 	MetricReject                         // to a service without backends (or none): answered with port unreachable
 	MetricDropFragNotFound               // a fragment to translate whose first fragment was not seen
+	MetricDropSourceRange                // to a frontend with source ranges, from a source outside them
 	// MetricCount is the number of metrics.
 	MetricCount
 )
@@ -73,7 +74,7 @@ var metricNames = [MetricCount]string{
 	"drop-no-backend", "drop-nat", "drop-nat-no-port",
 	"xlate-dnat", "xlate-snat", "xlate-rev-dnat", "xlate-rev-snat",
 	"drop-ct-full", "drop-ip-options", "drop-router-msg", "reject",
-	"drop-frag-not-found",
+	"drop-frag-not-found", "drop-source-range",
 }
 
 // String names m as hrctl prints it: "drop-spoofed".

@@ -49,6 +49,9 @@ const (
 	// ServiceInternalLocal records internalTrafficPolicy Local, which the
 	// scopes' backends carry out.
 	ServiceInternalLocal ServiceFlags = 1 << 6
+	// ServiceSourceRanges: only sources in the service's source ranges
+	// reach it (loadBalancerSourceRanges).
+	ServiceSourceRanges ServiceFlags = 1 << 7
 )
 
 // Frontend is where a service is reached.

@@ -92,6 +92,7 @@ enum metric {
 	METRIC_DROP_ROUTER_MSG, /* a router advertisement or redirect from a pod */
 	METRIC_REJECT,          /* to a service without backends (or no service): answered with port unreachable */
 	METRIC_DROP_FRAG_NOT_FOUND, /* a fragment to translate whose first fragment was not seen */
+	METRIC_DROP_SOURCE_RANGE, /* to a frontend with source ranges, from a source outside them */
 	METRIC_MAX,
 };
 
@@ -234,7 +235,7 @@ struct {
 		      (1u << METRIC_DROP_POLICY) | (1u << METRIC_DROP_VLAN) | (1u << METRIC_DROP_TAIL_CALL) |   \
 		      (1u << METRIC_DROP_NO_BACKEND) | (1u << METRIC_DROP_NAT) | (1u << METRIC_DROP_NAT_NO_PORT) | \
 		      (1u << METRIC_DROP_CT_FULL) | (1u << METRIC_DROP_IP_OPTIONS) | (1u << METRIC_DROP_ROUTER_MSG) | \
-		      (1u << METRIC_REJECT) | (1u << METRIC_DROP_FRAG_NOT_FOUND))
+		      (1u << METRIC_REJECT) | (1u << METRIC_DROP_FRAG_NOT_FOUND) | (1u << METRIC_DROP_SOURCE_RANGE))
 
 /* Monitor: which counted packets are also reported as events (hr_events),
  * set at run time in hr_monitor without a reload. */

@@ -34,6 +34,7 @@ enum lb_flag {
 	LB_F_AFFINITY = 1 << 4,   /* sessionAffinity ClientIP */
 	LB_F_MAGLEV = 1 << 5,     /* backends chosen by Maglev hashing */
 	LB_F_INTERNAL_LOCAL = 1 << 6, /* internalTrafficPolicy Local (for the control plane: the scopes carry it out) */
+	LB_F_SOURCE_RANGES = 1 << 7,  /* only sources in hr_lb4_srcrange may reach it (loadBalancerSourceRanges) */
 };
 
 struct lb4_service {
@@ -106,6 +107,37 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } hr_cluster_ips SEC(".maps");
+
+/* A frontend's allowed source range (loadBalancerSourceRanges), as
+ * Cilium's cilium_lb4_source_range: the service ID, then the prefix. */
+struct lb4_src_range_key {
+	__u32 prefixlen; /* 32 (the ID's bits) + the prefix's */
+	__u16 rev_nat_index;
+	__u16 pad;
+	__be32 addr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct lb4_src_range_key);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hr_lb4_srcrange SEC(".maps");
+
+/* lb4_src_range_ok tells whether saddr may reach the frontend svc: any
+ * source, unless it has source ranges. */
+static __always_inline int lb4_src_range_ok(const struct lb4_service *svc, __be32 saddr)
+{
+	struct lb4_src_range_key key = {
+		.prefixlen = 32 + 32, .rev_nat_index = svc->rev_nat_index, .addr = saddr,
+	};
+
+	if (!(svc->flags & LB_F_SOURCE_RANGES))
+		return 1;
+	return !!bpf_map_lookup_elem(&hr_lb4_srcrange, &key);
+}
 
 /* in_service_cidr tells whether addr is in the service CIDR. */
 static __always_inline int in_service_cidr(__be32 addr)

@@ -54,6 +54,10 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx)
 	svc = lb4_lookup_frontend(&key, bpf_get_netns_cookie(ctx) == CONFIG.netns_cookie);
 	if (!svc)
 		return CONFIG.no_backend_drop || !unserved(key.address);
+	/* A socket's source is not known yet: a frontend with source ranges
+	 * is the tc load balancer's, which sees it. */
+	if (svc->flags & LB_F_SOURCE_RANGES)
+		return 1;
 	/* The node's sockets are inside traffic: the internal scope, where
 	 * a service has one. */
 	if (svc->flags & LB_F_TWO_SCOPES) {

@@ -168,6 +168,14 @@ type HostroutingLb4Service struct {
 	Pad             uint16
 }
 
+type HostroutingLb4SrcRangeKey struct {
+	_           structs.HostLayout
+	Prefixlen   uint32
+	RevNatIndex uint16
+	Pad         uint16
+	Addr        uint32
+}
+
 type HostroutingLbAffinityVal struct {
 	_         structs.HostLayout
 	BackendId uint32
@@ -273,6 +281,7 @@ const (
 	HostroutingMapHrLb4Backends          = "hr_lb4_backends"
 	HostroutingMapHrLb4Maglev            = "hr_lb4_maglev"
 	HostroutingMapHrLb4Services          = "hr_lb4_services"
+	HostroutingMapHrLb4Srcrange          = "hr_lb4_srcrange"
 	HostroutingMapHrLbOn                 = "hr_lb_on"
 	HostroutingMapHrLxc                  = "hr_lxc"
 	HostroutingMapHrMetrics              = "hr_metrics"
@@ -395,6 +404,7 @@ type HostroutingMapSpecs struct {
 	HrLb4Backends  *ebpf.MapSpec `ebpf:"hr_lb4_backends"`
 	HrLb4Maglev    *ebpf.MapSpec `ebpf:"hr_lb4_maglev"`
 	HrLb4Services  *ebpf.MapSpec `ebpf:"hr_lb4_services"`
+	HrLb4Srcrange  *ebpf.MapSpec `ebpf:"hr_lb4_srcrange"`
 	HrLbOn         *ebpf.MapSpec `ebpf:"hr_lb_on"`
 	HrLxc          *ebpf.MapSpec `ebpf:"hr_lxc"`
 	HrMetrics      *ebpf.MapSpec `ebpf:"hr_metrics"`
@@ -457,6 +467,7 @@ type HostroutingMaps struct {
 	HrLb4Backends  *ebpf.Map `ebpf:"hr_lb4_backends"`
 	HrLb4Maglev    *ebpf.Map `ebpf:"hr_lb4_maglev"`
 	HrLb4Services  *ebpf.Map `ebpf:"hr_lb4_services"`
+	HrLb4Srcrange  *ebpf.Map `ebpf:"hr_lb4_srcrange"`
 	HrLbOn         *ebpf.Map `ebpf:"hr_lb_on"`
 	HrLxc          *ebpf.Map `ebpf:"hr_lxc"`
 	HrMetrics      *ebpf.Map `ebpf:"hr_metrics"`
@@ -494,6 +505,7 @@ func (m *HostroutingMaps) Close() error {
 		m.HrLb4Backends,
 		m.HrLb4Maglev,
 		m.HrLb4Services,
+		m.HrLb4Srcrange,
 		m.HrLbOn,
 		m.HrLxc,
 		m.HrMetrics,

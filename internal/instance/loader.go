@@ -138,6 +138,7 @@ type Maps struct {
 	Backends      *ebpf.Map // backend ID → backend
 	ServicesOn    *ebpf.Map // whether the node has services
 	ClusterIPs    *ebpf.Map // ClusterIP frontend addresses, for rejecting their other ports
+	SourceRanges  *ebpf.Map // service ID and source prefix → allowed (loadBalancerSourceRanges)
 	Conntrack     *ebpf.Map // translated flows, established TCP (a hash: never evicted)
 	ConntrackAny  *ebpf.Map // translated flows, established, other protocols (a hash)
 	ConntrackNew  *ebpf.Map // translated flows not established yet (LRU)
@@ -196,7 +197,7 @@ var mapNames = []string{
 	bpf.HostroutingMapHrEndpoints, bpf.HostroutingMapHrEndpoints6, bpf.HostroutingMapHrDevices, bpf.HostroutingMapHrLxc,
 	bpf.HostroutingMapHrEpStats, bpf.HostroutingMapHrMetrics, bpf.HostroutingMapHrNodes,
 	bpf.HostroutingMapHrPolicy, bpf.HostroutingMapHrPolicyRet, bpf.HostroutingMapHrEpMeta,
-	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLbOn, bpf.HostroutingMapHrClusterIps,
+	bpf.HostroutingMapHrLb4Services, bpf.HostroutingMapHrLb4Backends, bpf.HostroutingMapHrLbOn, bpf.HostroutingMapHrClusterIps, bpf.HostroutingMapHrLb4Srcrange,
 	bpf.HostroutingMapHrCt4Tcp, bpf.HostroutingMapHrCt4Any, bpf.HostroutingMapHrCt4New, bpf.HostroutingMapHrCtStats,
 	bpf.HostroutingMapHrSnat4Tcp, bpf.HostroutingMapHrSnat4Any, bpf.HostroutingMapHrSnat4New, bpf.HostroutingMapHrNodeAddrs,
 	bpf.HostroutingMapHrSock4Revnat, bpf.HostroutingMapHrLb4Affinity, bpf.HostroutingMapHrLb4Maglev,
@@ -471,6 +472,7 @@ func load(path string, opts Options, config bpf.HostroutingConfig, info bpf.Host
 	// As many as the frontend table can hold frontends: it is never the
 	// table that fills first.
 	spec.Maps[bpf.HostroutingMapHrClusterIps].MaxEntries = opts.MaxServices * (1 + loader.ServiceBackendSlots)
+	spec.Maps[bpf.HostroutingMapHrLb4Srcrange].MaxEntries = opts.MaxServices * (1 + loader.ServiceBackendSlots)
 	if err := spec.Variables[bpf.HostroutingVarCONFIG].Set(config); err != nil {
 		return nil, fmt.Errorf("set datapath config: %w", err)
 	}
@@ -629,6 +631,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 		Backends:      m[bpf.HostroutingMapHrLb4Backends],
 		ServicesOn:    m[bpf.HostroutingMapHrLbOn],
 		ClusterIPs:    m[bpf.HostroutingMapHrClusterIps],
+		SourceRanges:  m[bpf.HostroutingMapHrLb4Srcrange],
 		Conntrack:     m[bpf.HostroutingMapHrCt4Tcp],
 		ConntrackAny:  m[bpf.HostroutingMapHrCt4Any],
 		ConntrackNew:  m[bpf.HostroutingMapHrCt4New],
@@ -653,7 +656,7 @@ func (n *Instance) setMaps(m map[string]*ebpf.Map) {
 func (n *Instance) allMaps() []*ebpf.Map {
 	return []*ebpf.Map{n.Maps.Endpoints, n.Maps.Endpoints6, n.Maps.Devices, n.Maps.DeviceSlots, n.Maps.EndpointStats,
 		n.Maps.Metrics, n.Maps.Nodes, n.Maps.Policy, n.Maps.PolicyReturn, n.Maps.EndpointMeta,
-		n.Maps.Services, n.Maps.Backends, n.Maps.ServicesOn, n.Maps.ClusterIPs, n.Maps.Conntrack, n.Maps.ConntrackAny, n.Maps.ConntrackNew,
+		n.Maps.Services, n.Maps.Backends, n.Maps.ServicesOn, n.Maps.ClusterIPs, n.Maps.SourceRanges, n.Maps.Conntrack, n.Maps.ConntrackAny, n.Maps.ConntrackNew,
 		n.Maps.FlowStats, n.Maps.SNAT, n.Maps.SNATAny, n.Maps.SNATNew, n.Maps.NodeAddrs, n.Maps.SockRevNAT, n.Maps.Affinity, n.Maps.Maglev,
 		n.Maps.Monitor, n.Maps.Events, n.Maps.MonitorState, n.Maps.GCStatus, n.Maps.RejectState,
 		n.Maps.Fragments, n.info}

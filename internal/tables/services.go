@@ -12,20 +12,21 @@ import (
 	"github.com/hostrouting/hostrouting/maps"
 )
 
-// Services is the frontend map with its backend, switch and ClusterIP
-// maps (hr_lb4_services, hr_lb4_backends, hr_lb_on, hr_cluster_ips).
+// Services is the frontend map with its backend, switch, ClusterIP and
+// source range maps (hr_lb4_services, hr_lb4_backends, hr_lb_on,
+// hr_cluster_ips, hr_lb4_srcrange).
 type Services struct {
-	services, backends, on, clusterIPs *ebpf.Map
+	services, backends, on, clusterIPs, sourceRanges *ebpf.Map
 }
 
 // ServiceMaps are the loaded maps of the services (instance.Maps).
 type ServiceMaps struct {
-	Services, Backends, On, ClusterIPs *ebpf.Map
+	Services, Backends, On, ClusterIPs, SourceRanges *ebpf.Map
 }
 
 // NewServices wraps the loaded service maps.
 func NewServices(m ServiceMaps) *Services {
-	return &Services{services: m.Services, backends: m.Backends, on: m.On, clusterIPs: m.ClusterIPs}
+	return &Services{services: m.Services, backends: m.Backends, on: m.On, clusterIPs: m.ClusterIPs, sourceRanges: m.SourceRanges}
 }
 
 func lbKey(f maps.Frontend, slot uint16) (bpf.HostroutingLb4Key, error) {
@@ -304,6 +305,61 @@ func (s *Services) DeleteClusterIP(addr netip.Addr) error {
 	a := addr.As4()
 	if err := s.clusterIPs.Delete(binary.NativeEndian.Uint32(a[:])); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete ClusterIP %s: %w", addr, err)
+	}
+	return nil
+}
+
+// SourceRanges returns the source ranges of every service that has some,
+// by service ID.
+func (s *Services) SourceRanges() (map[uint16][]netip.Prefix, error) {
+	all := map[uint16][]netip.Prefix{}
+	var (
+		k bpf.HostroutingLb4SrcRangeKey
+		v uint8
+	)
+	it := s.sourceRanges.Iterate()
+	for it.Next(&k, &v) {
+		p := netip.PrefixFrom(ipv4Addr(k.Addr), int(k.Prefixlen)-32)
+		all[k.RevNatIndex] = append(all[k.RevNatIndex], p)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list source ranges: %w", err)
+	}
+	for _, ps := range all {
+		slices.SortFunc(ps, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr())*64 + a.Bits() - b.Bits() })
+	}
+	return all, nil
+}
+
+func srcRangeKey(id uint16, p netip.Prefix) (bpf.HostroutingLb4SrcRangeKey, error) {
+	if !p.Addr().Is4() {
+		return bpf.HostroutingLb4SrcRangeKey{}, fmt.Errorf("source range %s: want an IPv4 prefix", p)
+	}
+	a := p.Masked().Addr().As4()
+	return bpf.HostroutingLb4SrcRangeKey{Prefixlen: 32 + uint32(p.Bits()), RevNatIndex: id, Addr: binary.NativeEndian.Uint32(a[:])}, nil
+}
+
+// PutSourceRange allows sources in p to reach service id.
+func (s *Services) PutSourceRange(id uint16, p netip.Prefix) error {
+	k, err := srcRangeKey(id, p)
+	if err != nil {
+		return err
+	}
+	if err := s.sourceRanges.Update(k, uint8(1), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write source range %s of service %d: %w", p, id, mapErr(err, s.sourceRanges))
+	}
+	return nil
+}
+
+// DeleteSourceRange takes p out of service id's source ranges; a missing
+// one is not an error.
+func (s *Services) DeleteSourceRange(id uint16, p netip.Prefix) error {
+	k, err := srcRangeKey(id, p)
+	if err != nil {
+		return err
+	}
+	if err := s.sourceRanges.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete source range %s of service %d: %w", p, id, err)
 	}
 	return nil
 }
