@@ -12,16 +12,22 @@
 //
 // SIGINT and SIGTERM end it; the datapath keeps forwarding as last
 // programmed, and the next start adopts it.
+//
+// With --install-cni-plugin DIR it only copies the CNI plugin binary
+// (--cni-plugin, where the image has it) into DIR and exits: the
+// DaemonSet's init container (deploy/) runs it so for /opt/cni/bin.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -75,10 +81,20 @@ func main() {
 	})
 	flag.Float64Var(&flowRatio, "flow-memory-ratio", 0.0025,
 		"share of the machine's memory the conntrack and NAT tables take at the node's first load (Cilium's bpf-map-dynamic-size-ratio); 0 for 65536 flows")
+	var installDir, plugin string
+	flag.StringVar(&installDir, "install-cni-plugin", "", "copy the CNI plugin binary (--cni-plugin) into this directory, such as /opt/cni/bin, and exit")
+	flag.StringVar(&plugin, "cni-plugin", "/opt/cni/bin/hostrouting", "the CNI plugin binary that --install-cni-plugin copies")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		flag.Usage()
 		os.Exit(2)
+	}
+	if installDir != "" {
+		if err := install(plugin, installDir); err != nil {
+			fmt.Fprintln(os.Stderr, "hostrouting-agent: --install-cni-plugin:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	cfg.Devices = devs
 	if serviceCIDR != "" {
@@ -118,4 +134,32 @@ func main() {
 		cfg.Logger.Error("hostrouting-agent failed", "err", err)
 		os.Exit(1)
 	}
+}
+
+// install copies the executable src into dir under its own name, through
+// a temporary file renamed over the old one: a runtime running the plugin
+// meanwhile runs the old or the new binary, never half of one.
+func install(src, dir string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.CreateTemp(dir, "."+filepath.Base(src)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(out.Name()) // after the rename, nothing
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	if err := out.Chmod(0o755); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Rename(out.Name(), filepath.Join(dir, filepath.Base(src)))
 }

@@ -132,6 +132,7 @@ func Start(ctx context.Context, dir string, opts Options) (_ *Server, err error)
 		"--cert-dir", filepath.Join(dir, "certs"),
 		"--token-auth-file", filepath.Join(dir, "tokens.csv"),
 		"--authorization-mode", authz,
+		"--allow-privileged=true", // as kubeadm's and kind's: DaemonSets of CNIs and kube-proxy are
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file", filepath.Join(dir, "sa.key"),
 		"--service-account-signing-key-file", filepath.Join(dir, "sa.key"),
