@@ -70,7 +70,9 @@ func main() {
 		"cgroup v2 directory whose sockets get socket-level load balancing: the whole node by default (as Cilium's bpf-lb-sock); a child to narrow it, empty to turn it off")
 	flag.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "", "directory to write "+agent.CNIConfFile+" to; empty for none")
 	flag.IntVar(&cfg.MTU, "mtu", 0, "pods' MTU in the CNI configuration; 0 takes the first device's")
-	flag.StringVar(&cfg.Healthz, "healthz", "127.0.0.1:10256", "address to serve /healthz on; empty for none")
+	flag.StringVar(&cfg.Healthz, "healthz", "127.0.0.1:10256", "address to serve /healthz and /livez on; empty for none")
+	flag.DurationVar(&cfg.HealthzTimeout, "healthz-timeout", agent.DefaultHealthzTimeout,
+		"how long a change may wait to reach the datapath, queued or failing, before /healthz, /livez and the Services' health checks answer 503 (kube-proxy: 2 × its --sync-period)")
 	flag.StringVar(&cfg.Metrics, "metrics", "", "address to serve /metrics on; empty for none")
 	flag.StringVar(&serviceCIDR, "service-cidr", "", "the API server's --service-cluster-ip-range (e.g. 10.96.0.0/12): unallocated ClusterIPs are rejected")
 	flag.Func("max-services", "how many datapath services (one per Service port and ClusterIP, NodePort or external IP) the node's service tables hold, "+

@@ -92,9 +92,13 @@ type Config struct {
 	// address in it that no Service has, or a port its Service lacks, is
 	// rejected (datapath.Config.ServiceCIDR); invalid for none.
 	ServiceCIDR netip.Prefix
-	// Healthz is the address /healthz is served on (127.0.0.1:10256);
-	// empty for none.
+	// Healthz is the address /healthz and /livez are served on
+	// (127.0.0.1:10256); empty for none.
 	Healthz string
+	// HealthzTimeout is how long a change may wait to reach the datapath,
+	// queued or failing, before /healthz, /livez and the Services' health
+	// checks say the agent is unhealthy; default DefaultHealthzTimeout.
+	HealthzTimeout time.Duration
 	// Metrics is the address /metrics is served on; empty for none.
 	Metrics string
 	// Logger gets the agent's log lines; default slog.Default().
@@ -109,9 +113,10 @@ type Agent struct {
 	client kubernetes.Interface
 	synced chan struct{} // closed once the first full sync is done
 
-	mu          sync.Mutex // guards lastUpdated and dp for the HTTP handlers
-	lastUpdated time.Time  // when the datapath was last brought in line
-	dp          *datapath.Datapath
+	mu sync.Mutex // guards dp for the HTTP handlers
+	dp *datapath.Datapath
+
+	health proxyHealth // the agent's own, as kube-proxy's /healthz
 
 	// Owned by Run's worker goroutine.
 	queue      workqueue.TypedRateLimitingInterface[item]
@@ -151,6 +156,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.HealthzTimeout == 0 {
+		cfg.HealthzTimeout = DefaultHealthzTimeout
 	}
 	restCfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 	if err != nil {
@@ -212,7 +220,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.client.CoreV1().Events("")})
 	a.events = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "hostrouting-agent", Host: a.cfg.NodeName})
 
-	a.queue = workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[item](time.Second, 2*time.Minute))
+	a.queue = trackedQueue{workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[item](time.Second, 2*time.Minute)), &a.health}
 	defer a.queue.ShutDown()
 	a.programmed = map[string]map[frontendKey]datapath.Service{}
 	a.owners = map[uint16]frontendKey{}
@@ -303,9 +311,7 @@ func (a *Agent) work() bool {
 		}
 		a.queue.Done(it)
 	}
-	a.mu.Lock()
-	a.lastUpdated = time.Now()
-	a.mu.Unlock()
+	a.health.synced(batch, failed, a.queue.Len() > 0)
 	select {
 	case <-a.synced:
 		a.log.Debug("synced", "items", len(batch), "failed", len(failed), "took", time.Since(start))
@@ -339,6 +345,7 @@ func (a *Agent) process(batch []item) map[item]error {
 		failed[item{kindService, name}] = err
 	}
 	a.publishHealth()
+	a.syncHealth(batch, failed)
 	return failed
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -116,7 +117,9 @@ func (a *applier) apply(ctx context.Context, o *unstructured.Unstructured, dryRu
 
 // TestDeployDryRun applies every manifest of deploy/ with server-side
 // dry-run on a kube-apiserver authorizing with Node,RBAC: the API server
-// validates and admits them as a cluster would. It also proves the reason
+// validates and admits them as a cluster would; with client-go's
+// server-side apply, and with `kubectl apply --dry-run=server -f deploy/`
+// where kubectl is installed. It also proves the reason
 // the DaemonSet's agent is privileged: the same DaemonSet with the agent
 // unprivileged is refused for its Bidirectional bpffs mount.
 func TestDeployDryRun(t *testing.T) {
@@ -138,6 +141,18 @@ func TestDeployDryRun(t *testing.T) {
 			t.Errorf("deploy/ has no %s", kind)
 		}
 	}
+	t.Run("kubectl", func(t *testing.T) {
+		kubectl, err := exec.LookPath("kubectl")
+		if err != nil {
+			t.Skip("no kubectl")
+		}
+		out, err := exec.CommandContext(t.Context(), kubectl, "--kubeconfig", k.Kubeconfig,
+			"apply", "--dry-run=server", "-f", deployDir).CombinedOutput()
+		if err != nil {
+			t.Errorf("kubectl apply --dry-run=server: %v\n%s", err, out)
+		}
+		t.Logf("%s", out)
+	})
 	if ds == nil {
 		return
 	}
