@@ -4,25 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 
-	"github.com/hostrouting/hostrouting/datapath"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -177,4 +171,3 @@ func TestHealthzPendingTimeout(t *testing.T) {
 	wantHealthz(t, cfg.Healthz, "/healthz", http.StatusOK, true)
 	wantHealthz(t, cfg.Healthz, "/livez", http.StatusOK, true)
 }
-
