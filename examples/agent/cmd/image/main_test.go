@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -22,7 +23,9 @@ import (
 // (by DefaultRef, in containerd's and the OCI spec's annotations); every
 // blob has the digest it is named by; the manifest's config has the
 // entrypoint, OS and architecture; the one layer holds both binaries as
-// static executables for this architecture.
+// static executables for this architecture; the entrypoint installs the
+// plugin as deploy/'s init container runs it, and the installed plugin
+// answers CNI's VERSION.
 func TestBuild(t *testing.T) {
 	if testing.Short() {
 		t.Skip("compiles the agent and the CNI plugin")
@@ -133,6 +136,37 @@ func TestBuild(t *testing.T) {
 		if e.Type != elf.ET_EXEC || slices.ContainsFunc(e.Progs, func(p *elf.Prog) bool { return p.Type == elf.PT_INTERP }) {
 			t.Errorf("%s: not a static executable (type %v)", p, e.Type)
 		}
+	}
+	if runtime.GOOS == "linux" && !t.Failed() {
+		runInit(t, layer)
+	}
+}
+
+// runInit runs the image's entrypoint as deploy/'s init container does,
+// with the files of layer under a root of its own, and then the plugin it
+// installed, as the container runtime would (CNI_COMMAND=VERSION).
+func runInit(t *testing.T, layer map[string]tarFile) {
+	root := t.TempDir()
+	for name, f := range layer {
+		p := filepath.Join(root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, f.data, os.FileMode(f.mode)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hostBin := t.TempDir() // the node's /opt/cni/bin
+	cmd := exec.Command(filepath.Join(root, AgentPath), "--install-cni-plugin="+hostBin, "--cni-plugin="+filepath.Join(root, PluginPath))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("init container: %v\n%s", err, out)
+	}
+	cmd = exec.Command(filepath.Join(hostBin, "hostrouting"))
+	cmd.Env = []string{"CNI_COMMAND=VERSION"}
+	cmd.Stdin = strings.NewReader(`{"cniVersion":"1.0.0"}`)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "supportedVersions") {
+		t.Errorf("installed plugin, CNI_COMMAND=VERSION: %v\n%s", err, out)
 	}
 }
 
