@@ -1,7 +1,9 @@
 // Command hostrouting-agent is the reference node agent of the hostrouting
 // datapath (package agent): it routes the other Nodes' pod CIDRs, programs
 // Services and EndpointSlices as kube-proxy would, writes the node's CNI
-// configuration, and serves /healthz and /metrics.
+// configuration, serves /healthz, /livez and /metrics, and the
+// healthCheckNodePort of LoadBalancer Services with externalTrafficPolicy
+// Local.
 //
 // It runs in the machine's network namespace and works on the node's
 // (--netns) through the datapath:

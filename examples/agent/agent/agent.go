@@ -116,7 +116,8 @@ type Agent struct {
 	mu sync.Mutex // guards dp for the HTTP handlers
 	dp *datapath.Datapath
 
-	health proxyHealth // the agent's own, as kube-proxy's /healthz
+	health        proxyHealth   // the agent's own, as kube-proxy's /healthz
+	serviceHealth serviceHealth // the Services' healthCheckNodePorts
 
 	// Owned by Run's worker goroutine.
 	queue      workqueue.TypedRateLimitingInterface[item]
@@ -222,6 +223,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.queue = trackedQueue{workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[item](time.Second, 2*time.Minute)), &a.health}
 	defer a.queue.ShutDown()
+	defer a.serviceHealth.closeAll()
 	a.programmed = map[string]map[frontendKey]datapath.Service{}
 	a.owners = map[uint16]frontendKey{}
 	a.nodes = map[string]datapath.Node{}
