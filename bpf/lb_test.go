@@ -2,6 +2,7 @@ package bpf_test
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -355,10 +356,12 @@ func BenchmarkFromContainerService(b *testing.B) {
 		name     string
 		services int
 		to       netip.AddrPort
+		ranges   bool // the frontend has source ranges (an LPM lookup)
 	}{
-		{"direct", 10, netip.AddrPortFrom(podB.ip, backendPort)},
-		{"service-10", 10, clusterIP},
-		{"service-100k", 100000, clusterIP},
+		{"direct", 10, netip.AddrPortFrom(podB.ip, backendPort), false},
+		{"service-10", 10, clusterIP, false},
+		{"service-10-source-ranges", 10, clusterIP, true},
+		{"service-100k", 100000, clusterIP, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			d := loadDatapathWith(b, configPeer, func(spec *ebpf.CollectionSpec) {
@@ -368,6 +371,19 @@ func BenchmarkFromContainerService(b *testing.B) {
 			d.addPods(podA, benchPodB)
 			d.addService(benchPodB)
 			d.addOtherServices(bc.services - 1)
+			if bc.ranges {
+				e, err := d.services().Entry(maps.Frontend{Addr: clusterIP, Proto: maps.UDP})
+				if err != nil {
+					b.Fatal(err)
+				}
+				e.Flags |= maps.ServiceExternal | maps.ServiceSourceRanges
+				err1 := d.services().Put(e)
+				err2 := d.services().PutSourceRange(e.RevNAT, netip.MustParsePrefix("192.0.2.0/24"))
+				err3 := d.services().PutSourceRange(e.RevNAT, netip.PrefixFrom(podA.ip, 16).Masked())
+				if err := errors.Join(err1, err2, err3); err != nil {
+					b.Fatal(err)
+				}
+			}
 			pkt := ipv4From(podA, bc.to.Addr()).withPorts(40000, bc.to.Port())
 			if v, _ := d.run(d.objs.FromContainer, podA.ifindex, pkt.frame()); v != tcActRedirect {
 				b.Fatalf("first packet: verdict %d", v)
