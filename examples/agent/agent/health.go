@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -144,19 +145,17 @@ func (q trackedQueue) Add(it item) {
 // the agent's own Node's eligibility and address, and the health check
 // of every Service of the batch that the datapath took.
 func (a *Agent) syncHealth(batch []item, failed map[item]error) {
+	if slices.Contains(batch, item{kindNode, a.cfg.NodeName}) { // first: the Services listen at its address
+		node, err := a.informers.nodes.Get(a.cfg.NodeName)
+		if err != nil {
+			node = nil // gone
+		}
+		a.health.syncNode(node)
+		a.serviceHealth.setNodeIP(a, primaryIP(node))
+	}
 	for _, it := range batch {
-		switch {
-		case it.kind == kindNode && it.key == a.cfg.NodeName:
-			node, err := a.informers.nodes.Get(it.key)
-			if err != nil {
-				node = nil // gone
-			}
-			a.health.syncNode(node)
-			a.serviceHealth.setNodeIP(a, primaryIP(node))
-		case it.kind == kindService:
-			if _, ok := failed[it]; !ok {
-				a.syncHealthCheck(it.key)
-			}
+		if _, ok := failed[it]; it.kind == kindService && !ok {
+			a.syncHealthCheck(it.key)
 		}
 	}
 	a.serviceHealth.retry(a)
