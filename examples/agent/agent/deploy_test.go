@@ -255,12 +255,13 @@ func TestRBAC(t *testing.T) {
 	for i, rule := range role.Rules {
 		without(strings.Join(rule.Resources, ",")+" "+strings.Join(rule.Verbs, ","), slices.Delete(slices.Clone(role.Rules), i, i+1))
 	}
-	// Each verb of the events rule alone. Not so for list and watch: with
-	// client-go's WatchListClient (on by default) the informers' first
-	// list streams through a watch, and list is the fallback where the
-	// server does not stream; without watch, client-go lists again and
-	// again with a backoff. Either alone passes this test, slowly, on this
-	// server; an informer needs both.
+	// Each verb of the events rule alone. Not so for list and watch: on
+	// this server either alone passes this test. Without list, the
+	// informers' first list streams through a watch (client-go's
+	// WatchListClient, on by default), list being the fallback where the
+	// server cannot stream; without watch, client-go lists again and again
+	// with a growing backoff (up to 30 s between changes). An informer
+	// needs both.
 	for i, rule := range role.Rules {
 		if !slices.Contains(rule.Resources, "events") {
 			continue
