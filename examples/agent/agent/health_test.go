@@ -105,9 +105,10 @@ func onNode(ep discoveryv1.Endpoint, node string) discoveryv1.Endpoint {
 // serving but terminating endpoint, or one not ready, does not count);
 // the answers follow endpoint changes; the listener moves when the port
 // changes and goes with the Service. Upstream: e2e "[sig-network]
-// LoadBalancers ESIPP [Slow] should work for type=LoadBalancer" and
-// "should only target nodes with endpoints" (the health check part);
-// unit pkg/proxy/healthcheck TestServer.
+// LoadBalancers ExternalTrafficPolicy: Local [Feature:LoadBalancer] should
+// work for type=LoadBalancer" and "... should only target nodes with
+// endpoints" (their health check part, once "ESIPP [Slow]"); unit
+// pkg/proxy/healthcheck TestServer.
 func TestHealthCheckNodePort(t *testing.T) {
 	e := newEnv(t, 2)
 	n0, n1 := e.cluster.Nodes[0], e.cluster.Nodes[1]
