@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
+	clientfeatures "k8s.io/client-go/features"
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
@@ -241,27 +242,51 @@ func TestRBAC(t *testing.T) {
 	}) {
 		t.FailNow()
 	}
+	fails := func(t *testing.T, name string, rules []rbacv1.PolicyRule) {
+		setRules(rules)
+		defer setRules(role.Rules)
+		if err := works(t); err == nil {
+			t.Errorf("the agent works without %s: the ClusterRole is not the least", name)
+		} else {
+			t.Logf("without %s: %v", name, err)
+		}
+	}
 	without := func(name string, rules []rbacv1.PolicyRule) {
-		t.Run("without "+name, func(t *testing.T) {
-			setRules(rules)
-			defer setRules(role.Rules)
-			if err := works(t); err == nil {
-				t.Errorf("the agent works without %s: the ClusterRole is not the least", name)
-			} else {
-				t.Logf("without %s: %v", name, err)
-			}
-		})
+		t.Run("without "+name, func(t *testing.T) { fails(t, name, rules) })
 	}
 	for i, rule := range role.Rules {
 		without(strings.Join(rule.Resources, ",")+" "+strings.Join(rule.Verbs, ","), slices.Delete(slices.Clone(role.Rules), i, i+1))
 	}
-	// Each verb of the events rule alone. Not so for list and watch: on
-	// this server either alone passes this test. Without list, the
-	// informers' first list streams through a watch (client-go's
-	// WatchListClient, on by default), list being the fallback where the
-	// server cannot stream; without watch, client-go lists again and again
-	// with a growing backoff (up to 30 s between changes). An informer
-	// needs both.
+	// list alone, as a client or server without watch-list does: the
+	// informers' first list streams through a watch where both can
+	// (client-go's WatchListClient, on by default), and list is the
+	// fallback. With it off, the agent works and needs list.
+	noWatchList := func(name string, f func(t *testing.T)) {
+		t.Run(name+", no watch-list", func(t *testing.T) {
+			prev := clientfeatures.FeatureGates()
+			clientfeatures.ReplaceFeatureGates(withoutWatchList{prev})
+			defer clientfeatures.ReplaceFeatureGates(prev)
+			f(t)
+		})
+	}
+	noWatchList("with deploy's ClusterRole", func(t *testing.T) {
+		if err := works(t); err != nil {
+			t.Fatalf("with deploy/rbac.yaml's ClusterRole: %v", err)
+		}
+	})
+	for i, rule := range role.Rules {
+		if !slices.Contains(rule.Verbs, "list") {
+			continue
+		}
+		rules := slices.Clone(role.Rules)
+		rules[i].Verbs = slices.DeleteFunc(slices.Clone(rule.Verbs), func(v string) bool { return v == "list" })
+		name := strings.Join(rule.Resources, ",") + " list"
+		noWatchList("without "+name, func(t *testing.T) { fails(t, name, rules) })
+	}
+	// Each verb of the events rule alone. Not so for watch: without it,
+	// client-go lists again and again with a growing backoff (up to 30 s
+	// between changes), which this test, with a change right after the
+	// sync, cannot tell from a watch. An informer needs it.
 	for i, rule := range role.Rules {
 		if !slices.Contains(rule.Resources, "events") {
 			continue
@@ -407,4 +432,11 @@ func within(timeout time.Duration, f func() error) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// withoutWatchList are client-go's feature gates with WatchListClient off.
+type withoutWatchList struct{ clientfeatures.Gates }
+
+func (g withoutWatchList) Enabled(f clientfeatures.Feature) bool {
+	return f != clientfeatures.WatchListClient && g.Gates.Enabled(f)
 }
