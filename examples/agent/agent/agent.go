@@ -11,9 +11,13 @@
 //     one per port and frontend (ClusterIP, NodePort, external IP), as
 //     kube-proxy would: headless services and those labelled
 //     service.kubernetes.io/service-proxy-name are left out, ready endpoints
-//     take new flows, serving and terminating ones keep the flows they have
-//     (and take new ones when no endpoint is ready), externalTrafficPolicy
-//     and internalTrafficPolicy Local, sessionAffinity ClientIP;
+//     take new flows whatever their terminating condition, serving and
+//     terminating ones keep the flows they have (and take new ones where a
+//     traffic policy has no ready endpoint, Cluster and Local each on its
+//     own), externalTrafficPolicy and internalTrafficPolicy Local with the
+//     endpoints whose nodeName is the agent's node, topology hints
+//     (forNodes, forZones: trafficDistribution) for the Node's zone,
+//     sessionAffinity ClientIP;
 //   - writes the node's CNI configuration, a chained conflist of ptp,
 //     host-local with the Node's pod CIDR and the hostrouting plugin;
 //   - serves /healthz as kube-proxy does and, if asked, /metrics.
@@ -128,6 +132,7 @@ type Agent struct {
 	nodes      map[string]datapath.Node                    // other nodes as put on the datapath
 	warned     map[string]string                           // the last problem logged per object, to log it once
 	cniWritten []byte                                      // the CNI configuration last written
+	lastZone   string                                      // the node's zone the services were last translated for
 
 	failing      map[string]error // the Services the datapath did not take, and why: owned by the worker
 	unprogrammed string           // why /healthz fails while services fail to program: guarded by mu
@@ -261,12 +266,17 @@ func (a *Agent) adopt() error {
 	if err != nil {
 		return fmt.Errorf("list datapath nodes: %w", err)
 	}
+	node, err := a.nodeView()
+	if err != nil {
+		return err
+	}
+	a.lastZone = node.zone
 	have := map[frontend]datapath.Service{}
 	for _, s := range svcs {
 		have[frontend{s.Frontend, s.Protocol}] = normalized(s)
 	}
 	for _, name := range a.informers.serviceNames() {
-		want, _, _ := a.desired(name)
+		want, _, _ := a.desired(name, node)
 		for key, s := range want {
 			f := frontend{s.Frontend, s.Protocol}
 			if old, ok := have[f]; ok {

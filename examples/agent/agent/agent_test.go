@@ -230,7 +230,7 @@ func TestServiceKinds(t *testing.T) {
 	other.Labels = map[string]string{labelServiceProxyName: "someone-else"}
 	last := service("last", "10.96.0.105", port("http", corev1.ProtocolTCP, 80, 8080))
 	for _, s := range []*corev1.Service{local, sticky, mixed, headless, other, last} {
-		e.create(t, s, endpointSlice(s.Name, s.Name+"-1", ports, endpoint(b0.IP), endpoint(b1.IP)))
+		e.create(t, s, endpointSlice(s.Name, s.Name+"-1", ports, onNode(endpoint(b0.IP), n0.Name), onNode(endpoint(b1.IP), n1.Name)))
 	}
 	wantBackends(t, dp1, netip.MustParseAddrPort("10.96.0.105:80"), datapath.TCP,
 		datapath.Backend{Addr: netip.AddrPortFrom(b0.IP, 8080)}, datapath.Backend{Addr: netip.AddrPortFrom(b1.IP, 8080)})
@@ -270,6 +270,7 @@ func TestServiceKinds(t *testing.T) {
 	// externalTrafficPolicy Local: from the wire, node 0's NodePort and
 	// external IP go to its own backend, which sees the client.
 	for _, dst := range []netip.AddrPort{netip.AddrPortFrom(n0.IP, 30090), netip.AddrPortFrom(n0.IP, 80)} {
+		onlyFrom(t, e.cluster.Wire, dst, "b0", 1) // node 0's agent may not be done yet
 		for range 10 {
 			name, peer, err := ask(e.cluster.Wire, "tcp4", dst)
 			if err != nil || name != "b0" || !strings.HasPrefix(peer, e.cluster.Gateway.String()+":") {

@@ -29,6 +29,16 @@ func (a *Agent) syncNode(name string) error {
 		node = nil // not in the cache: gone
 	}
 	if name == a.cfg.NodeName {
+		// Topology hints are read for the node's zone: a new one
+		// translates every Service again, as kube-proxy's topology
+		// labels do.
+		if zone := a.zone(); zone != a.lastZone {
+			a.log.Info("node zone changed", "zone", zone, "was", a.lastZone)
+			a.lastZone = zone
+			for _, svc := range a.informers.serviceNames() {
+				a.queue.Add(item{kindService, svc})
+			}
+		}
 		return a.writeCNIConf(node)
 	}
 	want, problem := nodeOf(node)

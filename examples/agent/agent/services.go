@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -42,22 +43,47 @@ type frontend struct {
 const maxAffinity = 0xffff * time.Second
 
 // desired returns the datapath services that the Service namespace/name
-// and its EndpointSlices make (none for a Service that is gone), the
-// Service, and what of it the datapath cannot express.
-func (a *Agent) desired(name string) (map[frontendKey]datapath.Service, *corev1.Service, []string) {
+// and its EndpointSlices make on node (none for a Service that is gone),
+// the Service, and what of it the datapath cannot express.
+func (a *Agent) desired(name string, node nodeView) (map[frontendKey]datapath.Service, *corev1.Service, []string) {
 	ns, n, _ := cache.SplitMetaNamespaceKey(name) // from our own keys
 	svc, err := a.informers.services.Services(ns).Get(n)
 	if err != nil {
 		return nil, nil, nil // not in the cache: gone, or not ours
 	}
-	want, problems := frontends(svc, a.informers.endpointSlices(name))
+	want, problems := frontends(svc, a.informers.endpointSlices(name), node)
 	return want, svc, problems
+}
+
+// nodeView returns the agent's node as the translation of Services reads
+// it: its name, its zone as the Node object has it now, and the datapath's
+// endpoints.
+func (a *Agent) nodeView() (nodeView, error) {
+	v := nodeView{name: a.cfg.NodeName, zone: a.zone(), pods: map[netip.Addr]bool{}}
+	eps, err := a.dp.Endpoints()
+	if err != nil {
+		return v, fmt.Errorf("list datapath endpoints: %w", err)
+	}
+	for _, ep := range eps {
+		v.pods[ep.IP] = true
+	}
+	return v, nil
+}
+
+// zone returns the zone of the agent's Node (its topology.kubernetes.io/zone
+// label), "" if it has none.
+func (a *Agent) zone() string {
+	node, err := a.informers.nodes.Get(a.cfg.NodeName)
+	if err != nil {
+		return ""
+	}
+	return node.Labels[corev1.LabelTopologyZone]
 }
 
 // frontends translates svc with the EndpointSlices of its endpoints into
 // datapath services, one per port and frontend, as kube-proxy programs
 // them, and says what it left out.
-func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) (map[frontendKey]datapath.Service, []string) {
+func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node nodeView) (map[frontendKey]datapath.Service, []string) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName || svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
 		return nil, nil
 	}
@@ -94,8 +120,8 @@ func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) (map[front
 			affinity = maxAffinity
 		}
 	}
-	externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
-	internalLocal := ptr.Deref(svc.Spec.InternalTrafficPolicy, "") == corev1.ServiceInternalTrafficPolicyLocal
+	etpLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+	itpLocal := ptr.Deref(svc.Spec.InternalTrafficPolicy, "") == corev1.ServiceInternalTrafficPolicyLocal
 
 	name := svc.Namespace + "/" + svc.Name
 	want := map[frontendKey]datapath.Service{}
@@ -110,14 +136,25 @@ func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) (map[front
 			problems = append(problems, fmt.Sprintf("port %q: protocol %s is not supported", port.Name, port.Protocol))
 			continue
 		}
-		base := datapath.Service{Protocol: proto, Backends: backends(eps, port), SessionAffinity: affinity}
+		// The traffic policies this port uses, as kube-proxy's ServicePort.
+		external := port.NodePort != 0 || len(svc.Spec.ExternalIPs) > 0 || len(svc.Status.LoadBalancer.Ingress) > 0
+		externalLocal := external && etpLocal
+		usesCluster := !itpLocal || external && !externalLocal
+		usesLocal := itpLocal || externalLocal
+		endpoints := endpointsOf(eps, port, node.name)
+		cluster, local := categorize(endpoints, usesCluster, usesLocal, node)
 		add := func(typ datapath.ServiceType, ip netip.Addr, p int32) {
-			s := base
-			s.Type, s.Frontend = typ, netip.AddrPortFrom(ip, uint16(p))
+			s := datapath.Service{Protocol: proto, SessionAffinity: affinity, Type: typ, Frontend: netip.AddrPortFrom(ip, uint16(p))}
+			// The node's own traffic to an external frontend takes the
+			// cluster endpoints, those of kube-proxy's "short-circuit"
+			// of locally originated traffic, where the port uses them.
+			ext, in := pick(externalLocal, local, cluster), pick(usesCluster, cluster, local)
 			if typ == datapath.ClusterIP {
-				s.InternalTrafficPolicyLocal = internalLocal
-			} else {
-				s.ExternalTrafficPolicyLocal = externalLocal
+				ext, in = nil, pick(itpLocal, local, cluster)
+			}
+			if got, exact := program(&s, endpoints, ext, in, externalLocal, itpLocal, node.pods); !exact {
+				problems = append(problems, fmt.Sprintf("port %q %s %s: the datapath cannot give the node's own traffic other backends than traffic from outside here: it gets %s, not %s",
+					port.Name, typ, s.Frontend, addrList(got), addrList(in)))
 			}
 			want[frontendKey{name, port.Name, typ, ip}] = s
 		}
@@ -134,33 +171,41 @@ func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) (map[front
 	return want, problems
 }
 
-// backends returns the backends of the service port from its IPv4
-// EndpointSlices (the slice port of the same name and protocol), sorted:
-// ready endpoints are active; serving and terminating ones keep the flows
-// they have, and take new ones too when no endpoint is ready, as in
-// kube-proxy; the others are left out.
-func backends(eps []*discoveryv1.EndpointSlice, port corev1.ServicePort) []datapath.Backend {
-	states := map[netip.AddrPort]datapath.BackendState{}
+// nodeView is what the translation reads of the agent's own node, as
+// kube-proxy reads it: the Node's name (an endpoint is local when its
+// EndpointSlice nodeName is this one), its zone (the
+// topology.kubernetes.io/zone label, for topology hints), and the
+// addresses of the datapath's endpoints, which the datapath takes for its
+// local backends.
+type nodeView struct {
+	name, zone string
+	pods       map[netip.Addr]bool
+}
+
+// sliceEndpoint is an endpoint of a service port as kube-proxy's
+// EndpointSlice cache reads it.
+type sliceEndpoint struct {
+	addr                        netip.AddrPort
+	ready, serving, terminating bool // nil conditions: ready and serving, not terminating
+	local                       bool // its nodeName is the agent's node
+	zones, nodes                []string
+}
+
+// endpointsOf returns the endpoints of the service port in its IPv4
+// EndpointSlices (the slice port of the same name and protocol, the first
+// address of each endpoint), sorted. An endpoint in two slices while it
+// moves counts once: a local one first, as in kube-proxy, then a ready one.
+func endpointsOf(eps []*discoveryv1.EndpointSlice, port corev1.ServicePort, node string) []sliceEndpoint {
+	byAddr := map[netip.AddrPort]sliceEndpoint{}
 	for _, es := range eps {
 		if es.AddressType != discoveryv1.AddressTypeIPv4 {
 			continue
 		}
 		for _, p := range es.Ports {
-			if ptr.Deref(p.Name, "") != port.Name || ptr.Deref(p.Protocol, corev1.ProtocolTCP) != cmp.Or(port.Protocol, corev1.ProtocolTCP) || p.Port == nil {
+			if ptr.Deref(p.Name, "") != port.Name || ptr.Deref(p.Protocol, corev1.ProtocolTCP) != cmp.Or(port.Protocol, corev1.ProtocolTCP) || ptr.Deref(p.Port, 0) == 0 {
 				continue
 			}
 			for _, ep := range es.Endpoints {
-				ready := ptr.Deref(ep.Conditions.Ready, true)
-				serving := ptr.Deref(ep.Conditions.Serving, true)
-				terminating := ptr.Deref(ep.Conditions.Terminating, false)
-				state := datapath.BackendActive
-				switch {
-				case ready && !terminating:
-				case serving && terminating:
-					state = datapath.BackendTerminating
-				default:
-					continue
-				}
 				if len(ep.Addresses) == 0 {
 					continue
 				}
@@ -168,26 +213,205 @@ func backends(eps []*discoveryv1.EndpointSlice, port corev1.ServicePort) []datap
 				if err != nil || !ip.Is4() {
 					continue
 				}
-				addr := netip.AddrPortFrom(ip, uint16(*p.Port))
-				if old, seen := states[addr]; !seen || state < old { // in two slices while it moves
-					states[addr] = state
+				e := sliceEndpoint{
+					addr:        netip.AddrPortFrom(ip, uint16(*p.Port)),
+					ready:       ptr.Deref(ep.Conditions.Ready, true),
+					serving:     ptr.Deref(ep.Conditions.Serving, true),
+					terminating: ptr.Deref(ep.Conditions.Terminating, false),
+					local:       node != "" && ptr.Deref(ep.NodeName, "") == node,
+				}
+				if h := ep.Hints; h != nil {
+					for _, z := range h.ForZones {
+						e.zones = append(e.zones, z.Name)
+					}
+					for _, n := range h.ForNodes {
+						e.nodes = append(e.nodes, n.Name)
+					}
+				}
+				old, seen := byAddr[e.addr]
+				if !seen || e.local && !old.local || e.local == old.local && e.ready && !old.ready {
+					byAddr[e.addr] = e
 				}
 			}
 		}
 	}
-	ready := false
-	for _, s := range states {
-		ready = ready || s == datapath.BackendActive
-	}
-	out := make([]datapath.Backend, 0, len(states))
-	for addr, s := range states {
-		if !ready {
-			s = datapath.BackendActive // only terminating ones left: they take new flows
-		}
-		out = append(out, datapath.Backend{Addr: addr, State: s})
-	}
-	slices.SortFunc(out, func(a, b datapath.Backend) int { return a.Addr.Compare(b.Addr) })
+	out := slices.Collect(maps.Values(byAddr))
+	slices.SortFunc(out, func(a, b sliceEndpoint) int { return a.addr.Compare(b.addr) })
 	return out
+}
+
+// Topology modes, as kube-proxy names them.
+const (
+	preferSameZone = corev1.ServiceTrafficDistributionPreferSameZone
+	preferSameNode = corev1.ServiceTrafficDistributionPreferSameNode
+)
+
+// topologyMode returns how the hints of the ready endpoints narrow the
+// cluster endpoints on node, as kube-proxy's topologyModeFromHints: to
+// those hinted for the node when every ready endpoint has a node hint and
+// one is for the node; else to those hinted for its zone when every ready
+// endpoint has a zone hint and one is for the zone; else not at all ("").
+// trafficDistribution reaches kube-proxy, and the agent, as these hints,
+// which the EndpointSlice controller writes.
+func topologyMode(eps []sliceEndpoint, node nodeView) string {
+	ready, allNode, forNode, allZone, forZone := false, true, false, true, false
+	for _, ep := range eps {
+		if !ep.ready {
+			continue
+		}
+		ready = true
+		allNode = allNode && len(ep.nodes) > 0
+		forNode = forNode || slices.Contains(ep.nodes, node.name)
+		allZone = allZone && len(ep.zones) > 0
+		forZone = forZone || slices.Contains(ep.zones, node.zone)
+	}
+	switch {
+	case !ready:
+		return ""
+	case allNode && forNode:
+		return preferSameNode
+	case allZone && forZone:
+		return preferSameZone
+	}
+	return ""
+}
+
+// categorize returns the endpoints that take new flows under each traffic
+// policy the service port uses, as kube-proxy's CategorizeEndpoints:
+// under Cluster the ready ones the topology hints leave, under Local the
+// ready local ones; each falls back on its own to its serving and
+// terminating endpoints when it has no ready one. A policy not used gets
+// nil.
+func categorize(eps []sliceEndpoint, usesCluster, usesLocal bool, node nodeView) (cluster, local map[netip.AddrPort]bool) {
+	filter := func(f func(sliceEndpoint) bool) map[netip.AddrPort]bool {
+		out := map[netip.AddrPort]bool{}
+		for _, ep := range eps {
+			if f(ep) {
+				out[ep.addr] = true
+			}
+		}
+		return out
+	}
+	fallback := func(ep sliceEndpoint) bool { return ep.serving && ep.terminating }
+	if usesCluster {
+		mode := topologyMode(eps, node)
+		cluster = filter(func(ep sliceEndpoint) bool {
+			switch mode {
+			case preferSameNode:
+				return ep.ready && slices.Contains(ep.nodes, node.name)
+			case preferSameZone:
+				return ep.ready && slices.Contains(ep.zones, node.zone)
+			}
+			return ep.ready
+		})
+		if len(cluster) == 0 {
+			cluster = filter(fallback)
+		}
+	}
+	if usesLocal {
+		local = filter(func(ep sliceEndpoint) bool { return ep.local && ep.ready })
+		if len(local) == 0 {
+			local = filter(func(ep sliceEndpoint) bool { return ep.local && fallback(ep) })
+		}
+	}
+	return cluster, local
+}
+
+// program sets the backends and traffic policy flags of s, a datapath
+// service with its frontend, protocol and type, so that traffic from
+// outside the node goes to the endpoints external names and the node's
+// own traffic (its pods and sockets; all of a ClusterIP's) to those
+// internal names; the other serving endpoints keep the flows they have
+// (terminating). The datapath takes its own endpoints (pods) for the local
+// backends of a policy flag, and has one list of active backends for both
+// scopes: program sets the flags as the Service has them where that gives
+// both sets, else none, with the agent's own choice of backends. Where no
+// flags and list give both (a host-network endpoint on the node, or its
+// own endpoints terminating while others are ready, under
+// externalTrafficPolicy Local) program gives the set from outside, which
+// load balancers and their health checks rely on, and returns what the
+// node's own traffic gets instead of internal, exact false.
+func program(s *datapath.Service, eps []sliceEndpoint, external, internal map[netip.AddrPort]bool, externalLocal, internalLocal bool, pods map[netip.Addr]bool) (got map[netip.AddrPort]bool, exact bool) {
+	if s.Type == datapath.ClusterIP {
+		external, externalLocal = internal, false
+	} else {
+		internalLocal = false // the node's own traffic to an external frontend: kube-proxy's cluster endpoints where the service has them
+	}
+	with := func(active map[netip.AddrPort]bool, extLocal, intLocal bool) datapath.Service {
+		c := *s
+		c.Backends = nil
+		for _, ep := range eps {
+			switch {
+			case active[ep.addr]:
+				c.Backends = append(c.Backends, datapath.Backend{Addr: ep.addr})
+			case ep.ready || ep.serving && ep.terminating: // usable elsewhere: keeps its flows
+				c.Backends = append(c.Backends, datapath.Backend{Addr: ep.addr, State: datapath.BackendTerminating})
+			}
+		}
+		c.ExternalTrafficPolicyLocal, c.InternalTrafficPolicyLocal = extLocal, intLocal
+		return c
+	}
+	union := maps.Clone(external)
+	maps.Copy(union, internal)
+	candidates := []datapath.Service{
+		with(union, externalLocal, internalLocal), // the flags as the Service has them
+		with(external, false, false),              // the agent's own choice of local endpoints
+	}
+	for _, c := range candidates {
+		if ext, in := scopes(c, pods); maps.Equal(ext, external) && maps.Equal(in, internal) {
+			*s = c
+			return in, true
+		}
+	}
+	for _, c := range candidates {
+		if ext, in := scopes(c, pods); maps.Equal(ext, external) {
+			*s = c
+			return in, false
+		}
+	}
+	*s = candidates[0]
+	_, in := scopes(candidates[0], pods)
+	return in, false
+}
+
+// pick is local if localOnly, else all.
+func pick[T any](localOnly bool, local, all T) T {
+	if localOnly {
+		return local
+	}
+	return all
+}
+
+// addrList formats a set of backends, sorted: "[10.0.0.1:80 10.0.0.2:80]".
+func addrList(set map[netip.AddrPort]bool) string {
+	out := slices.SortedFunc(maps.Keys(set), netip.AddrPort.Compare)
+	return fmt.Sprint(out)
+}
+
+// scopes returns the backends that the datapath gives new flows from
+// outside the node and from the node itself, for s with the local
+// backends pods.
+func scopes(s datapath.Service, pods map[netip.Addr]bool) (external, internal map[netip.AddrPort]bool) {
+	all, local := map[netip.AddrPort]bool{}, map[netip.AddrPort]bool{}
+	for _, b := range s.Backends {
+		if b.State == datapath.BackendActive {
+			all[b.Addr] = true
+			if pods[b.Addr.Addr()] {
+				local[b.Addr] = true
+			}
+		}
+	}
+	external, internal = all, all
+	if s.ExternalTrafficPolicyLocal && s.Type != datapath.ClusterIP {
+		external = local
+	}
+	if s.InternalTrafficPolicyLocal {
+		internal = local
+	}
+	if s.Type == datapath.ClusterIP {
+		external = internal
+	}
+	return external, internal
 }
 
 // normalized is s with its backends sorted, as backends sorts them.
@@ -209,10 +433,20 @@ func same(a, b datapath.Service) bool {
 // changed one in one batch. It returns the errors by Service.
 func (a *Agent) syncServices(names []string) map[string]error {
 	failed := map[string]error{}
+	if len(names) == 0 {
+		return failed
+	}
+	node, err := a.nodeView()
+	if err != nil {
+		for _, name := range names {
+			failed[name] = err
+		}
+		return failed
+	}
 	var puts []datapath.Service
 	var keys []frontendKey
 	for _, name := range names {
-		want, svc, problems := a.desired(name)
+		want, svc, problems := a.desired(name, node)
 		a.warn(kindService+"/"+name, svc, strings.Join(problems, "; "))
 		for key, s := range a.programmed[name] {
 			if _, ok := want[key]; ok {

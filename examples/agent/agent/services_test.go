@@ -69,7 +69,7 @@ func TestFrontends(t *testing.T) {
 		"external IP 2001:db8::1: IPv6 is not supported",
 		`port "sctp": protocol SCTP is not supported`,
 	}
-	got, problems := frontends(svc, slices)
+	got, problems := frontends(svc, slices, nodeView{name: "node0"})
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("frontends:\n%v\nwant\n%v", got, want)
 	}
@@ -77,16 +77,17 @@ func TestFrontends(t *testing.T) {
 		t.Errorf("problems %q, want %q", problems, wantProblems)
 	}
 
-	// Only terminating endpoints: they take new flows. internalTrafficPolicy
-	// Local; an affinity beyond the datapath's is cut, and said so.
+	// internalTrafficPolicy Local: no endpoint has the node's name, so
+	// none takes new flows; an affinity beyond the datapath's is cut, and
+	// said so.
 	svc = service("web", "10.96.0.10", port("http", corev1.ProtocolTCP, 80, 8080))
 	svc.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
 	svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
 	svc.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: ptr.To(int32(86400))}}
-	got, problems = frontends(svc, []*discoveryv1.EndpointSlice{endpointSlice("web", "web-1", ports, terminating(b), notReady)})
+	got, problems = frontends(svc, []*discoveryv1.EndpointSlice{endpointSlice("web", "web-1", ports, terminating(b), notReady)}, nodeView{name: "node0"})
 	want = map[frontendKey]datapath.Service{
 		{"default/web", "http", datapath.ClusterIP, vip}: {Frontend: netip.AddrPortFrom(vip, 80), Protocol: datapath.TCP, Type: datapath.ClusterIP,
-			Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(b, 8080)}}, InternalTrafficPolicyLocal: true, SessionAffinity: maxAffinity},
+			Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(b, 8080), State: datapath.BackendTerminating}}, InternalTrafficPolicyLocal: true, SessionAffinity: maxAffinity},
 	}
 	if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(problems, []string{"session affinity of 24h0m0s cut to 18h12m15s"}) {
 		t.Errorf("frontends:\n%v\n%q\nwant\n%v", got, problems, want)
@@ -97,7 +98,7 @@ func TestFrontends(t *testing.T) {
 	external := service("x", "", port("http", corev1.ProtocolTCP, 80, 8080))
 	external.Spec.Type, external.Spec.ExternalName = corev1.ServiceTypeExternalName, "example.com"
 	for _, s := range []*corev1.Service{headless, external} {
-		if got, problems := frontends(s, slices); got != nil || problems != nil {
+		if got, problems := frontends(s, slices, nodeView{}); got != nil || problems != nil {
 			t.Errorf("%s: %v, %q", s.Name, got, problems)
 		}
 	}
