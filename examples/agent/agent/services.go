@@ -108,6 +108,28 @@ func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node nodeV
 	}
 	clusterIPs := addrs("cluster IP", ips)
 	externalIPs := addrs("external IP", svc.Spec.ExternalIPs)
+	// Load balancer IPs, as kube-proxy: those of ipMode VIP (the default),
+	// not those where the load balancer proxies (ipMode Proxy), whose
+	// traffic reaches a NodePort instead. Only sources in
+	// loadBalancerSourceRanges reach them.
+	var ingress []string
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		if in.IP != "" && ptr.Deref(in.IPMode, corev1.LoadBalancerIPModeVIP) == corev1.LoadBalancerIPModeVIP {
+			ingress = append(ingress, in.IP)
+		}
+	}
+	lbIPs := addrs("load balancer IP", ingress)
+	var sourceRanges []netip.Prefix
+	for _, r := range svc.Spec.LoadBalancerSourceRanges {
+		p, err := netip.ParsePrefix(strings.TrimSpace(r))
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("load balancer source range %q: %v", r, err))
+		case p.Addr().Is4():
+			sourceRanges = append(sourceRanges, p.Masked())
+		}
+	}
+	sourceRanges = normalized(datapath.Service{SourceRanges: sourceRanges}).SourceRanges
 
 	var affinity time.Duration
 	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
@@ -166,6 +188,13 @@ func frontends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, node nodeV
 		}
 		for _, ip := range externalIPs {
 			add(datapath.ExternalIP, ip, port.Port)
+		}
+		for _, ip := range lbIPs {
+			add(datapath.ExternalIP, ip, port.Port)
+			k := frontendKey{name, port.Name, datapath.ExternalIP, ip}
+			lb := want[k]
+			lb.SourceRanges = sourceRanges
+			want[k] = lb
 		}
 	}
 	return want, problems
@@ -414,10 +443,16 @@ func scopes(s datapath.Service, pods map[netip.Addr]bool) (external, internal ma
 	return external, internal
 }
 
-// normalized is s with its backends sorted, as backends sorts them.
+// normalized is s with its backends sorted, as backends sorts them, and
+// its source ranges as the datapath lists them: sorted, each once.
 func normalized(s datapath.Service) datapath.Service {
 	s.Backends = slices.Clone(s.Backends)
 	slices.SortFunc(s.Backends, func(a, b datapath.Backend) int { return a.Addr.Compare(b.Addr) })
+	if len(s.SourceRanges) > 0 {
+		s.SourceRanges = slices.Clone(s.SourceRanges)
+		slices.SortFunc(s.SourceRanges, func(a, b netip.Prefix) int { return cmp.Or(a.Addr().Compare(b.Addr()), a.Bits()-b.Bits()) })
+		s.SourceRanges = slices.Compact(s.SourceRanges)
+	}
 	return s
 }
 
