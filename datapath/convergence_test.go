@@ -3,7 +3,6 @@ package datapath_test
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -49,17 +48,7 @@ func TestMain(m *testing.M) {
 		dp.Close()
 		os.Exit(0)
 	}
-	// Examples cannot skip: without root (and outside CI, which requires
-	// privileged tests) they are left out, as the tests skip.
-	flag.Parse()
-	if os.Geteuid() != 0 && os.Getenv("HOSTROUTING_REQUIRE_PRIVILEGED") != "1" {
-		skip := "^Example"
-		if s := flag.Lookup("test.skip").Value.String(); s != "" {
-			skip = s + "|" + skip
-		}
-		flag.Set("test.skip", skip)
-	}
-	os.Exit(m.Run())
+	os.Exit(datapathtest.RunPrivileged(m))
 }
 
 // startReload starts a process that reloads the node with cfg.

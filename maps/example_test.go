@@ -1,7 +1,6 @@
 package maps_test
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hostrouting/hostrouting/datapath"
+	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/loader"
 	"github.com/hostrouting/hostrouting/maps"
 	"github.com/hostrouting/hostrouting/routing"
@@ -20,15 +20,7 @@ import (
 // TestMain leaves the examples out without root (outside CI, which
 // requires privileged tests), as the tests skip: examples cannot.
 func TestMain(m *testing.M) {
-	flag.Parse()
-	if os.Geteuid() != 0 && os.Getenv("HOSTROUTING_REQUIRE_PRIVILEGED") != "1" {
-		skip := "^Example"
-		if s := flag.Lookup("test.skip").Value.String(); s != "" {
-			skip = s + "|" + skip
-		}
-		flag.Set("test.skip", skip)
-	}
-	os.Exit(m.Run())
+	os.Exit(datapathtest.RunPrivileged(m))
 }
 
 // The types of this package are what the datapath hands out: its

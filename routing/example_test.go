@@ -1,7 +1,6 @@
 package routing_test
 
 import (
-	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/hostrouting/hostrouting/datapath/datapathtest"
 	"github.com/hostrouting/hostrouting/routing"
 )
 
@@ -23,15 +23,7 @@ import (
 // TestMain leaves the examples out without root (outside CI, which
 // requires privileged tests), as the tests skip: examples cannot.
 func TestMain(m *testing.M) {
-	flag.Parse()
-	if os.Geteuid() != 0 && os.Getenv("HOSTROUTING_REQUIRE_PRIVILEGED") != "1" {
-		skip := "^Example"
-		if s := flag.Lookup("test.skip").Value.String(); s != "" {
-			skip = s + "|" + skip
-		}
-		flag.Set("test.skip", skip)
-	}
-	os.Exit(m.Run())
+	os.Exit(datapathtest.RunPrivileged(m))
 }
 
 // A pod's network namespace, as `ip netns add` makes it: a file under

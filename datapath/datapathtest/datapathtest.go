@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -34,6 +35,23 @@ func RequireRoot(t testing.TB) {
 		t.Fatal(reason + " (HOSTROUTING_REQUIRE_PRIVILEGED=1)")
 	}
 	t.Skip(reason)
+}
+
+// RunPrivileged runs a package's tests and examples (call it from
+// TestMain: os.Exit(datapathtest.RunPrivileged(m))). An Example cannot
+// skip as RequireRoot does, so without root, unless
+// HOSTROUTING_REQUIRE_PRIVILEGED=1, the package's Example functions are
+// left out of the run.
+func RunPrivileged(m *testing.M) int {
+	flag.Parse()
+	if os.Geteuid() != 0 && os.Getenv("HOSTROUTING_REQUIRE_PRIVILEGED") != "1" {
+		skip := "^Example"
+		if s := flag.Lookup("test.skip").Value.String(); s != "" {
+			skip = s + "|" + skip
+		}
+		flag.Set("test.skip", skip)
+	}
+	return m.Run()
 }
 
 // Node is a node's network namespace: pods hang off it by veth pairs and it

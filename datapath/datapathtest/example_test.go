@@ -1,7 +1,6 @@
 package datapathtest_test
 
 import (
-	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -238,13 +237,5 @@ func (t *exampleT) logf(f string, args ...any) {
 // TestMain leaves the examples out without root (outside CI, which
 // requires privileged tests), as the tests skip: examples cannot.
 func TestMain(m *testing.M) {
-	flag.Parse()
-	if os.Geteuid() != 0 && os.Getenv("HOSTROUTING_REQUIRE_PRIVILEGED") != "1" {
-		skip := "^Example"
-		if s := flag.Lookup("test.skip").Value.String(); s != "" {
-			skip = s + "|" + skip
-		}
-		flag.Set("test.skip", skip)
-	}
-	os.Exit(m.Run())
+	os.Exit(datapathtest.RunPrivileged(m))
 }

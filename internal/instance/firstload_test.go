@@ -2,7 +2,6 @@ package instance_test
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -30,17 +29,7 @@ const firstLoadEnv = "HOSTROUTING_TEST_FIRST_LOAD"
 func TestMain(m *testing.M) {
 	arg := os.Getenv(firstLoadEnv)
 	if arg == "" {
-		// The examples load programs: without root, as the tests skip,
-		// they are left out (HOSTROUTING_REQUIRE_PRIVILEGED keeps them).
-		flag.Parse()
-		if os.Geteuid() != 0 && os.Getenv("HOSTROUTING_REQUIRE_PRIVILEGED") != "1" {
-			skip := "^Example"
-			if s := flag.Lookup("test.skip").Value.String(); s != "" {
-				skip = s + "|" + skip
-			}
-			flag.Set("test.skip", skip)
-		}
-		os.Exit(m.Run())
+		os.Exit(datapathtest.RunPrivileged(m))
 	}
 	pin, netns, _ := strings.Cut(arg, " ")
 	if _, err := instance.Load(instance.Options{PinPath: pin, Netns: netns}); err != nil {
