@@ -361,19 +361,25 @@ func (d *Datapath) Endpoint(ip netip.Addr) (Endpoint, error) {
 	return ep, err
 }
 
-// String formats ep as `cilium bpf endpoint list` does (maps.Endpoint).
-func (ep Endpoint) String() string {
-	m := maps.Endpoint{IP: ep.IP, IPv6: ep.IPv6, IfIndex: ep.IfIndex, ID: ep.ID, MAC: ep.MAC, NodeMAC: ep.NodeMAC,
-		ContainerID: ep.ContainerID, PodIfName: ep.PodIfName}
-	for _, f := range []struct {
+// Flags are ep's switches as the endpoint map holds them and `cilium bpf
+// endpoint list` shows them.
+func (ep Endpoint) Flags() maps.EndpointFlags {
+	var f maps.EndpointFlags
+	for _, x := range []struct {
 		on   bool
 		flag maps.EndpointFlags
 	}{{ep.ARPResponder, maps.EndpointARPResponder}, {ep.Policy, maps.EndpointPolicy}, {ep.ServiceBackend, maps.EndpointLBBackend}} {
-		if f.on {
-			m.Flags |= f.flag
+		if x.on {
+			f |= x.flag
 		}
 	}
-	return m.String()
+	return f
+}
+
+// String formats ep as `cilium bpf endpoint list` does (maps.Endpoint).
+func (ep Endpoint) String() string {
+	return maps.Endpoint{IP: ep.IP, IPv6: ep.IPv6, IfIndex: ep.IfIndex, ID: ep.ID, Flags: ep.Flags(), MAC: ep.MAC,
+		NodeMAC: ep.NodeMAC, ContainerID: ep.ContainerID, PodIfName: ep.PodIfName}.String()
 }
 
 // publicEndpoint is the endpoint m of the endpoint maps as AddEndpoint
@@ -388,8 +394,20 @@ func publicEndpoint(m maps.Endpoint, ifName string) Endpoint {
 // named is publicEndpoint of m with the name of its host device, "" if
 // the device is gone.
 func (d *Datapath) named(m maps.Endpoint) (Endpoint, error) {
-	names, err := d.deviceNames()
-	return publicEndpoint(m, names[m.IfIndex]), err
+	h, err := routing.Handle(d.cfg.Netns)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	defer h.Close()
+	var name string
+	l, err := h.LinkByIndex(m.IfIndex)
+	switch {
+	case err == nil:
+		name = l.Attrs().Name
+	case !errors.As(err, &netlink.LinkNotFoundError{}):
+		return Endpoint{}, fmt.Errorf("endpoint %s's device %d: %w", m.IP, m.IfIndex, err)
+	}
+	return publicEndpoint(m, name), nil
 }
 
 // deviceNames maps the ifindexes of the node's network namespace to the

@@ -451,16 +451,7 @@ type endpointJSON struct {
 }
 
 func toJSON(ep datapath.Endpoint) endpointJSON {
-	var flags maps.EndpointFlags
-	for _, f := range []struct {
-		on   bool
-		flag maps.EndpointFlags
-	}{{ep.ARPResponder, maps.EndpointARPResponder}, {ep.Policy, maps.EndpointPolicy}, {ep.ServiceBackend, maps.EndpointLBBackend}} {
-		if f.on {
-			flags |= f.flag
-		}
-	}
-	return endpointJSON{ep.IP, ep.IPv6, ep.ID, flags, ep.IfIndex, ep.IfName, ep.MAC.String(), ep.NodeMAC.String(),
+	return endpointJSON{ep.IP, ep.IPv6, ep.ID, ep.Flags(), ep.IfIndex, ep.IfName, ep.MAC.String(), ep.NodeMAC.String(),
 		ep.ContainerID, ep.PodIfName}
 }
 
