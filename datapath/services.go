@@ -229,6 +229,7 @@ type serviceState struct {
 	entries   map[maps.Frontend]int      // the frontend table entries of each: its own and its slots
 	used      int                        // the frontend table's entries
 	clusterIP map[netip.Addr]int         // the ClusterIP frontends at each address
+	ranged    map[uint16]bool            // services that have had source ranges (their flag) since the read
 	backends  map[uint32]maps.Backend
 	byAddr    map[backendKey]uint32
 	named     map[uint32]int // how many frontends name each backend
@@ -255,7 +256,7 @@ func (d *Datapath) readServices() (*serviceState, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &serviceState{frontends: map[uint16][]maps.Frontend{}, owner: map[maps.Frontend]uint16{}, entries: map[maps.Frontend]int{}, clusterIP: map[netip.Addr]int{},
+	st := &serviceState{frontends: map[uint16][]maps.Frontend{}, owner: map[maps.Frontend]uint16{}, entries: map[maps.Frontend]int{}, clusterIP: map[netip.Addr]int{}, ranged: map[uint16]bool{},
 		backends: backends, byAddr: map[backendKey]uint32{}, named: map[uint32]int{}, locals: locals, next: 1}
 	for _, e := range entries {
 		st.add(e)
@@ -273,6 +274,9 @@ func (st *serviceState) add(e maps.ServiceEntry) {
 	st.used += st.entries[e.Frontend]
 	if isClusterIP(e.Flags) {
 		st.clusterIP[e.Frontend.Addr.Addr()]++
+	}
+	if e.Flags&maps.ServiceSourceRanges != 0 {
+		st.ranged[e.RevNAT] = true
 	}
 	for _, id := range append(e.Backends, e.Inactive...) {
 		st.named[id]++
@@ -459,6 +463,9 @@ func (d *Datapath) upsertService(st *serviceState, s *Service) (err error) {
 	}
 	if err := d.put(st, entry); err != nil {
 		return err
+	}
+	if !st.ranged[s.ID] {
+		return nil // no ranges, before or now: the trie holds none of it
 	}
 	return d.pruneSourceRanges(s.ID, s.SourceRanges)
 }
@@ -687,7 +694,10 @@ func (d *Datapath) DeleteService(id uint16) error {
 		for _, f := range slices.Clone(fronts) {
 			errs = append(errs, d.drop(st, f))
 		}
-		errs = append(errs, d.sweepBackends(st), d.deleteMaglev(id), d.pruneSourceRanges(id, nil))
+		errs = append(errs, d.sweepBackends(st), d.deleteMaglev(id))
+		if st.ranged[id] {
+			errs = append(errs, d.pruneSourceRanges(id, nil))
+		}
 		return errors.Join(errs...)
 	})
 	if err != nil {
