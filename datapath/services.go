@@ -534,6 +534,9 @@ func (d *Datapath) reprogramMaglev() error {
 		if e.Frontend.Scope != maps.ScopeExternal {
 			continue
 		}
+		if d.maglevCurrent(e) {
+			continue
+		}
 		want := e
 		want.Flags &^= maps.ServiceMaglev
 		if err := d.putMaglev(&Service{ID: e.RevNAT, Protocol: e.Frontend.Proto}, &want, st); err != nil {
@@ -546,6 +549,26 @@ func (d *Datapath) reprogramMaglev() error {
 		}
 	}
 	return nil
+}
+
+// maglevCurrent tells whether e's Maglev table is what the node's
+// MaglevTableSize asks for: none without Maglev (or backends), else one of
+// that size; a reload that changes neither then rewrites nothing.
+func (d *Datapath) maglevCurrent(e maps.ServiceEntry) bool {
+	m := d.node.MaglevTableSize
+	if m == 0 || len(e.Backends) == 0 {
+		return e.Flags&maps.ServiceMaglev == 0
+	}
+	if e.Flags&maps.ServiceMaglev == 0 {
+		return false
+	}
+	var inner *ebpf.Map
+	if err := d.node.Maps.Maglev.Lookup(uint32(e.RevNAT), &inner); err != nil {
+		return false
+	}
+	defer inner.Close()
+	info, err := inner.Info()
+	return err == nil && info.ValueSize == 4*m
 }
 
 // deleteMaglev deletes the Maglev table of service id, if it has one.
